@@ -1,0 +1,1 @@
+"""Cython hot structures: router, ratelimit, hashring, lru."""

@@ -1,0 +1,42 @@
+"""Build: the Cython extensions under ext/ are listed explicitly, one module per source.
+
+EDGEPROXY_ANNOTATE=1 writes Cython's HTML annotation next to each .pyx;
+EDGEPROXY_LINETRACE=1 compiles with line tracing (for coverage/profilers).
+"""
+
+import os
+
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+LINETRACE = os.environ.get("EDGEPROXY_LINETRACE") == "1"
+
+# A module's name is its path (STYLE.md rule 1): ext/router.pyx -> ext.router.
+EXT_MODULES = ["ext.lru", "ext.router"]
+
+DIRECTIVES = {
+    "language_level": 3,
+    "boundscheck": False,
+    "wraparound": False,
+    "cdivision": True,
+    "embedsignature": True,
+    "linetrace": LINETRACE,
+}
+
+extensions = [
+    Extension(
+        name,
+        [name.replace(".", "/") + ".pyx"],
+        extra_compile_args=["-O2"],
+        define_macros=[("CYTHON_TRACE_NOGIL", "1")] if LINETRACE else [],
+    )
+    for name in EXT_MODULES
+]
+
+setup(
+    ext_modules=cythonize(
+        extensions,
+        compiler_directives=DIRECTIVES,
+        annotate=os.environ.get("EDGEPROXY_ANNOTATE") == "1",
+    ),
+)
