@@ -1,0 +1,1 @@
+"""The per-route filter chain: phases, the Filter base and the chain compiler."""

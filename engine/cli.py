@@ -1,0 +1,38 @@
+"""The `edgeproxy` command: `run` serves a config, `check` validates one (like `nginx -t`)."""
+
+import argparse
+import sys
+
+from engine import __version__
+from engine.control.schema import ConfigError
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="edgeproxy", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"edgeproxy {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="serve the config")
+    run.add_argument("-c", "--config", default="config.toml")
+    check = sub.add_parser("check", help="validate the config and exit (1 on error)")
+    check.add_argument("-c", "--config", default="config.toml")
+    args = parser.parse_args(argv)
+
+    from engine.control.config import load
+
+    try:
+        cfg = load(args.config)
+    except ConfigError as exc:
+        sys.stderr.write(f"edgeproxy: {args.config} is invalid:\n")
+        for path, message in exc.errors:
+            sys.stderr.write(f"  {path}: {message}\n" if path else f"  {message}\n")
+        return 1
+    if args.command == "check":
+        from engine.control.snapshot import Runtime
+
+        Runtime(cfg)  # compile too, so check catches what serving would
+        print(f"edgeproxy: {args.config} is valid "
+              f"({len(cfg.routes)} routes, {len(cfg.upstreams)} upstreams)")
+        return 0
+    from engine.control.supervisor import Supervisor
+
+    return Supervisor(cfg, args.config).run()

@@ -1,0 +1,1 @@
+"""Control plane: config schema and loading, Runtime snapshots, worker supervision."""

@@ -1,0 +1,232 @@
+"""The typed config: what config.toml may say, with defaults, bounds and descriptions.
+
+Defaults follow nginx where nginx has one (see README, "Limits and timeouts").
+"""
+
+import ipaddress
+import re
+import tomllib
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from engine.control.schema import (
+    REQUIRED, ConfigError, Duration, Size, build, join, key, suggest,
+)
+
+_TOKEN_RE = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f'expected "host:port" with a port 0-65535, got "{value}"')
+    host = host.strip("[]") or "0.0.0.0"
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if host != "localhost":
+            raise ValueError(f'"{host}" is not an IP address (or localhost)') from None
+    return host, int(port)
+
+
+def _check_listen(value: str) -> str:
+    parse_listen(value)
+    return value
+
+
+def _check_cidrs(values: tuple) -> tuple:
+    out = []
+    for v in values:
+        try:
+            out.append(str(ipaddress.ip_network(v, strict=False)))
+        except ValueError:
+            raise ValueError(f'"{v}" is not an IP address or CIDR block') from None
+    return tuple(out)
+
+
+def _check_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme != "http":
+        raise ValueError(f'expected an http:// URL, got "{value}"')
+    if not parts.hostname:
+        raise ValueError(f'URL "{value}" has no host')
+    try:
+        parts.port
+    except ValueError:
+        raise ValueError(f'URL "{value}" has an invalid port') from None
+    if parts.path not in ("", "/") or parts.query:
+        raise ValueError(f'URL "{value}" must not have a path (use the route\'s rewrite)')
+    return value
+
+
+def _check_workers(value):
+    if value == "auto" or (isinstance(value, int) and 1 <= value <= 256):
+        return value
+    raise ValueError(f'expected a number of workers 1-256 or "auto", got {value!r}')
+
+
+def _check_methods(values: tuple) -> tuple:
+    for v in values:
+        if not _TOKEN_RE.match(v) or v != v.upper():
+            raise ValueError(f'"{v}" is not an uppercase HTTP method token')
+    return values
+
+
+def check_header_name(name: str) -> str:
+    if not _TOKEN_RE.match(name):
+        raise ValueError(f'"{name}" is not a valid header name')
+    return name
+
+
+def check_header_value(value: str) -> str:
+    if any(c in value for c in "\r\n\x00"):
+        raise ValueError("header values must not contain CR, LF or NUL")
+    return value
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    listen: str = key("0.0.0.0:8080", "address:port to accept client connections on",
+                      check=_check_listen)
+    workers: int | str = key(1, 'worker processes sharing the port (SO_REUSEPORT); "auto" = '
+                                "one per core", check=_check_workers)
+    backlog: int = key(511, "listen backlog", min=1, max=65535)
+    trusted_proxies: tuple[str, ...] = key(
+        (), "addresses/CIDRs whose X-Forwarded-For and X-Forwarded-Proto/-Host are trusted",
+        check=_check_cidrs)
+    max_request_line: Size = key(8192, "longest request line; longer gets 414", min=64)
+    max_header_size: Size = key(32768, "largest header section; larger gets 431", min=256)
+    max_header_count: int = key(100, "most header fields; more gets 431", min=1, max=10000)
+    max_body_size: Size = key(1048576, "largest request body, default for every route; "
+                                       "larger gets 413 (0 = unlimited)")
+    client_header_timeout: Duration = key(60.0, "time to receive a request head; then 408")
+    client_body_timeout: Duration = key(60.0, "longest gap between two reads of a request body "
+                                               "before the upstream takes it; then 408")
+    keepalive_timeout: Duration = key(75.0, "idle keep-alive client connections close after")
+    keepalive_requests: int = key(1000, "requests served on one client connection", min=1)
+    send_timeout: Duration = key(60.0, "longest a client may leave our writes unread")
+    lingering_timeout: Duration = key(5.0, "how long unread request bytes are drained after "
+                                           "an early answer before closing")
+    drain_timeout: Duration = key(10.0, "on SIGTERM/SIGINT, time in-flight requests get to "
+                                        "finish")
+    access_log: str = key("stdout", 'JSON access log: "stdout", "stderr", "off" or a file path')
+
+
+@dataclass(frozen=True)
+class ServerEntry:
+    SHORTHAND = "url"
+    url: str = key(REQUIRED, 'the server, "http://host:port"', check=_check_url)
+    weight: int = key(1, "share of requests relative to the other servers", min=1, max=1000)
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname
+
+    @property
+    def port(self) -> int:
+        return urlsplit(self.url).port or 80
+
+
+@dataclass(frozen=True)
+class UpstreamConfig:
+    name: str = key(REQUIRED, "name routes refer to")
+    servers: tuple[ServerEntry, ...] = key(REQUIRED, 'servers: "http://host:port" strings or '
+                                                     "tables with url and weight")
+    balancer: str = key("round_robin", "how a server is picked", choices=("round_robin",))
+    host: str | None = key(None, "Host header sent upstream; default: the client's Host")
+    keepalive: int = key(32, "idle keep-alive connections kept per server", min=0, max=100000)
+    keepalive_timeout: Duration = key(60.0, "idle upstream connections close after")
+    keepalive_requests: int = key(1000, "requests sent on one upstream connection", min=1)
+    connect_timeout: Duration = key(60.0, "time to connect; then 504")
+    send_timeout: Duration = key(60.0, "longest stall writing the request upstream; then 504")
+    read_timeout: Duration = key(60.0, "longest gap between two reads of the response; "
+                                       "then 504 (or the connection is cut mid-body)")
+
+
+def _filter_sections():
+    from engine.filters import FILTERS
+    return {name: module.Config for name, module in FILTERS.items()}
+
+
+@dataclass(frozen=True)
+class RouteConfig:
+    EXTRA_SECTIONS = staticmethod(_filter_sections)
+    name: str = key(REQUIRED, "unique name (logs, metrics)")
+    hosts: tuple[str, ...] = key((), 'hosts matched: "api.example.com" or "*.example.com"; '
+                                     "empty = any host")
+    paths: tuple[str, ...] = key(("/*",), 'path patterns: "/exact", "/users/{id}", '
+                                          '"/static/*", "/files/{rest*}"')
+    methods: tuple[str, ...] = key((), "methods accepted; empty = any", check=_check_methods)
+    upstream: str | None = key(None, "upstream to proxy to (or a static section answers)")
+    strip_prefix: bool = key(False, "remove the matched pattern's static prefix before the "
+                                    "tail from the path sent upstream")
+    rewrite: str | None = key(None, 'path sent upstream, with {param} substitutions, e.g. '
+                                    '"/v2/users/{id}"')
+    max_body_size: Size | None = key(None, "overrides server.max_body_size (0 = unlimited)")
+    sections: tuple = ()
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    origins: tuple[str, ...] = key(
+        ("127.0.0.1:9001",), "DEMO ONLY: built-in echo origins the proxy starts itself",
+        check=lambda vs: tuple(_check_listen(v) for v in vs))
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerConfig = key(ServerConfig(), "the listener, limits and timeouts")
+    upstreams: tuple[UpstreamConfig, ...] = key((), "upstream server groups")
+    routes: tuple[RouteConfig, ...] = key((), "routes, matched by host, path and method")
+    demo: DemoConfig | None = key(None, "DEMO ONLY: start built-in origins (shipped config.toml)")
+
+
+def parse(text: str, source: str = "config.toml") -> Config:
+    """Validate TOML text into a Config, or raise ConfigError naming every bad key path."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([("", f"{source}: invalid TOML: {exc}")]) from None
+    errors: list = []
+    cfg = build(Config, raw, "", errors)
+    if cfg is not None:
+        _cross_check(cfg, errors)
+    if errors:
+        raise ConfigError(errors)
+    return cfg
+
+
+def load(path: str) -> Config:
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as exc:
+        raise ConfigError([("", f"cannot read {path}: {exc.strerror}")]) from None
+    return parse(text, path)
+
+
+def _cross_check(cfg: Config, errors: list) -> None:
+    from engine.control.snapshot import check_routes
+
+    names = set()
+    for i, up in enumerate(cfg.upstreams):
+        if up.name in names:
+            errors.append((f"upstreams[{i}].name", f'duplicate upstream name "{up.name}"'))
+        names.add(up.name)
+        if not up.servers:
+            errors.append((f"upstreams[{i}].servers", "needs at least one server"))
+    route_names = set()
+    for i, route in enumerate(cfg.routes):
+        path = f"routes[{i}]"
+        if route.name in route_names:
+            errors.append((join(path, "name"), f'duplicate route name "{route.name}"'))
+        route_names.add(route.name)
+        answers = any(name == "static" for name, _ in route.sections)
+        if route.upstream is None and not answers:
+            errors.append((path, 'needs an upstream or a [routes.static] answer'))
+        elif route.upstream is not None and route.upstream not in names:
+            errors.append((join(path, "upstream"), f'unknown upstream "{route.upstream}"'
+                           + suggest(route.upstream, names)))
+        if not route.paths:
+            errors.append((join(path, "paths"), "needs at least one path pattern"))
+    check_routes(cfg, errors)

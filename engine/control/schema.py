@@ -1,0 +1,291 @@
+"""A self-describing schema: frozen dataclasses whose fields carry doc, bounds and choices.
+
+``build(cls, raw, path, errors)`` validates a TOML table against a dataclass and returns the typed
+object, appending every (key_path, message) it finds to ``errors`` instead of stopping at the first.
+The README's config reference is generated from the same dataclasses (``reference_markdown``).
+"""
+
+import dataclasses
+import difflib
+import re
+import types
+import typing
+
+REQUIRED = object()
+
+
+class Duration(float):
+    """Seconds; TOML may say 30, 0.5, "500ms", "30s", "5m", "24h", "7d"."""
+
+
+class Size(int):
+    """Bytes; TOML may say 1048576, "512", "8k", "1m", "1g" (powers of 1024, like nginx)."""
+
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1, None: 1, "m": 60, "h": 3600, "d": 86400}
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([kKmMgG])?\s*$")
+_SIZE_UNITS = {None: 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3}
+
+
+def key(default=REQUIRED, doc="", *, min=None, max=None, choices=None, check=None):
+    """A config key: its default, one-line description, bounds and an optional ``check``
+    (a function that returns the converted value or raises ValueError with the reason)."""
+    meta = {"doc": doc, "min": min, "max": max, "choices": choices, "check": check}
+    return dataclasses.field(default=default, metadata=meta)
+
+
+class ConfigError(Exception):
+    """Every problem found in a config, each as (key_path, message)."""
+
+    def __init__(self, errors):
+        self.errors = list(errors)
+        super().__init__("\n".join(f"{p}: {m}" if p else m for p, m in self.errors))
+
+
+def suggest(name: str, options) -> str:
+    close = difflib.get_close_matches(name, list(options), n=1, cutoff=0.6)
+    return f' (did you mean "{close[0]}"?)' if close else ""
+
+
+def join(path: str, name) -> str:
+    if isinstance(name, int):
+        return f"{path}[{name}]"
+    return f"{path}.{name}" if path else name
+
+
+def build(cls, raw, path: str, errors: list):
+    """Validate ``raw`` (a dict from TOML) into ``cls``; None when it is unusable."""
+    if isinstance(raw, str) and getattr(cls, "SHORTHAND", None):
+        raw = {cls.SHORTHAND: raw}
+    if not isinstance(raw, dict):
+        errors.append((path, f"expected a table, got {_tname(raw)}"))
+        return None
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    extra = getattr(cls, "EXTRA_SECTIONS", None)  # name -> dataclass, for filter sections
+    sections = extra() if extra else {}
+    values = {}
+    for name, value in raw.items():
+        if name not in fields and name not in sections:
+            errors.append((join(path, name),
+                           "unknown key" + suggest(name, [*fields, *sections])))
+    ok = True
+    for name, f in fields.items():
+        if name == "sections":
+            continue
+        if name not in raw:
+            if f.default is REQUIRED:
+                errors.append((join(path, name), "is required"))
+                ok = False
+            continue
+        before = len(errors)
+        value = convert(hints[name], raw[name], join(path, name), errors, f.metadata)
+        if len(errors) > before:
+            ok = False
+        else:
+            values[name] = value
+    if sections:
+        built = {}
+        for name, section_cls in sections.items():
+            if name in raw:
+                obj = build(section_cls, raw[name], join(path, name), errors)
+                if obj is None:
+                    ok = False
+                else:
+                    built[name] = obj
+        values["sections"] = tuple(sorted(built.items()))
+    if not ok:
+        return None
+    obj = cls(**values)
+    for name, f in fields.items():
+        if getattr(obj, name) is REQUIRED:
+            return None
+    return obj
+
+
+def convert(tp, value, path, errors, meta=None):
+    meta = meta or {}
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        for option in options:
+            if option is type(None):
+                continue
+            trial: list = []
+            result = convert(option, value, path, trial, meta)
+            if not trial:
+                return result
+        names = " or ".join(_describe(o) for o in options if o is not type(None))
+        errors.append((path, f"expected {names}, got {_tname(value)} {value!r}"))
+        return None
+    if origin is tuple:
+        item_tp = typing.get_args(tp)[0]
+        if not isinstance(value, list):
+            errors.append((path, f"expected an array, got {_tname(value)}"))
+            return None
+        out = [convert(item_tp, v, join(path, i), errors) for i, v in enumerate(value)]
+        result = tuple(out)
+    elif origin is dict:
+        kt, vt = typing.get_args(tp)
+        if not isinstance(value, dict):
+            errors.append((path, f"expected a table, got {_tname(value)}"))
+            return None
+        result = tuple((k, convert(vt, v, join(path, k), errors)) for k, v in value.items())
+    elif dataclasses.is_dataclass(tp):
+        result = build(tp, value, path, errors)
+    elif tp is Duration:
+        result = _duration(value, path, errors)
+    elif tp is Size:
+        result = _size(value, path, errors)
+    elif tp is bool:
+        if not isinstance(value, bool):
+            errors.append((path, f"expected true or false, got {_tname(value)}"))
+            return None
+        result = value
+    elif tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            errors.append((path, f"expected an integer, got {_tname(value)}"))
+            return None
+        result = value
+    elif tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            errors.append((path, f"expected a number, got {_tname(value)}"))
+            return None
+        result = float(value)
+    elif tp is str:
+        if not isinstance(value, str):
+            errors.append((path, f"expected a string, got {_tname(value)}"))
+            return None
+        result = value
+    else:
+        raise TypeError(f"schema type {tp!r} at {path} is not supported")
+    if result is None:
+        return None
+    lo, hi, choices = meta.get("min"), meta.get("max"), meta.get("choices")
+    if lo is not None and result < lo:
+        errors.append((path, f"must be at least {lo}, got {result!r}"))
+    if hi is not None and result > hi:
+        errors.append((path, f"must be at most {hi}, got {result!r}"))
+    if choices is not None and result not in choices:
+        errors.append((path, f"must be one of {', '.join(map(repr, choices))}, got "
+                             f"{result!r}" + suggest(str(result), choices)))
+    check = meta.get("check")
+    if check is not None:
+        try:
+            result = check(result)
+        except ValueError as exc:
+            errors.append((path, str(exc)))
+            return None
+    return result
+
+
+def _duration(value, path, errors):
+    if isinstance(value, bool):
+        pass
+    elif isinstance(value, (int, float)):
+        if value >= 0:
+            return Duration(value)
+    elif isinstance(value, str):
+        m = _DURATION_RE.match(value)
+        if m:
+            return Duration(float(m.group(1)) * _DURATION_UNITS[m.group(2)])
+    errors.append((path, f'expected a duration such as 30, "500ms", "60s", "5m", got {value!r}'))
+    return None
+
+
+def _size(value, path, errors):
+    if isinstance(value, bool):
+        pass
+    elif isinstance(value, int):
+        if value >= 0:
+            return Size(value)
+    elif isinstance(value, str):
+        m = _SIZE_RE.match(value)
+        if m:
+            return Size(int(m.group(1)) * _SIZE_UNITS[(m.group(2) or "").lower() or None])
+    errors.append((path, f'expected a size such as 1048576, "8k", "1m", got {value!r}'))
+    return None
+
+
+def _tname(value) -> str:
+    return {dict: "a table", list: "an array", str: "a string", bool: "a boolean",
+            int: "an integer", float: "a number"}.get(type(value), type(value).__name__)
+
+
+def _describe(tp) -> str:
+    if tp is Duration:
+        return "a duration"
+    if tp is Size:
+        return "a size"
+    origin = typing.get_origin(tp)
+    if origin is tuple:
+        return "an array"
+    if origin is dict or dataclasses.is_dataclass(tp):
+        return "a table"
+    return {str: "a string", int: "an integer", float: "a number", bool: "a boolean"}.get(
+        tp, getattr(tp, "__name__", str(tp)))
+
+
+def reference_markdown(cls, heading: str) -> list[str]:
+    """Markdown tables describing ``cls`` and the dataclasses it contains."""
+    lines = [f"#### `{heading}`", "", "| key | type | default | description |",
+             "|---|---|---|---|"]
+    nested = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if not f.init or f.name == "sections":
+            continue
+        tp = hints[f.name]
+        inner = [a for a in (typing.get_args(tp) or (tp,)) if dataclasses.is_dataclass(a)]
+        for sub in inner:
+            suffix = "[]" if typing.get_origin(tp) is tuple else ""
+            nested.append((sub, f"{heading}.{f.name}{suffix}"))
+        default = "required" if f.default is REQUIRED else _show(f.default)
+        doc = f.metadata.get("doc", "")
+        bounds = []
+        if f.metadata.get("min") is not None:
+            bounds.append(f"min {f.metadata['min']}")
+        if f.metadata.get("max") is not None:
+            bounds.append(f"max {f.metadata['max']}")
+        if f.metadata.get("choices"):
+            bounds.append("one of " + ", ".join(f"`{c}`" for c in f.metadata["choices"]))
+        if bounds:
+            doc += " (" + "; ".join(bounds) + ")"
+        lines.append(f"| `{f.name}` | {_type_name(tp)} | {default} | {doc} |")
+    lines.append("")
+    for sub, name in nested:
+        lines += reference_markdown(sub, name)
+    extra = getattr(cls, "EXTRA_SECTIONS", None)
+    if extra:
+        for name, sub in extra().items():
+            lines += reference_markdown(sub, f"{heading}.{name}")
+    return lines
+
+
+def _show(value) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "`true`" if value else "`false`"
+    if isinstance(value, tuple):
+        return "`[" + ", ".join(_show(v).strip("`") for v in value) + "]`"
+    if isinstance(value, str):
+        return f'`"{value}"`'
+    return f"`{value}`"
+
+
+def _type_name(tp) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp) if a is not type(None))
+    if origin is tuple:
+        return f"array of {_type_name(typing.get_args(tp)[0])}"
+    if origin is dict:
+        return "table of strings"
+    if dataclasses.is_dataclass(tp):
+        return "table"
+    return {Duration: "duration", Size: "size", str: "string", int: "integer",
+            float: "number", bool: "boolean"}.get(tp, str(tp))

@@ -1,0 +1,158 @@
+"""The Runtime snapshot: an immutable compile of a Config that the data plane reads.
+
+A request captures the snapshot current when its head is parsed and keeps it to the end; a
+reload builds a new one off to the side and swaps one reference. Keep-alive pools are stores
+keyed by stable names, carried over when the upstream's config is unchanged.
+"""
+
+import ipaddress
+import re
+
+from engine.chain.filter import compile_chain
+from engine.upstream.upstream import Upstream
+
+try:
+    from ext.router import Router
+except ImportError as exc:  # no pure-Python fallback (STYLE.md rule 7)
+    raise ImportError(
+        f"edgeproxy's Cython extensions are not built ({exc}); run `pip install .` "
+        "or `python setup.py build_ext --inplace`") from None
+
+_PARAM_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\*?\}|\*$")
+
+
+class Settings:
+    """Server-wide limits and timeouts, plus trusted-proxy address checks."""
+
+    def __init__(self, cfg):
+        for name in ("max_request_line", "max_header_size", "max_header_count",
+                     "client_header_timeout", "client_body_timeout", "keepalive_timeout",
+                     "keepalive_requests", "send_timeout", "lingering_timeout",
+                     "drain_timeout"):
+            setattr(self, name, getattr(cfg, name))
+        self.networks = [ipaddress.ip_network(n) for n in cfg.trusted_proxies]
+
+    def is_trusted(self, ip: str) -> bool:
+        if not self.networks:
+            return False
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(addr in net for net in self.networks)
+
+    def real_ip(self, xff: bytes, peer: str) -> str:
+        """The client address: the rightmost X-Forwarded-For entry that is not a trusted
+        proxy (nginx real_ip_recursive on)."""
+        hops = [h.strip() for h in xff.decode("latin-1").split(",") if h.strip()]
+        for hop in reversed(hops):
+            try:
+                ipaddress.ip_address(hop)
+            except ValueError:
+                return peer  # a garbled chain is not evidence of anything
+            if not self.is_trusted(hop):
+                return hop
+        return hops[0] if hops else peer
+
+
+class CompiledRoute:
+    """One route pattern as the router returns it: the route's chain plus how this pattern
+    maps the request path to the upstream path."""
+
+    __slots__ = ("name", "upstream", "max_body_size", "request_filters", "response_filters",
+                 "strip", "rewrite", "pattern")
+
+    def __init__(self, cfg, pattern, upstream, max_body_size, chain):
+        self.name = cfg.name
+        self.pattern = pattern
+        self.upstream = upstream
+        self.max_body_size = max_body_size or (1 << 62)
+        self.request_filters, self.response_filters = chain
+        self.strip = 0
+        if cfg.strip_prefix:
+            m = _PARAM_RE.search(pattern)
+            prefix = pattern[: m.start()] if m else pattern
+            self.strip = len(prefix.rstrip("/"))
+        self.rewrite = _compile_rewrite(cfg.rewrite) if cfg.rewrite else None
+
+    def target(self, ex) -> bytes:
+        """Request target sent upstream: the (normalised) path, rewritten, plus the query."""
+        if self.rewrite is not None:
+            params = ex.params or {}
+            path = "".join(params.get(p[1:], "") if p[:1] == "\0" else p for p in self.rewrite)
+        elif self.strip:
+            path = ex.path[self.strip:] or "/"
+            if path[0] != "/":
+                path = "/" + path
+        else:
+            path = ex.path
+        return path.encode("latin-1") + ex.query
+
+
+def _compile_rewrite(template: str) -> list[str]:
+    """Split "/v2/{id}/x" into literal parts and "\\0name" parameter parts."""
+    parts = []
+    pos = 0
+    for m in re.finditer(r"\{([A-Za-z_*][A-Za-z0-9_]*)\}", template):
+        parts.append(template[pos:m.start()])
+        parts.append("\0" + m.group(1))
+        pos = m.end()
+    parts.append(template[pos:])
+    return [p for p in parts if p]
+
+
+def _param_names(pattern: str) -> set:
+    names = set()
+    for m in _PARAM_RE.finditer(pattern):
+        names.add(m.group(1) or "*")
+    return names
+
+
+class Runtime:
+    """Everything a worker needs to serve: settings, router, routes, upstreams."""
+
+    def __init__(self, cfg, previous=None):
+        self.config = cfg
+        self.settings = Settings(cfg.server)
+        old_pools = previous.pools if previous is not None else {}
+        self.pools = {}
+        self.upstreams = {}
+        for up_cfg in cfg.upstreams:
+            self.upstreams[up_cfg.name] = Upstream(up_cfg, old_pools, self.pools)
+        self.router = Router()
+        self.routes = []
+        for route_cfg in cfg.routes:
+            chain = compile_chain(route_cfg)
+            upstream = self.upstreams.get(route_cfg.upstream) if route_cfg.upstream else None
+            max_body = (route_cfg.max_body_size if route_cfg.max_body_size is not None
+                        else cfg.server.max_body_size)
+            methods = frozenset(m.encode() for m in route_cfg.methods) or None
+            for pattern in route_cfg.paths:
+                route = CompiledRoute(route_cfg, pattern, upstream, max_body, chain)
+                self.routes.append(route)
+                self.router.add(route, list(route_cfg.hosts) or None, pattern, methods)
+
+    def release_unused(self, newer) -> None:
+        """Close pools the newer snapshot no longer uses."""
+        kept = {id(p) for p in newer.pools.values()}
+        for pool in self.pools.values():
+            if id(pool) not in kept:
+                pool.close()
+
+
+def check_routes(cfg, errors: list) -> None:
+    """Route checks that need the router itself: pattern syntax, hosts, rewrite params."""
+    for i, route in enumerate(cfg.routes):
+        router = Router(cache_size=0)
+        for j, pattern in enumerate(route.paths):
+            try:
+                router.add(None, list(route.hosts) or None, pattern, None)
+            except ValueError as exc:
+                errors.append((f"routes[{i}].paths[{j}]", str(exc)))
+                continue
+            if route.rewrite:
+                missing = {p[1:] for p in _compile_rewrite(route.rewrite) if p[:1] == "\0"}
+                missing -= _param_names(pattern)
+                if missing:
+                    errors.append((f"routes[{i}].rewrite", "uses {" + ", ".join(sorted(missing))
+                                   + f"}} which path \"{pattern}\" does not capture"))

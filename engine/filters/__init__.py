@@ -1,0 +1,12 @@
+"""The filter registry: config section name -> filter module. The only registry there is.
+
+A filter module has a fixed shape: ``Config`` (a frozen dataclass built from the route's section
+of that name) and ``Filter`` (a chain.filter.Filter subclass with a PHASE rank).
+"""
+
+from engine.filters import headers, static
+
+FILTERS = {
+    "headers": headers,
+    "static": static,
+}

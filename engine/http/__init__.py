@@ -1,0 +1,1 @@
+"""Client side of the data plane: the httptools protocol, framing rules and messages."""

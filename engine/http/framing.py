@@ -1,0 +1,131 @@
+"""HTTP/1.1 message rules that httptools (llhttp) leaves to us, and the proxy header tables.
+
+llhttp already rejects: invalid field-name tokens, CTL/NUL/DEL in field values, bare CR or LF,
+obs-fold, Content-Length together with Transfer-Encoding, duplicate or non-digit Content-Length,
+a Transfer-Encoding whose final coding is not chunked, and invalid chunk framing. What it
+accepts and RFC 9112 does not is checked here and in the protocol.
+"""
+
+import re
+
+# Header kinds the client protocol tracks while headers arrive (keys are lowercased names).
+H_HOST = 1
+H_CONTENT_LENGTH = 2
+H_TRANSFER_ENCODING = 3
+H_CONNECTION = 4
+H_EXPECT = 5
+H_UPGRADE = 6
+H_XFF = 7
+H_REQUEST_ID = 8
+H_HOP = 9  # hop-by-hop: dropped, never forwarded (RFC 9110 §7.6.1)
+H_FORWARDED = 10  # X-Forwarded-Proto/-Host, X-Real-IP: rewritten by the proxy
+
+# RFC 9110 §7.6.1 hop-by-hop fields, plus Proxy-Connection which old clients still send.
+HOP_BY_HOP = frozenset((
+    b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
+    b"transfer-encoding", b"upgrade", b"proxy-authenticate", b"proxy-authorization",
+))
+
+REQUEST_KINDS: dict[bytes, int] = {
+    b"host": H_HOST,
+    b"content-length": H_CONTENT_LENGTH,
+    b"transfer-encoding": H_TRANSFER_ENCODING,
+    b"connection": H_CONNECTION,
+    b"expect": H_EXPECT,
+    b"upgrade": H_UPGRADE,
+    b"x-forwarded-for": H_XFF,
+    b"x-request-id": H_REQUEST_ID,
+    b"keep-alive": H_HOP,
+    b"proxy-connection": H_HOP,
+    b"te": H_HOP,
+    b"trailer": H_HOP,
+    # Proxy-Authorization is consumed by the proxy it is addressed to; we are that proxy.
+    b"proxy-authorization": H_HOP,
+    b"x-forwarded-proto": H_FORWARDED,
+    b"x-forwarded-host": H_FORWARDED,
+    b"x-real-ip": H_FORWARDED,
+}
+
+# RFC 9110 §7.2 / RFC 3986 §3.2.2: uri-host [ ":" port ]; reg-name, IPv4 or an IP-literal.
+_HOST_RE = re.compile(
+    rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?"
+)
+
+
+def valid_host(value: bytes) -> bool:
+    return _HOST_RE.fullmatch(value) is not None
+
+
+def host_for_routing(value: bytes) -> str:
+    """Lowercased host without port, as the router keys hosts."""
+    if value.startswith(b"["):
+        end = value.find(b"]")
+        return value[: end + 1].decode("latin-1").lower()
+    colon = value.rfind(b":")
+    if colon >= 0:
+        value = value[:colon]
+    return value.decode("latin-1").lower().rstrip(".")
+
+
+def connection_tokens(values: list) -> set:
+    """Lowercased tokens of every Connection header line (RFC 9110 §7.6.1)."""
+    tokens = set()
+    for value in values:
+        for token in value.split(b","):
+            token = token.strip().lower()
+            if token:
+                tokens.add(token)
+    return tokens
+
+
+def transfer_codings(value: bytes) -> list:
+    return [c.strip().lower() for c in value.split(b",") if c.strip()]
+
+
+def remove_dot_segments(path: str) -> str:
+    """RFC 3986 §5.2.4, so "/public/../admin" routes (and is forwarded) as "/admin"."""
+    out: list[str] = []
+    segments = path.split("/")
+    for i, seg in enumerate(segments[1:], 1):
+        last = i == len(segments) - 1
+        if seg == "..":
+            if len(out) > 0:
+                out.pop()
+            if last:
+                out.append("")
+        elif seg == ".":
+            if last:
+                out.append("")
+        else:
+            out.append(seg)
+    return "/" + "/".join(out)
+
+
+def split_target(url: bytes) -> tuple[bytes | None, bytes, bytes]:
+    """(authority or None, path, query-with-'?' or b"") of a request target.
+
+    Origin-form is the common case; absolute-form must be accepted by servers (RFC 9112
+    §3.2.2), and then its authority replaces the Host header. Raises ValueError otherwise.
+    """
+    if url[:1] == b"/":
+        q = url.find(b"?")
+        if q < 0:
+            return None, url, b""
+        return None, url[:q], url[q:]
+    lowered = url[:8].lower()
+    if lowered.startswith(b"http://") or lowered.startswith(b"https://"):
+        rest = url[url.find(b"//") + 2:]
+        slash = rest.find(b"/")
+        q = rest.find(b"?")
+        cut = min(x for x in (slash, q, len(rest)) if x >= 0)
+        authority = rest[:cut]
+        if b"@" in authority or not authority:
+            raise ValueError("userinfo or empty authority in absolute-form target")
+        rest = rest[cut:]
+        if rest[:1] != b"/":
+            rest = b"/" + rest
+        q = rest.find(b"?")
+        if q < 0:
+            return authority, rest, b""
+        return authority, rest[:q], rest[q:]
+    raise ValueError("request target is neither origin-form nor absolute-form")

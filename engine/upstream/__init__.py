@@ -1,0 +1,1 @@
+"""Upstream side of the data plane: servers, keep-alive pools, connections, balancers."""
