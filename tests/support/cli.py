@@ -1,0 +1,80 @@
+"""Run the real `edgeproxy` CLI as a subprocess (supervisor + workers)."""
+
+import os
+import re
+import select
+import signal
+import subprocess
+import sys
+import time
+
+_LISTENING = re.compile(rb"listening on (\S+):(\d+) with (\d+) worker")
+
+
+class CliProxy:
+    """``with CliProxy(tmp_path, toml) as p: p.port``; SIGTERM and a bounded wait on exit."""
+
+    def __init__(self, tmp_path, config_text: str, start_timeout: float = 15.0):
+        self.path = tmp_path / "edgeproxy.toml"
+        self.path.write_text(config_text)
+        self.start_timeout = start_timeout
+        self.proc = None
+        self.port = None
+        self.stderr = b""
+        self.returncode = None
+
+    def __enter__(self):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "engine", "run", "-c", str(self.path)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([self.proc.stderr], [], [], 0.2)
+            if ready:
+                chunk = os.read(self.proc.stderr.fileno(), 65536)
+                if not chunk:
+                    break
+                self.stderr += chunk
+                m = _LISTENING.search(self.stderr)
+                if m:
+                    self.port = int(m.group(2))
+                    time.sleep(0.2)  # workers bind right after the supervisor logs
+                    return self
+        self.stop()
+        raise RuntimeError(f"edgeproxy did not start: {self.stderr.decode(errors='replace')}")
+
+    def read_stderr(self) -> bytes:
+        while True:
+            ready, _, _ = select.select([self.proc.stderr], [], [], 0)
+            if not ready:
+                return self.stderr
+            chunk = os.read(self.proc.stderr.fileno(), 65536)
+            if not chunk:
+                return self.stderr
+            self.stderr += chunk
+
+    def stop(self, timeout: float = 20.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            out, err = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            out, err = self.proc.communicate(timeout=5)
+        self.stdout = out
+        self.stderr += err
+        self.returncode = self.proc.returncode
+        return self.returncode
+
+    def __exit__(self, *exc):
+        if self.returncode is None:
+            self.stop()
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # nothing may outlive the test
+        except ProcessLookupError:
+            pass
+
+
+def check(config_path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "engine", "check", "-c", str(config_path)],
+                          capture_output=True, timeout=30)

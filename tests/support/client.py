@@ -1,0 +1,136 @@
+"""A raw HTTP/1.1 client over a real socket, for exact bytes on the wire (every wait bounded)."""
+
+import socket
+
+import httptools
+
+
+class Response:
+    def __init__(self):
+        self.status = 0
+        self.headers = []
+        self.body = b""
+        self.complete = False
+
+    def header(self, name: bytes):
+        name = name.lower()
+        values = [v for n, v in self.headers if n.lower() == name]
+        return values[0] if len(values) == 1 else (values or None)
+
+    def json(self):
+        import orjson
+        return orjson.loads(self.body)
+
+
+class _Parser:
+    def __init__(self, head_only: bool):
+        self.resp = Response()
+        self.head_only = head_only
+        self.done = False
+        self.head_done = False
+        self.parser = None
+
+    def on_header(self, name, value):
+        if not self.head_done:
+            self.resp.headers.append((name, value))
+
+    def on_headers_complete(self):
+        self.head_done = True
+        self.resp.status = self.parser.get_status_code()
+        if self.head_only:
+            self.done = True
+            self.resp.complete = True
+
+    def on_body(self, body):
+        self.resp.body += body
+
+    def on_message_complete(self):
+        self.done = True
+        self.resp.complete = True
+
+
+class Conn:
+    """``with Conn(port) as c: c.send(b"GET / ..."); r = c.response()``"""
+
+    def __init__(self, port: int, timeout: float = 5.0):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.buffer = b""
+        self.eof = False
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.sock.close()
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def request(self, method="GET", path="/", headers=(), body=b"", host=b"test") -> Response:
+        lines = [b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (method.encode(), path.encode(), host)]
+        lines += [b"%s: %s\r\n" % h for h in headers]
+        if body:
+            lines.append(b"Content-Length: %d\r\n" % len(body))
+        self.send(b"".join(lines) + b"\r\n" + body)
+        return self.response(head_only=method == "HEAD")
+
+    def _fill(self) -> bool:
+        try:
+            data = self.sock.recv(65536)
+        except ConnectionResetError:
+            data = b""
+        if not data:
+            self.eof = True
+            return False
+        self.buffer += data
+        return True
+
+    def response(self, head_only: bool = False) -> Response:
+        """Read one response; raises TimeoutError if it does not complete in time."""
+        p = _Parser(head_only)
+        parser = p.parser = httptools.HttpResponseParser(p)
+        while True:
+            if self.buffer:
+                data, self.buffer = self.buffer, b""
+                try:
+                    parser.feed_data(data)
+                except httptools.HttpParserUpgrade as exc:
+                    self.buffer = data[exc.args[0]:]
+                    p.resp.complete = True
+                    return p.resp
+                if p.done:
+                    return p.resp
+            if not self._fill():
+                # EOF: a close-delimited body ends here; anything else is truncated.
+                if p.head_done and not p.done:
+                    te = p.resp.header(b"transfer-encoding")
+                    cl = p.resp.header(b"content-length")
+                    p.resp.complete = te is None and cl is None
+                    return p.resp
+                raise ConnectionError("connection closed before a response")
+
+    def read_until_close(self) -> bytes:
+        while self._fill():
+            pass
+        data, self.buffer = self.buffer, b""
+        return data
+
+    def closed(self, wait: float = 2.0) -> bool:
+        """True if the peer closes the connection within ``wait`` seconds (no data left)."""
+        self.sock.settimeout(wait)
+        try:
+            while self._fill():
+                pass
+            return True
+        except (TimeoutError, socket.timeout):
+            return False
+
+
+def raw(port: int, data: bytes, timeout: float = 5.0) -> bytes:
+    """Send ``data``, read until the proxy closes (or ``timeout``)."""
+    with Conn(port, timeout) as c:
+        c.send(data)
+        try:
+            return c.read_until_close()
+        except (TimeoutError, socket.timeout):
+            return c.buffer

@@ -1,0 +1,167 @@
+"""Real origin servers on loopback that behave on cue.
+
+An Origin runs an asyncio server in its own thread. Its ``handler(request)`` returns what to do:
+raw response bytes, or a tuple (bytes, action) where action is "close", "reset", "hang" or
+"keep". Every request is recorded for assertions.
+"""
+
+import asyncio
+import socket
+import struct
+import threading
+
+import httptools
+
+
+class Request:
+    def __init__(self):
+        self.method = b""
+        self.url = b""
+        self.headers = []
+        self.body = b""
+        self.version = ""
+        self.conn_id = 0
+
+    def header(self, name: bytes):
+        name = name.lower()
+        values = [v for n, v in self.headers if n.lower() == name]
+        return values[0] if len(values) == 1 else (values or None)
+
+
+def ok(body: bytes = b"hello", status: int = 200, headers=()) -> bytes:
+    extra = b"".join(b"%s: %s\r\n" % h for h in headers)
+    return b"HTTP/1.1 %d OK\r\nContent-Length: %d\r\n%s\r\n%s" % (status, len(body), extra, body)
+
+
+def echo(req: Request) -> bytes:
+    return ok(req.body or req.url)
+
+
+class _OriginProtocol(asyncio.Protocol):
+    def __init__(self, origin):
+        self.origin = origin
+        origin.connections += 1
+        self.conn_id = origin.connections
+        self.parser = httptools.HttpRequestParser(self)
+        self.req = None
+        self.transport = None
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.origin.open.add(self)
+
+    def connection_lost(self, exc):
+        self.origin.open.discard(self)
+
+    def data_received(self, data):
+        self.origin.raw.append(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self.transport.write(self.origin.on_upgrade(self.req, data[exc.args[0]:]))
+            self.tunnel = True
+            self.data_received = self._echo_tunnel
+        except httptools.HttpParserError:
+            self.transport.close()
+
+    def _echo_tunnel(self, data):
+        self.transport.write(data)
+
+    def on_message_begin(self):
+        self.req = Request()
+        self.req.conn_id = self.conn_id
+
+    def on_url(self, url):
+        self.req.url += url
+
+    def on_header(self, name, value):
+        self.req.headers.append((name, value))
+
+    def on_headers_complete(self):
+        self.req.method = self.parser.get_method()
+        self.req.version = self.parser.get_http_version()
+        if self.origin.on_head is not None:
+            self.origin.on_head(self.req, self.transport)
+
+    def on_body(self, body):
+        self.req.body += body
+
+    def on_message_complete(self):
+        req = self.req
+        self.origin.requests.append(req)
+        if self.parser.should_upgrade():
+            return
+        answer = self.origin.handler(req)
+        action = "keep"
+        if isinstance(answer, tuple):
+            answer, action = answer
+        if answer:
+            self.transport.write(answer)
+        if action == "close":
+            self.transport.close()
+        elif action == "reset":
+            sock = self.transport.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.transport.abort()
+        elif action == "hang":
+            pass
+
+
+class Origin:
+    def __init__(self, handler=echo, on_head=None):
+        self.handler = handler
+        self.on_head = on_head
+        self.requests: list[Request] = []
+        self.raw: list[bytes] = []
+        self.connections = 0
+        self.open = set()
+        self.port = None
+        self.loop = None
+        self._thread = None
+        self._ready = threading.Event()
+        self._stop = None
+
+    def on_upgrade(self, req, rest: bytes) -> bytes:
+        return (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\n\r\n" + rest)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self):
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("origin did not start")
+        return self
+
+    def _run(self):
+        loop = self.loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+
+        async def main():
+            self._stop = loop.create_future()
+            server = await loop.create_server(lambda: _OriginProtocol(self), "127.0.0.1", 0)
+            self.port = server.sockets[0].getsockname()[1]
+            self._ready.set()
+            await self._stop
+            server.close()
+            for proto in list(self.open):
+                proto.transport.abort()
+
+        loop.run_until_complete(main())
+        loop.close()
+
+    def __exit__(self, *exc):
+        self.loop.call_soon_threadsafe(lambda: self._stop.done() or self._stop.set_result(None))
+        self._thread.join(10)
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (connect is refused)."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
