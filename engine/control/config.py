@@ -210,13 +210,17 @@ def _cross_check(cfg: Config, errors: list) -> None:
 
     names = set()
     for i, up in enumerate(cfg.upstreams):
+        if up is None:
+            continue
         if up.name in names:
             errors.append((f"upstreams[{i}].name", f'duplicate upstream name "{up.name}"'))
         names.add(up.name)
-        if not up.servers:
+        if not [s for s in up.servers if s is not None]:
             errors.append((f"upstreams[{i}].servers", "needs at least one server"))
     route_names = set()
     for i, route in enumerate(cfg.routes):
+        if route is None:
+            continue
         path = f"routes[{i}]"
         if route.name in route_names:
             errors.append((join(path, "name"), f'duplicate route name "{route.name}"'))

@@ -70,6 +70,9 @@ def build(cls, raw, path: str, errors: list):
         if name not in fields and name not in sections:
             errors.append((join(path, name),
                            "unknown key" + suggest(name, [*fields, *sections])))
+    # A bad optional key falls back to its default (the error is recorded), so the caller's
+    # cross-checks still run and one pass reports every problem; a bad required key makes the
+    # whole table unusable (None).
     ok = True
     for name, f in fields.items():
         if name == "sections":
@@ -82,7 +85,7 @@ def build(cls, raw, path: str, errors: list):
         before = len(errors)
         value = convert(hints[name], raw[name], join(path, name), errors, f.metadata)
         if len(errors) > before:
-            ok = False
+            ok = ok and f.default is not REQUIRED
         else:
             values[name] = value
     if sections:
@@ -90,80 +93,20 @@ def build(cls, raw, path: str, errors: list):
         for name, section_cls in sections.items():
             if name in raw:
                 obj = build(section_cls, raw[name], join(path, name), errors)
-                if obj is None:
-                    ok = False
-                else:
+                if obj is not None:
                     built[name] = obj
         values["sections"] = tuple(sorted(built.items()))
     if not ok:
         return None
-    obj = cls(**values)
-    for name, f in fields.items():
-        if getattr(obj, name) is REQUIRED:
-            return None
-    return obj
+    return cls(**values)
 
 
 def convert(tp, value, path, errors, meta=None):
-    meta = meta or {}
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(tp)
-        if value is None and type(None) in options:
-            return None
-        for option in options:
-            if option is type(None):
-                continue
-            trial: list = []
-            result = convert(option, value, path, trial, meta)
-            if not trial:
-                return result
-        names = " or ".join(_describe(o) for o in options if o is not type(None))
-        errors.append((path, f"expected {names}, got {_tname(value)} {value!r}"))
-        return None
-    if origin is tuple:
-        item_tp = typing.get_args(tp)[0]
-        if not isinstance(value, list):
-            errors.append((path, f"expected an array, got {_tname(value)}"))
-            return None
-        out = [convert(item_tp, v, join(path, i), errors) for i, v in enumerate(value)]
-        result = tuple(out)
-    elif origin is dict:
-        kt, vt = typing.get_args(tp)
-        if not isinstance(value, dict):
-            errors.append((path, f"expected a table, got {_tname(value)}"))
-            return None
-        result = tuple((k, convert(vt, v, join(path, k), errors)) for k, v in value.items())
-    elif dataclasses.is_dataclass(tp):
-        result = build(tp, value, path, errors)
-    elif tp is Duration:
-        result = _duration(value, path, errors)
-    elif tp is Size:
-        result = _size(value, path, errors)
-    elif tp is bool:
-        if not isinstance(value, bool):
-            errors.append((path, f"expected true or false, got {_tname(value)}"))
-            return None
-        result = value
-    elif tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            errors.append((path, f"expected an integer, got {_tname(value)}"))
-            return None
-        result = value
-    elif tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            errors.append((path, f"expected a number, got {_tname(value)}"))
-            return None
-        result = float(value)
-    elif tp is str:
-        if not isinstance(value, str):
-            errors.append((path, f"expected a string, got {_tname(value)}"))
-            return None
-        result = value
-    else:
-        raise TypeError(f"schema type {tp!r} at {path} is not supported")
-    if result is None:
-        return None
+    """Convert ``value`` to schema type ``tp``, then apply the key's bounds and check."""
+    before = len(errors)
+    result = _convert_type(tp, value, path, errors)
+    if result is None or len(errors) > before or not meta:
+        return result
     lo, hi, choices = meta.get("min"), meta.get("max"), meta.get("choices")
     if lo is not None and result < lo:
         errors.append((path, f"must be at least {lo}, got {result!r}"))
@@ -173,13 +116,73 @@ def convert(tp, value, path, errors, meta=None):
         errors.append((path, f"must be one of {', '.join(map(repr, choices))}, got "
                              f"{result!r}" + suggest(str(result), choices)))
     check = meta.get("check")
-    if check is not None:
+    if check is not None and len(errors) == before:
         try:
             result = check(result)
         except ValueError as exc:
             errors.append((path, str(exc)))
             return None
     return result
+
+
+def _convert_type(tp, value, path, errors):
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        for option in options:
+            if option is type(None):
+                continue
+            trial: list = []
+            result = _convert_type(option, value, path, trial)
+            if not trial:
+                return result
+            if dataclasses.is_dataclass(option) and isinstance(value, dict):
+                errors.extend(trial)  # a table for a table type: its own errors are the news
+                return None
+        names = " or ".join(_describe(o) for o in options if o is not type(None))
+        errors.append((path, f"expected {names}, got {_tname(value)} {value!r}"))
+        return None
+    if origin is tuple:
+        item_tp = typing.get_args(tp)[0]
+        if not isinstance(value, list):
+            errors.append((path, f"expected an array, got {_tname(value)}"))
+            return None
+        return tuple(convert(item_tp, v, join(path, i), errors) for i, v in enumerate(value))
+    if origin is dict:
+        _, vt = typing.get_args(tp)
+        if not isinstance(value, dict):
+            errors.append((path, f"expected a table, got {_tname(value)}"))
+            return None
+        return tuple((k, convert(vt, v, join(path, k), errors)) for k, v in value.items())
+    if dataclasses.is_dataclass(tp):
+        return build(tp, value, path, errors)
+    if tp is Duration:
+        return _duration(value, path, errors)
+    if tp is Size:
+        return _size(value, path, errors)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        errors.append((path, f"expected true or false, got {_tname(value)}"))
+        return None
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        errors.append((path, f"expected an integer, got {_tname(value)}"))
+        return None
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        errors.append((path, f"expected a number, got {_tname(value)}"))
+        return None
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        errors.append((path, f"expected a string, got {_tname(value)}"))
+        return None
+    raise TypeError(f"schema type {tp!r} at {path} is not supported")
 
 
 def _duration(value, path, errors):

@@ -143,6 +143,8 @@ class Runtime:
 def check_routes(cfg, errors: list) -> None:
     """Route checks that need the router itself: pattern syntax, hosts, rewrite params."""
     for i, route in enumerate(cfg.routes):
+        if route is None:
+            continue
         router = Router(cache_size=0)
         for j, pattern in enumerate(route.paths):
             try:

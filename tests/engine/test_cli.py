@@ -1,0 +1,103 @@
+"""The `edgeproxy` command: `check` like `nginx -t`, `run` supervising workers."""
+
+import os
+import threading
+import time
+
+from tests.support.cli import CliProxy, check
+from tests.support.client import Conn
+from tests.support.origin import Origin, ok
+
+GOOD = """
+[server]
+access_log = "off"
+workers = {workers}
+drain_timeout = "5s"
+
+[[upstreams]]
+name = "app"
+servers = ["{url}"]
+
+[[routes]]
+name = "all"
+upstream = "app"
+"""
+
+
+def test_check_accepts_a_valid_config(tmp_path):
+    path = tmp_path / "ok.toml"
+    path.write_text(GOOD.format(workers=1, url="http://127.0.0.1:1"))
+    result = check(path)
+    assert result.returncode == 0, result.stderr
+    assert b"is valid" in result.stdout
+
+
+def test_check_rejects_with_key_path_and_suggestion(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text(GOOD.format(workers=1, url="http://127.0.0.1:1").replace(
+        'upstream = "app"', 'upstream = "ap"'))
+    result = check(path)
+    assert result.returncode == 1
+    assert b'routes[0].upstream: unknown upstream "ap" (did you mean "app"?)' in result.stderr
+
+
+def test_check_reports_a_missing_file(tmp_path):
+    result = check(tmp_path / "missing.toml")
+    assert result.returncode == 1
+    assert b"cannot read" in result.stderr
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except FileNotFoundError:
+        return []
+
+
+def _wait_for(predicate, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_two_workers_share_the_port_and_a_crashed_worker_is_restarted(tmp_path):
+    with Origin() as origin, CliProxy(tmp_path, GOOD.format(workers=2, url=origin.url)) as p:
+        assert _wait_for(lambda: len(_children(p.proc.pid)) == 2)
+        workers = _children(p.proc.pid)
+        for i in range(20):  # fresh connections spread over both workers by SO_REUSEPORT
+            with Conn(p.port) as c:
+                assert c.request("GET", f"/{i}").status == 200
+        os.kill(workers[0], 9)
+        assert _wait_for(lambda: len(_children(p.proc.pid)) == 2
+                         and workers[0] not in _children(p.proc.pid))
+        assert _wait_for(lambda: b"restarting" in p.read_stderr())
+        for i in range(10):
+            with Conn(p.port) as c:
+                assert c.request("GET", "/after").status == 200
+        assert p.stop() == 0
+
+
+def test_sigterm_drains_in_flight_requests_then_exits_zero(tmp_path):
+    def slow(req, transport):
+        origin.loop.call_later(0.8, transport.write, ok(b"finished"))
+
+    origin = Origin(handler=lambda req: (b"", "keep"), on_head=slow)
+    with origin, CliProxy(tmp_path, GOOD.format(workers=1, url=origin.url)) as p:
+        result = {}
+
+        def client():
+            with Conn(p.port) as c:
+                result["resp"] = c.request("GET", "/slow")
+
+        t = threading.Thread(target=client)
+        t.start()
+        assert _wait_for(lambda: len(origin.requests) == 1 or origin.connections == 1, 5)
+        time.sleep(0.1)
+        p.proc.send_signal(15)
+        t.join(10)
+        assert result["resp"].status == 200 and result["resp"].body == b"finished"
+        assert p.proc.wait(timeout=15) == 0
