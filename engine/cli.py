@@ -1,4 +1,5 @@
-"""The `edgeproxy` command: `run` serves a config, `check` validates one (like `nginx -t`)."""
+"""The `edgeproxy` command: `run` serves a config, `check` validates one (like `nginx -t`),
+`reference` prints the config reference generated from the schema."""
 
 import argparse
 import sys
@@ -15,7 +16,15 @@ def main(argv=None) -> int:
     run.add_argument("-c", "--config", default="config.toml")
     check = sub.add_parser("check", help="validate the config and exit (1 on error)")
     check.add_argument("-c", "--config", default="config.toml")
+    sub.add_parser("reference", help="print the config reference (markdown) from the schema")
     args = parser.parse_args(argv)
+
+    if args.command == "reference":
+        from engine.control.config import Config
+        from engine.control.schema import reference_markdown
+
+        print("\n".join(reference_markdown(Config, "")))
+        return 0
 
     from engine.control.config import load
 

@@ -51,7 +51,7 @@ def _check_url(value: str) -> str:
     if not parts.hostname:
         raise ValueError(f'URL "{value}" has no host')
     try:
-        parts.port
+        _ = parts.port  # urlsplit validates the port lazily
     except ValueError:
         raise ValueError(f'URL "{value}" has an invalid port') from None
     if parts.path not in ("", "/") or parts.query:

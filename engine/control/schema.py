@@ -66,7 +66,7 @@ def build(cls, raw, path: str, errors: list):
     extra = getattr(cls, "EXTRA_SECTIONS", None)  # name -> dataclass, for filter sections
     sections = extra() if extra else {}
     values = {}
-    for name, value in raw.items():
+    for name in raw:
         if name not in fields and name not in sections:
             errors.append((join(path, name),
                            "unknown key" + suggest(name, [*fields, *sections])))
@@ -234,7 +234,7 @@ def _describe(tp) -> str:
 
 def reference_markdown(cls, heading: str) -> list[str]:
     """Markdown tables describing ``cls`` and the dataclasses it contains."""
-    lines = [f"#### `{heading}`", "", "| key | type | default | description |",
+    lines = [f"#### `{heading or 'top level'}`", "", "| key | type | default | description |",
              "|---|---|---|---|"]
     nested = []
     hints = typing.get_type_hints(cls)
@@ -245,7 +245,8 @@ def reference_markdown(cls, heading: str) -> list[str]:
         inner = [a for a in (typing.get_args(tp) or (tp,)) if dataclasses.is_dataclass(a)]
         for sub in inner:
             suffix = "[]" if typing.get_origin(tp) is tuple else ""
-            nested.append((sub, f"{heading}.{f.name}{suffix}"))
+            prefix = f"{heading}." if heading else ""
+            nested.append((sub, f"{prefix}{f.name}{suffix}"))
         default = "required" if f.default is REQUIRED else _show(f.default)
         doc = f.metadata.get("doc", "")
         bounds = []
@@ -264,11 +265,13 @@ def reference_markdown(cls, heading: str) -> list[str]:
     extra = getattr(cls, "EXTRA_SECTIONS", None)
     if extra:
         for name, sub in extra().items():
-            lines += reference_markdown(sub, f"{heading}.{name}")
+            lines += reference_markdown(sub, f"{heading}.{name}" if heading else name)
     return lines
 
 
 def _show(value) -> str:
+    if dataclasses.is_dataclass(value):
+        return "see below"
     if value is None:
         return "none"
     if isinstance(value, bool):

@@ -14,7 +14,7 @@ class Server:
         self.weight = weight
         self.pool = pool
         # Host header for HTTP/1.0 requests that sent none.
-        self.authority = ("%s:%d" % (host, port)).encode()
+        self.authority = f"{host}:{port}".encode()
 
 
 class Upstream:

@@ -75,7 +75,7 @@ def test_two_workers_share_the_port_and_a_crashed_worker_is_restarted(tmp_path):
         assert _wait_for(lambda: len(_children(p.proc.pid)) == 2
                          and workers[0] not in _children(p.proc.pid))
         assert _wait_for(lambda: b"restarting" in p.read_stderr())
-        for i in range(10):
+        for _ in range(10):
             with Conn(p.port) as c:
                 assert c.request("GET", "/after").status == 200
         assert p.stop() == 0

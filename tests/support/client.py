@@ -122,7 +122,7 @@ class Conn:
             while self._fill():
                 pass
             return True
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             return False
 
 
@@ -132,5 +132,5 @@ def raw(port: int, data: bytes, timeout: float = 5.0) -> bytes:
         c.send(data)
         try:
             return c.read_until_close()
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             return c.buffer
