@@ -43,7 +43,7 @@ class Exchange:
         "server", "conn", "pending", "pending_size", "body_received", "body_done",
         "body_streamed", "chunked_up", "status", "resp_chunked", "upstream_close_delimited",
         "head_sent", "bytes_out", "close_after", "error", "ran", "finished", "t_start",
-        "t_upstream", "connecting", "retried", "tunnel_pending", "header_size",
+        "t_upstream", "connecting", "retried", "tunnel_pending", "header_size", "out",
     )
 
     def __init__(self, proto, rt):
@@ -93,6 +93,7 @@ class Exchange:
         self.retried = False
         self.tunnel_pending = None
         self.header_size = 0
+        self.out = None  # while an upstream read is being parsed: writes to coalesce
 
     # -- request phase
 
@@ -306,7 +307,10 @@ class Exchange:
 
     def upstream_body(self, chunk):
         if self.resp_chunked:
-            self.proto.transport.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            chunk = b"%x\r\n%s\r\n" % (len(chunk), chunk)
+        out = self.out
+        if out is not None:
+            out.append(chunk)
         else:
             self.proto.transport.write(chunk)
         self.bytes_out += len(chunk)
@@ -315,7 +319,10 @@ class Exchange:
 
     def upstream_complete(self, conn, reusable):
         if self.resp_chunked:
-            self.proto.transport.write(CHUNK_END)
+            if self.out is not None:
+                self.out.append(CHUNK_END)
+            else:
+                self.proto.transport.write(CHUNK_END)
         self.conn = None
         pool = self.server.pool
         pool.active -= 1
@@ -377,7 +384,10 @@ class Exchange:
     # -- tunnel (after a relayed 101)
 
     def tunnel_to_client(self, data):
-        self.proto.transport.write(data)
+        if self.out is not None:
+            self.out.append(data)  # behind the 101 head still waiting in ``out``
+        else:
+            self.proto.transport.write(data)
         self.bytes_out += len(data)
 
     def tunnel_closed(self):
@@ -432,12 +442,24 @@ class Exchange:
             self.bytes_out += len(body)
         self.status = status
         self.head_sent = True
-        proto.transport.write(b"".join(parts))
+        if self.out is not None:
+            self.out.append(b"".join(parts))
+        else:
+            proto.transport.write(b"".join(parts))
         if tunnel:
             proto.start_tunnel(self, self.conn)
+
+    def flush(self):
+        """Write what the current upstream read produced in one send (head and body of a
+        small response then cost one syscall, not two)."""
+        out = self.out
+        if out and not self.proto.closed:
+            self.proto.transport.write(b"".join(out) if len(out) > 1 else out[0])
+            out.clear()
 
     def finish(self):
         if self.finished:
             return
+        self.flush()
         self.finished = True
         self.proto.exchange_finished(self)

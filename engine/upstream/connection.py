@@ -49,6 +49,7 @@ class UpstreamConnection(asyncio.Protocol):
             # An idle connection must not talk; whatever it says, it is not reusable.
             self.close()
             return
+        ex.out = []
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -69,6 +70,9 @@ class UpstreamConnection(asyncio.Protocol):
             # stop == "abort": the exchange already failed this connection
         except httptools.HttpParserError as exc:
             self._fail(exc)
+        finally:
+            ex.flush()
+            ex.out = None
 
     def connection_lost(self, exc):
         self.lost = True
