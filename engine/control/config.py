@@ -65,6 +65,20 @@ def _check_workers(value):
     raise ValueError(f'expected a number of workers 1-256 or "auto", got {value!r}')
 
 
+_HOST_PATTERN_RE = re.compile(r"^(\*\.)?[a-z0-9_-]+(\.[a-z0-9_-]+)*$|^\[[0-9a-f:.]+\]$")
+
+
+def _check_hosts(values: tuple) -> tuple:
+    out = []
+    for v in values:
+        v = v.lower().rstrip(".")
+        if not _HOST_PATTERN_RE.match(v):
+            raise ValueError(f'"{v}" is not a host name, "*.suffix" wildcard or [IPv6] '
+                             "literal (no port; leave hosts empty to match any host)")
+        out.append(v)
+    return tuple(out)
+
+
 def _check_methods(values: tuple) -> tuple:
     for v in values:
         if not _TOKEN_RE.match(v) or v != v.upper():
@@ -153,7 +167,7 @@ class RouteConfig:
     EXTRA_SECTIONS = staticmethod(_filter_sections)
     name: str = key(REQUIRED, "unique name (logs, metrics)")
     hosts: tuple[str, ...] = key((), 'hosts matched: "api.example.com" or "*.example.com"; '
-                                     "empty = any host")
+                                     "empty = any host", check=_check_hosts)
     paths: tuple[str, ...] = key(("/*",), 'path patterns: "/exact", "/users/{id}", '
                                           '"/static/*", "/files/{rest*}"')
     methods: tuple[str, ...] = key((), "methods accepted; empty = any", check=_check_methods)

@@ -81,6 +81,8 @@ def test_units_for_sizes_and_durations():
     pytest.param(BASE + '[routes.static]\nstatus = 99\n', "routes[0].static.status",
                  "at least 200", id="static-status-range"),
     pytest.param("[server\n", "", "invalid TOML", id="toml-syntax"),
+    pytest.param(BASE.replace('name = "pay"', 'name = "pay"\nhosts = ["api.example.com:80"]'),
+                 "routes[0].hosts", "no port", id="host-with-port"),
 ])
 def test_error_names_key_path_and_reason(text, path, fragment):
     if path is None:
