@@ -148,7 +148,7 @@ def check_routes(cfg, errors: list) -> None:
         router = Router(cache_size=0)
         for j, pattern in enumerate(route.paths):
             try:
-                router.add(None, list(route.hosts) or None, pattern, None)
+                router.add(route, list(route.hosts) or None, pattern, None)
             except ValueError as exc:
                 errors.append((f"routes[{i}].paths[{j}]", str(exc)))
                 continue
