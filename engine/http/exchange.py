@@ -18,6 +18,8 @@ PENDING_LIMIT = 256 * 1024
 
 CHUNK_END = b"0\r\n\r\n"
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+# RFC 9110 §9.2.2: requests a client may repeat automatically (RFC 9112 §9.3.1.1).
+IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"))
 NO_BODY_STATUSES = frozenset((204, 304))
 
 # Response headers the proxy re-frames or replaces rather than relays.
@@ -285,14 +287,14 @@ class Exchange:
         if te is not None and transfer_codings(te) != [b"chunked"]:
             # A coding we would have to relay undecoded: ambiguous for the client (RFC 9112
             # §6.1); refuse rather than guess.
-            self.upstream_failed(conn, "bad_gateway")
+            self.upstream_failed(conn, "bad_gateway", retry=False)
             conn.abort()
             return False
         if named:
             out = [h for h in out if h[0].lower() not in named]
         if status == 101:
             if self.upgrade is None:
-                self.upstream_failed(conn, "bad_gateway")
+                self.upstream_failed(conn, "bad_gateway", retry=False)
                 conn.abort()
                 return False
             out.append((b"Connection", b"upgrade"))
@@ -332,15 +334,18 @@ class Exchange:
             conn.close()
         self.finish()
 
-    def upstream_failed(self, conn, code):
+    def upstream_failed(self, conn, code, retry=True):
+        """``retry`` is False when the upstream answered something (a malformed response):
+        that is its answer, not a connection lost in a keep-alive race."""
         if conn is not None and self.conn is conn:
             self.conn = None
             self.server.pool.active -= 1
-            if (conn.requests > 1 and not self.head_sent and not self.body_streamed
-                    and not self.retried and not self.finished
+            if (retry and conn.requests > 1 and not self.head_sent and not self.body_streamed
+                    and not self.retried and not self.finished and self.method in IDEMPOTENT
                     and (self.body_done or not self.body_received)):
                 # The keep-alive connection was closed by the server as we reused it
-                # (RFC 9112 §9.3.1): the request never reached it; resend on a fresh one.
+                # (RFC 9112 §9.3.1): resend once on a fresh one, but only an idempotent
+                # request, which may be repeated automatically (RFC 9112 §9.3.1.1).
                 self.retried = True
                 self.connect()
                 return

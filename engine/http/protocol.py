@@ -86,7 +86,7 @@ class ClientProtocol(asyncio.Protocol):
         except httptools.HttpParserUpgrade as exc:
             self._upgrade_requested(data[exc.args[0]:] if exc.args else b"")
         except httptools.HttpParserError as exc:
-            if not self.broken:
+            if not self.broken and not self.closed:
                 self._parse_failed(exc)
 
     def connection_lost(self, exc):
@@ -128,6 +128,10 @@ class ClientProtocol(asyncio.Protocol):
     # -- httptools callbacks
 
     def on_message_begin(self):
+        if self.broken or self.closed:
+            # An answer already decided to close (or linger): RFC 9112 §9.6, no request after
+            # it is processed, even one that arrived in the same read.
+            raise _Rejected("closing")
         rt = self.worker.runtime
         self.settings = rt.settings
         self.ex = Exchange(self, rt)
@@ -291,6 +295,8 @@ class ClientProtocol(asyncio.Protocol):
 
     def _reject(self, ex, code):
         """Answer ``ex`` with an error (in pipeline order), then stop reading."""
+        if not ex.request_id:
+            ex.request_id = self.worker.next_request_id()  # rejected before the head ended
         ex.error = code
         ex.close_after = True
         self.broken = True
@@ -319,16 +325,20 @@ class ClientProtocol(asyncio.Protocol):
             code = "bad_target"
         else:
             msg = str(exc)
-            if "version" in msg.lower():
-                code = "version_not_supported" if "HTTP/2" in msg else "bad_request"
+            if "HTTP version" in msg:
+                code = "version_not_supported"  # llhttp knows 0.9, 1.x and 2.0 only
             elif "Content-Length" in msg or "Transfer-Encoding" in msg or "chunk" in msg:
                 code = "bad_framing"
             else:
                 code = "bad_request"
         self.broken = True
         self.pause_reading_for(self.PAUSE_BROKEN)
-        if ex is None or ex.finished or (ex.body_done and ex.head_sent):
+        if ex is None or ex.finished or ex.body_done:
+            # The error is in bytes after ``ex``'s complete message.
+            if ex is not None and not ex.keep_alive and not ex.finished:
+                return  # llhttp refuses data after "close" (RFC 9112 §9.6): answer ex alone
             ex = Exchange(self, self.worker.runtime)
+        if not ex.request_id:
             ex.request_id = self.worker.next_request_id()
         if ex.head_sent:
             self.abort()  # the response already started; the request was bad mid-body
@@ -414,6 +424,7 @@ class ClientProtocol(asyncio.Protocol):
         if self.closed:
             return
         self.lingering = True
+        self.broken = True  # nothing more is parsed
         self.paused = 0
         self.transport.resume_reading()
         if self.transport.can_write_eof():

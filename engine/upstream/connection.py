@@ -156,7 +156,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.exchange = None
         self.close()
         if ex is not None:
-            ex.upstream_failed(self, "bad_gateway")
+            ex.upstream_failed(self, "bad_gateway", retry=False)  # it answered, badly
 
     def close(self):
         self.lost = True

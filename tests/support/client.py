@@ -29,6 +29,8 @@ class _Parser:
         self.done = False
         self.head_done = False
         self.parser = None
+        self.body = []
+        self.remaining = None  # Content-Length body bytes still to come
 
     def on_header(self, name, value):
         if not self.head_done:
@@ -36,13 +38,20 @@ class _Parser:
 
     def on_headers_complete(self):
         self.head_done = True
-        self.resp.status = self.parser.get_status_code()
+        status = self.resp.status = self.parser.get_status_code()
         if self.head_only:
             self.done = True
             self.resp.complete = True
+        elif status >= 200 and status not in (204, 304):
+            cl = self.resp.header(b"content-length")
+            if isinstance(cl, bytes) and self.resp.header(b"transfer-encoding") is None:
+                self.remaining = int(cl)
 
     def on_body(self, body):
-        self.resp.body += body
+        self.body.append(body)
+        if self.remaining is not None:
+            self.remaining -= len(body)
+        self.resp.body = b"".join(self.body) if len(self.body) > 1 else body
 
     def on_message_complete(self):
         self.done = True
@@ -86,18 +95,33 @@ class Conn:
         return True
 
     def response(self, head_only: bool = False) -> Response:
-        """Read one response; raises TimeoutError if it does not complete in time."""
+        """Read one response; raises TimeoutError if it does not complete in time.
+
+        Bytes after the response (pipelined responses) stay buffered for the next call: the
+        parser is fed line by line, or exactly the Content-Length body, so it never reads past
+        the end of this message.
+        """
         p = _Parser(head_only)
         parser = p.parser = httptools.HttpResponseParser(p)
         while True:
             if self.buffer:
                 data, self.buffer = self.buffer, b""
-                try:
-                    parser.feed_data(data)
-                except httptools.HttpParserUpgrade as exc:
-                    self.buffer = data[exc.args[0]:]
-                    p.resp.complete = True
-                    return p.resp
+                pos = 0
+                end = len(data)
+                while pos < end and not p.done:
+                    if p.remaining is not None:
+                        n = pos + min(p.remaining, end - pos)
+                    else:
+                        nl = data.find(b"\n", pos)
+                        n = end if nl < 0 else nl + 1
+                    try:
+                        parser.feed_data(data[pos:n])
+                    except httptools.HttpParserUpgrade as exc:
+                        self.buffer = data[pos + exc.args[0]:]
+                        p.resp.complete = True
+                        return p.resp
+                    pos = n
+                self.buffer = data[pos:]
                 if p.done:
                     return p.resp
             if not self._fill():

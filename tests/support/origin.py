@@ -2,7 +2,8 @@
 
 An Origin runs an asyncio server in its own thread. Its ``handler(request)`` returns what to do:
 raw response bytes, or a tuple (bytes, action) where action is "close", "reset", "hang" or
-"keep". Every request is recorded for assertions.
+"keep", or a number of seconds to wait before writing the bytes. Every request is recorded for
+assertions.
 """
 
 import asyncio
@@ -64,6 +65,10 @@ class _OriginProtocol(asyncio.Protocol):
         except httptools.HttpParserError:
             self.transport.close()
 
+    def _late_write(self, data):
+        if not self.transport.is_closing():
+            self.transport.write(data)
+
     def _echo_tunnel(self, data):
         self.transport.write(data)
 
@@ -95,6 +100,9 @@ class _OriginProtocol(asyncio.Protocol):
         action = "keep"
         if isinstance(answer, tuple):
             answer, action = answer
+        if isinstance(action, (int, float)):
+            self.origin.loop.call_later(action, self._late_write, answer)
+            return
         if answer:
             self.transport.write(answer)
         if action == "close":

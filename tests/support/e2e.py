@@ -1,0 +1,62 @@
+"""Shared pieces of the HTTP end-to-end suites: a config builder and response assertions."""
+
+from tests.support.client import Conn, Response
+
+
+def proxy_config(origin_url: str, *, server: str = "", upstream: str = "", route: str = "",
+                 paths: str = '["/*"]', extra: str = "") -> str:
+    """One upstream "app" (the origin) behind one catch-all route "all".
+
+    ``server``, ``upstream`` and ``route`` are TOML lines added to those tables; ``extra``
+    is appended (more routes, filter sections).
+    """
+    return f"""
+[server]
+access_log = "off"
+{server}
+
+[[upstreams]]
+name = "app"
+servers = ["{origin_url}"]
+{upstream}
+
+[[routes]]
+name = "all"
+paths = {paths}
+upstream = "app"
+{route}
+{extra}
+"""
+
+
+def assert_error(r: Response, status: int, code: str | None = None) -> dict:
+    """The proxy's own error: JSON body whose request_id equals the X-Request-ID header."""
+    assert r.status == status, (r.status, r.body)
+    assert r.header(b"content-type") == b"application/json"
+    err = r.json()["error"]
+    assert err["status"] == status
+    if code is not None:
+        assert err["code"] == code, err
+    assert err["message"]
+    rid = r.header(b"x-request-id")
+    assert isinstance(rid, bytes) and rid, r.headers
+    assert err["request_id"] == rid.decode()
+    return err
+
+
+def send_and_read(port: int, data: bytes, head_only: bool = False,
+                  timeout: float = 5.0) -> tuple[Response, bool]:
+    """Send raw bytes, read one response, then report whether the proxy closed the
+    connection (within a bounded wait)."""
+    with Conn(port, timeout) as c:
+        c.send(data)
+        r = c.response(head_only=head_only)
+        return r, c.closed(2.0)
+
+
+def read_response_or_reset(c: Conn) -> Response | None:
+    """One response, or None when the connection died before a response head arrived."""
+    try:
+        return c.response()
+    except ConnectionError:
+        return None
