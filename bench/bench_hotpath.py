@@ -108,7 +108,12 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("-n", type=int, default=200_000)
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--once", action="store_true",
+                    help="one pass of -n requests, for instruction counting under callgrind")
     args = ap.parse_args()
+    if args.once:
+        run(args.n, "")
+        return
     if args.profile:
         prof = cProfile.Profile()
         prof.runcall(run, args.n // 4, "")
