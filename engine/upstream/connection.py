@@ -61,10 +61,12 @@ class UpstreamConnection(asyncio.Protocol):
             stop = self.stop
             self.stop = None
             if stop == "head":
-                # HEAD: llhttp cannot be told the body is absent, so start a fresh parser
-                # for the next response on this connection.
+                # HEAD: llhttp cannot be told the body is absent (RFC 9110 §9.3.2), so start
+                # a fresh parser for the next response; only the old one knows whether this
+                # response let the connection persist (RFC 9112 §9.3).
+                reusable = self.parser.should_keep_alive()
                 self.parser = httptools.HttpResponseParser(self)
-                self._complete()
+                self._complete(reusable)
             elif stop is None:
                 self._fail(exc)
             # stop == "abort": the exchange already failed this connection
@@ -144,12 +146,14 @@ class UpstreamConnection(asyncio.Protocol):
         self.skip_body = skip_body
         self.transport.write(head)
 
-    def _complete(self):
+    def _complete(self, reusable=None):
         ex = self.exchange
         if ex is None:
             return
         self.exchange = None
-        ex.upstream_complete(self, reusable=self.parser.should_keep_alive())
+        if reusable is None:
+            reusable = self.parser.should_keep_alive()
+        ex.upstream_complete(self, reusable)
 
     def _fail(self, exc):
         ex = self.exchange
