@@ -45,7 +45,8 @@ class Exchange:
         "server", "conn", "pending", "pending_size", "body_received", "body_done",
         "body_streamed", "chunked_up", "status", "resp_chunked", "upstream_close_delimited",
         "head_sent", "bytes_out", "close_after", "error", "ran", "finished", "t_start",
-        "t_upstream", "connecting", "retried", "tunnel_pending", "header_size", "out",
+        "t_upstream", "connecting", "retried", "tunnel_pending", "header_size",
+        "header_count", "out",
     )
 
     def __init__(self, proto, rt):
@@ -95,6 +96,7 @@ class Exchange:
         self.retried = False
         self.tunnel_pending = None
         self.header_size = 0
+        self.header_count = 0
         self.out = None  # while an upstream read is being parsed: writes to coalesce
 
     # -- request phase

@@ -34,7 +34,7 @@ class ClientProtocol(asyncio.Protocol):
     __slots__ = (
         "worker", "transport", "parser", "peer_ip", "peer_ip_bytes", "trusted", "ex", "active",
         "queue", "paused", "deadline", "requests", "in_head", "broken", "tunnel", "closed",
-        "write_paused", "settings", "lingering", "host_key",
+        "write_paused", "settings", "lingering", "host_key", "stalled",
     )
 
     def __init__(self, worker):
@@ -58,6 +58,7 @@ class ClientProtocol(asyncio.Protocol):
         self.settings = worker.runtime.settings
         self.lingering = False
         self.host_key = (None, "")
+        self.stalled = 0  # bytes fed since the parser last delivered anything
 
     # -- asyncio.Protocol
 
@@ -81,13 +82,27 @@ class ClientProtocol(asyncio.Protocol):
         if ex is not None and ex.upgrade is not None and ex.tunnel_pending is not None:
             ex.tunnel_pending.append(data)  # bytes after an upgrade request, before the 101
             return
+        in_head = self.in_head
+        received = ex.body_received if ex is not None else 0
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             self._upgrade_requested(data[exc.args[0]:] if exc.args else b"")
+            return
         except httptools.HttpParserError as exc:
             if not self.broken and not self.closed:
                 self._parse_failed(exc)
+            return
+        if (ex is not None and self.ex is ex and self.in_head == in_head
+                and ex.body_received == received and not ex.body_done):
+            # httptools holds an unfinished header field (head or trailers) in memory until
+            # it ends; bound what may arrive without the parser delivering anything.
+            self.stalled += len(data)
+            settings = self.settings
+            if self.stalled > settings.max_request_line + settings.max_header_size:
+                self._bad_request("headers_too_large")
+        else:
+            self.stalled = 0
 
     def connection_lost(self, exc):
         self.closed = True
@@ -146,14 +161,18 @@ class ClientProtocol(asyncio.Protocol):
             self._reject(ex, "uri_too_long")
 
     def on_header(self, name, value):
-        if not self.in_head:
-            return  # trailer fields are not forwarded (RFC 9110 §6.5.1 allows discarding)
         ex = self.ex
         ex.header_size += len(name) + len(value) + 4
+        ex.header_count += 1
         settings = self.settings
         if (ex.header_size > settings.max_header_size
-                or len(ex.headers) >= settings.max_header_count):
+                or ex.header_count > settings.max_header_count):
+            if not self.in_head:
+                self._bad_request("headers_too_large")  # trailers count too
+                raise _Rejected("headers_too_large")
             self._reject(ex, "headers_too_large")
+        if not self.in_head:
+            return  # trailer fields are not forwarded (RFC 9110 §6.5.1 allows discarding)
         kind = REQUEST_KINDS.get(name.lower())
         if kind is None:
             ex.headers.append((name, value))
@@ -320,7 +339,6 @@ class ClientProtocol(asyncio.Protocol):
         raise _Rejected("body_too_large")
 
     def _parse_failed(self, exc):
-        ex = self.ex
         if isinstance(exc, httptools.HttpParserInvalidURLError):
             code = "bad_target"
         else:
@@ -331,6 +349,12 @@ class ClientProtocol(asyncio.Protocol):
                 code = "bad_framing"
             else:
                 code = "bad_request"
+        self._bad_request(code)
+
+    def _bad_request(self, code):
+        """The bytes being parsed are bad: answer ``code`` for the request they belong to
+        (or the one after the last complete request), then close."""
+        ex = self.ex
         self.broken = True
         self.pause_reading_for(self.PAUSE_BROKEN)
         if ex is None or ex.finished or ex.body_done:
