@@ -187,7 +187,9 @@ class Exchange:
         if self.chunked_up and self.body_done:
             parts.append(CHUNK_END)
         proto = self.proto
-        proto.deadline = proto.worker.now + self.route.upstream.read_timeout
+        # Until the body is in, the wait is on the client (client_body_timeout, 408).
+        proto.deadline = proto.worker.now + (self.route.upstream.read_timeout if self.body_done
+                                             else proto.settings.client_body_timeout)
         if self.t_start:
             self.t_upstream = proto.worker.clock()
         conn.start(self, b"".join(parts), self.method == b"HEAD")
@@ -258,8 +260,11 @@ class Exchange:
     def client_body_end(self):
         self.body_done = True
         conn = self.conn
-        if conn is not None and self.chunked_up and not self.finished:
-            conn.transport.write(CHUNK_END)
+        if conn is not None and not self.finished:
+            if self.chunked_up:
+                conn.transport.write(CHUNK_END)
+            proto = self.proto
+            proto.deadline = proto.worker.now + self.route.upstream.read_timeout
 
     # -- upstream response (called by UpstreamConnection)
 
@@ -362,10 +367,15 @@ class Exchange:
             self.finish()
 
     def upstream_write_paused(self, paused):
+        proto = self.proto
         if paused:
-            self.proto.pause_reading_for(self.proto.PAUSE_UPSTREAM)
+            proto.pause_reading_for(proto.PAUSE_UPSTREAM)
+            # The upstream is not taking the body: its send_timeout runs, not the client's.
+            proto.deadline = proto.worker.now + self.route.upstream.send_timeout
         else:
-            self.proto.resume_reading_for(self.proto.PAUSE_UPSTREAM)
+            proto.resume_reading_for(proto.PAUSE_UPSTREAM)
+            if not self.body_done:
+                proto.deadline = proto.worker.now + proto.settings.client_body_timeout
 
     def timed_out(self):
         """The connection's deadline passed while this exchange was active."""
@@ -382,6 +392,10 @@ class Exchange:
                 self.close_after = True
                 self.proto.abort()
                 self.finish()
+            elif not self.body_done and not self.proto.paused & self.proto.PAUSE_UPSTREAM:
+                # The client stopped sending the body it announced (nginx
+                # client_body_timeout); the upstream never got a whole request.
+                self.respond(error_response("request_timeout", self.request_id.decode()))
             else:
                 self.respond(error_response("gateway_timeout", self.request_id.decode()))
         else:

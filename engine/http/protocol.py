@@ -260,7 +260,9 @@ class ClientProtocol(asyncio.Protocol):
         ex.body_received += len(body)
         if ex.route is not None and ex.body_received > ex.route.max_body_size:
             self._body_too_large(ex)
-        if self.active is not ex:
+        if self.active is not ex or ex.conn is not None:
+            # Waiting on the client's body: the timeout is between two reads. (While the
+            # upstream connects, its connect_timeout runs instead.)
             self.deadline = self.worker.now + self.settings.client_body_timeout
         ex.client_body(body)
 
