@@ -20,6 +20,7 @@ class Request:
         self.url = b""
         self.headers = []
         self.body = b""
+        self.chunks = []
         self.version = ""
         self.conn_id = 0
 
@@ -89,10 +90,12 @@ class _OriginProtocol(asyncio.Protocol):
             self.origin.on_head(self.req, self.transport)
 
     def on_body(self, body):
-        self.req.body += body
+        self.req.chunks.append(body)  # joined once at the end: big bodies stay linear
 
     def on_message_complete(self):
         req = self.req
+        req.body = b"".join(req.chunks)
+        req.chunks = []
         self.origin.requests.append(req)
         if self.parser.should_upgrade():
             return
