@@ -298,6 +298,8 @@ class Exchange:
             conn.abort()
             return False
         if named:
+            if status == 101:
+                named.discard(b"upgrade")  # the protocol switched to (RFC 9110 §7.8)
             out = [h for h in out if h[0].lower() not in named]
         if status == 101:
             if self.upgrade is None:
@@ -307,8 +309,6 @@ class Exchange:
             out.append((b"Connection", b"upgrade"))
             self._write_head(Response(101, out, None), reason, None, tunnel=True)
             return True
-        if self.upgrade is not None:
-            self.close_after = True  # refused upgrade: the client's stream state is unknown
         no_body = status in NO_BODY_STATUSES or self.method == b"HEAD"
         self.upstream_close_delimited = not no_body and cl is None and te is None
         self._write_head(Response(status, out, None), reason, cl, no_body=no_body)
@@ -335,7 +335,9 @@ class Exchange:
         self.conn = None
         pool = self.server.pool
         pool.active -= 1
-        if reusable and self.body_done and not conn.tunnel:
+        if reusable and self.body_done and self.upgrade is None:
+            # A refused upgrade's connection is not reused: the upstream's parser may
+            # already treat it as switched (llhttp pauses on every Upgrade request).
             pool.release(conn, self.proto.worker.now)
         else:
             conn.close()
@@ -412,6 +414,10 @@ class Exchange:
         self.bytes_out += len(data)
 
     def tunnel_closed(self):
+        if self.conn is not None:
+            self.conn = None
+            self.server.pool.active -= 1
+        self.close_after = True
         self.proto.close()
         self.finish()
 
@@ -452,6 +458,10 @@ class Exchange:
                 self.close_after = True  # close-delimited body for an HTTP/1.0 client
         proto = self.proto
         if not tunnel:
+            if self.upgrade is not None:
+                # Answered without switching protocols: the client may already be sending
+                # the new protocol, and llhttp parses nothing after an Upgrade request.
+                self.close_after = True
             if self.close_after or not self.keep_alive or proto.worker.draining:
                 self.close_after = True
                 parts.append(b"Connection: close\r\n")

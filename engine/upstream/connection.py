@@ -128,8 +128,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.exchange.upstream_body(body)
 
     def on_message_complete(self):
-        if self.head_done:
-            self._complete()
+        if self.head_done and not self.tunnel:
+            self._complete()  # (llhttp also "completes" a 101: that is where the tunnel starts)
 
     # -- exchange side
 
