@@ -221,7 +221,7 @@ class Exchange:
             self.chunked_up = True
         proto = self.proto
         peer = proto.peer_ip_bytes
-        if proto.trusted and self.xff is not None:
+        if proto.trusted and self.xff:  # (an empty X-Forwarded-For adds no hop)
             parts += (b"X-Forwarded-For: ", self.xff, b", ", peer, b"\r\n")
         else:
             parts += (b"X-Forwarded-For: ", peer, b"\r\n")
@@ -341,6 +341,9 @@ class Exchange:
             pool.release(conn, self.proto.worker.now)
         else:
             conn.close()
+            # Answered before the whole body was sent: the client may be paused on this
+            # upstream's full buffer; the rest of its body is read and dropped now.
+            self.proto.resume_reading_for(self.proto.PAUSE_UPSTREAM)
         self.finish()
 
     def upstream_failed(self, conn, code, retry=True):

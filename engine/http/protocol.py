@@ -164,6 +164,7 @@ class ClientProtocol(asyncio.Protocol):
         ex = self.ex
         ex.header_size += len(name) + len(value) + 4
         ex.header_count += 1
+        self.stalled = 0  # a field ended: only the one after it is unfinished
         settings = self.settings
         if (ex.header_size > settings.max_header_size
                 or ex.header_count > settings.max_header_count):
@@ -328,7 +329,12 @@ class ClientProtocol(asyncio.Protocol):
 
     def _body_too_large(self, ex):
         ex.close_after = True
-        if not ex.head_sent and not ex.finished:
+        if ex.finished:
+            # Answered early (the upstream did not wait for the body); the rest was being
+            # drained, but not past the limit.
+            self.linger()
+            raise _Rejected("body_too_large")
+        if not ex.head_sent:
             if ex.conn is not None:
                 ex.server.pool.active -= 1
                 ex.conn.abort()

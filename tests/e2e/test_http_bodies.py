@@ -154,6 +154,53 @@ def test_upload_to_a_stalled_origin_is_back_pressured_not_buffered():
         assert r.body.split(b" ")[0] == b"%d" % total
 
 
+def test_early_response_during_a_large_upload_is_delivered_and_the_body_drained():
+    """The origin answers without reading the body (then stops reading): the client gets the
+    answer, its upload is drained rather than stalled, and the connection stays usable."""
+    def on_head(req, transport):
+        if req.url == b"/early":
+            transport.pause_reading()
+            # Answer once the proxy has had to stop feeding this upstream.
+            origin.loop.call_later(0.3, transport.write, ok(b"early"))
+
+    size = 8 << 20
+    config = proxy_config("{url}", server='max_body_size = "16m"')
+    with Origin(lambda req: ok(b"next"), on_head=on_head) as origin, \
+            InProcessProxy(config.replace("{url}", origin.url)) as proxy, \
+            Conn(proxy.port, timeout=10) as c:
+        c.send(b"POST /early HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % size)
+        errors = []
+
+        def upload():
+            try:
+                c.sock.sendall(b"u" * size)
+            except OSError as exc:
+                errors.append(exc)
+
+        sender = threading.Thread(target=upload)
+        sender.start()
+        r = c.response()
+        assert r.status == 200 and r.body == b"early"
+        sender.join(10)
+        assert not sender.is_alive() and not errors
+        assert c.request("GET", "/after").body == b"next"
+
+
+def test_body_over_the_limit_after_an_early_response_closes():
+    def on_head(req, transport):
+        transport.write(ok(b"early"))
+
+    with Origin(lambda req: b"", on_head=on_head) as origin, \
+            InProcessProxy(proxy_config(origin.url, server="max_body_size = 1000")) as proxy, \
+            Conn(proxy.port) as c:
+        c.send(b"POST /early HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+               b"10\r\n0123456789abcdef\r\n")
+        r = c.response()
+        assert r.status == 200 and r.body == b"early"
+        c.send(b"7d0\r\n" + b"x" * 2000 + b"\r\n")
+        assert c.closed()
+
+
 def test_expect_100_continue_gets_interim_then_final_response():
     with Origin() as origin, InProcessProxy(proxy_config(origin.url)) as proxy, \
             Conn(proxy.port) as c:

@@ -96,6 +96,7 @@ def test_request_without_forwarding_headers_gets_them():
                  id="garbage-left-of-the-client"),
     pytest.param(TRUSTED, [b"1.2.3.4, garbage"], b"1.2.3.4, garbage, 127.0.0.1",
                  b"127.0.0.1", id="garbage-hop-falls-back-to-peer"),
+    pytest.param(TRUSTED, [b""], b"127.0.0.1", b"127.0.0.1", id="empty-header"),
     pytest.param("", [b"1.2.3.4"], b"127.0.0.1", b"127.0.0.1", id="untrusted-peer"),
     pytest.param('trusted_proxies = ["10.0.0.0/8"]', [b"1.2.3.4"], b"127.0.0.1",
                  b"127.0.0.1", id="peer-not-in-trusted-list"),
