@@ -193,6 +193,10 @@ class Exchange:
         if self.t_start:
             self.t_upstream = proto.worker.clock()
         conn.start(self, b"".join(parts), self.method == b"HEAD")
+        if proto.write_paused:
+            # The client is not reading (an earlier pipelined answer filled its buffer):
+            # this response waits upstream until resume_writing, it is not buffered here.
+            conn.transport.pause_reading()
 
     def request_head(self) -> bytes:
         """The request head sent upstream: hop-by-hop fields removed (RFC 9110 §7.6.1),

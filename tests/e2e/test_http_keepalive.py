@@ -1,5 +1,8 @@
 """Client connection persistence (RFC 9112 §9.3), pipelining (§9.3.2) and HTTP/1.0 clients."""
 
+import socket
+import time
+
 import pytest
 
 from tests.support.client import Conn
@@ -48,6 +51,25 @@ def test_pipelined_answers_keep_order_when_an_earlier_one_is_slow():
         c.send(get("/fast0") + get("/slow") + get("/fast1") + get("/fast2"))
         assert [c.response().body for _ in range(4)] == [b"/fast0", b"slow", b"/fast1",
                                                          b"/fast2"]
+
+
+def _client_write_buffers(proxy) -> int:
+    return sum(p.transport.get_write_buffer_size() for p in proxy.worker.conns)
+
+
+def test_pipelined_responses_to_a_client_that_does_not_read_are_not_buffered():
+    """A hundred pipelined requests for 100 KB each, and a client that reads nothing: once
+    the client's buffer is full the proxy must stop reading upstreams, also for the
+    exchanges that start after it filled, instead of holding all 10 MB."""
+    body = b"r" * (100 << 10)
+    with Origin(lambda req: ok(body)) as origin, \
+            InProcessProxy(proxy_config(origin.url)) as proxy, Conn(proxy.port, 10) as c:
+        c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+        c.send(b"".join(get(f"/big{i}") for i in range(100)))
+        time.sleep(0.5)
+        assert proxy.call(_client_write_buffers, proxy) < 1 << 20
+        for _ in range(100):
+            assert c.response().body == body
 
 
 def test_pipelined_requests_with_bodies():
