@@ -78,6 +78,7 @@ class Supervisor:
         if demo is not None:
             from engine.control.demo import run_origins
             self.demo_pid = self._fork(lambda: run_origins(demo.origins))
+            _wait_listening(demo.origins, 5.0)
             log(f"DEMO origins on {', '.join(demo.origins)} (the [demo] table of the config)")
         self._bind()
         count = worker_count(self.cfg.server.workers)
@@ -135,6 +136,19 @@ class Supervisor:
         self.reserve.close()
         log("stopped")
         return 0
+
+
+def _wait_listening(addresses, timeout: float) -> None:
+    """Wait (bounded) until each address accepts, so the first proxied request finds it."""
+    deadline = time.monotonic() + timeout
+    for address in addresses:
+        host, port = parse_listen(address)
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection((host, port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.02)
 
 
 def _kill(pid: int, sig) -> None:

@@ -101,3 +101,23 @@ def test_sigterm_drains_in_flight_requests_then_exits_zero(tmp_path):
         t.join(10)
         assert result["resp"].status == 200 and result["resp"].body == b"finished"
         assert p.proc.wait(timeout=15) == 0
+
+
+def test_shipped_config_serves_out_of_the_box_via_the_cli(tmp_path):
+    """The README's first command: the shipped config.toml answers at once (demo origins)."""
+    from pathlib import Path
+
+    from tests.support.origin import closed_port
+
+    text = (Path(__file__).parents[2] / "config.toml").read_text()
+    text = text.replace('listen = "0.0.0.0:8080"', 'listen = "127.0.0.1:0"')
+    # The demo origins' fixed ports become free ones, so the test stays hermetic.
+    text = text.replace(":9001", f":{closed_port()}").replace(":9002", f":{closed_port()}")
+    with CliProxy(tmp_path, text) as p, Conn(p.port) as c:
+        r = c.request("GET", "/api/hello")
+        assert r.status == 200
+        body = r.json()
+        assert body["demo"] is True and body["url"] == "/hello"
+        assert r.header(b"x-served-by") == b"edgeproxy"
+        assert c.request("GET", "/healthz").body == b"ok\n"
+        assert p.stop() == 0
