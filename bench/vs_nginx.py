@@ -479,6 +479,8 @@ def summarize(results: dict) -> dict:
             "p99": statistics.median(r.p99 for r in runs),
             "cpu": statistics.median(r.cpu_share for r in runs),
             "per_core": statistics.median(r.per_core for r in runs),
+            "per_core_min": min(r.per_core for r in runs),
+            "per_core_max": max(r.per_core for r in runs),
             "errors": sum(r.errors for r in runs),
             "runs": len(runs),
         }
@@ -494,8 +496,8 @@ def report(results: dict, systems: list, header: str) -> str:
         case = (body, conns)
         lines += [f"### {BODY_LABEL[body]}, {conns} connections", "",
                   "| system | req/s | p50 ms | p99 ms | proxy CPU share | req/s per proxy core "
-                  "| vs nginx | errors |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
+                  "| (min-max over rounds) | vs nginx | errors |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         base = med.get((case, "nginx"))
         for name in names:
             m = med.get((case, name))
@@ -504,6 +506,7 @@ def report(results: dict, systems: list, header: str) -> str:
             ratio = m["per_core"] / base["per_core"] if base else float("nan")
             lines.append(f"| {name} | {_fmt(m['rps'])} | {_fmt(m['p50'], 2)} | "
                          f"{_fmt(m['p99'], 2)} | {_fmt(m['cpu'], 2)} | {_fmt(m['per_core'])} | "
+                         f"{_fmt(m['per_core_min'])}-{_fmt(m['per_core_max'])} | "
                          f"{_fmt(ratio, 2)} | {m['errors']} |")
         ep, aio, gw = (med.get((case, n)) for n in ("edgeproxy", "aiohttp", "edgeproxy-gateway"))
         notes = []
@@ -551,8 +554,9 @@ def machine_header(duration: float, rounds: int, elapsed: float, results: dict) 
     except OSError:
         pass
     import aiohttp
-    rev = version(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"])
+    rev = version(["git", "-C", str(ROOT), "describe", "--always", "--dirty"])
     foreign = [r.foreign_share for runs in results.values() for r in runs]
+    busy = sum(1 for f in foreign if f > 0.1)
     return "\n".join([
         "## edgeproxy vs nginx vs aiohttp (bench/vs_nginx.py)",
         "",
@@ -572,8 +576,9 @@ def machine_header(duration: float, rounds: int, elapsed: float, results: dict) 
         + ", ".join(f.name for f in GATEWAY_FILTERS),
         "- errors = wrk's non-2xx/3xx responses + socket errors, summed over rounds",
         f"- other load on the machine during the runs (CPU of processes this script did not "
-        f"start, in cores): median {statistics.median(foreign):.2f}, max {max(foreign):.2f}"
-        + (" -- NOISY: another workload was running" if max(foreign) > 0.1 else ""),
+        f"start, in cores): median {statistics.median(foreign):.2f}, max {max(foreign):.2f}; "
+        f"{busy} of {len(foreign)} runs above 0.1 core"
+        + (" -- NOISY: another workload was running" if busy > len(foreign) / 10 else ""),
     ])
 
 
