@@ -123,6 +123,29 @@ def test_client_body_timeout_is_between_reads_not_total(proxy):
         assert r.status == 200 and r.body == b"abcdefgh"
 
 
+def test_upstream_not_taking_the_body_is_504():
+    """The origin stops reading mid-upload: its send timeout runs (504), not the client's
+    body timeout, although the client is stuck too."""
+    config = proxy_config("{url}", server=SERVER + 'max_body_size = "64m"',
+                          upstream=UPSTREAM + "\nsend_timeout = 0.3")
+    with Origin(lambda req: ok(), on_head=lambda req, t: t.pause_reading()) as origin, \
+            InProcessProxy(config.replace("{url}", origin.url)) as proxy, \
+            Conn(proxy.port) as c:
+        size = 48 << 20
+        c.send(b"POST /up HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % size)
+        c.sock.settimeout(0.2)
+        piece = b"u" * (256 << 10)
+        try:
+            for _ in range(size // len(piece)):
+                c.sock.sendall(piece)
+        except (TimeoutError, OSError):
+            pass
+        c.sock.settimeout(5)
+        r = c.response()
+        assert_error(r, 504, "gateway_timeout")
+        assert c.closed()
+
+
 def test_keepalive_idle_connection_is_closed_silently(proxy):
     with Conn(proxy.port) as c:
         assert c.request("GET", "/a").status == 200
