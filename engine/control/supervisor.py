@@ -39,6 +39,17 @@ class Supervisor:
     def _bind(self):
         host, port = parse_listen(self.cfg.server.listen)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        if port:
+            # SO_REUSEPORT would let a second edgeproxy join this port's group silently;
+            # a plain bind first makes a busy port an error, as nginx reports it.
+            probe = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                probe.bind((host, port))
+            except OSError as exc:
+                raise SystemExit(f"edgeproxy: cannot listen on {host}:{port}: "
+                                 f"{exc.strerror}") from None
+            finally:
+                probe.close()
         reserve = socket.socket(family, socket.SOCK_STREAM)
         reserve.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         reserve.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)

@@ -64,6 +64,8 @@ class _CompiledOps:
     def apply(self, headers: list) -> list:
         drop = self.drop
         rename = self.rename
+        if not drop and not rename:
+            return headers + self.append
         out = []
         for header in headers:
             lname = header[0].lower()

@@ -121,3 +121,27 @@ def test_shipped_config_serves_out_of_the_box_via_the_cli(tmp_path):
         assert r.header(b"x-served-by") == b"edgeproxy"
         assert c.request("GET", "/healthz").body == b"ok\n"
         assert p.stop() == 0
+
+
+def test_a_busy_port_is_refused_not_shared(tmp_path):
+    import socket as socketlib
+
+    holder = socketlib.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen(1)
+    port = holder.getsockname()[1]
+    try:
+        text = GOOD.format(workers=1, url="http://127.0.0.1:1").replace(
+            "[server]", f'[server]\nlisten = "127.0.0.1:{port}"')
+        proxy = CliProxy(tmp_path, text, start_timeout=5)
+        try:
+            proxy.__enter__()
+            started = True
+        except RuntimeError:
+            started = False
+        finally:
+            proxy.__exit__(None, None, None)
+        assert not started
+        assert b"cannot listen" in proxy.stderr and b"in use" in proxy.stderr
+    finally:
+        holder.close()

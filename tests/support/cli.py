@@ -16,6 +16,11 @@ class CliProxy:
 
     def __init__(self, tmp_path, config_text: str, start_timeout: float = 15.0):
         self.path = tmp_path / "edgeproxy.toml"
+        if "listen" not in config_text:  # hermetic: never the default 0.0.0.0:8080
+            if "[server]" in config_text:
+                config_text = config_text.replace("[server]", '[server]\nlisten = "127.0.0.1:0"', 1)
+            else:
+                config_text = '[server]\nlisten = "127.0.0.1:0"\n' + config_text
         self.path.write_text(config_text)
         self.start_timeout = start_timeout
         self.proc = None
