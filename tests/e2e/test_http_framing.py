@@ -245,3 +245,13 @@ def test_client_request_id_is_kept_on_errors():
             Conn(proxy.port) as c:
         r = c.request("GET", "/other", headers=[(b"X-Request-ID", b"abc-123")])
         assert assert_error(r, 404)["request_id"] == "abc-123"
+
+
+def test_error_answer_to_head_has_length_but_no_body():
+    with Origin() as origin, InProcessProxy(ROUTES.format(url=origin.url)) as proxy, \
+            Conn(proxy.port) as c:
+        r = c.request("HEAD", "/other")
+        assert r.status == 404 and r.body == b""
+        assert int(r.header(b"content-length")) > 0
+        assert len(r.header(b"x-request-id")) == 32
+        assert c.request("GET", "/items/1").status == 200  # no stray body bytes
