@@ -114,8 +114,8 @@ class ServerConfig:
     max_body_size: Size = key(1048576, "largest request body, default for every route; "
                                        "larger gets 413 (0 = unlimited)")
     client_header_timeout: Duration = key(60.0, "time to receive a request head; then 408")
-    client_body_timeout: Duration = key(60.0, "longest gap between two reads of a request body "
-                                               "before the upstream takes it; then 408")
+    client_body_timeout: Duration = key(60.0, "longest gap between two reads of a request "
+                                               "body; then 408")
     keepalive_timeout: Duration = key(75.0, "idle keep-alive client connections close after")
     keepalive_requests: int = key(1000, "requests served on one client connection", min=1)
     send_timeout: Duration = key(60.0, "longest a client may leave our writes unread")
