@@ -204,3 +204,33 @@ def test_upstream_connection_refused_is_502():
         assert_error(r, 502, "bad_gateway")
         assert took < 1
         assert_error(c.request("POST", "/", body=b"data"), 502, "bad_gateway")
+
+
+def test_upstream_connect_timeout_is_504():
+    """A server whose accept queue is full drops our SYN (Linux), so connect hangs."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    try:
+        for _ in range(4):
+            s = socket.socket()
+            s.setblocking(False)
+            try:
+                s.connect(("127.0.0.1", port))
+            except BlockingIOError:
+                pass
+            fillers.append(s)
+        time.sleep(0.1)
+        config = proxy_config(f"http://127.0.0.1:{port}", upstream=UPSTREAM)
+        with InProcessProxy(config) as p, Conn(p.port) as c:
+            r, took = timed(lambda: c.request("GET", "/x"))
+        assert_error(r, 504, "gateway_timeout")
+        assert 0.25 <= took < 3
+    finally:
+        for s in fillers:
+            s.close()
+        listener.close()
