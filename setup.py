@@ -1,4 +1,5 @@
-"""Build: the Cython extensions under ext/ are listed explicitly, one module per source.
+"""Build: the Cython extensions (ext/ and the data plane's hot path) are listed explicitly,
+one module per source.
 
 EDGEPROXY_ANNOTATE=1 writes Cython's HTML annotation next to each .pyx;
 EDGEPROXY_LINETRACE=1 compiles with line tracing (for coverage/profilers).
@@ -12,7 +13,16 @@ from setuptools import Extension, setup
 LINETRACE = os.environ.get("EDGEPROXY_LINETRACE") == "1"
 
 # A module's name is its path (STYLE.md rule 1): ext/router.pyx -> ext.router.
-EXT_MODULES = ["ext.lru", "ext.router"]
+EXT_MODULES = [
+    "ext.lru",
+    "ext.router",
+    # The data plane's hot path (engine/http, engine/upstream): cdef classes that call each
+    # other at the C level.
+    "engine.upstream.pool",
+    "engine.upstream.connection",
+    "engine.http.exchange",
+    "engine.http.protocol",
+]
 
 DIRECTIVES = {
     "language_level": 3,

@@ -1,1 +1,10 @@
 """Client side of the data plane: the httptools protocol, framing rules and messages."""
+
+from importlib.util import find_spec as _find_spec
+
+# protocol and exchange are Cython modules, with no pure-Python fallback (STYLE.md rule 7).
+for _name in ("protocol", "exchange"):
+    if _find_spec(f"{__name__}.{_name}") is None:
+        raise ImportError(
+            f"edgeproxy's Cython extensions are not built ({__name__}.{_name}); run "
+            "`pip install .` or `python setup.py build_ext --inplace`")

@@ -2,19 +2,30 @@
 
 An Exchange is created when a request line starts and lives until its response is written. It
 is the ``ctx`` filters receive. Client-side callbacks come from ClientProtocol, upstream-side
-callbacks from UpstreamConnection; both are plain method calls on the hot path.
+callbacks from UpstreamConnection; both are C-level method calls on the hot path.
 """
 
 from functools import partial
 
+cimport cython
+from cpython.bytes cimport PyBytes_FromFormat, PyBytes_GET_SIZE
+from cpython.dict cimport PyDict_GetItem
+from cpython.list cimport PyList_GET_SIZE
+from cpython.object cimport PyObject
+
+from engine.http.protocol cimport PAUSE_PENDING, PAUSE_UPSTREAM, ClientProtocol
+from engine.upstream.connection cimport UpstreamConnection
+from engine.upstream.pool cimport Pool
+
 from engine.errors import error_response
 from engine.http.framing import HOP_BY_HOP, connection_tokens, transfer_codings
-from engine.http.messages import Response, status_line
-from engine.upstream.connection import UpstreamConnection
+from engine.http.messages import STATUS_LINES, Response
+from engine.upstream.connection import UpstreamConnection as _UpstreamConnection
 
 # Bytes of request body held while the upstream connection is being set up; past this the
 # client socket stops being read (back-pressure instead of buffering a whole upload).
 PENDING_LIMIT = 256 * 1024
+cdef Py_ssize_t _PENDING_LIMIT = PENDING_LIMIT
 
 CHUNK_END = b"0\r\n\r\n"
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -22,11 +33,21 @@ CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"))
 NO_BODY_STATUSES = frozenset((204, 304))
 
+cdef bytes _CHUNK_END = CHUNK_END
+cdef bytes _CONTINUE = CONTINUE
+cdef frozenset _IDEMPOTENT = IDEMPOTENT
+cdef bytes _HEAD = b"HEAD"
+cdef bytes _CRLF = b"\r\n"
+cdef bytes _COLON = b": "
+
 # Response headers the proxy re-frames or replaces rather than relays.
-_R_CONTENT_LENGTH = 1
-_R_TRANSFER_ENCODING = 2
-_R_CONNECTION = 3
-_R_DROP = 4
+cdef enum:
+    _R_RELAY = 0
+    _R_CONTENT_LENGTH = 1
+    _R_TRANSFER_ENCODING = 2
+    _R_CONNECTION = 3
+    _R_DROP = 4
+
 RESPONSE_KINDS = {
     b"content-length": _R_CONTENT_LENGTH,
     b"transfer-encoding": _R_TRANSFER_ENCODING,
@@ -36,20 +57,60 @@ RESPONSE_KINDS = {
 for _name in HOP_BY_HOP:
     RESPONSE_KINDS.setdefault(_name, _R_DROP)
 
+# Field name as received -> kind, so a name seen before costs one dict lookup and no .lower().
+# Bounded: cleared when full, and long names are not remembered.
+cdef dict _response_kinds = {}
+cdef Py_ssize_t _KINDS_MAX = 512
+cdef Py_ssize_t _KIND_NAME_MAX = 64
 
-class Exchange:
-    __slots__ = (
-        "proto", "rt", "method", "url", "version", "keep_alive", "headers", "host",
-        "host_count", "content_length", "te", "chunked", "connection", "expect", "upgrade",
-        "xff", "forwarded", "request_id", "client_ip", "path", "query", "route", "params",
-        "server", "conn", "pending", "pending_size", "body_received", "body_done",
-        "body_streamed", "chunked_up", "status", "resp_chunked", "upstream_close_delimited",
-        "head_sent", "bytes_out", "close_after", "error", "ran", "finished", "t_start",
-        "t_upstream", "connecting", "retried", "tunnel_pending", "header_size",
-        "header_count", "out",
-    )
 
-    def __init__(self, proto, rt):
+cdef inline int _response_kind(bytes name) except -1:
+    cdef PyObject* cached = PyDict_GetItem(_response_kinds, name)
+    if cached is not NULL:
+        return <int><object>cached
+    kind = RESPONSE_KINDS.get(name.lower(), _R_RELAY)
+    if PyBytes_GET_SIZE(name) <= _KIND_NAME_MAX:
+        if len(_response_kinds) >= _KINDS_MAX:
+            _response_kinds.clear()
+        _response_kinds[name] = kind
+    return kind
+
+
+# b"%d" % status for 100..999, so a status line is joined, not formatted.
+cdef tuple _STATUS_CODES = tuple(b"%d" % s for s in range(1000))
+
+
+cdef inline int _status_line(list parts, int status, bytes reason) except -1:
+    # The HTTP/1.1 status line; the upstream's own reason phrase is kept when it sent one
+    # (engine.http.messages.status_line).
+    if reason and 100 <= status <= 999:
+        parts += (b"HTTP/1.1 ", _STATUS_CODES[status], b" ", reason, _CRLF)
+    elif reason:
+        parts.append(b"HTTP/1.1 %d %s\r\n" % (status, reason))
+    else:
+        line = STATUS_LINES.get(status)
+        parts.append(line if line is not None else b"HTTP/1.1 %d \r\n" % status)
+    return 0
+
+
+cdef inline bytes _chunk(bytes data):
+    # One chunk of a chunked body (RFC 9112 §7.1).
+    return b"".join((PyBytes_FromFormat("%x\r\n", <int>PyBytes_GET_SIZE(data)), data, _CRLF))
+
+
+@cython.final
+@cython.freelist(64)
+cdef class Exchange:
+    @staticmethod
+    cdef Exchange new(ClientProtocol proto, object rt):
+        cdef Exchange ex = Exchange.__new__(Exchange)
+        ex._init(proto, rt)
+        return ex
+
+    def __init__(self, ClientProtocol proto not None, rt):
+        self._init(proto, rt)
+
+    cdef void _init(self, ClientProtocol proto, object rt) noexcept:
         self.proto = proto
         self.rt = rt  # the snapshot this request keeps to the end (DESIGN.md)
         self.method = b""
@@ -57,55 +118,19 @@ class Exchange:
         self.version = "1.1"
         self.keep_alive = True
         self.headers = []
-        self.host = None
-        self.host_count = 0
-        self.content_length = None
-        self.te = None
-        self.chunked = False
-        self.connection = None
-        self.expect = None
-        self.upgrade = None
-        self.xff = None
-        self.forwarded = None
         self.request_id = b""
         self.client_ip = proto.peer_ip
         self.path = "/"
         self.query = b""
-        self.route = None
-        self.params = None
-        self.server = None
-        self.conn = None
-        self.pending = None
-        self.pending_size = 0
-        self.body_received = 0
-        self.body_done = False
-        self.body_streamed = False
-        self.chunked_up = False
-        self.status = 0
-        self.resp_chunked = False
-        self.upstream_close_delimited = False
-        self.head_sent = False
-        self.bytes_out = 0
-        self.close_after = False
-        self.error = None
-        self.ran = 0
-        self.finished = False
-        self.t_start = 0.0
-        self.t_upstream = 0.0
-        self.connecting = None
-        self.retried = False
-        self.tunnel_pending = None
-        self.header_size = 0
-        self.header_count = 0
-        self.out = None  # while an upstream read is being parsed: writes to coalesce
+        # Everything else starts as None / 0 / False (see exchange.pxd).
 
     # -- request phase
 
-    def start(self):
+    cdef int start(self) except -1:
         """Route, run the request filters, then answer or go upstream."""
         if self.error is not None:
             self.respond(error_response(self.error, self.request_id.decode()))
-            return
+            return 0
         route, extra = self.rt.router.match(self.method, self.proto.route_host(self.host),
                                             self.path)
         if route is None:
@@ -114,68 +139,73 @@ class Exchange:
             else:
                 self.respond(error_response("method_not_allowed", self.request_id.decode(),
                                             headers=[(b"Allow", b", ".join(extra))]))
-            return
+            return 0
         self.route = route
         self.params = extra
         if self.content_length is not None and self.content_length > route.max_body_size:
             self.close_after = True
             self.respond(error_response("body_too_large", self.request_id.decode()))
-            return
+            return 0
         for f in route.request_filters:
             self.ran += 1
             answer = f.on_request(self)
             if answer is not None:
                 self.respond(answer)
-                return
-        self.proxy()
+                return 0
+        return self.proxy()
 
-    def proxy(self):
+    cdef int proxy(self) except -1:
+        cdef Pool pool
         upstream = self.route.upstream
         server = upstream.pick(self)
         if server is None:
             self.respond(error_response("upstream_unavailable", self.request_id.decode()))
-            return
+            return 0
         self.server = server
         if self.expect is not None and not self.body_done and self.version == "1.1":
             # RFC 9110 §10.1.1: the proxy has accepted the request, so it asks for the body
             # itself; Expect is not forwarded.
-            self.proto.transport.write(CONTINUE)
-        conn = server.pool.acquire()
+            self.proto.transport.write(_CONTINUE)
+        pool = server.pool
+        conn = pool.acquire()
         if conn is not None:
-            self.attach(conn)
-        else:
-            self.connect()
+            return self.attach(conn)
+        return self.connect()
 
-    def connect(self):
-        proto = self.proto
+    cdef int connect(self) except -1:
+        cdef ClientProtocol proto = self.proto
         upstream = self.route.upstream
         proto.deadline = proto.worker.now + upstream.connect_timeout
         self.connecting = proto.worker.loop.create_task(self._connect(self.server))
+        return 0
 
     async def _connect(self, server):
         loop = self.proto.worker.loop
         try:
             _, conn = await loop.create_connection(
-                partial(UpstreamConnection, server.pool), server.host, server.port)
+                partial(_UpstreamConnection, server.pool), server.host, server.port)
         except OSError:
             self.connecting = None
             if not self.finished:
-                self.upstream_failed(None, "bad_gateway")
+                self.upstream_failed(None, "bad_gateway", True)
             return
         self.connecting = None
         if self.finished:
-            server.pool.release(conn, self.proto.worker.now)
+            (<Pool?>server.pool).release(conn, self.proto.worker.now)
             return
         self.attach(conn)
 
-    def attach(self, conn):
+    cdef int attach(self, UpstreamConnection conn) except -1:
+        cdef ClientProtocol proto = self.proto
+        cdef list parts = []
         self.conn = conn
-        self.server.pool.active += 1
-        parts = [self.request_head()]
+        (<Pool?>self.server.pool).active += 1
+        self._request_head(parts)
         pending = self.pending
         if pending:
             if self.chunked_up:
-                parts += [b"%x\r\n%s\r\n" % (len(c), c) for c in pending]
+                for c in pending:
+                    parts.append(_chunk(c))
             else:
                 parts += pending
             if not self.body_done:
@@ -183,108 +213,123 @@ class Exchange:
                 # in ``pending`` so a stale keep-alive connection can be retried.
                 self.pending = None
                 self.pending_size = 0
-                self.proto.resume_reading_for(self.proto.PAUSE_PENDING)
+                proto.resume_reading_for(PAUSE_PENDING)
         if self.chunked_up and self.body_done:
-            parts.append(CHUNK_END)
-        proto = self.proto
+            parts.append(_CHUNK_END)
         # Until the body is in, the wait is on the client (client_body_timeout, 408).
         proto.deadline = proto.worker.now + (self.route.upstream.read_timeout if self.body_done
-                                             else proto.settings.client_body_timeout)
+                                             else proto.client_body_timeout)
         if self.t_start:
             self.t_upstream = proto.worker.clock()
-        conn.start(self, b"".join(parts), self.method == b"HEAD")
+        conn.start(self, b"".join(parts), self.method == _HEAD)
         if proto.write_paused:
             # The client is not reading (an earlier pipelined answer filled its buffer):
             # this response waits upstream until resume_writing, it is not buffered here.
             conn.transport.pause_reading()
+        return 0
 
-    def request_head(self) -> bytes:
+    cpdef bytes request_head(self):
         """The request head sent upstream: hop-by-hop fields removed (RFC 9110 §7.6.1),
         framing re-stated, X-Forwarded-*, X-Real-IP and X-Request-ID set."""
+        cdef list parts = []
+        self._request_head(parts)
+        return b"".join(parts)
+
+    cdef int _request_head(self, list parts) except -1:
+        # Appends the request head to ``parts``, so attach joins head and body in one go.
+        cdef ClientProtocol proto = self.proto
+        cdef list headers = self.headers
+        cdef bytes name, value, peer, host
         route = self.route
         upstream = route.upstream
         host = upstream.host_header or self.host or self.server.authority
         target = route.target(self)
-        parts = [self.method, b" ", target, b" HTTP/1.1\r\nHost: ", host, b"\r\n"]
-        headers = self.headers
-        if self.connection is not None:
-            # Fields named by Connection are hop-by-hop too (RFC 9110 §7.6.1).
+        parts += (self.method, b" ", target, b" HTTP/1.1\r\nHost: ", host, _CRLF)
+        if self.connection is not None and not _only_keep_alive(self.connection):
+            # Fields named by Connection are hop-by-hop too (RFC 9110 §7.6.1). (A lone
+            # "keep-alive" names a field that is dropped anyway.)
             named = connection_tokens(self.connection)
             headers = [h for h in headers if h[0].lower() not in named]
         for name, value in headers:
-            parts += (name, b": ", value, b"\r\n")
+            parts += (name, _COLON, value, _CRLF)
         if self.upgrade is not None:
             parts += (b"Upgrade: ", self.upgrade, b"\r\nConnection: upgrade\r\n")
         if self.body_done and (self.chunked or self.content_length is not None):
             # Whole body already here: state its length, as nginx does with buffered bodies.
-            parts += (b"Content-Length: %d\r\n" % self.pending_size,)
+            parts.append(PyBytes_FromFormat("Content-Length: %zd\r\n", self.pending_size))
         elif self.content_length is not None:
-            parts += (b"Content-Length: %d\r\n" % self.content_length,)
+            parts.append(b"Content-Length: %d\r\n" % self.content_length)
         elif self.chunked:
             parts.append(b"Transfer-Encoding: chunked\r\n")
             self.chunked_up = True
-        proto = self.proto
         peer = proto.peer_ip_bytes
         if proto.trusted and self.xff:  # (an empty X-Forwarded-For adds no hop)
-            parts += (b"X-Forwarded-For: ", self.xff, b", ", peer, b"\r\n")
+            parts += (b"X-Forwarded-For: ", self.xff, b", ", peer, _CRLF)
         else:
-            parts += (b"X-Forwarded-For: ", peer, b"\r\n")
+            parts += (b"X-Forwarded-For: ", peer, _CRLF)
+        # X-Real-IP: the peer's address unless a trusted proxy named the client.
+        real_ip = peer if self.client_ip is proto.peer_ip else self.client_ip.encode()
         forwarded = self.forwarded
         if forwarded is None:
             parts += (b"X-Forwarded-Proto: http\r\nX-Forwarded-Host: ", self.host or host,
-                      b"\r\nX-Real-IP: ", self.client_ip.encode(), b"\r\n")
+                      b"\r\nX-Real-IP: ", real_ip, _CRLF)
         else:
             parts += (b"X-Forwarded-Proto: ", forwarded.get(b"x-forwarded-proto", b"http"),
                       b"\r\nX-Forwarded-Host: ",
                       forwarded.get(b"x-forwarded-host", self.host or host),
-                      b"\r\nX-Real-IP: ", self.client_ip.encode(), b"\r\n")
+                      b"\r\nX-Real-IP: ", real_ip, _CRLF)
         parts += (b"X-Request-ID: ", self.request_id, b"\r\n\r\n")
-        return b"".join(parts)
+        return 0
 
     # -- request body (called by ClientProtocol for the exchange being parsed)
 
-    def client_body(self, chunk):
+    cdef int client_body(self, bytes chunk) except -1:
+        cdef UpstreamConnection conn = self.conn
         if self.finished:
-            return  # answered already: the rest of the body is read and dropped
-        conn = self.conn
+            return 0  # answered already: the rest of the body is read and dropped
         if conn is not None:
             if self.chunked_up:
-                conn.transport.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                conn.transport.write(_chunk(chunk))
             else:
                 conn.transport.write(chunk)
             self.body_streamed = True
-            return
+            return 0
         if self.pending is None:
             self.pending = []
         self.pending.append(chunk)
         self.pending_size += len(chunk)
-        if self.pending_size >= PENDING_LIMIT:
-            self.proto.pause_reading_for(self.proto.PAUSE_PENDING)
+        if self.pending_size >= _PENDING_LIMIT:
+            self.proto.pause_reading_for(PAUSE_PENDING)
+        return 0
 
-    def client_body_end(self):
+    cdef int client_body_end(self) except -1:
+        cdef UpstreamConnection conn = self.conn
+        cdef ClientProtocol proto = self.proto
         self.body_done = True
-        conn = self.conn
         if conn is not None and not self.finished:
             if self.chunked_up:
-                conn.transport.write(CHUNK_END)
-            proto = self.proto
+                conn.transport.write(_CHUNK_END)
             proto.deadline = proto.worker.now + self.route.upstream.read_timeout
+        return 0
 
     # -- upstream response (called by UpstreamConnection)
 
-    def upstream_head(self, conn, status, reason, headers) -> bool:
+    cdef bint upstream_head(self, UpstreamConnection conn, int status, bytes reason,
+                            list headers) except -1:
         """Relay the response head. False when the response must not be relayed."""
+        cdef bytes cl = None
+        cdef bytes te = None
+        cdef object named = None
+        cdef list out = []
+        cdef tuple header
+        cdef int kind
+        cdef bint no_body
         if self.finished:
             conn.abort()
             return False
-        cl = None
-        te = None
-        named = None
-        out = []
-        kinds = RESPONSE_KINDS
         for header in headers:
-            kind = kinds.get(header[0].lower())
-            if kind is None:
+            kind = _response_kind(header[0])
+            if kind == _R_RELAY:
                 out.append(header)
             elif kind == _R_CONTENT_LENGTH:
                 cl = header[1]
@@ -298,7 +343,7 @@ class Exchange:
         if te is not None and transfer_codings(te) != [b"chunked"]:
             # A coding we would have to relay undecoded: ambiguous for the client (RFC 9112
             # §6.1); refuse rather than guess.
-            self.upstream_failed(conn, "bad_gateway", retry=False)
+            self.upstream_failed(conn, "bad_gateway", False)
             conn.abort()
             return False
         if named:
@@ -307,66 +352,68 @@ class Exchange:
             out = [h for h in out if h[0].lower() not in named]
         if status == 101:
             if self.upgrade is None:
-                self.upstream_failed(conn, "bad_gateway", retry=False)
+                self.upstream_failed(conn, "bad_gateway", False)
                 conn.abort()
                 return False
             out.append((b"Connection", b"upgrade"))
-            self._write_head(Response(101, out, None), reason, None, tunnel=True)
+            self._write_head(None, 101, out, reason, None, False, None, True)
             return True
-        no_body = status in NO_BODY_STATUSES or self.method == b"HEAD"
+        no_body = status == 204 or status == 304 or self.method == _HEAD
         self.upstream_close_delimited = not no_body and cl is None and te is None
-        self._write_head(Response(status, out, None), reason, cl, no_body=no_body)
+        self._write_head(None, status, out, reason, cl, no_body, None, False)
         return True
 
-    def upstream_body(self, chunk):
+    cdef int upstream_body(self, bytes chunk) except -1:
+        cdef ClientProtocol proto = self.proto
         if self.resp_chunked:
-            chunk = b"%x\r\n%s\r\n" % (len(chunk), chunk)
+            chunk = _chunk(chunk)
         out = self.out
         if out is not None:
             out.append(chunk)
         else:
-            self.proto.transport.write(chunk)
+            proto.transport.write(chunk)
         self.bytes_out += len(chunk)
-        proto = self.proto
         proto.deadline = proto.worker.now + self.route.upstream.read_timeout
+        return 0
 
-    def upstream_complete(self, conn, reusable):
+    cdef int upstream_complete(self, UpstreamConnection conn, bint reusable) except -1:
+        cdef ClientProtocol proto = self.proto
+        cdef Pool pool
         if self.resp_chunked:
             if self.out is not None:
-                self.out.append(CHUNK_END)
+                self.out.append(_CHUNK_END)
             else:
-                self.proto.transport.write(CHUNK_END)
+                proto.transport.write(_CHUNK_END)
         self.conn = None
         pool = self.server.pool
         pool.active -= 1
         if reusable and self.body_done and self.upgrade is None:
             # A refused upgrade's connection is not reused: the upstream's parser may
             # already treat it as switched (llhttp pauses on every Upgrade request).
-            pool.release(conn, self.proto.worker.now)
+            pool.release(conn, proto.worker.now)
         else:
             conn.close()
             # Answered before the whole body was sent: the client may be paused on this
             # upstream's full buffer; the rest of its body is read and dropped now.
-            self.proto.resume_reading_for(self.proto.PAUSE_UPSTREAM)
-        self.finish()
+            proto.resume_reading_for(PAUSE_UPSTREAM)
+        return self.finish()
 
-    def upstream_failed(self, conn, code, retry=True):
+    cdef int upstream_failed(self, UpstreamConnection conn, str code, bint retry=True) except -1:
         """``retry`` is False when the upstream answered something (a malformed response):
         that is its answer, not a connection lost in a keep-alive race."""
         if conn is not None and self.conn is conn:
             self.conn = None
-            self.server.pool.active -= 1
+            (<Pool?>self.server.pool).active -= 1
             if (retry and conn.requests > 1 and not self.head_sent and not self.body_streamed
-                    and not self.retried and not self.finished and self.method in IDEMPOTENT
+                    and not self.retried and not self.finished and self.method in _IDEMPOTENT
                     and (self.body_done or not self.body_received)):
                 # The keep-alive connection was closed by the server as we reused it
                 # (RFC 9112 §9.3.1): resend once on a fresh one, but only an idempotent
                 # request, which may be repeated automatically (RFC 9112 §9.3.1.1).
                 self.retried = True
-                self.connect()
-                return
+                return self.connect()
         if self.finished:
-            return
+            return 0
         if not self.head_sent:
             self.respond(error_response(code, self.request_id.decode()))
         else:
@@ -374,20 +421,23 @@ class Exchange:
             self.close_after = True
             self.proto.abort()
             self.finish()
+        return 0
 
-    def upstream_write_paused(self, paused):
-        proto = self.proto
+    cdef int upstream_write_paused(self, bint paused) except -1:
+        cdef ClientProtocol proto = self.proto
         if paused:
-            proto.pause_reading_for(proto.PAUSE_UPSTREAM)
+            proto.pause_reading_for(PAUSE_UPSTREAM)
             # The upstream is not taking the body: its send_timeout runs, not the client's.
             proto.deadline = proto.worker.now + self.route.upstream.send_timeout
         else:
-            proto.resume_reading_for(proto.PAUSE_UPSTREAM)
+            proto.resume_reading_for(PAUSE_UPSTREAM)
             if not self.body_done:
-                proto.deadline = proto.worker.now + proto.settings.client_body_timeout
+                proto.deadline = proto.worker.now + proto.client_body_timeout
+        return 0
 
-    def timed_out(self):
+    cdef int timed_out(self) except -1:
         """The connection's deadline passed while this exchange was active."""
+        cdef UpstreamConnection conn
         if self.connecting is not None:
             self.connecting.cancel()
             self.connecting = None
@@ -395,13 +445,13 @@ class Exchange:
         elif self.conn is not None:
             conn = self.conn
             self.conn = None
-            self.server.pool.active -= 1
+            (<Pool?>self.server.pool).active -= 1
             conn.abort()
             if self.head_sent:
                 self.close_after = True
                 self.proto.abort()
                 self.finish()
-            elif not self.body_done and not self.proto.paused & self.proto.PAUSE_UPSTREAM:
+            elif not self.body_done and not self.proto.paused & PAUSE_UPSTREAM:
                 # The client stopped sending the body it announced (nginx
                 # client_body_timeout); the upstream never got a whole request.
                 self.respond(error_response("request_timeout", self.request_id.decode()))
@@ -410,60 +460,75 @@ class Exchange:
         else:
             self.close_after = True
             self.respond(error_response("request_timeout", self.request_id.decode()))
+        return 0
 
     # -- tunnel (after a relayed 101)
 
-    def tunnel_to_client(self, data):
+    cdef int tunnel_to_client(self, bytes data) except -1:
         if self.out is not None:
             self.out.append(data)  # behind the 101 head still waiting in ``out``
         else:
             self.proto.transport.write(data)
         self.bytes_out += len(data)
+        return 0
 
-    def tunnel_closed(self):
+    cdef int tunnel_closed(self) except -1:
         if self.conn is not None:
             self.conn = None
-            self.server.pool.active -= 1
+            (<Pool?>self.server.pool).active -= 1
         self.close_after = True
         self.proto.close()
-        self.finish()
+        return self.finish()
 
     # -- answering
 
-    def respond(self, resp: Response):
+    cpdef respond(self, object resp):
         """Answer with a response the proxy made (a filter's, or an error)."""
+        cdef bytes body
         if self.finished or self.head_sent:
             return
         body = resp.body or b""
         if not self.body_done:
             # The rest of the request body is not read: close after answering.
             self.close_after = True
-        self._write_head(resp, None, b"%d" % len(body), no_body=self.method == b"HEAD",
-                         body=body)
+        self._write_head(resp, resp.status, resp.headers, None,
+                         PyBytes_FromFormat("%zd", PyBytes_GET_SIZE(body)),
+                         self.method == _HEAD, body, False)
         self.finish()
 
-    def _write_head(self, resp, reason, content_length, no_body=False, body=None, tunnel=False):
+    cdef int _write_head(self, object resp, int status, list headers, bytes reason,
+                         bytes content_length, bint no_body, bytes body,
+                         bint tunnel) except -1:
+        # ``resp`` is the Response being answered, or None for an upstream's head: then one
+        # is made only when response filters run.
+        cdef ClientProtocol proto = self.proto
+        cdef list parts = []
+        cdef bytes name, value
         route = self.route
-        if route is not None and route.response_filters and self.ran:
-            for index, f in route.response_filters:
-                if index < self.ran:
-                    f.on_response(self, resp)
-        status = resp.status
-        parts = [status_line(status, reason)]
-        for name, value in resp.headers:
-            parts += (name, b": ", value, b"\r\n")
+        if route is not None and self.ran:
+            response_filters = route.response_filters
+            if response_filters:
+                if resp is None:
+                    resp = Response(status, headers, None)
+                for index, f in response_filters:
+                    if index < self.ran:
+                        f.on_response(self, resp)
+                status = resp.status
+                headers = resp.headers
+        _status_line(parts, status, reason)
+        for name, value in headers:
+            parts += (name, _COLON, value, _CRLF)
         if tunnel:
             pass
         elif content_length is not None:
-            if status not in NO_BODY_STATUSES or no_body and self.method == b"HEAD":
-                parts += (b"Content-Length: ", content_length, b"\r\n")
+            if not (status == 204 or status == 304) or no_body and self.method == _HEAD:
+                parts += (b"Content-Length: ", content_length, _CRLF)
         elif not no_body:
             if self.version == "1.1":
                 parts.append(b"Transfer-Encoding: chunked\r\n")
                 self.resp_chunked = True
             else:
                 self.close_after = True  # close-delimited body for an HTTP/1.0 client
-        proto = self.proto
         if not tunnel:
             if self.upgrade is not None:
                 # Answered without switching protocols: the client may already be sending
@@ -486,18 +551,28 @@ class Exchange:
             proto.transport.write(b"".join(parts))
         if tunnel:
             proto.start_tunnel(self, self.conn)
+        return 0
 
-    def flush(self):
+    cdef int flush(self) except -1:
         """Write what the current upstream read produced in one send (head and body of a
         small response then cost one syscall, not two)."""
-        out = self.out
+        cdef list out = self.out
         if out and not self.proto.closed:
-            self.proto.transport.write(b"".join(out) if len(out) > 1 else out[0])
+            self.proto.transport.write(b"".join(out) if PyList_GET_SIZE(out) > 1 else out[0])
             out.clear()
+        return 0
 
-    def finish(self):
+    cdef int finish(self) except -1:
         if self.finished:
-            return
+            return 0
         self.flush()
         self.finished = True
-        self.proto.exchange_finished(self)
+        return self.proto.exchange_finished(self)
+
+
+cdef inline bint _only_keep_alive(list connection):
+    # The usual "Connection: keep-alive" (one field, one token) names nothing to remove.
+    if PyList_GET_SIZE(connection) != 1:
+        return False
+    value = connection[0]
+    return value == b"keep-alive" or value == b"Keep-Alive"

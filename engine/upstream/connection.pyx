@@ -3,26 +3,34 @@
 The response head is parsed to find framing and to rewrite hop-by-hop headers; body bytes are
 handed to the exchange as they arrive and never re-serialised (only re-chunked when the client
 side needs chunked framing).
+
+A cdef class cannot subclass asyncio.Protocol; uvloop and httptools only duck-type protocols, so
+this class implements every method they call (eof_received included).
 """
 
-import asyncio
-
 import httptools
+
+cimport cython
+
+# pyx-level cimport: connection.pxd cimports nothing, so the .pxd files have no cycle.
+from engine.http.exchange cimport Exchange
+
+cdef object HttpResponseParser = httptools.HttpResponseParser
+cdef object HttpParserUpgrade = httptools.HttpParserUpgrade
+cdef object HttpParserCallbackError = httptools.HttpParserCallbackError
+cdef object HttpParserError = httptools.HttpParserError
 
 
 class _StopParsing(Exception):
     """Raised from a parser callback to stop feeding this response (see ``stop``)."""
 
 
-class UpstreamConnection(asyncio.Protocol):
-    __slots__ = ("pool", "transport", "parser", "exchange", "requests", "idle_deadline",
-                 "headers", "reason", "head_done", "body_bytes", "lost", "skip_body",
-                 "tunnel", "stop")
-
+@cython.final
+cdef class UpstreamConnection:
     def __init__(self, pool):
         self.pool = pool
         self.transport = None
-        self.parser = httptools.HttpResponseParser(self)
+        self.parser = HttpResponseParser(self)
         self.exchange = None
         self.requests = 0
         self.idle_deadline = 0.0
@@ -31,9 +39,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.head_done = False
         self.body_bytes = 0
         self.lost = False
-        self.skip_body = False  # the request was HEAD: the response has no body
+        self.skip_body = False
         self.tunnel = False
-        self.stop = None  # why a callback raised _StopParsing: "head" or "abort"
+        self.stop = None
 
     # -- asyncio.Protocol
 
@@ -41,23 +49,24 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport = transport
 
     def data_received(self, data):
+        cdef Exchange ex
         if self.tunnel:
-            self.exchange.tunnel_to_client(data)
+            (<Exchange?>self.exchange).tunnel_to_client(data)
             return
-        ex = self.exchange
-        if ex is None:
+        if self.exchange is None:
             # An idle connection must not talk; whatever it says, it is not reusable.
             self.close()
             return
+        ex = <Exchange>self.exchange
         ex.out = []
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
+        except HttpParserUpgrade as exc:
             rest = data[exc.args[0]:] if exc.args else b""
             self.tunnel = True
             if rest:
                 ex.tunnel_to_client(rest)
-        except httptools.HttpParserCallbackError as exc:
+        except HttpParserCallbackError as exc:
             stop = self.stop
             self.stop = None
             if stop == "head":
@@ -65,50 +74,54 @@ class UpstreamConnection(asyncio.Protocol):
                 # a fresh parser for the next response; only the old one knows whether this
                 # response let the connection persist (RFC 9112 §9.3).
                 reusable = self.parser.should_keep_alive()
-                self.parser = httptools.HttpResponseParser(self)
+                self.parser = HttpResponseParser(self)
                 self._complete(reusable)
             elif stop is None:
                 self._fail(exc)
             # stop == "abort": the exchange already failed this connection
-        except httptools.HttpParserError as exc:
+        except HttpParserError as exc:
             self._fail(exc)
         finally:
             ex.flush()
             ex.out = None
 
+    def eof_received(self):
+        return None  # asyncio.Protocol's default: the transport closes itself
+
     def connection_lost(self, exc):
+        cdef Exchange ex
         self.lost = True
-        ex = self.exchange
-        if ex is None:
+        if self.exchange is None:
             self.pool.discard(self)
             return
+        ex = <Exchange>self.exchange
         self.exchange = None
         if self.tunnel:
             ex.tunnel_closed()
         elif self.head_done and ex.upstream_close_delimited:
-            ex.upstream_complete(self, reusable=False)  # RFC 9112 §6.3 rule 8: EOF ends it
+            ex.upstream_complete(self, False)  # RFC 9112 §6.3 rule 8: EOF ends it
         else:
-            ex.upstream_failed(self, "bad_gateway")
+            ex.upstream_failed(self, "bad_gateway", True)
 
     def pause_writing(self):
         if self.exchange is not None:
-            self.exchange.upstream_write_paused(True)
+            (<Exchange>self.exchange).upstream_write_paused(True)
 
     def resume_writing(self):
         if self.exchange is not None:
-            self.exchange.upstream_write_paused(False)
+            (<Exchange>self.exchange).upstream_write_paused(False)
 
     # -- httptools callbacks
 
-    def on_status(self, reason):
+    def on_status(self, bytes reason):
         self.reason = reason
 
-    def on_header(self, name, value):
+    def on_header(self, bytes name, bytes value):
         if not self.head_done:
             self.headers.append((name, value))
 
     def on_headers_complete(self):
-        status = self.parser.get_status_code()
+        cdef int status = self.parser.get_status_code()
         if status < 200 and status != 101:
             # Interim responses (100, 103) are not relayed: the proxy sent no Expect
             # upstream, and nginx drops them too. The final response follows.
@@ -116,16 +129,16 @@ class UpstreamConnection(asyncio.Protocol):
             self.reason = b""
             return
         self.head_done = True
-        if not self.exchange.upstream_head(self, status, self.reason, self.headers):
+        if not (<Exchange?>self.exchange).upstream_head(self, status, self.reason, self.headers):
             self.stop = "abort"
             raise _StopParsing
         if self.skip_body and status != 101:
             self.stop = "head"
             raise _StopParsing
 
-    def on_body(self, body):
+    def on_body(self, bytes body):
         self.body_bytes += len(body)
-        self.exchange.upstream_body(body)
+        (<Exchange?>self.exchange).upstream_body(body)
 
     def on_message_complete(self):
         if self.head_done and not self.tunnel:
@@ -133,10 +146,10 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- exchange side
 
-    def usable(self) -> bool:
+    cpdef bint usable(self) except -1:
         return not self.lost and not self.transport.is_closing()
 
-    def start(self, exchange, head: bytes, skip_body: bool):
+    cpdef start(self, object exchange, bytes head, bint skip_body):
         self.exchange = exchange
         self.requests += 1
         self.headers = []
@@ -146,28 +159,31 @@ class UpstreamConnection(asyncio.Protocol):
         self.skip_body = skip_body
         self.transport.write(head)
 
-    def _complete(self, reusable=None):
-        ex = self.exchange
-        if ex is None:
-            return
+    cdef int _complete(self, object reusable=None) except -1:
+        cdef Exchange ex
+        if self.exchange is None:
+            return 0
+        ex = <Exchange>self.exchange
         self.exchange = None
         if reusable is None:
             reusable = self.parser.should_keep_alive()
         ex.upstream_complete(self, reusable)
+        return 0
 
-    def _fail(self, exc):
+    cdef int _fail(self, object exc) except -1:
         ex = self.exchange
         self.exchange = None
         self.close()
         if ex is not None:
-            ex.upstream_failed(self, "bad_gateway", retry=False)  # it answered, badly
+            (<Exchange>ex).upstream_failed(self, "bad_gateway", False)  # it answered, badly
+        return 0
 
-    def close(self):
+    cpdef close(self):
         self.lost = True
         if self.transport is not None:
             self.transport.close()
 
-    def abort(self):
+    cpdef abort(self):
         self.lost = True
         self.exchange = None
         if self.transport is not None:

@@ -2,45 +2,85 @@
 
 Pipelined requests are parsed as they arrive but answered strictly in order: the exchange being
 answered is ``active``; later ones wait in ``queue`` and reading pauses until it drains.
+
+A cdef class cannot subclass asyncio.Protocol; uvloop and httptools only duck-type protocols, so
+this class implements every method they call (eof_received included). The httptools callbacks
+(``on_*``) stay ``def``: the parser looks them up by name.
 """
 
-import asyncio
 import re
 from collections import deque
 
 import httptools
 
+cimport cython
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.dict cimport PyDict_GetItem
+from cpython.object cimport PyObject
+from libc.string cimport memchr
+
+# pyx-level cimports: protocol.pxd cimports nothing of exchange.pxd (which cimports it).
+from engine.http.exchange cimport Exchange
+from engine.upstream.connection cimport UpstreamConnection
+from engine.upstream.pool cimport Pool
+
 from engine.errors import error_response
-from engine.http.exchange import Exchange
 from engine.http.framing import (
     H_CONNECTION, H_CONTENT_LENGTH, H_EXPECT, H_FORWARDED, H_HOST, H_REQUEST_ID,
     H_TRANSFER_ENCODING, H_UPGRADE, H_XFF, REQUEST_KINDS, connection_tokens, host_for_routing,
     remove_dot_segments, split_target, transfer_codings, valid_host,
 )
 
-_REQUEST_ID_RE = re.compile(rb"[A-Za-z0-9._:@/+=\-]{1,200}")
+cdef extern from "Python.h":
+    const Py_ssize_t PY_SSIZE_T_MAX
+
+cdef object _request_id_ok = re.compile(rb"[A-Za-z0-9._:@/+=\-]{1,200}").fullmatch
+
+cdef object HttpRequestParser = httptools.HttpRequestParser
+cdef object HttpParserUpgrade = httptools.HttpParserUpgrade
+cdef object HttpParserError = httptools.HttpParserError
+cdef object HttpParserInvalidURLError = httptools.HttpParserInvalidURLError
+
+# framing's header kinds as C ints (0: a field relayed as is).
+cdef int K_HOST = H_HOST
+cdef int K_CONTENT_LENGTH = H_CONTENT_LENGTH
+cdef int K_TRANSFER_ENCODING = H_TRANSFER_ENCODING
+cdef int K_CONNECTION = H_CONNECTION
+cdef int K_EXPECT = H_EXPECT
+cdef int K_UPGRADE = H_UPGRADE
+cdef int K_XFF = H_XFF
+cdef int K_REQUEST_ID = H_REQUEST_ID
+cdef int K_FORWARDED = H_FORWARDED
+
+# Field name as received -> kind, so a name seen before costs one dict lookup and no .lower().
+# Bounded: cleared when full, and long names are not remembered.
+cdef dict _request_kinds = {}
+cdef Py_ssize_t _KINDS_MAX = 512
+cdef Py_ssize_t _KIND_NAME_MAX = 64
+
+
+cdef inline int _request_kind(bytes name) except -1:
+    cdef PyObject* cached = PyDict_GetItem(_request_kinds, name)
+    if cached is not NULL:
+        return <int><object>cached
+    kind = REQUEST_KINDS.get(name.lower(), 0)
+    if PyBytes_GET_SIZE(name) <= _KIND_NAME_MAX:
+        if len(_request_kinds) >= _KINDS_MAX:
+            _request_kinds.clear()
+        _request_kinds[name] = kind
+    return kind
 
 
 class _Rejected(Exception):
     """Raised from a parser callback after the request was answered with an error."""
 
 
-class ClientProtocol(asyncio.Protocol):
-    PAUSE_PIPELINE = 1
-    PAUSE_PENDING = 2
-    PAUSE_UPSTREAM = 4
-    PAUSE_BROKEN = 8
-
-    __slots__ = (
-        "worker", "transport", "parser", "peer_ip", "peer_ip_bytes", "trusted", "ex", "active",
-        "queue", "paused", "deadline", "requests", "in_head", "broken", "tunnel", "closed",
-        "write_paused", "settings", "lingering", "host_key", "stalled",
-    )
-
+@cython.final
+cdef class ClientProtocol:
     def __init__(self, worker):
         self.worker = worker
         self.transport = None
-        self.parser = httptools.HttpRequestParser(self)
+        self.parser = HttpRequestParser(self)
         self.peer_ip = ""
         self.peer_ip_bytes = b""
         self.trusted = False
@@ -55,10 +95,24 @@ class ClientProtocol(asyncio.Protocol):
         self.tunnel = None
         self.closed = False
         self.write_paused = False
-        self.settings = worker.runtime.settings
+        self._use_settings(worker.runtime.settings)
         self.lingering = False
         self.host_key = (None, "")
+        self.host_ok = None
         self.stalled = 0  # bytes fed since the parser last delivered anything
+
+    cdef int _use_settings(self, object settings) except -1:
+        self.settings = settings
+        self.max_request_line = settings.max_request_line
+        self.max_header_size = settings.max_header_size
+        self.max_header_count = settings.max_header_count
+        self.keepalive_requests = min(settings.keepalive_requests, PY_SSIZE_T_MAX)
+        self.client_header_timeout = settings.client_header_timeout
+        self.client_body_timeout = settings.client_body_timeout
+        self.keepalive_timeout = settings.keepalive_timeout
+        self.send_timeout = settings.send_timeout
+        self.lingering_timeout = settings.lingering_timeout
+        return 0
 
     # -- asyncio.Protocol
 
@@ -69,10 +123,13 @@ class ClientProtocol(asyncio.Protocol):
         self.peer_ip = ip
         self.peer_ip_bytes = ip.encode()
         self.trusted = self.settings.is_trusted(ip)
-        self.deadline = self.worker.now + self.settings.client_header_timeout
+        self.deadline = self.worker.now + self.client_header_timeout
         self.worker.conns.add(self)
 
     def data_received(self, data):
+        cdef Exchange ex
+        cdef bint in_head
+        cdef Py_ssize_t received
         if self.tunnel is not None:
             self.tunnel.transport.write(data)
             return
@@ -86,10 +143,10 @@ class ClientProtocol(asyncio.Protocol):
         received = ex.body_received if ex is not None else 0
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
+        except HttpParserUpgrade as exc:
             self._upgrade_requested(data[exc.args[0]:] if exc.args else b"")
             return
-        except httptools.HttpParserError as exc:
+        except HttpParserError as exc:
             if not self.broken and not self.closed:
                 self._parse_failed(exc)
             return
@@ -98,13 +155,16 @@ class ClientProtocol(asyncio.Protocol):
             # httptools holds an unfinished header field (head or trailers) in memory until
             # it ends; bound what may arrive without the parser delivering anything.
             self.stalled += len(data)
-            settings = self.settings
-            if self.stalled > settings.max_request_line + settings.max_header_size:
+            if self.stalled > self.max_request_line + self.max_header_size:
                 self._bad_request("headers_too_large")
         else:
             self.stalled = 0
 
+    def eof_received(self):
+        return None  # asyncio.Protocol's default: the transport closes itself
+
     def connection_lost(self, exc):
+        cdef Exchange ex
         self.closed = True
         self.worker.conns.discard(self)
         tunnel = self.tunnel
@@ -117,24 +177,24 @@ class ClientProtocol(asyncio.Protocol):
             if ex.connecting is not None:
                 ex.connecting.cancel()
             if ex.conn is not None:
-                ex.server.pool.active -= 1
+                (<Pool?>ex.server.pool).active -= 1
                 ex.conn.abort()
                 ex.conn = None
             ex.status = ex.status or 499
             self.worker.log_exchange(ex)
 
     def pause_writing(self):
+        cdef Exchange ex = self.active
         self.write_paused = True
-        self.deadline = self.worker.now + self.settings.send_timeout
-        ex = self.active
+        self.deadline = self.worker.now + self.send_timeout
         if ex is not None and ex.conn is not None:
             ex.conn.transport.pause_reading()
         elif self.tunnel is not None:
             self.tunnel.transport.pause_reading()
 
     def resume_writing(self):
+        cdef Exchange ex = self.active
         self.write_paused = False
-        ex = self.active
         if ex is not None and ex.conn is not None:
             ex.conn.transport.resume_reading()
         elif self.tunnel is not None:
@@ -148,57 +208,58 @@ class ClientProtocol(asyncio.Protocol):
             # it is processed, even one that arrived in the same read.
             raise _Rejected("closing")
         rt = self.worker.runtime
-        self.settings = rt.settings
-        self.ex = Exchange(self, rt)
+        settings = rt.settings
+        if settings is not self.settings:
+            self._use_settings(settings)
+        self.ex = Exchange.new(self, rt)
         self.in_head = True
         if self.active is None:
-            self.deadline = self.worker.now + self.settings.client_header_timeout
+            self.deadline = self.worker.now + self.client_header_timeout
 
-    def on_url(self, url):
-        ex = self.ex
-        ex.url += url
-        if len(ex.url) > self.settings.max_request_line:
+    def on_url(self, bytes url):
+        cdef Exchange ex = self.ex
+        ex.url = ex.url + url if PyBytes_GET_SIZE(ex.url) else url
+        if PyBytes_GET_SIZE(ex.url) > self.max_request_line:
             self._reject(ex, "uri_too_long")
 
-    def on_header(self, name, value):
-        ex = self.ex
-        ex.header_size += len(name) + len(value) + 4
+    def on_header(self, bytes name, bytes value):
+        cdef Exchange ex = self.ex
+        cdef int kind
+        ex.header_size += PyBytes_GET_SIZE(name) + PyBytes_GET_SIZE(value) + 4
         ex.header_count += 1
         self.stalled = 0  # a field ended: only the one after it is unfinished
-        settings = self.settings
-        if (ex.header_size > settings.max_header_size
-                or ex.header_count > settings.max_header_count):
+        if ex.header_size > self.max_header_size or ex.header_count > self.max_header_count:
             if not self.in_head:
                 self._bad_request("headers_too_large")  # trailers count too
                 raise _Rejected("headers_too_large")
             self._reject(ex, "headers_too_large")
         if not self.in_head:
             return  # trailer fields are not forwarded (RFC 9110 §6.5.1 allows discarding)
-        kind = REQUEST_KINDS.get(name.lower())
-        if kind is None:
+        kind = _request_kind(name)
+        if kind == 0:
             ex.headers.append((name, value))
-        elif kind == H_HOST:
+        elif kind == K_HOST:
             ex.host_count += 1
             ex.host = value.strip(b" \t")
-        elif kind == H_CONTENT_LENGTH:
+        elif kind == K_CONTENT_LENGTH:
             ex.content_length = int(value)  # llhttp allows digits only, and one field
-        elif kind == H_TRANSFER_ENCODING:
+        elif kind == K_TRANSFER_ENCODING:
             ex.te = value if ex.te is None else ex.te + b", " + value
-        elif kind == H_CONNECTION:
+        elif kind == K_CONNECTION:
             if ex.connection is None:
                 ex.connection = [value]
             else:
                 ex.connection.append(value)
-        elif kind == H_XFF:
+        elif kind == K_XFF:
             ex.xff = value if ex.xff is None else ex.xff + b", " + value
-        elif kind == H_REQUEST_ID:
-            if _REQUEST_ID_RE.fullmatch(value):
+        elif kind == K_REQUEST_ID:
+            if _request_id_ok(value):
                 ex.request_id = value
-        elif kind == H_EXPECT:
+        elif kind == K_EXPECT:
             ex.expect = value
-        elif kind == H_UPGRADE:
+        elif kind == K_UPGRADE:
             ex.upgrade = value
-        elif kind == H_FORWARDED:
+        elif kind == K_FORWARDED:
             if self.trusted:
                 if ex.forwarded is None:
                     ex.forwarded = {}
@@ -206,13 +267,17 @@ class ClientProtocol(asyncio.Protocol):
         # else H_HOP: dropped
 
     def on_headers_complete(self):
+        cdef Exchange ex = self.ex
+        cdef str version, path_str
+        cdef bytes url, host, path, authority
+        cdef const char* p
+        cdef const char* q
         self.in_head = False
-        ex = self.ex
         parser = self.parser
         ex.method = parser.get_method()
         ex.version = version = parser.get_http_version()
         ex.keep_alive = (parser.should_keep_alive()
-                         and self.requests + 1 < self.settings.keepalive_requests)
+                         and self.requests + 1 < self.keepalive_requests)
         if not ex.request_id:
             ex.request_id = self.worker.next_request_id()
         if self.worker.access_log is not None:
@@ -222,33 +287,49 @@ class ClientProtocol(asyncio.Protocol):
         # RFC 9112 §3.2: exactly one Host, valid, in every HTTP/1.1 request.
         if ex.host_count > 1 or (ex.host_count == 0 and version == "1.1"):
             self._reject(ex, "bad_host")
-        if ex.host is not None and not valid_host(ex.host):
-            self._reject(ex, "bad_host")
+        host = ex.host
+        if host is not None and host != self.host_ok:  # (a connection usually repeats one)
+            if not valid_host(host):
+                self._reject(ex, "bad_host")
+            self.host_ok = host
         if ex.te is not None:
             # RFC 9112 §6.1: Transfer-Encoding in HTTP/1.0 means faulty framing; chunked must
             # be the final coding (llhttp checks) and is the only one we implement.
             if version == "1.0":
                 self._reject(ex, "bad_framing")
             codings = transfer_codings(ex.te)
-            if not codings or codings[-1] != b"chunked":
+            if not codings or codings[len(codings) - 1] != b"chunked":
                 self._reject(ex, "bad_framing")
             if len(codings) > 1:
                 self._reject(ex, "not_implemented")
             ex.chunked = True
         else:
             ex.body_done = ex.content_length is None or ex.content_length == 0
-        try:
-            authority, path, ex.query = split_target(ex.url)
-        except ValueError:
-            self._reject(ex, "bad_target")
+        url = ex.url
+        p = PyBytes_AS_STRING(url)
+        if PyBytes_GET_SIZE(url) and p[0] == b"/":
+            # Origin-form, the common case of split_target, without the call.
+            authority = None
+            q = <const char*>memchr(p, b"?", PyBytes_GET_SIZE(url))
+            if q is NULL:
+                path = url
+                ex.query = b""
+            else:
+                path = url[:q - p]
+                ex.query = url[q - p:]
+        else:
+            try:
+                authority, path, ex.query = split_target(url)
+            except ValueError:
+                self._reject(ex, "bad_target")
         if authority is not None:
             ex.host = authority  # RFC 9112 §3.2.2: absolute-form overrides Host
             if not valid_host(authority):
                 self._reject(ex, "bad_host")
-        path = path.decode("latin-1")
-        if "/." in path:
-            path = remove_dot_segments(path)
-        ex.path = path
+        path_str = path.decode("latin-1")
+        if "/." in path_str:
+            path_str = remove_dot_segments(path_str)
+        ex.path = path_str
         if ex.upgrade is not None:
             if ex.connection is None or b"upgrade" not in connection_tokens(ex.connection):
                 ex.upgrade = None  # Upgrade without Connection: upgrade is not a request
@@ -256,78 +337,81 @@ class ClientProtocol(asyncio.Protocol):
             ex.client_ip = self.worker.runtime.settings.real_ip(ex.xff, self.peer_ip)
         self._dispatch(ex)
 
-    def on_body(self, body):
-        ex = self.ex
-        ex.body_received += len(body)
+    def on_body(self, bytes body):
+        cdef Exchange ex = self.ex
+        ex.body_received += PyBytes_GET_SIZE(body)
         if ex.route is not None and ex.body_received > ex.route.max_body_size:
             self._body_too_large(ex)
         if self.active is not ex or ex.conn is not None:
             # Waiting on the client's body: the timeout is between two reads. (While the
             # upstream connects, its connect_timeout runs instead.)
-            self.deadline = self.worker.now + self.settings.client_body_timeout
+            self.deadline = self.worker.now + self.client_body_timeout
         ex.client_body(body)
 
     def on_message_complete(self):
-        ex = self.ex
+        cdef Exchange ex = self.ex
         if not ex.body_done:
             ex.client_body_end()
 
     # -- dispatch and completion
 
-    def _dispatch(self, ex):
+    cdef int _dispatch(self, object ex) except -1:
         if self.active is None:
             self.active = ex
-            ex.start()
+            (<Exchange>ex).start()
         else:
             if self.queue is None:
                 self.queue = deque()
             self.queue.append(ex)
-            self.pause_reading_for(self.PAUSE_PIPELINE)
+            self.pause_reading_for(PAUSE_PIPELINE)
+        return 0
 
-    def exchange_finished(self, ex):
+    cdef int exchange_finished(self, object ex) except -1:
         self.worker.log_exchange(ex)
         if self.active is not ex:
-            return
+            return 0
         self.active = None
         self.requests += 1
-        if ex.close_after:
-            self._close_after_response(ex)
-            return
+        if (<Exchange>ex).close_after:
+            return self._close_after_response(ex)
         queue = self.queue
         if queue:
             nxt = queue.popleft()
             self.active = nxt
-            nxt.start()
-            return
-        self.resume_reading_for(self.PAUSE_PIPELINE)
+            return (<Exchange?>nxt).start()
+        self.resume_reading_for(PAUSE_PIPELINE)
         if self.worker.draining and not self.in_head:
             self.close()
         elif self.in_head:
-            self.deadline = self.worker.now + self.settings.client_header_timeout
+            self.deadline = self.worker.now + self.client_header_timeout
         else:
-            self.deadline = self.worker.now + self.settings.keepalive_timeout
+            self.deadline = self.worker.now + self.keepalive_timeout
+        return 0
 
-    def _close_after_response(self, ex):
-        if ex.body_done and not self.broken:
+    cdef int _close_after_response(self, object ex) except -1:
+        if (<Exchange>ex).body_done and not self.broken:
             self.close()
         else:
             self.linger()
+        return 0
 
     # -- errors
 
-    def _reject(self, ex, code):
+    cdef int _reject(self, object ex_, str code) except -1:
         """Answer ``ex`` with an error (in pipeline order), then stop reading."""
+        cdef Exchange ex = ex_
         if not ex.request_id:
             ex.request_id = self.worker.next_request_id()  # rejected before the head ended
         ex.error = code
         ex.close_after = True
         self.broken = True
-        self.pause_reading_for(self.PAUSE_BROKEN)
-        if ex not in (self.queue or ()) and ex is not self.active:
+        self.pause_reading_for(PAUSE_BROKEN)
+        if (self.queue is None or ex not in self.queue) and ex is not self.active:
             self._dispatch(ex)
         raise _Rejected(code)
 
-    def _body_too_large(self, ex):
+    cdef int _body_too_large(self, object ex_) except -1:
+        cdef Exchange ex = ex_
         ex.close_after = True
         if ex.finished:
             # Answered early (the upstream did not wait for the body); the rest was being
@@ -336,18 +420,18 @@ class ClientProtocol(asyncio.Protocol):
             raise _Rejected("body_too_large")
         if not ex.head_sent:
             if ex.conn is not None:
-                ex.server.pool.active -= 1
+                (<Pool?>ex.server.pool).active -= 1
                 ex.conn.abort()
                 ex.conn = None
             ex.error = "body_too_large"
             if self.active is ex:
                 ex.respond(error_response("body_too_large", ex.request_id.decode()))
         self.broken = True
-        self.pause_reading_for(self.PAUSE_BROKEN)
+        self.pause_reading_for(PAUSE_BROKEN)
         raise _Rejected("body_too_large")
 
-    def _parse_failed(self, exc):
-        if isinstance(exc, httptools.HttpParserInvalidURLError):
+    cdef int _parse_failed(self, object exc) except -1:
+        if isinstance(exc, HttpParserInvalidURLError):
             code = "bad_target"
         else:
             msg = str(exc)
@@ -357,42 +441,45 @@ class ClientProtocol(asyncio.Protocol):
                 code = "bad_framing"
             else:
                 code = "bad_request"
-        self._bad_request(code)
+        return self._bad_request(code)
 
-    def _bad_request(self, code):
+    cdef int _bad_request(self, str code) except -1:
         """The bytes being parsed are bad: answer ``code`` for the request they belong to
         (or the one after the last complete request), then close."""
-        ex = self.ex
+        cdef Exchange ex = self.ex
         self.broken = True
-        self.pause_reading_for(self.PAUSE_BROKEN)
+        self.pause_reading_for(PAUSE_BROKEN)
         if ex is None or ex.finished or ex.body_done:
             # The error is in bytes after ``ex``'s complete message.
             if ex is not None and not ex.keep_alive and not ex.finished:
-                return  # llhttp refuses data after "close" (RFC 9112 §9.6): answer ex alone
-            ex = Exchange(self, self.worker.runtime)
+                return 0  # llhttp refuses data after "close" (RFC 9112 §9.6): answer ex alone
+            ex = Exchange.new(self, self.worker.runtime)
         if not ex.request_id:
             ex.request_id = self.worker.next_request_id()
         if ex.head_sent:
             self.abort()  # the response already started; the request was bad mid-body
-            return
+            return 0
         ex.error = code
         ex.close_after = True
         if ex is self.active:
             if ex.conn is not None:
-                ex.server.pool.active -= 1
+                (<Pool?>ex.server.pool).active -= 1
                 ex.conn.abort()
                 ex.conn = None
             if ex.connecting is not None:
                 ex.connecting.cancel()
             ex.respond(error_response(code, ex.request_id.decode()))
-        elif ex not in (self.queue or ()):
+        elif self.queue is None or ex not in self.queue:
             self._dispatch(ex)
+        return 0
 
-    def route_host(self, host):
+    cdef str route_host(self, bytes host):
         """The router's host key; a connection usually repeats one Host, so remember it."""
+        cdef bytes seen
         if host is None:
             return ""
-        if host == self.host_key[0]:
+        seen = self.host_key[0]
+        if host == seen:
             return self.host_key[1]
         key = host_for_routing(host)
         self.host_key = (host, key)
@@ -400,14 +487,16 @@ class ClientProtocol(asyncio.Protocol):
 
     # -- upgrade / tunnel
 
-    def _upgrade_requested(self, rest):
-        ex = self.ex
+    cdef int _upgrade_requested(self, bytes rest) except -1:
+        cdef Exchange ex = self.ex
         if ex is None or ex.upgrade is None or ex.finished:
             self.close()
-            return
+            return 0
         ex.tunnel_pending = [rest] if rest else []
+        return 0
 
-    def start_tunnel(self, ex, conn):
+    cdef int start_tunnel(self, object ex_, UpstreamConnection conn) except -1:
+        cdef Exchange ex = ex_
         self.tunnel = conn
         conn.tunnel = True
         pending = ex.tunnel_pending
@@ -415,23 +504,26 @@ class ClientProtocol(asyncio.Protocol):
         if pending:
             conn.transport.write(b"".join(pending))
         self.deadline = 0.0
-        self.resume_reading_for(0xFF)
+        return self.resume_reading_for(0xFF)
 
     # -- flow control and closing
 
-    def pause_reading_for(self, reason):
+    cdef int pause_reading_for(self, int reason) except -1:
         if not self.paused and not self.closed:
             self.transport.pause_reading()
         self.paused |= reason
+        return 0
 
-    def resume_reading_for(self, reason):
+    cdef int resume_reading_for(self, int reason) except -1:
         if self.paused & reason:
             self.paused &= ~reason
             if not self.paused and not self.closed:
                 self.transport.resume_reading()
+        return 0
 
-    def timed_out(self):
-        ex = self.active
+    cpdef timed_out(self):
+        cdef Exchange ex = self.active
+        cdef Exchange parsing = self.ex
         if self.lingering or self.tunnel is not None:
             self.abort()
         elif ex is not None:
@@ -439,9 +531,9 @@ class ClientProtocol(asyncio.Protocol):
                 self.abort()
             else:
                 ex.timed_out()
-        elif self.in_head or (self.ex is not None and not self.ex.body_done
-                              and not self.ex.finished):
-            ex = self.ex if self.ex is not None else Exchange(self, self.worker.runtime)
+        elif self.in_head or (parsing is not None and not parsing.body_done
+                              and not parsing.finished):
+            ex = parsing if parsing is not None else Exchange.new(self, self.worker.runtime)
             if not ex.request_id:
                 ex.request_id = self.worker.next_request_id()
             ex.close_after = True
@@ -450,7 +542,7 @@ class ClientProtocol(asyncio.Protocol):
         else:
             self.close()  # idle keep-alive connection
 
-    def linger(self):
+    cpdef linger(self):
         """Half-close and drain for a moment, so the client reads our answer before the
         kernel would reset the connection on unread request bytes (nginx lingering_close)."""
         if self.closed:
@@ -461,14 +553,14 @@ class ClientProtocol(asyncio.Protocol):
         self.transport.resume_reading()
         if self.transport.can_write_eof():
             self.transport.write_eof()
-        self.deadline = self.worker.now + self.settings.lingering_timeout
+        self.deadline = self.worker.now + self.lingering_timeout
 
-    def close(self):
+    cpdef close(self):
         if not self.closed:
             self.closed = True
             self.transport.close()
 
-    def abort(self):
+    cpdef abort(self):
         if not self.closed:
             self.closed = True
             self.transport.abort()

@@ -1,0 +1,96 @@
+cimport cython
+
+from engine.http.protocol cimport ClientProtocol
+from engine.upstream.connection cimport UpstreamConnection
+
+
+@cython.final
+@cython.freelist(64)
+cdef class Exchange:
+    # Every attribute is public: filters (``ctx``), the worker's log phase and tests read them.
+    # Fields not set in _init start as None / 0 / False.
+    cdef public ClientProtocol proto
+    cdef public object rt               # the snapshot this request keeps to the end (DESIGN.md)
+    cdef public bytes method
+    cdef public bytes url
+    cdef public str version
+    cdef public bint keep_alive
+    cdef public list headers            # [(name, value)] bytes, original case
+    cdef public bytes host
+    cdef public Py_ssize_t host_count
+    cdef public object content_length   # int, or None
+    cdef public bytes te
+    cdef public bint chunked
+    cdef public list connection         # raw Connection field values, or None
+    cdef public bytes expect
+    cdef public bytes upgrade
+    cdef public bytes xff
+    cdef public dict forwarded
+    cdef public bytes request_id
+    cdef public str client_ip
+    cdef public str path
+    cdef public bytes query
+    cdef public object route            # CompiledRoute
+    cdef public object params
+    cdef public object server           # engine.upstream.upstream.Server
+    cdef public UpstreamConnection conn
+    cdef public list pending
+    cdef public Py_ssize_t pending_size
+    cdef public Py_ssize_t body_received
+    cdef public bint body_done
+    cdef public bint body_streamed
+    cdef public bint chunked_up
+    cdef public int status
+    cdef public bint resp_chunked
+    cdef public bint upstream_close_delimited
+    cdef public bint head_sent
+    cdef public Py_ssize_t bytes_out
+    cdef public bint close_after
+    cdef public str error
+    cdef public Py_ssize_t ran
+    cdef public bint finished
+    cdef public double t_start
+    cdef public double t_upstream
+    cdef public object connecting       # asyncio.Task while connecting upstream
+    cdef public bint retried
+    cdef public list tunnel_pending
+    cdef public Py_ssize_t header_size
+    cdef public Py_ssize_t header_count
+    cdef public list out                # while an upstream read is being parsed: writes to coalesce
+
+    @staticmethod
+    cdef Exchange new(ClientProtocol proto, object rt)
+    cdef void _init(self, ClientProtocol proto, object rt) noexcept
+
+    # request phase
+    cdef int start(self) except -1
+    cdef int proxy(self) except -1
+    cdef int connect(self) except -1
+    cdef int attach(self, UpstreamConnection conn) except -1
+    cpdef bytes request_head(self)
+    cdef int _request_head(self, list parts) except -1
+
+    # request body
+    cdef int client_body(self, bytes chunk) except -1
+    cdef int client_body_end(self) except -1
+
+    # upstream response
+    cdef bint upstream_head(self, UpstreamConnection conn, int status, bytes reason,
+                            list headers) except -1
+    cdef int upstream_body(self, bytes chunk) except -1
+    cdef int upstream_complete(self, UpstreamConnection conn, bint reusable) except -1
+    cdef int upstream_failed(self, UpstreamConnection conn, str code, bint retry=*) except -1
+    cdef int upstream_write_paused(self, bint paused) except -1
+    cdef int timed_out(self) except -1
+
+    # tunnel
+    cdef int tunnel_to_client(self, bytes data) except -1
+    cdef int tunnel_closed(self) except -1
+
+    # answering
+    cpdef respond(self, object resp)
+    cdef int _write_head(self, object resp, int status, list headers, bytes reason,
+                         bytes content_length, bint no_body, bytes body,
+                         bint tunnel) except -1
+    cdef int flush(self) except -1
+    cdef int finish(self) except -1

@@ -1,0 +1,26 @@
+cimport cython
+
+
+@cython.final
+cdef class UpstreamConnection:
+    cdef public object pool         # engine.upstream.pool.Pool
+    cdef public object transport
+    cdef public object parser       # httptools.HttpResponseParser
+    cdef public object exchange     # the engine.http.exchange.Exchange being answered, or None
+    cdef public Py_ssize_t requests
+    cdef public double idle_deadline
+    cdef public list headers
+    cdef public bytes reason
+    cdef public bint head_done
+    cdef public Py_ssize_t body_bytes
+    cdef public bint lost
+    cdef public bint skip_body      # the request was HEAD: the response has no body
+    cdef public bint tunnel
+    cdef public str stop            # why a callback raised _StopParsing: "head" or "abort"
+
+    cpdef bint usable(self) except -1
+    cpdef start(self, object exchange, bytes head, bint skip_body)
+    cdef int _complete(self, object reusable=*) except -1
+    cdef int _fail(self, object exc) except -1
+    cpdef close(self)
+    cpdef abort(self)
