@@ -26,22 +26,20 @@ def main(argv=None) -> int:
         print("\n".join(reference_markdown(Config, "")))
         return 0
 
-    from engine.control.config import load
+    from engine.control.reload import load_candidate
 
     try:
-        cfg = load(args.config)
+        cand = load_candidate(args.config)  # parse, validate and compile, as a reload does
     except ConfigError as exc:
         sys.stderr.write(f"edgeproxy: {args.config} is invalid:\n")
         for path, message in exc.errors:
             sys.stderr.write(f"  {path}: {message}\n" if path else f"  {message}\n")
         return 1
+    cfg = cand.cfg
     if args.command == "check":
-        from engine.control.snapshot import Runtime
-
-        Runtime(cfg)  # compile too, so check catches what serving would
         print(f"edgeproxy: {args.config} is valid "
               f"({len(cfg.routes)} routes, {len(cfg.upstreams)} upstreams)")
         return 0
     from engine.control.supervisor import Supervisor
 
-    return Supervisor(cfg, args.config).run()
+    return Supervisor(cfg, args.config, cand.digest).run()

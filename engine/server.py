@@ -11,10 +11,17 @@ import signal
 import socket
 import sys
 import time
+from bisect import bisect_left
 
 import orjson
 
+from engine.control.metrics import (
+    BUCKETS, METHOD_INDEX, N_STATUS, OTHER_METHOD, RouteStats, worker_snapshot, write_json,
+)
 from engine.http.protocol import ClientProtocol
+
+# How often a worker writes its counters for the admin API (also on reload and at exit).
+STATS_INTERVAL = 1.0
 
 
 def listen_socket(host: str, port: int, backlog: int, reuse_port: bool) -> socket.socket:
@@ -66,22 +73,44 @@ class AccessLog:
             os.close(self.fd)
 
 
+class NullLog:
+    """``access_log = "off"``. Still not None: the data plane times a request only when
+    ``worker.access_log`` is set, and the latency histograms need the times."""
+
+    def write(self, record: dict) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def open_access_log(destination: str):
+    return NullLog() if destination == "off" else AccessLog(destination)
+
+
 class Worker:
-    def __init__(self, runtime, loop=None):
+    def __init__(self, runtime, loop=None, stats_path: str | None = None, generation: int = 0):
         self.loop = loop or asyncio.get_event_loop()
         self.runtime = runtime
         self.conns = set()
         self.now = self.loop.time()
         self.clock = time.perf_counter
         self.draining = False
-        self.server = None
+        self.server = None  # the first of ``servers``
+        self.servers = []
         self.sockets = []
-        dest = runtime.config.server.access_log
-        self.access_log = None if dest == "off" else AccessLog(dest)
+        self.access_log = open_access_log(runtime.config.server.access_log)
         self._rid_prefix = os.urandom(6).hex().encode()
         self._rid_n = 0
         self.requests = 0
         self.status_counts = [0] * 6  # by status class: [0]=aborted, [1]..[5] = 1xx..5xx
+        self.route_stats: dict[str | None, RouteStats] = {}  # by route name; outlives reloads
+        self.generation = generation  # of the config serving (the supervisor counts)
+        self.stats_path = stats_path
+        self._stats_due = 0.0
         self._tick_handle = None
         self.tick_interval = self._interval(runtime)
 
@@ -94,18 +123,26 @@ class Worker:
         return max(0.02, min(1.0, shortest / 4))
 
     async def start(self, sock: socket.socket):
+        """Accept on ``sock`` (call again for more listening sockets)."""
         self.sockets.append(sock)
-        self.server = await self.loop.create_server(
+        server = await self.loop.create_server(
             lambda: ClientProtocol(self), sock=sock,
             backlog=self.runtime.config.server.backlog)
-        self._tick()
-        return self.server
+        self.servers.append(server)
+        if self.server is None:
+            self.server = server
+            self._tick()
+        return server
 
     def swap(self, runtime) -> None:
         """Serve new requests from ``runtime``; requests in flight keep theirs."""
         old = self.runtime
         self.runtime = runtime
         self.tick_interval = self._interval(runtime)
+        dest = runtime.config.server.access_log
+        if dest != old.config.server.access_log:
+            previous, self.access_log = self.access_log, open_access_log(dest)
+            previous.close()
         old.release_unused(runtime)
 
     def next_request_id(self) -> bytes:
@@ -113,12 +150,31 @@ class Worker:
         return b"%s%020x" % (self._rid_prefix, self._rid_n)
 
     def log_exchange(self, ex) -> None:
+        # Metrics: a handful of integer increments (see engine/control/metrics.py).
         self.requests += 1
-        self.status_counts[ex.status // 100 if ex.status < 600 else 0] += 1
-        log = self.access_log
-        if log is None:
-            return
+        status = ex.status
+        status_class = status // 100 if status < 600 else 0
+        self.status_counts[status_class] += 1
+        route = ex.route
+        name = route.name if route is not None else None
+        st = self.route_stats.get(name)
+        if st is None:
+            st = self.route_stats[name] = RouteStats()
+        st.requests[METHOD_INDEX.get(ex.method, OTHER_METHOD) * N_STATUS + status_class] += 1
+        st.bytes_in += ex.body_received
+        st.bytes_out += ex.bytes_out
         now = self.clock()
+        if ex.t_start:
+            took = now - ex.t_start
+            st.duration[bisect_left(BUCKETS, took)] += 1
+            st.duration_sum += took
+            if ex.t_upstream:
+                took = now - ex.t_upstream
+                st.upstream[bisect_left(BUCKETS, took)] += 1
+                st.upstream_sum += took
+        log = self.access_log
+        if log.__class__ is NullLog:
+            return
         server = ex.server
         log.write({
             "time": time.time(),
@@ -144,17 +200,29 @@ class Worker:
                 conn.abort()
         for pool in self.runtime.pools.values():
             pool.expire(now)
-        if self.access_log is not None:
-            self.access_log.flush()
+        self.access_log.flush()
+        if self.stats_path is not None and now >= self._stats_due:
+            self.write_stats()
         self._tick_handle = self.loop.call_later(self.tick_interval, self._tick)
+
+    def write_stats(self) -> None:
+        """Publish this worker's counters for the admin API (summed across workers there)."""
+        self._stats_due = self.loop.time() + STATS_INTERVAL
+        try:
+            write_json(self.stats_path, worker_snapshot(self))
+        except OSError:
+            pass  # the run directory went away (supervisor stopping): nothing to report to
 
     async def drain(self, timeout: float) -> None:
         """Stop accepting, let in-flight requests finish within ``timeout``, close the rest."""
         self.draining = True
-        if self.server is not None:
-            self.server.close()
+        for server in self.servers:
+            server.close()
         for conn in list(self.conns):
-            if conn.active is None and not conn.in_head:
+            # Idle keep-alive connections close now. A fresh one (no request yet) may have
+            # been accepted an instant before we stopped: its first request is still served
+            # (with Connection: close), as a client never expects a new connection to close.
+            if conn.active is None and not conn.in_head and conn.requests:
                 conn.close()
         deadline = self.loop.time() + timeout
         while self.conns and self.loop.time() < deadline:
@@ -165,17 +233,27 @@ class Worker:
             pool.close()
         if self._tick_handle is not None:
             self._tick_handle.cancel()
-        if self.access_log is not None:
-            self.access_log.close()
+        self.access_log.close()
+        if self.stats_path is not None:
+            self.write_stats()  # the final counts, which the supervisor folds in when we exit
 
 
-def run_worker(runtime, sock: socket.socket) -> int:
-    """Process entry point of one worker: serve until SIGTERM/SIGINT, then drain; exit 0."""
+def run_worker(runtime, socks, rundir: str | None = None, generation: int = 0) -> int:
+    """Process entry point of one worker: accept on ``socks`` (one listening socket or a
+    list) until SIGTERM/SIGINT, then drain; exit 0.
+
+    With a ``rundir`` (the supervisor's), SIGHUP applies the config the supervisor validated
+    and published there, and the worker's counters are written there for the admin API.
+    """
     import uvloop
 
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
-    worker = Worker(runtime, loop)
+    stats_path = None
+    if rundir is not None:
+        from engine.control.metrics import STATS_FILE
+        stats_path = os.path.join(rundir, STATS_FILE.format(pid=os.getpid()))
+    worker = Worker(runtime, loop, stats_path, generation)
     stop = loop.create_future()
 
     def on_signal():
@@ -186,9 +264,21 @@ def run_worker(runtime, sock: socket.socket) -> int:
         loop.add_signal_handler(sig, on_signal)
 
     async def main():
-        await worker.start(sock)
+        for sock in (socks if isinstance(socks, list) else [socks]):
+            await worker.start(sock)
+        if rundir is not None:
+            from engine.control.reload import apply_published
+
+            def on_hup():
+                if not worker.draining:
+                    apply_published(worker, rundir)
+
+            loop.add_signal_handler(signal.SIGHUP, on_hup)
+            # A reload published between our fork and the handler above found us deaf.
+            apply_published(worker, rundir)
+            worker.write_stats()
         await stop
-        await worker.drain(runtime.settings.drain_timeout)
+        await worker.drain(worker.runtime.settings.drain_timeout)
 
     try:
         loop.run_until_complete(main())

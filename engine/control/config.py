@@ -124,6 +124,8 @@ class ServerConfig:
     drain_timeout: Duration = key(10.0, "on SIGTERM/SIGINT, time in-flight requests get to "
                                         "finish")
     access_log: str = key("stdout", 'JSON access log: "stdout", "stderr", "off" or a file path')
+    watch_config: bool = key(True, "reload when the config file changes on disk (checked every "
+                                   "second; SIGHUP and POST /reload always work)")
 
 
 @dataclass(frozen=True)
@@ -180,6 +182,20 @@ class RouteConfig:
     sections: tuple = ()
 
 
+def is_loopback(host: str) -> bool:
+    return host == "localhost" or ipaddress.ip_address(host).is_loopback
+
+
+@dataclass(frozen=True)
+class AdminConfig:
+    enabled: bool = key(True, "serve the admin API (status, routes, upstreams, config, reload, "
+                              "metrics)")
+    listen: str = key("127.0.0.1:9901", "address:port of the admin API; keep it private",
+                      check=_check_listen)
+    token: str | None = key(None, "bearer token every admin request must carry; required when "
+                                  "listen is not a loopback address")
+
+
 @dataclass(frozen=True)
 class DemoConfig:
     origins: tuple[str, ...] = key(
@@ -192,6 +208,7 @@ class Config:
     server: ServerConfig = key(ServerConfig(), "the listener, limits and timeouts")
     upstreams: tuple[UpstreamConfig, ...] = key((), "upstream server groups")
     routes: tuple[RouteConfig, ...] = key((), "routes, matched by host, path and method")
+    admin: AdminConfig = key(AdminConfig(), "the admin API listener (separate from server.listen)")
     demo: DemoConfig | None = key(None, "DEMO ONLY: start built-in origins (shipped config.toml)")
 
 
@@ -221,6 +238,18 @@ def load(path: str) -> Config:
 
 def _cross_check(cfg: Config, errors: list) -> None:
     from engine.control.snapshot import check_routes
+
+    admin = cfg.admin
+    if admin.enabled and not admin.token:
+        # The admin API reloads config and shows it: never open to the world by accident.
+        host, _ = parse_listen(admin.listen)
+        if not is_loopback(host):
+            errors.append(("admin.token", f'is required when admin.listen ("{admin.listen}") '
+                                          "is not a loopback address"))
+    if admin.token is not None and (len(admin.token) < 16 or not admin.token.isprintable()
+                                    or " " in admin.token):
+        errors.append(("admin.token", "must be at least 16 printable characters without "
+                                      "spaces"))
 
     names = set()
     for i, up in enumerate(cfg.upstreams):

@@ -1,18 +1,43 @@
 """The supervisor: binds the port, forks the workers (and demo origins), restarts crashed
-workers, and on SIGTERM/SIGINT stops them gracefully.
+workers, hot-reloads the config, serves the admin API, and on SIGTERM/SIGINT stops gracefully.
 
-Workers each listen on the same port with SO_REUSEPORT, so the kernel spreads connections.
-The supervisor reserves the port first (bound, not listening) so `listen = "...:0"` gives all
-workers one port.
+The supervisor owns the listening sockets: one per worker, all bound to the same port with
+SO_REUSEPORT so the kernel spreads connections, and inherited by the workers through fork.
+Because the supervisor keeps them open, a worker that exits (crash, drain) never takes a
+socket's queue of not-yet-accepted connections with it: its replacement accepts them. (A
+SO_REUSEPORT socket that is closed resets its queue unless net.ipv4.tcp_migrate_req is on.)
+
+Reload (engine/control/reload.py): SIGHUP, a change of the config file, or POST /reload makes
+the main thread load, validate and compile the file. A bad config changes nothing: the error is
+logged with its key paths and kept for GET /status and the reload metric. A good one is
+published to the run directory and every worker gets SIGHUP and swaps its snapshot in place.
+A change of ``server.listen``, ``server.workers`` or ``server.backlog`` cannot be applied in a
+running worker: a new set of workers starts with the new listener, and once they all serve the
+old ones drain (SIGTERM, ``drain_timeout``) and exit. With the same address the new workers
+take over the same sockets (never fewer: after ``workers`` shrinks, a worker accepts on several),
+so no connection is refused; a new address gets new sockets and the old address stops
+accepting as soon as the old workers start draining.
+
+Threads: the admin API runs in threads of this process, and this process forks. Admin threads
+never write to stderr and only take locks the forked child never touches; reloads, forks and
+reaping all happen on the main thread, which admin threads reach through ``self.inbox``.
 """
 
 import os
+import queue
+import shutil
 import signal
 import socket
 import sys
+import tempfile
+import threading
 import time
 
+from engine import __version__
 from engine.control.config import parse_listen
+from engine.control.metrics import STATS_FILE, Totals, read_snapshots
+from engine.control.reload import FileWatch, digest_of, load_candidate, publish
+from engine.control.schema import ConfigError
 from engine.control.snapshot import Runtime
 
 
@@ -25,39 +50,91 @@ def worker_count(value) -> int:
     return (os.cpu_count() or 1) if value == "auto" else int(value)
 
 
+def listener_of(cfg) -> tuple:
+    """What a running worker cannot change in place."""
+    s = cfg.server
+    return (s.listen, worker_count(s.workers), s.backlog)
+
+
 class Supervisor:
-    def __init__(self, cfg, config_path: str | None = None):
+    def __init__(self, cfg, config_path: str | None = None, digest: str | None = None):
         self.cfg = cfg
-        self.config_path = config_path
+        self.config_path = os.path.abspath(config_path) if config_path else None
         self.runtime = Runtime(cfg)
-        self.workers: dict[int, int] = {}  # pid -> worker index
+        self.generation = 1
+        self.workers: dict[int, int] = {}  # pid -> worker index, the current set
+        self.retiring: set[int] = set()  # old workers draining after a listener change
+        self.retire_after: tuple[set, float] | None = None  # (pids, deadline) to retire
         self.demo_pid = None
         self.stopping = False
+        self.hup = False
         self.port = None
-        self.reserve = None
+        self.listeners: list[socket.socket] = []  # never fewer than the workers
+        self.admin = None
+        self.rundir = None
+        self.started = time.time()
+        self.reloads = {"ok": 0, "failed": 0, "unchanged": 0}
+        self.last_reload = None
+        self.worker_restarts = 0
+        self.retired = Totals()  # counters of workers that exited
+        self.stats_lock = threading.Lock()
+        self.inbox: queue.Queue = queue.Queue()
+        self.watch = None
+        if self.config_path is not None and digest is None:
+            try:
+                with open(self.config_path, "rb") as f:
+                    digest = digest_of(f.read())
+            except OSError:
+                pass
+        self.digest = digest
+
+    # -- listeners and processes ---------------------------------------------------------
+
+    @staticmethod
+    def _listeners(host: str, port: int, backlog: int, count: int, probe: bool) -> list:
+        """``count`` listening sockets in one SO_REUSEPORT group on host:port (port 0: the
+        first one picks the port for all)."""
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        if probe and port:
+            # SO_REUSEPORT would let a second edgeproxy join this port's group silently;
+            # a plain bind first makes a busy port an error, as nginx reports it.
+            s = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                s.bind((host, port))
+            finally:
+                s.close()
+        out = []
+        try:
+            for _ in range(count):
+                s = socket.socket(family, socket.SOCK_STREAM)
+                out.append(s)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                s.bind((host, port))
+                port = s.getsockname()[1]
+                s.listen(backlog)
+        except OSError:
+            for s in out:
+                s.close()
+            raise
+        return out
 
     def _bind(self):
         host, port = parse_listen(self.cfg.server.listen)
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        if port:
-            # SO_REUSEPORT would let a second edgeproxy join this port's group silently;
-            # a plain bind first makes a busy port an error, as nginx reports it.
-            probe = socket.socket(family, socket.SOCK_STREAM)
-            try:
-                probe.bind((host, port))
-            except OSError as exc:
-                raise SystemExit(f"edgeproxy: cannot listen on {host}:{port}: "
-                                 f"{exc.strerror}") from None
-            finally:
-                probe.close()
-        reserve = socket.socket(family, socket.SOCK_STREAM)
-        reserve.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        reserve.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        reserve.bind((host, port))
-        self.reserve = reserve
-        self.host, self.port = host, reserve.getsockname()[1]
+        count = worker_count(self.cfg.server.workers)
+        try:
+            self.listeners = self._listeners(host, port, self.cfg.server.backlog, count, True)
+        except OSError as exc:
+            raise SystemExit(f"edgeproxy: cannot listen on {host}:{port}: "
+                             f"{exc.strerror}") from None
+        self.host, self.port = host, self.listeners[0].getsockname()[1]
 
-    def _fork(self, target) -> int:
+    def _start_admin(self, cfg):
+        from engine.control.admin import AdminServer
+
+        return AdminServer(self, cfg.admin.listen)
+
+    def _fork(self, target, keep=()) -> int:
         pid = os.fork()
         if pid == 0:
             code = 1
@@ -65,6 +142,14 @@ class Supervisor:
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                # Until the worker installs its own handler, a reload signal is ignored; the
+                # worker then checks for a reload it missed (reload.apply_published).
+                signal.signal(signal.SIGHUP, signal.SIG_IGN)
+                if self.admin is not None:
+                    self.admin.socket.close()  # the admin port belongs to the supervisor
+                for sock in self.listeners:
+                    if sock not in keep:  # else a closed address would still queue SYNs
+                        sock.close()
                 code = target()
             except BaseException as exc:  # a worker must report, then die
                 log(f"process failed: {exc!r}")
@@ -75,14 +160,19 @@ class Supervisor:
         return pid
 
     def _start_worker(self, index: int) -> None:
-        from engine.server import listen_socket, run_worker
+        from engine.server import run_worker
+
+        count = worker_count(self.cfg.server.workers)
+        socks = [s for k, s in enumerate(self.listeners) if k % count == index]
+        runtime, generation = self.runtime, self.generation
 
         def target():
-            sock = listen_socket(self.host, self.port, self.cfg.server.backlog, True)
-            return run_worker(self.runtime, sock)
+            return run_worker(runtime, socks, self.rundir, generation)
 
-        pid = self._fork(target)
+        pid = self._fork(target, socks)
         self.workers[pid] = index
+
+    # -- main loop -----------------------------------------------------------------------
 
     def run(self) -> int:
         demo = self.cfg.demo
@@ -92,42 +182,306 @@ class Supervisor:
             _wait_listening(demo.origins, 5.0)
             log(f"DEMO origins on {', '.join(demo.origins)} (the [demo] table of the config)")
         self._bind()
+        if self.cfg.admin.enabled:
+            try:
+                self.admin = self._start_admin(self.cfg)
+            except OSError as exc:
+                for sock in self.listeners:
+                    sock.close()
+                self._stop_demo()
+                raise SystemExit(f"edgeproxy: cannot listen on {self.cfg.admin.listen} "
+                                 f"(admin.listen): {exc.strerror}") from None
+        self.rundir = tempfile.mkdtemp(prefix="edgeproxy-")
+        try:
+            return self._serve()
+        finally:
+            shutil.rmtree(self.rundir, ignore_errors=True)
+
+    def _serve(self) -> int:
         count = worker_count(self.cfg.server.workers)
         for i in range(count):
             self._start_worker(i)
-        log(f"listening on {self.host}:{self.port} with {count} worker(s)")
 
         def on_stop(signum, frame):
             self.stopping = True
 
+        def on_hup(signum, frame):
+            self.hup = True
+
         signal.signal(signal.SIGTERM, on_stop)
         signal.signal(signal.SIGINT, on_stop)
+        signal.signal(signal.SIGHUP, on_hup)
+        if self.admin is not None:
+            self.admin.start()
+            log(f"admin API on {self.admin.host}:{self.admin.port}")
+        log(f"listening on {self.host}:{self.port} with {count} worker(s)")
+        self._set_watch()
         restarts: list[float] = []
         while not self.stopping:
-            time.sleep(0.1)
-            while True:
-                try:
-                    pid, status = os.waitpid(-1, os.WNOHANG)
-                except ChildProcessError:
-                    break
-                if pid == 0:
-                    break
+            try:
+                trigger, reply = self.inbox.get(timeout=0.1)
+            except queue.Empty:
+                pass
+            else:
+                reply(self.reload(trigger))
+            if self.hup:
+                self.hup = False
+                self.reload("SIGHUP")
+            if self.watch is not None and self.watch.poll(time.monotonic()):
+                self.reload("file change")
+            self._retire_when_ready()
+            for pid, status in _reaped():
+                self._fold(pid)
                 if pid in self.workers and not self.stopping:
                     index = self.workers.pop(pid)
                     log(f"worker {pid} exited ({_describe(status)}); restarting")
+                    self.worker_restarts += 1
                     now = time.monotonic()
                     restarts = [t for t in restarts if now - t < 10] + [now]
-                    if len(restarts) > 10 * count:
+                    if len(restarts) > 10 * len(self.workers) + 10:
                         time.sleep(1)  # crash loop: do not spin
                     self._start_worker(index)
+                elif pid in self.retiring:
+                    self.retiring.discard(pid)
+                    log(f"old worker {pid} drained ({_describe(status)})")
         return self._shutdown()
+
+    def _set_watch(self) -> None:
+        if self.config_path is None or not self.cfg.server.watch_config:
+            self.watch = None
+        elif self.watch is None:
+            self.watch = FileWatch(self.config_path, self.digest)
+
+    def _retire_when_ready(self) -> None:
+        """After a listener change: SIGTERM the old workers once every new one serves (has
+        written its first snapshot), so the port never goes without a listener."""
+        if self.retire_after is None:
+            return
+        old, deadline = self.retire_after
+        ready = all(os.path.exists(self._stats_path(pid)) for pid in self.workers)
+        if ready or time.monotonic() > deadline:
+            self.retire_after = None
+            for pid in old:
+                _kill(pid, signal.SIGTERM)
+
+    def _stats_path(self, pid: int) -> str:
+        return os.path.join(self.rundir, STATS_FILE.format(pid=pid))
+
+    def _fold(self, pid: int) -> None:
+        """Keep an exited worker's counters (its last snapshot) in ``retired``."""
+        from engine.control.metrics import read_snapshot
+
+        path = self._stats_path(pid)
+        with self.stats_lock:
+            snap = read_snapshot(path)
+            if snap is not None:
+                self.retired.add_counters(snap)
+                os.unlink(path)
+
+    # -- reload ----------------------------------------------------------------------------
+
+    def reload(self, trigger: str) -> dict:
+        """Load, validate and compile the config file; apply it if it is good and different.
+        Runs on the main thread only."""
+        t0 = time.monotonic()
+        try:
+            cand = load_candidate(self.config_path)
+        except ConfigError as exc:
+            if self.watch is not None and exc.digest is not None:
+                self.watch.attempted = exc.digest
+            return self._record(trigger, "failed", t0, exc.errors)
+        if self.watch is not None:
+            self.watch.attempted = cand.digest
+        self.digest = cand.digest
+        new, old = cand.cfg, self.cfg
+        if new == old:
+            return self._record(trigger, "unchanged", t0)
+        errors = []
+        relisten = listener_of(new) != listener_of(old)
+        listeners = None  # new sockets: for a new address, or more workers than sockets
+        new_address = False
+        if relisten:
+            host, port = parse_listen(new.server.listen)
+            count = worker_count(new.server.workers)
+            new_address = (host, port) != parse_listen(old.server.listen)
+            try:
+                if new_address:
+                    listeners = self._listeners(host, port, new.server.backlog, count, True)
+                elif count > len(self.listeners):
+                    listeners = self._listeners(self.host, self.port, new.server.backlog,
+                                                count - len(self.listeners), False)
+            except OSError as exc:
+                errors.append(("server.listen", f"cannot listen on {host}:{port}: "
+                                                f"{exc.strerror}"))
+        admin = self.admin
+        if (new.admin.enabled, new.admin.listen) != (old.admin.enabled, old.admin.listen):
+            admin = None
+            if new.admin.enabled:
+                try:
+                    admin = self._start_admin(new)
+                except OSError as exc:
+                    errors.append(("admin.listen", f"cannot listen on {new.admin.listen}: "
+                                                   f"{exc.strerror}"))
+        if errors:
+            for sock in listeners or ():
+                sock.close()
+            if admin is not None and admin is not self.admin:
+                admin.server_close()
+            return self._record(trigger, "failed", t0, errors)
+        if new.demo != old.demo:
+            log("reload: [demo] changes need a restart; the demo origins keep running")
+
+        self.generation += 1
+        publish(self.rundir, self.generation, self.config_path, cand.text)
+        self.cfg, self.runtime = new, cand.runtime
+        if admin is not self.admin:
+            previous, self.admin = self.admin, admin
+            if admin is not None:
+                admin.start()
+                log(f"admin API on {admin.host}:{admin.port}")
+            if previous is not None:
+                # Not from this thread's view of an in-flight POST /reload: shutdown() only
+                # stops the accept loop, the handler thread still answers.
+                threading.Thread(target=previous.stop, daemon=True).start()
+        if relisten:
+            self._relisten(listeners, new_address)
+        else:
+            for pid in self.workers:
+                _kill(pid, signal.SIGHUP)
+        self._set_watch()
+        return self._record(trigger, "ok", t0)
+
+    def _relisten(self, listeners, new_address: bool) -> None:
+        if new_address:
+            # The old workers keep their copies of the old sockets until they start to
+            # drain; the supervisor's go now so the new workers do not inherit them.
+            for sock in self.listeners:
+                sock.close()
+            self.listeners = listeners
+            self.host = parse_listen(self.cfg.server.listen)[0]
+            self.port = listeners[0].getsockname()[1]
+        elif listeners is not None:
+            self.listeners += listeners
+        for sock in self.listeners:
+            sock.listen(self.cfg.server.backlog)  # a backlog change applies to live sockets
+        old = set(self.workers)
+        self.workers = {}
+        count = worker_count(self.cfg.server.workers)
+        for i in range(count):
+            self._start_worker(i)
+        self.retiring |= old
+        self.retire_after = (old, time.monotonic() + 10.0)
+        log(f"listening on {self.host}:{self.port} with {count} worker(s); "
+            f"old workers {sorted(old)} drain once the new ones serve")
+
+    def _record(self, trigger: str, result: str, t0: float, errors=()) -> dict:
+        took = round((time.monotonic() - t0) * 1000, 3)
+        self.reloads[result] += 1
+        self.last_reload = {
+            "result": result, "trigger": trigger, "time": time.time(), "duration_ms": took,
+            "generation": self.generation,
+            "errors": [{"path": p, "message": m} for p, m in errors],
+        }
+        if result == "failed":
+            log(f"reload ({trigger}) FAILED, still serving generation {self.generation}:")
+            for path, message in errors:
+                log(f"  {path}: {message}" if path else f"  {message}")
+        elif result == "ok":
+            log(f"reload ({trigger}): generation {self.generation} validated in {took} ms, "
+                f"sent to {len(self.workers)} worker(s)")
+        else:
+            log(f"reload ({trigger}): config unchanged, nothing to do")
+        return dict(self.last_reload)
+
+    # -- what the admin API asks (from its threads) ----------------------------------------
+
+    def request_reload(self, trigger: str, timeout: float) -> dict | None:
+        """Have the main thread reload; wait for its result (None if it did not answer)."""
+        done = threading.Event()
+        box = {}
+
+        def reply(result):
+            box["result"] = result
+            done.set()
+
+        self.inbox.put((trigger, reply))
+        done.wait(timeout)
+        return box.get("result")
+
+    def wait_applied(self, generation: int, timeout: float) -> list[int]:
+        """Wait until every current worker runs ``generation``; the pids still behind."""
+        deadline = time.monotonic() + timeout
+        while True:
+            snaps = read_snapshots(self.rundir)
+            behind = [pid for pid in list(self.workers)
+                      if snaps.get(pid, {}).get("generation", 0) < generation]
+            if not behind or time.monotonic() > deadline:
+                return behind
+            time.sleep(0.01)
+
+    def totals(self) -> tuple[Totals, dict]:
+        """Counters summed over all workers, live and exited; gauges over live ones."""
+        with self.stats_lock:
+            snaps = read_snapshots(self.rundir)
+            totals = Totals()
+            totals.add(self.retired)
+        for snap in snaps.values():
+            totals.add_counters(snap)
+            totals.add_gauges(snap)
+        return totals, snaps
+
+    def control_figures(self) -> dict:
+        last = self.last_reload
+        return {
+            "version": __version__, "started": self.started, "workers": len(self.workers),
+            "worker_restarts": self.worker_restarts, "reloads": dict(self.reloads),
+            "last_reload_ok": 0 if last is not None and last["result"] == "failed" else 1,
+            "generation": self.generation,
+        }
+
+    def status(self) -> dict:
+        snaps = read_snapshots(self.rundir)
+        workers = []
+        current = dict(self.workers)
+        for pid in sorted(set(current) | self.retiring):
+            snap = snaps.get(pid)
+            state = "serving" if pid in current else "draining"
+            if snap is None and pid in current:
+                state = "starting"
+            workers.append({
+                "pid": pid, "index": current.get(pid), "state": state,
+                "generation": snap["generation"] if snap else None,
+                "connections": snap["connections"] if snap else None,
+                "requests": sum(sum(r["requests"]) for r in snap["routes"].values())
+                if snap else None,
+                "reported": snap["time"] if snap else None,
+            })
+        return {
+            "version": __version__,
+            "pid": os.getpid(),
+            "started": self.started,
+            "uptime_seconds": round(time.time() - self.started, 3),
+            "config_file": self.config_path,
+            "generation": self.generation,
+            "listen": f"{self.host}:{self.port}",
+            "admin_listen": f"{self.admin.host}:{self.admin.port}" if self.admin else None,
+            "watch_config": self.watch is not None,
+            "last_reload": self.last_reload,
+            "reloads": dict(self.reloads),
+            "worker_restarts": self.worker_restarts,
+            "workers": workers,
+        }
+
+    # -- stop ------------------------------------------------------------------------------
 
     def _shutdown(self) -> int:
         log("stopping: draining workers")
-        for pid in list(self.workers):
+        if self.admin is not None:
+            self.admin.stop()
+        for pid in list(self.workers) + list(self.retiring):
             _kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + self.runtime.settings.drain_timeout + 5
-        while self.workers and time.monotonic() < deadline:
+        while (self.workers or self.retiring) and time.monotonic() < deadline:
             try:
                 pid, _ = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
@@ -136,17 +490,33 @@ class Supervisor:
                 time.sleep(0.05)
             else:
                 self.workers.pop(pid, None)
-        for pid in self.workers:
+                self.retiring.discard(pid)
+        for pid in list(self.workers) + list(self.retiring):
             _kill(pid, signal.SIGKILL)
+        self._stop_demo()
+        for sock in self.listeners:
+            sock.close()
+        log("stopped")
+        return 0
+
+    def _stop_demo(self) -> None:
         if self.demo_pid is not None:
             _kill(self.demo_pid, signal.SIGTERM)
             try:
                 os.waitpid(self.demo_pid, 0)
             except ChildProcessError:
                 pass
-        self.reserve.close()
-        log("stopped")
-        return 0
+
+
+def _reaped():
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        yield pid, status
 
 
 def _wait_listening(addresses, timeout: float) -> None:

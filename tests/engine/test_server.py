@@ -57,3 +57,87 @@ body = "x"
     with InProcessProxy(config) as proxy, Conn(proxy.port) as c:
         assert c.request("GET", "/").status == 200
     assert b"request_id" not in capfd.readouterr().out.encode()
+
+
+def test_counters_by_route_method_and_status_class():
+    from engine.control.metrics import METHODS, N_STATUS, STATUSES
+
+    config = """
+[server]
+access_log = "off"
+
+[[upstreams]]
+name = "app"
+servers = ["http://127.0.0.1:{port}"]
+
+[[routes]]
+name = "app-route"
+paths = ["/app/*"]
+upstream = "app"
+"""
+    with Origin() as origin:
+        with InProcessProxy(config.replace("{port}", str(origin.port))) as proxy:
+            with Conn(proxy.port) as c:
+                c.request("POST", "/app/x", body=b"12345")
+                c.request("GET", "/app/y")
+                c.request("GET", "/missing")
+            worker = proxy.worker
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and worker.requests < 3:
+                time.sleep(0.01)
+            stats = proxy.call(lambda: dict(worker.route_stats))
+
+    def count(st, method, status):
+        return st.requests[METHODS.index(method) * N_STATUS + STATUSES.index(status)]
+
+    app = stats["app-route"]
+    assert count(app, "POST", "2xx") == 1 and count(app, "GET", "2xx") == 1
+    assert sum(app.requests) == 2
+    assert app.bytes_in == 5 and app.bytes_out == len(b"/app/y") + len(b"12345")
+    # access_log "off" still times requests: the latency histograms need it
+    assert sum(app.duration) == 2 and sum(app.upstream) == 2
+    assert app.duration_sum >= app.upstream_sum > 0
+    assert count(stats[None], "GET", "4xx") == 1
+
+
+def test_worker_writes_a_snapshot_of_its_counters(tmp_path):
+    from engine.control.metrics import read_snapshot
+
+    config = """
+[server]
+access_log = "off"
+[[routes]]
+name = "s"
+[routes.static]
+body = "x"
+"""
+    with InProcessProxy(config) as proxy:
+        worker = proxy.worker
+        worker.stats_path = str(tmp_path / "w.json")
+        with Conn(proxy.port) as c:
+            assert c.request("GET", "/").status == 200
+            proxy.call(worker.write_stats)  # the keep-alive connection is still open
+            snap = read_snapshot(worker.stats_path)
+    assert snap["connections"] == 1 and snap["generation"] == 0
+    assert sum(snap["routes"]["s"]["requests"]) == 1
+
+
+def test_swap_reopens_a_changed_access_log(tmp_path):
+    log = tmp_path / "access.log"
+    config = """
+[server]
+access_log = "{dest}"
+[[routes]]
+name = "s"
+[routes.static]
+body = "x"
+"""
+    with InProcessProxy(config.format(dest="off")) as proxy:
+        with Conn(proxy.port) as c:
+            c.request("GET", "/before")
+        proxy.swap(config.format(dest=log))
+        with Conn(proxy.port) as c:
+            c.request("GET", "/after")
+        proxy.call(proxy.worker.access_log.flush)
+    lines = [orjson.loads(line) for line in log.read_bytes().splitlines()]
+    assert [line["path"] for line in lines] == ["/after"]

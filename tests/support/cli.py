@@ -9,6 +9,8 @@ import sys
 import time
 
 _LISTENING = re.compile(rb"listening on (\S+):(\d+) with (\d+) worker")
+_ADMIN = re.compile(rb"admin API on (\S+):(\d+)")
+_ADMIN_TABLE = re.compile(r"^\[admin\]", re.M)
 
 
 class CliProxy:
@@ -21,10 +23,14 @@ class CliProxy:
                 config_text = config_text.replace("[server]", '[server]\nlisten = "127.0.0.1:0"', 1)
             else:
                 config_text = '[server]\nlisten = "127.0.0.1:0"\n' + config_text
+        if not _ADMIN_TABLE.search(config_text):  # hermetic: never the default admin port
+            config_text += '\n[admin]\nlisten = "127.0.0.1:0"\n'
         self.path.write_text(config_text)
         self.start_timeout = start_timeout
         self.proc = None
         self.port = None
+        self.admin_port = None
+        self.token = None  # sent as a bearer token by ``admin()``
         self.stderr = b""
         self.returncode = None
 
@@ -43,6 +49,8 @@ class CliProxy:
                 m = _LISTENING.search(self.stderr)
                 if m:
                     self.port = int(m.group(2))
+                    admin = _ADMIN.search(self.stderr)
+                    self.admin_port = int(admin.group(2)) if admin else None
                     time.sleep(0.2)  # workers bind right after the supervisor logs
                     return self
         self.stop()
@@ -57,6 +65,45 @@ class CliProxy:
             if not chunk:
                 return self.stderr
             self.stderr += chunk
+
+    def admin(self, method: str, path: str, token: str | None = None,
+              timeout: float = 15.0) -> tuple[int, dict | str]:
+        """Call the admin API: (status, parsed JSON or text)."""
+        import http.client
+
+        import orjson
+
+        conn = http.client.HTTPConnection("127.0.0.1", self.admin_port, timeout=timeout)
+        token = token or self.token
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        try:
+            conn.request(method, path, headers=headers)
+            resp = conn.getresponse()
+            body = resp.read()
+        finally:
+            conn.close()
+        if resp.getheader("Content-Type", "").startswith("application/json"):
+            return resp.status, orjson.loads(body)
+        return resp.status, body.decode()
+
+    def write_config(self, text: str) -> None:
+        """Replace the config file in one step (as config managers do: write, rename)."""
+        if "listen" not in text:
+            text = (text.replace("[server]", '[server]\nlisten = "127.0.0.1:0"', 1)
+                    if "[server]" in text else '[server]\nlisten = "127.0.0.1:0"\n' + text)
+        if not _ADMIN_TABLE.search(text):
+            text += '\n[admin]\nlisten = "127.0.0.1:0"\n'
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, self.path)
+
+    def wait_stderr(self, pattern: bytes, timeout: float = 10.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if pattern in self.read_stderr():
+                return True
+            time.sleep(0.05)
+        return False
 
     def stop(self, timeout: float = 20.0) -> int:
         if self.proc.poll() is None:

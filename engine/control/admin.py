@@ -1,0 +1,225 @@
+"""The admin API: a small JSON-over-HTTP server in the supervisor, on its own listener.
+
+Endpoints: ``GET /status``, ``GET /routes``, ``GET /upstreams``, ``GET /config`` (secrets
+redacted), ``GET /metrics`` (Prometheus text) and ``POST /reload``. It is the control plane:
+the stdlib threaded HTTP server is enough, and it never touches the workers' event loops. Live
+figures (connections, pools, counters) come from the snapshots the workers write to the run
+directory about once a second, summed here.
+
+When ``admin.token`` is set every request needs ``Authorization: Bearer <token>``; the config
+refuses a non-loopback ``admin.listen`` without one.
+"""
+
+import dataclasses
+import hmac
+import re
+import socket
+import threading
+import time
+import typing
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import orjson
+
+from engine.control.config import parse_listen
+
+REDACTED = "<redacted>"
+_SECRET_RE = re.compile(r"(token|secret|password|passwd|credentials?|api_keys?|private_key)$")
+RELOAD_WAIT = 10.0  # POST /reload waits this long for every worker to apply the new config
+_NO_SUPERVISOR_REPLY = 30.0
+
+
+def config_json(obj, redact: bool = True):
+    """A config dataclass as plain JSON-able data; secret-looking keys are redacted."""
+    if not dataclasses.is_dataclass(obj):
+        if isinstance(obj, tuple):
+            return [config_json(v, redact) for v in obj]
+        return obj
+    out = {}
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if f.name == "sections":
+            for name, section in value:
+                out[name] = config_json(section, redact)
+            continue
+        if redact and value is not None and _SECRET_RE.search(f.name):
+            out[f.name] = REDACTED
+        elif typing.get_origin(hints[f.name]) is dict:
+            out[f.name] = {k: (REDACTED if redact and _SECRET_RE.search(k) else v)
+                           for k, v in value}
+        else:
+            out[f.name] = config_json(value, redact)
+    return out
+
+
+class AdminServer(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+
+    def __init__(self, supervisor, listen: str):
+        host, port = parse_listen(listen)
+        self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.supervisor = supervisor
+        self.thread = None
+        super().__init__((host, port), AdminHandler)
+        self.host, self.port = self.server_address[:2]
+
+    def start(self) -> None:
+        self.thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.2},
+                                       name="edgeproxy-admin", daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        if self.thread is not None:
+            self.shutdown()
+        self.server_close()
+
+
+class AdminHandler(BaseHTTPRequestHandler):
+    server_version = "edgeproxy-admin"
+    protocol_version = "HTTP/1.1"
+    timeout = 10  # a client that stalls mid-request frees its thread
+
+    ROUTES = {
+        "/status": ("GET", "status"),
+        "/routes": ("GET", "routes"),
+        "/upstreams": ("GET", "upstreams"),
+        "/config": ("GET", "config"),
+        "/metrics": ("GET", "metrics"),
+        "/reload": ("POST", "reload"),
+    }
+
+    def log_message(self, format, *args):
+        pass  # no stderr writes from admin threads (the supervisor forks; see supervisor.py)
+
+    def do_GET(self):
+        self._dispatch("GET")
+
+    def do_POST(self):
+        self._dispatch("POST")
+
+    def do_PUT(self):
+        self._dispatch("PUT")
+
+    def do_DELETE(self):
+        self._dispatch("DELETE")
+
+    def do_HEAD(self):
+        self._dispatch("HEAD")
+
+    def _dispatch(self, method: str) -> None:
+        length = self.headers.get("Content-Length")
+        if length and length.isdigit() and int(length) <= 65536:
+            self.rfile.read(int(length))  # bodies mean nothing here; keep the connection sane
+        elif length:
+            self.close_connection = True
+        sup = self.server.supervisor
+        token = sup.cfg.admin.token
+        if token and not self._authorized(token):
+            self._error(401, "unauthorized", "this admin API needs Authorization: Bearer <token>",
+                        [("WWW-Authenticate", 'Bearer realm="edgeproxy-admin"')])
+            return
+        path = self.path.split("?", 1)[0]
+        route = self.ROUTES.get(path)
+        if route is None:
+            self._error(404, "not_found", f"no admin endpoint {path}; try "
+                                          + ", ".join(sorted(self.ROUTES)))
+            return
+        allowed, name = route
+        if method != allowed:
+            self._error(405, "method_not_allowed", f"{path} takes {allowed}",
+                        [("Allow", allowed)])
+            return
+        try:
+            getattr(self, "handle_" + name)(sup)
+        except Exception as exc:  # the admin API reports; it must not kill the thread quietly
+            self._error(500, "internal_error", repr(exc))
+
+    def _authorized(self, token: str) -> bool:
+        given = self.headers.get("Authorization", "")
+        scheme, _, value = given.partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(),
+                                                                   token.encode())
+
+    def _send(self, status: int, body: bytes, content_type: str, headers=()) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        for name, value in headers:
+            self.send_header(name, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _json(self, data, status: int = 200) -> None:
+        self._send(status, orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n",
+                   "application/json")
+
+    def _error(self, status: int, code: str, message: str, headers=(), **extra) -> None:
+        body = orjson.dumps({"error": {"status": status, "code": code, "message": message,
+                                       **extra}}, option=orjson.OPT_INDENT_2) + b"\n"
+        self._send(status, body, "application/json", headers)
+
+    # -- endpoints -----------------------------------------------------------------------
+
+    def handle_status(self, sup) -> None:
+        self._json(sup.status())
+
+    def handle_routes(self, sup) -> None:
+        totals, _ = sup.totals()
+        counts = totals.requests_by_route()
+        out = []
+        for route in sup.cfg.routes:
+            item = config_json(route)
+            item["filters"] = [name for name, _ in route.sections]
+            item["requests"] = counts.get(route.name, 0)
+            out.append(item)
+        self._json({"generation": sup.generation, "routes": out,
+                    "unmatched_requests": counts.get("", 0)})
+
+    def handle_upstreams(self, sup) -> None:
+        totals, _ = sup.totals()
+        out = []
+        for up in sup.cfg.upstreams:
+            item = config_json(up)
+            servers = []
+            for s in up.servers:
+                active, idle = totals.servers.get((up.name, s.url), (0, 0))
+                # TODO(issues for health checks and circuit breaking): health, circuit state,
+                # recent failures per server.
+                servers.append({"url": s.url, "weight": s.weight, "active": active,
+                                "idle": idle})
+            item["servers"] = servers
+            out.append(item)
+        self._json({"generation": sup.generation, "upstreams": out})
+
+    def handle_config(self, sup) -> None:
+        self._json({"generation": sup.generation, "config_file": sup.config_path,
+                    "config": config_json(sup.cfg)})
+
+    def handle_metrics(self, sup) -> None:
+        from engine.control.metrics import render
+
+        totals, _ = sup.totals()
+        self._send(200, render(totals, sup.control_figures()).encode(),
+                   "text/plain; version=0.0.4; charset=utf-8")
+
+    def handle_reload(self, sup) -> None:
+        result = sup.request_reload("admin", _NO_SUPERVISOR_REPLY)
+        if result is None:
+            self._error(503, "unavailable", "the supervisor did not take the reload (stopping?)")
+            return
+        if result["result"] == "failed":
+            self._error(422, "invalid_config",
+                        f"the config was not applied; still serving generation "
+                        f"{result['generation']}", errors=result["errors"])
+            return
+        if result["result"] == "ok":
+            start = time.monotonic()
+            pending = sup.wait_applied(result["generation"], RELOAD_WAIT)
+            result["workers_pending"] = pending
+            result["applied_ms"] = round((time.monotonic() - start) * 1000 + result[
+                "duration_ms"], 3)
+        self._json(result)

@@ -1,0 +1,257 @@
+"""Metrics: cheap counters in each worker, summed across workers by the admin API, exposed in
+the Prometheus text format (version 0.0.4).
+
+A worker counts each finished request in ``Worker.log_exchange`` with a few list-index
+increments on its ``RouteStats`` (a histogram bucket is found with ``bisect`` on a fixed tuple).
+About once a second the worker writes a snapshot of its counters to ``worker-<pid>.json`` in the
+supervisor's run directory; the admin API reads those files and sums them. When a worker exits,
+the supervisor folds its last snapshot into a ``retired`` total so counters never go backwards
+across worker restarts and listener reloads (increments in the last second of a crashed worker
+are lost).
+
+Not here yet, left to the issues that build those features: rate-limit rejections, idempotency
+replays and conflicts, retries, upstream health and circuit-breaker state.
+"""
+
+import glob
+import os
+import time
+
+import orjson
+
+# Method and status classes keep label cardinality fixed whatever clients send.
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "other")
+METHOD_INDEX = {m.encode(): i for i, m in enumerate(METHODS[:-1])}
+OTHER_METHOD = len(METHODS) - 1
+STATUSES = ("other", "1xx", "2xx", "3xx", "4xx", "5xx")  # index = status // 100, else 0
+N_STATUS = len(STATUSES)
+# Seconds. Upper bounds (Prometheus ``le``): a proxy's own latency is sub-millisecond, an
+# upstream's can be a minute (the default read_timeout).
+BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+           10.0, 30.0, 60.0)
+STATS_FILE = "worker-{pid}.json"
+
+
+class RouteStats:
+    """Counters of one route in one worker. ``requests`` is indexed by
+    ``method_index * N_STATUS + status_class``; ``duration`` and ``upstream`` hold one count
+    per bucket of BUCKETS plus +Inf (not cumulative: the exposition sums them)."""
+
+    __slots__ = ("requests", "duration", "duration_sum", "upstream", "upstream_sum",
+                 "bytes_in", "bytes_out")
+
+    def __init__(self):
+        self.requests = [0] * (len(METHODS) * N_STATUS)
+        self.duration = [0] * (len(BUCKETS) + 1)
+        self.duration_sum = 0.0
+        self.upstream = [0] * (len(BUCKETS) + 1)
+        self.upstream_sum = 0.0
+        self.bytes_in = 0
+        self.bytes_out = 0
+
+    def to_dict(self) -> dict:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+def worker_snapshot(worker) -> dict:
+    """What one worker reports: counters by route, gauges, and its config generation."""
+    servers = []
+    for up in worker.runtime.upstreams.values():
+        for s in up.servers:
+            servers.append((up.name, s.url, s.pool.active, len(s.pool.idle)))
+    return {
+        "pid": os.getpid(),
+        "time": time.time(),
+        "generation": worker.generation,
+        "draining": worker.draining,
+        "connections": len(worker.conns),
+        "routes": {name or "": st.to_dict() for name, st in worker.route_stats.items()},
+        "servers": servers,
+    }
+
+
+def write_json(path: str, data) -> None:
+    """Replace ``path`` atomically, so a reader never sees half a file."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(orjson.dumps(data))
+    os.replace(tmp, path)
+
+
+def read_snapshot(path: str) -> dict | None:
+    try:
+        with open(path, "rb") as f:
+            return orjson.loads(f.read())
+    except (OSError, orjson.JSONDecodeError):
+        return None  # removed while we looked: its counters are in ``retired`` now
+
+
+def read_snapshots(rundir: str) -> dict[int, dict]:
+    """pid -> the latest snapshot of every worker that wrote one."""
+    out = {}
+    for path in glob.glob(os.path.join(rundir, "worker-*.json")):
+        snap = read_snapshot(path)
+        if snap is not None:
+            out[snap["pid"]] = snap
+    return out
+
+
+class Totals:
+    """Counters summed over snapshots (gauges are summed only over live workers)."""
+
+    COUNTERS = ("requests", "duration", "duration_sum", "upstream", "upstream_sum",
+                "bytes_in", "bytes_out")
+
+    def __init__(self):
+        self.routes: dict[str, dict] = {}
+        self.connections = 0
+        self.servers: dict[tuple[str, str], list[int]] = {}
+
+    def add_counters(self, snap: dict) -> None:
+        for name, st in snap["routes"].items():
+            mine = self.routes.get(name)
+            if mine is None:
+                self.routes[name] = {k: list(v) if isinstance(v, list) else v
+                                     for k, v in st.items()}
+                continue
+            for k in self.COUNTERS:
+                v = st[k]
+                if isinstance(v, list):
+                    acc = mine[k]
+                    for i, x in enumerate(v):
+                        acc[i] += x
+                else:
+                    mine[k] += v
+
+    def add_gauges(self, snap: dict) -> None:
+        self.connections += snap["connections"]
+        for upstream, url, active, idle in snap["servers"]:
+            acc = self.servers.setdefault((upstream, url), [0, 0])
+            acc[0] += active
+            acc[1] += idle
+
+    def add(self, totals: "Totals") -> None:
+        self.add_counters({"routes": totals.routes})
+
+    def requests_by_route(self) -> dict[str, int]:
+        return {name: sum(st["requests"]) for name, st in self.routes.items()}
+
+
+# -- Prometheus text exposition format 0.0.4 --------------------------------------------------
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _labels(labels) -> str:
+    if not labels:
+        return ""
+    return "{" + ",".join(f'{k}="{_escape(str(v))}"' for k, v in labels) + "}"
+
+
+def _value(v) -> str:
+    if isinstance(v, int):
+        return str(v)
+    if v == float("inf"):
+        return "+Inf"
+    return repr(float(v))
+
+
+class Exposition:
+    def __init__(self):
+        self.lines: list[str] = []
+
+    def family(self, name: str, kind: str, doc: str) -> None:
+        self.lines.append(f"# HELP {name} {doc}")
+        self.lines.append(f"# TYPE {name} {kind}")
+
+    def sample(self, name: str, value, labels=()) -> None:
+        self.lines.append(f"{name}{_labels(labels)} {_value(value)}")
+
+    def histogram(self, name: str, labels, counts: list[int], total: float) -> None:
+        running = 0
+        for bound, n in zip(BUCKETS, counts, strict=False):
+            running += n
+            self.sample(f"{name}_bucket", running, (*labels, ("le", _value(bound))))
+        running += counts[-1]
+        self.sample(f"{name}_bucket", running, (*labels, ("le", "+Inf")))
+        self.sample(f"{name}_sum", total, labels)
+        self.sample(f"{name}_count", running, labels)
+
+    def text(self) -> str:
+        return "\n".join(self.lines) + "\n"
+
+
+def render(totals: Totals, control: dict) -> str:
+    """The /metrics page: ``totals`` from the workers, ``control`` from the supervisor."""
+    out = Exposition()
+    out.family("edgeproxy_build_info", "gauge", "Always 1; the version is a label.")
+    out.sample("edgeproxy_build_info", 1, (("version", control["version"]),))
+    out.family("edgeproxy_start_time_seconds", "gauge", "When the supervisor started (Unix).")
+    out.sample("edgeproxy_start_time_seconds", control["started"])
+
+    routes = sorted(totals.routes.items())
+    out.family("edgeproxy_requests_total", "counter",
+               'Finished requests by route (route="" when none matched), method and status '
+               "class.")
+    for name, st in routes:
+        counts = st["requests"]
+        for mi, method in enumerate(METHODS):
+            for si, status in enumerate(STATUSES):
+                n = counts[mi * N_STATUS + si]
+                if n:
+                    out.sample("edgeproxy_requests_total", n,
+                               (("route", name), ("method", method), ("status", status)))
+    out.family("edgeproxy_request_duration_seconds", "histogram",
+               "Time from the end of the request head to the end of the response.")
+    for name, st in routes:
+        out.histogram("edgeproxy_request_duration_seconds", (("route", name),),
+                      st["duration"], st["duration_sum"])
+    out.family("edgeproxy_upstream_duration_seconds", "histogram",
+               "Time from sending the request upstream to the end of the response.")
+    for name, st in routes:
+        if sum(st["upstream"]):
+            out.histogram("edgeproxy_upstream_duration_seconds", (("route", name),),
+                          st["upstream"], st["upstream_sum"])
+    out.family("edgeproxy_request_body_bytes_total", "counter",
+               "Request body bytes received from clients.")
+    for name, st in routes:
+        out.sample("edgeproxy_request_body_bytes_total", st["bytes_in"], (("route", name),))
+    out.family("edgeproxy_response_body_bytes_total", "counter",
+               "Response body bytes sent to clients.")
+    for name, st in routes:
+        out.sample("edgeproxy_response_body_bytes_total", st["bytes_out"], (("route", name),))
+
+    out.family("edgeproxy_active_connections", "gauge", "Open client connections.")
+    out.sample("edgeproxy_active_connections", totals.connections)
+    out.family("edgeproxy_upstream_server_active_connections", "gauge",
+               "Upstream connections carrying a request now.")
+    servers = sorted(totals.servers.items())
+    for (upstream, url), (active, _) in servers:
+        out.sample("edgeproxy_upstream_server_active_connections", active,
+                   (("upstream", upstream), ("server", url)))
+    out.family("edgeproxy_upstream_server_idle_connections", "gauge",
+               "Idle keep-alive connections pooled for the server.")
+    for (upstream, url), (_, idle) in servers:
+        out.sample("edgeproxy_upstream_server_idle_connections", idle,
+                   (("upstream", upstream), ("server", url)))
+    # TODO(issues building them): upstream health and circuit state, retries, rate-limit
+    # rejections, idempotency replays/conflicts.
+
+    out.family("edgeproxy_workers", "gauge", "Worker processes serving (draining not counted).")
+    out.sample("edgeproxy_workers", control["workers"])
+    out.family("edgeproxy_worker_restarts_total", "counter",
+               "Workers restarted after exiting unexpectedly.")
+    out.sample("edgeproxy_worker_restarts_total", control["worker_restarts"])
+    out.family("edgeproxy_config_reloads_total", "counter",
+               "Config reloads by result (unchanged: valid but nothing to apply).")
+    for result in ("ok", "failed", "unchanged"):
+        out.sample("edgeproxy_config_reloads_total", control["reloads"][result],
+                   (("result", result),))
+    out.family("edgeproxy_config_last_reload_successful", "gauge",
+               "1 if the last reload attempt applied or found nothing to apply, else 0.")
+    out.sample("edgeproxy_config_last_reload_successful", control["last_reload_ok"])
+    out.family("edgeproxy_config_generation", "gauge",
+               "Generation of the running config (1 at start, +1 per applied reload).")
+    out.sample("edgeproxy_config_generation", control["generation"])
+    return out.text()
