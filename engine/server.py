@@ -22,6 +22,8 @@ from engine.http.protocol import ClientProtocol
 
 # How often a worker writes its counters for the admin API (also on reload and at exit).
 STATS_INTERVAL = 1.0
+# While draining, how long a connection must stay idle before we close it (see drain).
+DRAIN_IDLE = 1.0
 
 
 def listen_socket(host: str, port: int, backlog: int, reuse_port: bool) -> socket.socket:
@@ -106,7 +108,6 @@ class Worker:
         self._rid_prefix = os.urandom(6).hex().encode()
         self._rid_n = 0
         self.requests = 0
-        self.status_counts = [0] * 6  # by status class: [0]=aborted, [1]..[5] = 1xx..5xx
         self.route_stats: dict[str | None, RouteStats] = {}  # by route name; outlives reloads
         self.generation = generation  # of the config serving (the supervisor counts)
         self.stats_path = stats_path
@@ -153,23 +154,23 @@ class Worker:
         # Metrics: a handful of integer increments (see engine/control/metrics.py).
         self.requests += 1
         status = ex.status
-        status_class = status // 100 if status < 600 else 0
-        self.status_counts[status_class] += 1
         route = ex.route
-        name = route.name if route is not None else None
-        st = self.route_stats.get(name)
+        st = self.route_stats.get(route.name if route is not None else None)
         if st is None:
-            st = self.route_stats[name] = RouteStats()
-        st.requests[METHOD_INDEX.get(ex.method, OTHER_METHOD) * N_STATUS + status_class] += 1
+            st = self.route_stats[route.name if route is not None else None] = RouteStats()
+        st.requests[METHOD_INDEX.get(ex.method, OTHER_METHOD) * N_STATUS
+                    + (status // 100 if status < 600 else 0)] += 1
         st.bytes_in += ex.body_received
         st.bytes_out += ex.bytes_out
-        now = self.clock()
-        if ex.t_start:
-            took = now - ex.t_start
+        t = ex.t_start
+        if t:
+            now = self.clock()
+            took = now - t
             st.duration[bisect_left(BUCKETS, took)] += 1
             st.duration_sum += took
-            if ex.t_upstream:
-                took = now - ex.t_upstream
+            t = ex.t_upstream
+            if t:
+                took = now - t
                 st.upstream[bisect_left(BUCKETS, took)] += 1
                 st.upstream_sum += took
         log = self.access_log
@@ -218,15 +219,27 @@ class Worker:
         self.draining = True
         for server in self.servers:
             server.close()
-        for conn in list(self.conns):
-            # Idle keep-alive connections close now. A fresh one (no request yet) may have
-            # been accepted an instant before we stopped: its first request is still served
-            # (with Connection: close), as a client never expects a new connection to close.
-            if conn.active is None and not conn.in_head and conn.requests:
-                conn.close()
-        deadline = self.loop.time() + timeout
-        while self.conns and self.loop.time() < deadline:
+        # A busy connection closes after its next response (Connection: close, since we are
+        # draining). One that looks idle closes only once it stayed idle for DRAIN_IDLE:
+        # "idle" may mean its client's next request is already in our socket buffer, and
+        # closing then would reset a request the client rightly sent (the keep-alive close
+        # race, RFC 9112 §9.6). A fresh connection gets the same grace for its first request.
+        now = self.loop.time()
+        deadline = now + timeout
+        grace = min(DRAIN_IDLE, timeout / 2)
+        idle: dict = {}  # connection -> (its request count, when first seen idle)
+        while self.conns and now < deadline:
+            for conn in list(self.conns):
+                if conn.active is not None or conn.in_head:
+                    idle.pop(conn, None)
+                    continue
+                seen = idle.get(conn)
+                if seen is None or seen[0] != conn.requests:
+                    idle[conn] = (conn.requests, now)
+                elif now - seen[1] >= grace:
+                    conn.close()
             await asyncio.sleep(0.02)
+            now = self.loop.time()
         for conn in list(self.conns):
             conn.abort()
         for pool in self.runtime.pools.values():

@@ -141,3 +141,40 @@ body = "x"
         proxy.call(proxy.worker.access_log.flush)
     lines = [orjson.loads(line) for line in log.read_bytes().splitlines()]
     assert [line["path"] for line in lines] == ["/after"]
+
+
+STATIC = """
+[server]
+access_log = "off"
+[[routes]]
+name = "s"
+[routes.static]
+body = "x"
+"""
+
+
+def test_drain_still_answers_a_request_sent_on_an_idle_connection():
+    import asyncio
+
+    with InProcessProxy(STATIC) as proxy, Conn(proxy.port) as c:
+        assert c.request("GET", "/").status == 200  # the connection is idle now
+        drained = asyncio.run_coroutine_threadsafe(proxy.worker.drain(3.0), proxy.loop)
+        time.sleep(0.2)
+        r = c.request("GET", "/again")  # the keep-alive close race: must not be a reset
+        assert r.status == 200 and r.header(b"connection") == b"close"
+        assert c.closed(2.0)
+        drained.result(5)
+
+
+def test_drain_closes_a_connection_that_stays_idle_after_a_grace():
+    import asyncio
+
+    from engine.server import DRAIN_IDLE
+
+    with InProcessProxy(STATIC) as proxy, Conn(proxy.port) as c:
+        assert c.request("GET", "/").status == 200
+        start = time.monotonic()
+        drained = asyncio.run_coroutine_threadsafe(proxy.worker.drain(10.0), proxy.loop)
+        assert c.closed(5.0)
+        assert DRAIN_IDLE <= time.monotonic() - start < DRAIN_IDLE + 1.5  # not the deadline
+        drained.result(5)
