@@ -42,4 +42,4 @@ def main(argv=None) -> int:
         return 0
     from engine.control.supervisor import Supervisor
 
-    return Supervisor(cfg, args.config, cand.digest).run()
+    return Supervisor(cfg, args.config, cand.digest, cand.runtime).run()

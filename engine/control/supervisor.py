@@ -57,10 +57,11 @@ def listener_of(cfg) -> tuple:
 
 
 class Supervisor:
-    def __init__(self, cfg, config_path: str | None = None, digest: str | None = None):
+    def __init__(self, cfg, config_path: str | None = None, digest: str | None = None,
+                 runtime=None):
         self.cfg = cfg
         self.config_path = os.path.abspath(config_path) if config_path else None
-        self.runtime = Runtime(cfg)
+        self.runtime = runtime or Runtime(cfg)
         self.generation = 1
         self.workers: dict[int, int] = {}  # pid -> worker index, the current set
         self.retiring: set[int] = set()  # old workers draining after a listener change
@@ -175,6 +176,16 @@ class Supervisor:
     # -- main loop -----------------------------------------------------------------------
 
     def run(self) -> int:
+        # Before anything is forked: a SIGHUP's default action would kill the supervisor.
+        def on_stop(signum, frame):
+            self.stopping = True
+
+        def on_hup(signum, frame):
+            self.hup = True
+
+        signal.signal(signal.SIGTERM, on_stop)
+        signal.signal(signal.SIGINT, on_stop)
+        signal.signal(signal.SIGHUP, on_hup)
         demo = self.cfg.demo
         if demo is not None:
             from engine.control.demo import run_origins
@@ -201,16 +212,6 @@ class Supervisor:
         count = worker_count(self.cfg.server.workers)
         for i in range(count):
             self._start_worker(i)
-
-        def on_stop(signum, frame):
-            self.stopping = True
-
-        def on_hup(signum, frame):
-            self.hup = True
-
-        signal.signal(signal.SIGTERM, on_stop)
-        signal.signal(signal.SIGINT, on_stop)
-        signal.signal(signal.SIGHUP, on_hup)
         if self.admin is not None:
             self.admin.start()
             log(f"admin API on {self.admin.host}:{self.admin.port}")
@@ -284,6 +285,8 @@ class Supervisor:
         """Load, validate and compile the config file; apply it if it is good and different.
         Runs on the main thread only."""
         t0 = time.monotonic()
+        if self.config_path is None:
+            return self._record(trigger, "failed", t0, [("", "started without a config file")])
         try:
             cand = load_candidate(self.config_path)
         except ConfigError as exc:
