@@ -108,6 +108,7 @@ class Worker:
         self._rid_prefix = os.urandom(6).hex().encode()
         self._rid_n = 0
         self.requests = 0
+        self.status_counts = [0] * 6  # by status class: [0]=other, [1]..[5] = 1xx..5xx
         self.route_stats: dict[str | None, RouteStats] = {}  # by route name; outlives reloads
         self.generation = generation  # of the config serving (the supervisor counts)
         self.stats_path = stats_path
@@ -154,12 +155,13 @@ class Worker:
         # Metrics: a handful of integer increments (see engine/control/metrics.py).
         self.requests += 1
         status = ex.status
+        status = status // 100 if status < 600 else 0
+        self.status_counts[status] += 1
         route = ex.route
         st = self.route_stats.get(route.name if route is not None else None)
         if st is None:
             st = self.route_stats[route.name if route is not None else None] = RouteStats()
-        st.requests[METHOD_INDEX.get(ex.method, OTHER_METHOD) * N_STATUS
-                    + (status // 100 if status < 600 else 0)] += 1
+        st.requests[METHOD_INDEX.get(ex.method, OTHER_METHOD) * N_STATUS + status] += 1
         st.bytes_in += ex.body_received
         st.bytes_out += ex.bytes_out
         t = ex.t_start
