@@ -19,6 +19,8 @@ EXT_MODULES = [
     # The data plane's hot path (engine/http, engine/upstream): cdef classes that call each
     # other at the C level.
     "engine.upstream.pool",
+    "engine.upstream.balancer",
+    "engine.upstream.upstream",
     "engine.upstream.connection",
     "engine.http.exchange",
     "engine.http.protocol",

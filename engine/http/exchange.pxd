@@ -1,7 +1,9 @@
 cimport cython
 
+from engine.http._common cimport Writer
 from engine.http.protocol cimport ClientProtocol
 from engine.upstream.connection cimport UpstreamConnection
+from engine.upstream.upstream cimport Server, Upstream
 
 
 @cython.final
@@ -32,7 +34,8 @@ cdef class Exchange:
     cdef public bytes query
     cdef public object route            # CompiledRoute
     cdef public object params
-    cdef public object server           # engine.upstream.upstream.Server
+    cdef public Upstream upstream       # the route's, once proxying
+    cdef public Server server
     cdef public UpstreamConnection conn
     cdef public list pending
     cdef public Py_ssize_t pending_size
@@ -68,7 +71,7 @@ cdef class Exchange:
     cdef int connect(self) except -1
     cdef int attach(self, UpstreamConnection conn) except -1
     cpdef bytes request_head(self)
-    cdef int _request_head(self, list parts) except -1
+    cdef int _request_head(self, Writer* w) except -1
 
     # request body
     cdef int client_body(self, bytes chunk) except -1
@@ -76,7 +79,7 @@ cdef class Exchange:
 
     # upstream response
     cdef bint upstream_head(self, UpstreamConnection conn, int status, bytes reason,
-                            list headers) except -1
+                            list fields) except -1
     cdef int upstream_body(self, bytes chunk) except -1
     cdef int upstream_complete(self, UpstreamConnection conn, bint reusable) except -1
     cdef int upstream_failed(self, UpstreamConnection conn, str code, bint retry=*) except -1
@@ -89,7 +92,7 @@ cdef class Exchange:
 
     # answering
     cpdef respond(self, object resp)
-    cdef int _write_head(self, object resp, int status, list headers, bytes reason,
+    cdef int _write_head(self, object resp, int status, list headers, bint flat, bytes reason,
                          bytes content_length, bint no_body, bytes body,
                          bint tunnel) except -1
     cdef int flush(self) except -1

@@ -8,14 +8,17 @@ callbacks from UpstreamConnection; both are C-level method calls on the hot path
 from functools import partial
 
 cimport cython
-from cpython.bytes cimport PyBytes_FromFormat, PyBytes_GET_SIZE
-from cpython.dict cimport PyDict_GetItem
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromFormat, PyBytes_GET_SIZE
 from cpython.list cimport PyList_GET_SIZE
-from cpython.object cimport PyObject
 
+from engine.http._common cimport (
+    WRITER_STACK, Writer, header_kind, join_bytes, kind_table, same_lower, w_bytes, w_field,
+    w_free, w_init, w_put, w_raw,
+)
 from engine.http.protocol cimport PAUSE_PENDING, PAUSE_UPSTREAM, ClientProtocol
 from engine.upstream.connection cimport UpstreamConnection
 from engine.upstream.pool cimport Pool
+from engine.upstream.upstream cimport Server, Upstream
 
 from engine.errors import error_response
 from engine.http.framing import HOP_BY_HOP, connection_tokens, transfer_codings
@@ -37,8 +40,6 @@ cdef bytes _CHUNK_END = CHUNK_END
 cdef bytes _CONTINUE = CONTINUE
 cdef frozenset _IDEMPOTENT = IDEMPOTENT
 cdef bytes _HEAD = b"HEAD"
-cdef bytes _CRLF = b"\r\n"
-cdef bytes _COLON = b": "
 
 # Response headers the proxy re-frames or replaces rather than relays.
 cdef enum:
@@ -57,45 +58,95 @@ RESPONSE_KINDS = {
 for _name in HOP_BY_HOP:
     RESPONSE_KINDS.setdefault(_name, _R_DROP)
 
-# Field name as received -> kind, so a name seen before costs one dict lookup and no .lower().
-# Bounded: cleared when full, and long names are not remembered.
-cdef dict _response_kinds = {}
-cdef Py_ssize_t _KINDS_MAX = 512
-cdef Py_ssize_t _KIND_NAME_MAX = 64
-
-
-cdef inline int _response_kind(bytes name) except -1:
-    cdef PyObject* cached = PyDict_GetItem(_response_kinds, name)
-    if cached is not NULL:
-        return <int><object>cached
-    kind = RESPONSE_KINDS.get(name.lower(), _R_RELAY)
-    if PyBytes_GET_SIZE(name) <= _KIND_NAME_MAX:
-        if len(_response_kinds) >= _KINDS_MAX:
-            _response_kinds.clear()
-        _response_kinds[name] = kind
-    return kind
+# RESPONSE_KINDS by name length, looked up without .lower() (header_kind).
+cdef list _RESPONSE_KINDS = kind_table(RESPONSE_KINDS)
 
 
 # b"%d" % status for 100..999, so a status line is joined, not formatted.
 cdef tuple _STATUS_CODES = tuple(b"%d" % s for s in range(1000))
 
 
-cdef inline int _status_line(list parts, int status, bytes reason) except -1:
+cdef inline int _status_line(Writer* w, int status, bytes reason) except -1:
     # The HTTP/1.1 status line; the upstream's own reason phrase is kept when it sent one
     # (engine.http.messages.status_line).
     if reason and 100 <= status <= 999:
-        parts += (b"HTTP/1.1 ", _STATUS_CODES[status], b" ", reason, _CRLF)
+        w_raw(w, "HTTP/1.1 ", 9)
+        w_put(w, _STATUS_CODES[status])
+        w_raw(w, " ", 1)
+        w_put(w, reason)
+        w_raw(w, "\r\n", 2)
     elif reason:
-        parts.append(b"HTTP/1.1 %d %s\r\n" % (status, reason))
+        w_put(w, b"HTTP/1.1 %d %s\r\n" % (status, reason))
     else:
         line = STATUS_LINES.get(status)
-        parts.append(line if line is not None else b"HTTP/1.1 %d \r\n" % status)
+        w_put(w, line if line is not None else b"HTTP/1.1 %d \r\n" % status)
     return 0
 
 
 cdef inline bytes _chunk(bytes data):
     # One chunk of a chunked body (RFC 9112 §7.1).
-    return b"".join((PyBytes_FromFormat("%x\r\n", <int>PyBytes_GET_SIZE(data)), data, _CRLF))
+    return b"".join((PyBytes_FromFormat("%x\r\n", <int>PyBytes_GET_SIZE(data)), data, b"\r\n"))
+
+
+# Connection field value -> its tokens (connection_tokens), as most connections repeat one
+# value ("keep-alive", "close"). Bounded: cleared when full; long values are not remembered.
+cdef dict _tokens_cache = {}
+cdef Py_ssize_t _TOKENS_MAX = 256
+cdef Py_ssize_t _TOKENS_VALUE_MAX = 128
+
+
+cdef tuple _tokens(list values):
+    cdef tuple tokens
+    if len(values) != 1:
+        return tuple(connection_tokens(values))
+    value = values[0]
+    tokens = _tokens_cache.get(value)
+    if tokens is None:
+        tokens = tuple(connection_tokens(values))
+        if len(value) <= _TOKENS_VALUE_MAX:
+            if len(_tokens_cache) >= _TOKENS_MAX:
+                _tokens_cache.clear()
+            _tokens_cache[value] = tokens
+    return tokens
+
+
+cdef inline bint _only_keep_alive(list values):
+    # The usual ``Connection: keep-alive`` of a response.
+    cdef bytes value
+    if PyList_GET_SIZE(values) != 1:
+        return False
+    value = values[0]
+    return (PyBytes_GET_SIZE(value) == 10
+            and same_lower(<const unsigned char*>PyBytes_AS_STRING(value),
+                           <const unsigned char*>b"keep-alive", 10))
+
+
+cdef list _drop_named(list headers, tuple named, bint flat):
+    # ``headers`` without the fields whose (lowercased) name is in ``named``; the same list
+    # when there are none. ``headers`` holds (name, value) pairs, or is flat when ``flat``.
+    cdef list out = None
+    cdef Py_ssize_t i, n
+    cdef Py_ssize_t step = 2 if flat else 1
+    cdef bytes token
+    for i in range(0, len(headers), step):
+        name = headers[i] if flat else headers[i][0]
+        n = len(name)
+        for token in named:
+            if PyBytes_GET_SIZE(token) != n:
+                continue
+            if isinstance(name, bytes):
+                if same_lower(<const unsigned char*>PyBytes_AS_STRING(name),
+                              <const unsigned char*>PyBytes_AS_STRING(token), n):
+                    break
+            elif name.lower() == token:
+                break
+        else:
+            if out is not None:
+                out += headers[i:i + step]
+            continue
+        if out is None:
+            out = headers[:i]
+    return headers if out is None else out
 
 
 @cython.final
@@ -128,11 +179,13 @@ cdef class Exchange:
 
     cdef int start(self) except -1:
         """Route, run the request filters, then answer or go upstream."""
+        cdef ClientProtocol proto
         if self.error is not None:
             self.respond(error_response(self.error, self.request_id.decode()))
             return 0
-        route, extra = self.rt.router.match(self.method, self.proto.route_host(self.host),
-                                            self.path)
+        proto = self.proto
+        router = proto.router if self.rt is proto.rt else self.rt.router
+        route, extra = router.match(self.method, proto.route_host(self.host), self.path)
         if route is None:
             if extra is None:
                 self.respond(error_response("not_found", self.request_id.decode()))
@@ -155,8 +208,9 @@ cdef class Exchange:
         return self.proxy()
 
     cdef int proxy(self) except -1:
-        cdef Pool pool
-        upstream = self.route.upstream
+        cdef Upstream upstream = <Upstream?>self.route.upstream
+        cdef Server server
+        self.upstream = upstream
         server = upstream.pick(self)
         if server is None:
             self.respond(error_response("upstream_unavailable", self.request_id.decode()))
@@ -166,16 +220,14 @@ cdef class Exchange:
             # RFC 9110 §10.1.1: the proxy has accepted the request, so it asks for the body
             # itself; Expect is not forwarded.
             self.proto.transport.write(_CONTINUE)
-        pool = server.pool
-        conn = pool.acquire()
+        conn = server.pool.acquire()
         if conn is not None:
             return self.attach(conn)
         return self.connect()
 
     cdef int connect(self) except -1:
         cdef ClientProtocol proto = self.proto
-        upstream = self.route.upstream
-        proto.deadline = proto.worker.now + upstream.connect_timeout
+        proto.deadline = <double>proto.worker.now + self.upstream.connect_timeout
         self.connecting = proto.worker.loop.create_task(self._connect(self.server))
         return 0
 
@@ -197,31 +249,35 @@ cdef class Exchange:
 
     cdef int attach(self, UpstreamConnection conn) except -1:
         cdef ClientProtocol proto = self.proto
-        cdef list parts = []
+        cdef bytes data
+        cdef list parts
         self.conn = conn
-        (<Pool?>self.server.pool).active += 1
-        self._request_head(parts)
+        self.server.pool.active += 1
+        data = self.request_head()
         pending = self.pending
-        if pending:
-            if self.chunked_up:
-                for c in pending:
-                    parts.append(_chunk(c))
-            else:
-                parts += pending
-            if not self.body_done:
-                # From now on the body streams straight through. A complete body stays
-                # in ``pending`` so a stale keep-alive connection can be retried.
-                self.pending = None
-                self.pending_size = 0
-                proto.resume_reading_for(PAUSE_PENDING)
-        if self.chunked_up and self.body_done:
-            parts.append(_CHUNK_END)
+        if pending or (self.chunked_up and self.body_done):
+            parts = [data]
+            if pending:
+                if self.chunked_up:
+                    for c in pending:
+                        parts.append(_chunk(c))
+                else:
+                    parts += pending
+                if not self.body_done:
+                    # From now on the body streams straight through. A complete body stays
+                    # in ``pending`` so a stale keep-alive connection can be retried.
+                    self.pending = None
+                    self.pending_size = 0
+                    proto.resume_reading_for(PAUSE_PENDING)
+            if self.chunked_up and self.body_done:
+                parts.append(_CHUNK_END)
+            data = b"".join(parts)
         # Until the body is in, the wait is on the client (client_body_timeout, 408).
-        proto.deadline = proto.worker.now + (self.route.upstream.read_timeout if self.body_done
+        proto.deadline = <double>proto.worker.now + (self.upstream.read_timeout if self.body_done
                                              else proto.client_body_timeout)
         if self.t_start:
             self.t_upstream = proto.worker.clock()
-        conn.start(self, b"".join(parts), self.method == _HEAD)
+        conn.start(self, data, self.method == _HEAD)
         if proto.write_paused:
             # The client is not reading (an earlier pipelined answer filled its buffer):
             # this response waits upstream until resume_writing, it is not buffered here.
@@ -231,54 +287,62 @@ cdef class Exchange:
     cpdef bytes request_head(self):
         """The request head sent upstream: hop-by-hop fields removed (RFC 9110 §7.6.1),
         framing re-stated, X-Forwarded-*, X-Real-IP and X-Request-ID set."""
-        cdef list parts = []
-        self._request_head(parts)
-        return b"".join(parts)
+        cdef Writer w
+        cdef char stack[WRITER_STACK]
+        w_init(&w, stack, WRITER_STACK)
+        try:
+            self._request_head(&w)
+            return w_bytes(&w)
+        finally:
+            w_free(&w)
 
-    cdef int _request_head(self, list parts) except -1:
-        # Appends the request head to ``parts``, so attach joins head and body in one go.
+    cdef int _request_head(self, Writer* w) except -1:
         cdef ClientProtocol proto = self.proto
         cdef list headers = self.headers
-        cdef bytes name, value, peer, host
-        route = self.route
-        upstream = route.upstream
-        host = upstream.host_header or self.host or self.server.authority
-        target = route.target(self)
-        parts += (self.method, b" ", target, b" HTTP/1.1\r\nHost: ", host, _CRLF)
-        if self.connection is not None and not _only_keep_alive(self.connection):
-            # Fields named by Connection are hop-by-hop too (RFC 9110 §7.6.1). (A lone
-            # "keep-alive" names a field that is dropped anyway.)
-            named = connection_tokens(self.connection)
-            headers = [h for h in headers if h[0].lower() not in named]
+        cdef bytes host, peer
+        host = self.upstream.host_header or self.host or self.server.authority
+        w_put(w, self.method)
+        w_raw(w, " ", 1)
+        w_put(w, self.route.target(self))
+        w_raw(w, " HTTP/1.1\r\n", 11)
+        w_field(w, b"Host", host)
+        if self.connection is not None:
+            # Fields named by Connection are hop-by-hop too (RFC 9110 §7.6.1).
+            headers = _drop_named(headers, _tokens(self.connection), False)
         for name, value in headers:
-            parts += (name, _COLON, value, _CRLF)
+            w_field(w, name, value)
         if self.upgrade is not None:
-            parts += (b"Upgrade: ", self.upgrade, b"\r\nConnection: upgrade\r\n")
+            w_field(w, b"Upgrade", self.upgrade)
+            w_put(w, b"Connection: upgrade\r\n")
         if self.body_done and (self.chunked or self.content_length is not None):
             # Whole body already here: state its length, as nginx does with buffered bodies.
-            parts.append(PyBytes_FromFormat("Content-Length: %zd\r\n", self.pending_size))
+            w_put(w, PyBytes_FromFormat("Content-Length: %zd\r\n", self.pending_size))
         elif self.content_length is not None:
-            parts.append(b"Content-Length: %d\r\n" % self.content_length)
+            w_put(w, b"Content-Length: %d\r\n" % self.content_length)
         elif self.chunked:
-            parts.append(b"Transfer-Encoding: chunked\r\n")
+            w_put(w, b"Transfer-Encoding: chunked\r\n")
             self.chunked_up = True
         peer = proto.peer_ip_bytes
+        w_put(w, b"X-Forwarded-For: ")
         if proto.trusted and self.xff:  # (an empty X-Forwarded-For adds no hop)
-            parts += (b"X-Forwarded-For: ", self.xff, b", ", peer, _CRLF)
-        else:
-            parts += (b"X-Forwarded-For: ", peer, _CRLF)
-        # X-Real-IP: the peer's address unless a trusted proxy named the client.
-        real_ip = peer if self.client_ip is proto.peer_ip else self.client_ip.encode()
+            w_put(w, self.xff)
+            w_raw(w, ", ", 2)
+        w_put(w, peer)
         forwarded = self.forwarded
         if forwarded is None:
-            parts += (b"X-Forwarded-Proto: http\r\nX-Forwarded-Host: ", self.host or host,
-                      b"\r\nX-Real-IP: ", real_ip, _CRLF)
+            w_put(w, b"\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: ")
+            w_put(w, self.host or host)
         else:
-            parts += (b"X-Forwarded-Proto: ", forwarded.get(b"x-forwarded-proto", b"http"),
-                      b"\r\nX-Forwarded-Host: ",
-                      forwarded.get(b"x-forwarded-host", self.host or host),
-                      b"\r\nX-Real-IP: ", real_ip, _CRLF)
-        parts += (b"X-Request-ID: ", self.request_id, b"\r\n\r\n")
+            w_put(w, b"\r\nX-Forwarded-Proto: ")
+            w_put(w, forwarded.get(b"x-forwarded-proto", b"http"))
+            w_put(w, b"\r\nX-Forwarded-Host: ")
+            w_put(w, forwarded.get(b"x-forwarded-host", self.host or host))
+        w_put(w, b"\r\nX-Real-IP: ")
+        # The peer's address unless a trusted proxy named the client.
+        w_put(w, peer if self.client_ip is proto.peer_ip else self.client_ip.encode())
+        w_put(w, b"\r\nX-Request-ID: ")
+        w_put(w, self.request_id)
+        w_raw(w, "\r\n\r\n", 4)
         return 0
 
     # -- request body (called by ClientProtocol for the exchange being parsed)
@@ -309,58 +373,71 @@ cdef class Exchange:
         if conn is not None and not self.finished:
             if self.chunked_up:
                 conn.transport.write(_CHUNK_END)
-            proto.deadline = proto.worker.now + self.route.upstream.read_timeout
+            proto.deadline = <double>proto.worker.now + self.upstream.read_timeout
         return 0
 
     # -- upstream response (called by UpstreamConnection)
 
     cdef bint upstream_head(self, UpstreamConnection conn, int status, bytes reason,
-                            list headers) except -1:
-        """Relay the response head. False when the response must not be relayed."""
+                            list fields) except -1:
+        """Relay the response head (``fields`` flat: name, value, ...). False when the
+        response must not be relayed."""
         cdef bytes cl = None
         cdef bytes te = None
-        cdef object named = None
-        cdef list out = []
-        cdef tuple header
+        cdef list connection = None
+        cdef list out = []  # the fields relayed, flat
+        cdef tuple named
+        cdef bytes name, value
+        cdef Py_ssize_t i
         cdef int kind
         cdef bint no_body
         if self.finished:
             conn.abort()
             return False
-        for header in headers:
-            kind = _response_kind(header[0])
+        for i in range(0, len(fields) - 1, 2):
+            name = fields[i]
+            value = fields[i + 1]
+            kind = header_kind(_RESPONSE_KINDS, name)
             if kind == _R_RELAY:
-                out.append(header)
+                out.append(name)
+                out.append(value)
             elif kind == _R_CONTENT_LENGTH:
-                cl = header[1]
+                cl = value
             elif kind == _R_TRANSFER_ENCODING:
-                te = header[1] if te is None else te + b", " + header[1]
+                te = value if te is None else te + b", " + value
             elif kind == _R_CONNECTION:
-                named = connection_tokens([header[1]]) if named is None else \
-                    named | connection_tokens([header[1]])
-            elif status == 101 and header[0].lower() == b"upgrade":
-                out.append(header)
+                if connection is None:
+                    connection = [value]
+                else:
+                    connection.append(value)
+            elif status == 101 and name.lower() == b"upgrade":
+                out.append(name)
+                out.append(value)
         if te is not None and transfer_codings(te) != [b"chunked"]:
             # A coding we would have to relay undecoded: ambiguous for the client (RFC 9112
             # §6.1); refuse rather than guess.
             self.upstream_failed(conn, "bad_gateway", False)
             conn.abort()
             return False
-        if named:
-            if status == 101:
-                named.discard(b"upgrade")  # the protocol switched to (RFC 9110 §7.8)
-            out = [h for h in out if h[0].lower() not in named]
+        if connection is not None and not _only_keep_alive(connection):
+            # (A lone "keep-alive" names a field that is not in ``out``: it was dropped.)
+            named = _tokens(connection)
+            if status == 101 and b"upgrade" in named:
+                # the protocol switched to (RFC 9110 §7.8)
+                named = tuple([t for t in named if t != b"upgrade"])
+            out = _drop_named(out, named, True)
         if status == 101:
             if self.upgrade is None:
                 self.upstream_failed(conn, "bad_gateway", False)
                 conn.abort()
                 return False
-            out.append((b"Connection", b"upgrade"))
-            self._write_head(None, 101, out, reason, None, False, None, True)
+            out.append(b"Connection")
+            out.append(b"upgrade")
+            self._write_head(None, 101, out, True, reason, None, False, None, True)
             return True
         no_body = status == 204 or status == 304 or self.method == _HEAD
         self.upstream_close_delimited = not no_body and cl is None and te is None
-        self._write_head(None, status, out, reason, cl, no_body, None, False)
+        self._write_head(None, status, out, True, reason, cl, no_body, None, False)
         return True
 
     cdef int upstream_body(self, bytes chunk) except -1:
@@ -373,7 +450,7 @@ cdef class Exchange:
         else:
             proto.transport.write(chunk)
         self.bytes_out += len(chunk)
-        proto.deadline = proto.worker.now + self.route.upstream.read_timeout
+        proto.deadline = <double>proto.worker.now + self.upstream.read_timeout
         return 0
 
     cdef int upstream_complete(self, UpstreamConnection conn, bint reusable) except -1:
@@ -390,7 +467,7 @@ cdef class Exchange:
         if reusable and self.body_done and self.upgrade is None:
             # A refused upgrade's connection is not reused: the upstream's parser may
             # already treat it as switched (llhttp pauses on every Upgrade request).
-            pool.release(conn, proto.worker.now)
+            pool.release(conn, <double>proto.worker.now)
         else:
             conn.close()
             # Answered before the whole body was sent: the client may be paused on this
@@ -403,7 +480,7 @@ cdef class Exchange:
         that is its answer, not a connection lost in a keep-alive race."""
         if conn is not None and self.conn is conn:
             self.conn = None
-            (<Pool?>self.server.pool).active -= 1
+            self.server.pool.active -= 1
             if (retry and conn.requests > 1 and not self.head_sent and not self.body_streamed
                     and not self.retried and not self.finished and self.method in _IDEMPOTENT
                     and (self.body_done or not self.body_received)):
@@ -428,11 +505,11 @@ cdef class Exchange:
         if paused:
             proto.pause_reading_for(PAUSE_UPSTREAM)
             # The upstream is not taking the body: its send_timeout runs, not the client's.
-            proto.deadline = proto.worker.now + self.route.upstream.send_timeout
+            proto.deadline = <double>proto.worker.now + self.upstream.send_timeout
         else:
             proto.resume_reading_for(PAUSE_UPSTREAM)
             if not self.body_done:
-                proto.deadline = proto.worker.now + proto.client_body_timeout
+                proto.deadline = <double>proto.worker.now + proto.client_body_timeout
         return 0
 
     cdef int timed_out(self) except -1:
@@ -445,7 +522,7 @@ cdef class Exchange:
         elif self.conn is not None:
             conn = self.conn
             self.conn = None
-            (<Pool?>self.server.pool).active -= 1
+            self.server.pool.active -= 1
             conn.abort()
             if self.head_sent:
                 self.close_after = True
@@ -475,7 +552,7 @@ cdef class Exchange:
     cdef int tunnel_closed(self) except -1:
         if self.conn is not None:
             self.conn = None
-            (<Pool?>self.server.pool).active -= 1
+            self.server.pool.active -= 1
         self.close_after = True
         self.proto.close()
         return self.finish()
@@ -491,64 +568,82 @@ cdef class Exchange:
         if not self.body_done:
             # The rest of the request body is not read: close after answering.
             self.close_after = True
-        self._write_head(resp, resp.status, resp.headers, None,
+        self._write_head(resp, resp.status, resp.headers, False, None,
                          PyBytes_FromFormat("%zd", PyBytes_GET_SIZE(body)),
                          self.method == _HEAD, body, False)
         self.finish()
 
-    cdef int _write_head(self, object resp, int status, list headers, bytes reason,
+    cdef int _write_head(self, object resp, int status, list headers, bint flat, bytes reason,
                          bytes content_length, bint no_body, bytes body,
                          bint tunnel) except -1:
         # ``resp`` is the Response being answered, or None for an upstream's head: then one
-        # is made only when response filters run.
+        # is made only when response filters run. ``headers`` holds (name, value) pairs, or
+        # is flat (name, value, ...) when ``flat``.
+        cdef Py_ssize_t i
         cdef ClientProtocol proto = self.proto
-        cdef list parts = []
-        cdef bytes name, value
+        cdef Writer w
+        cdef char stack[WRITER_STACK]
+        cdef bytes data
         route = self.route
         if route is not None and self.ran:
             response_filters = route.response_filters
             if response_filters:
                 if resp is None:
+                    if flat:
+                        headers = [(headers[i], headers[i + 1])
+                                   for i in range(0, len(headers) - 1, 2)]
                     resp = Response(status, headers, None)
                 for index, f in response_filters:
                     if index < self.ran:
                         f.on_response(self, resp)
                 status = resp.status
                 headers = resp.headers
-        _status_line(parts, status, reason)
-        for name, value in headers:
-            parts += (name, _COLON, value, _CRLF)
-        if tunnel:
-            pass
-        elif content_length is not None:
-            if not (status == 204 or status == 304) or no_body and self.method == _HEAD:
-                parts += (b"Content-Length: ", content_length, _CRLF)
-        elif not no_body:
-            if self.version == "1.1":
-                parts.append(b"Transfer-Encoding: chunked\r\n")
-                self.resp_chunked = True
+                flat = False
+        w_init(&w, stack, WRITER_STACK)
+        try:
+            _status_line(&w, status, reason)
+            if flat:
+                for i in range(0, len(headers) - 1, 2):
+                    w_field(&w, headers[i], headers[i + 1])
             else:
-                self.close_after = True  # close-delimited body for an HTTP/1.0 client
-        if not tunnel:
-            if self.upgrade is not None:
-                # Answered without switching protocols: the client may already be sending
-                # the new protocol, and llhttp parses nothing after an Upgrade request.
-                self.close_after = True
-            if self.close_after or not self.keep_alive or proto.worker.draining:
-                self.close_after = True
-                parts.append(b"Connection: close\r\n")
-            elif self.version == "1.0":
-                parts.append(b"Connection: keep-alive\r\n")
-        parts += (b"X-Request-ID: ", self.request_id, b"\r\n\r\n")
-        if body and not no_body:
-            parts.append(body)
-            self.bytes_out += len(body)
+                for name, value in headers:
+                    w_field(&w, name, value)
+            if tunnel:
+                pass
+            elif content_length is not None:
+                if not (status == 204 or status == 304) or no_body and self.method == _HEAD:
+                    w_field(&w, b"Content-Length", content_length)
+            elif not no_body:
+                if self.version == "1.1":
+                    w_put(&w, b"Transfer-Encoding: chunked\r\n")
+                    self.resp_chunked = True
+                else:
+                    self.close_after = True  # close-delimited body for an HTTP/1.0 client
+            if not tunnel:
+                if self.upgrade is not None:
+                    # Answered without switching protocols: the client may already be sending
+                    # the new protocol, and llhttp parses nothing after an Upgrade request.
+                    self.close_after = True
+                if self.close_after or not self.keep_alive or proto.worker.draining:
+                    self.close_after = True
+                    w_put(&w, b"Connection: close\r\n")
+                elif self.version == "1.0":
+                    w_put(&w, b"Connection: keep-alive\r\n")
+            w_put(&w, b"X-Request-ID: ")
+            w_put(&w, self.request_id)
+            w_raw(&w, "\r\n\r\n", 4)
+            if body and not no_body:
+                w_put(&w, body)
+                self.bytes_out += len(body)
+            data = w_bytes(&w)
+        finally:
+            w_free(&w)
         self.status = status
         self.head_sent = True
         if self.out is not None:
-            self.out.append(b"".join(parts))
+            self.out.append(data)
         else:
-            proto.transport.write(b"".join(parts))
+            proto.transport.write(data)
         if tunnel:
             proto.start_tunnel(self, self.conn)
         return 0
@@ -558,7 +653,7 @@ cdef class Exchange:
         small response then cost one syscall, not two)."""
         cdef list out = self.out
         if out and not self.proto.closed:
-            self.proto.transport.write(b"".join(out) if PyList_GET_SIZE(out) > 1 else out[0])
+            self.proto.transport.write(join_bytes(out) if PyList_GET_SIZE(out) > 1 else out[0])
             out.clear()
         return 0
 
@@ -569,10 +664,3 @@ cdef class Exchange:
         self.finished = True
         return self.proto.exchange_finished(self)
 
-
-cdef inline bint _only_keep_alive(list connection):
-    # The usual "Connection: keep-alive" (one field, one token) names nothing to remove.
-    if PyList_GET_SIZE(connection) != 1:
-        return False
-    value = connection[0]
-    return value == b"keep-alive" or value == b"Keep-Alive"

@@ -37,7 +37,9 @@ cdef class ClientProtocol:
     cdef public Py_ssize_t stalled      # bytes fed since the parser last delivered anything
     cdef bytes host_ok                  # the last Host value that passed valid_host
 
-    # ``settings`` as C values, refreshed when the snapshot's Settings object changes.
+    # ``settings`` as C values, refreshed when the worker's snapshot changes.
+    cdef object rt                      # the snapshot they come from
+    cdef readonly object router         # rt.router
     cdef readonly Py_ssize_t max_request_line
     cdef readonly Py_ssize_t max_header_size
     cdef readonly Py_ssize_t max_header_count
@@ -48,7 +50,7 @@ cdef class ClientProtocol:
     cdef readonly double send_timeout
     cdef readonly double lingering_timeout
 
-    cdef int _use_settings(self, object settings) except -1
+    cdef int _use_settings(self, object rt) except -1
     cdef int _dispatch(self, object ex) except -1
     cdef int exchange_finished(self, object ex) except -1
     cdef int _close_after_response(self, object ex) except -1

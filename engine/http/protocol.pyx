@@ -15,14 +15,13 @@ import httptools
 
 cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
-from cpython.dict cimport PyDict_GetItem
-from cpython.object cimport PyObject
 from libc.string cimport memchr
+
+from engine.http._common cimport header_kind, kind_table
 
 # pyx-level cimports: protocol.pxd cimports nothing of exchange.pxd (which cimports it).
 from engine.http.exchange cimport Exchange
 from engine.upstream.connection cimport UpstreamConnection
-from engine.upstream.pool cimport Pool
 
 from engine.errors import error_response
 from engine.http.framing import (
@@ -52,23 +51,17 @@ cdef int K_XFF = H_XFF
 cdef int K_REQUEST_ID = H_REQUEST_ID
 cdef int K_FORWARDED = H_FORWARDED
 
-# Field name as received -> kind, so a name seen before costs one dict lookup and no .lower().
-# Bounded: cleared when full, and long names are not remembered.
-cdef dict _request_kinds = {}
-cdef Py_ssize_t _KINDS_MAX = 512
-cdef Py_ssize_t _KIND_NAME_MAX = 64
+# REQUEST_KINDS by name length, looked up without .lower() (header_kind).
+cdef list _REQUEST_KINDS = kind_table(REQUEST_KINDS)
 
 
-cdef inline int _request_kind(bytes name) except -1:
-    cdef PyObject* cached = PyDict_GetItem(_request_kinds, name)
-    if cached is not NULL:
-        return <int><object>cached
-    kind = REQUEST_KINDS.get(name.lower(), 0)
-    if PyBytes_GET_SIZE(name) <= _KIND_NAME_MAX:
-        if len(_request_kinds) >= _KINDS_MAX:
-            _request_kinds.clear()
-        _request_kinds[name] = kind
-    return kind
+cdef inline bytes _strip_ows(bytes value):
+    # value.strip(b" \t") without the call when there is nothing to strip (the usual case).
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(value)
+    cdef const char* p = PyBytes_AS_STRING(value)
+    if n == 0 or (p[0] != b" " and p[0] != b"\t" and p[n - 1] != b" " and p[n - 1] != b"\t"):
+        return value
+    return value.strip(b" \t")
 
 
 class _Rejected(Exception):
@@ -95,13 +88,16 @@ cdef class ClientProtocol:
         self.tunnel = None
         self.closed = False
         self.write_paused = False
-        self._use_settings(worker.runtime.settings)
+        self._use_settings(worker.runtime)
         self.lingering = False
         self.host_key = (None, "")
         self.host_ok = None
         self.stalled = 0  # bytes fed since the parser last delivered anything
 
-    cdef int _use_settings(self, object settings) except -1:
+    cdef int _use_settings(self, object rt) except -1:
+        settings = rt.settings
+        self.rt = rt
+        self.router = rt.router
         self.settings = settings
         self.max_request_line = settings.max_request_line
         self.max_header_size = settings.max_header_size
@@ -123,7 +119,7 @@ cdef class ClientProtocol:
         self.peer_ip = ip
         self.peer_ip_bytes = ip.encode()
         self.trusted = self.settings.is_trusted(ip)
-        self.deadline = self.worker.now + self.client_header_timeout
+        self.deadline = <double>self.worker.now + self.client_header_timeout
         self.worker.conns.add(self)
 
     def data_received(self, data):
@@ -177,7 +173,7 @@ cdef class ClientProtocol:
             if ex.connecting is not None:
                 ex.connecting.cancel()
             if ex.conn is not None:
-                (<Pool?>ex.server.pool).active -= 1
+                ex.server.pool.active -= 1
                 ex.conn.abort()
                 ex.conn = None
             ex.status = ex.status or 499
@@ -186,7 +182,7 @@ cdef class ClientProtocol:
     def pause_writing(self):
         cdef Exchange ex = self.active
         self.write_paused = True
-        self.deadline = self.worker.now + self.send_timeout
+        self.deadline = <double>self.worker.now + self.send_timeout
         if ex is not None and ex.conn is not None:
             ex.conn.transport.pause_reading()
         elif self.tunnel is not None:
@@ -208,13 +204,12 @@ cdef class ClientProtocol:
             # it is processed, even one that arrived in the same read.
             raise _Rejected("closing")
         rt = self.worker.runtime
-        settings = rt.settings
-        if settings is not self.settings:
-            self._use_settings(settings)
+        if rt is not self.rt:
+            self._use_settings(rt)
         self.ex = Exchange.new(self, rt)
         self.in_head = True
         if self.active is None:
-            self.deadline = self.worker.now + self.client_header_timeout
+            self.deadline = <double>self.worker.now + self.client_header_timeout
 
     def on_url(self, bytes url):
         cdef Exchange ex = self.ex
@@ -235,12 +230,12 @@ cdef class ClientProtocol:
             self._reject(ex, "headers_too_large")
         if not self.in_head:
             return  # trailer fields are not forwarded (RFC 9110 §6.5.1 allows discarding)
-        kind = _request_kind(name)
+        kind = header_kind(_REQUEST_KINDS, name)
         if kind == 0:
             ex.headers.append((name, value))
         elif kind == K_HOST:
             ex.host_count += 1
-            ex.host = value.strip(b" \t")
+            ex.host = _strip_ows(value)
         elif kind == K_CONTENT_LENGTH:
             ex.content_length = int(value)  # llhttp allows digits only, and one field
         elif kind == K_TRANSFER_ENCODING:
@@ -345,7 +340,7 @@ cdef class ClientProtocol:
         if self.active is not ex or ex.conn is not None:
             # Waiting on the client's body: the timeout is between two reads. (While the
             # upstream connects, its connect_timeout runs instead.)
-            self.deadline = self.worker.now + self.client_body_timeout
+            self.deadline = <double>self.worker.now + self.client_body_timeout
         ex.client_body(body)
 
     def on_message_complete(self):
@@ -383,9 +378,9 @@ cdef class ClientProtocol:
         if self.worker.draining and not self.in_head:
             self.close()
         elif self.in_head:
-            self.deadline = self.worker.now + self.client_header_timeout
+            self.deadline = <double>self.worker.now + self.client_header_timeout
         else:
-            self.deadline = self.worker.now + self.keepalive_timeout
+            self.deadline = <double>self.worker.now + self.keepalive_timeout
         return 0
 
     cdef int _close_after_response(self, object ex) except -1:
@@ -420,7 +415,7 @@ cdef class ClientProtocol:
             raise _Rejected("body_too_large")
         if not ex.head_sent:
             if ex.conn is not None:
-                (<Pool?>ex.server.pool).active -= 1
+                ex.server.pool.active -= 1
                 ex.conn.abort()
                 ex.conn = None
             ex.error = "body_too_large"
@@ -463,7 +458,7 @@ cdef class ClientProtocol:
         ex.close_after = True
         if ex is self.active:
             if ex.conn is not None:
-                (<Pool?>ex.server.pool).active -= 1
+                ex.server.pool.active -= 1
                 ex.conn.abort()
                 ex.conn = None
             if ex.connecting is not None:
@@ -553,7 +548,7 @@ cdef class ClientProtocol:
         self.transport.resume_reading()
         if self.transport.can_write_eof():
             self.transport.write_eof()
-        self.deadline = self.worker.now + self.lingering_timeout
+        self.deadline = <double>self.worker.now + self.lingering_timeout
 
     cpdef close(self):
         if not self.closed:

@@ -2,8 +2,8 @@
 
 from importlib.util import find_spec as _find_spec
 
-# pool and connection are Cython modules, with no pure-Python fallback (STYLE.md rule 7).
-for _name in ("pool", "connection"):
+# These are Cython modules, with no pure-Python fallback (STYLE.md rule 7).
+for _name in ("pool", "balancer", "upstream", "connection"):
     if _find_spec(f"{__name__}.{_name}") is None:
         raise ImportError(
             f"edgeproxy's Cython extensions are not built ({__name__}.{_name}); run "

@@ -9,7 +9,7 @@ cdef class UpstreamConnection:
     cdef public object exchange     # the engine.http.exchange.Exchange being answered, or None
     cdef public Py_ssize_t requests
     cdef public double idle_deadline
-    cdef public list headers
+    cdef public list headers        # the response's fields, flat: [name, value, name, ...]
     cdef public bytes reason
     cdef public bint head_done
     cdef public Py_ssize_t body_bytes

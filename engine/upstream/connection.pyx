@@ -118,7 +118,8 @@ cdef class UpstreamConnection:
 
     def on_header(self, bytes name, bytes value):
         if not self.head_done:
-            self.headers.append((name, value))
+            self.headers.append(name)
+            self.headers.append(value)
 
     def on_headers_complete(self):
         cdef int status = self.parser.get_status_code()

@@ -7,7 +7,7 @@ cdef class Pool:
     cdef public Py_ssize_t max_idle
     cdef public double idle_timeout
     cdef public Py_ssize_t max_requests
-    cdef public object idle         # deque of UpstreamConnection
+    cdef public list idle           # UpstreamConnections
     cdef public Py_ssize_t active   # connections carrying a request now (least_conn, admin API)
     cdef public bint closed
 

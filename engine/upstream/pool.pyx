@@ -1,7 +1,5 @@
 """Keep-alive connection pool for one upstream server (nginx `keepalive N` semantics)."""
 
-from collections import deque
-
 cimport cython
 
 from engine.upstream.connection cimport UpstreamConnection
@@ -20,13 +18,13 @@ cdef class Pool:
         # The config puts no upper bound on keepalive_requests; past PY_SSIZE_T_MAX it is
         # unlimited anyway.
         self.max_requests = min(max_requests, PY_SSIZE_T_MAX)
-        self.idle = deque()
+        self.idle = []
         self.active = 0
         self.closed = False
 
     cpdef object acquire(self):
         cdef UpstreamConnection conn
-        idle = self.idle
+        cdef list idle = self.idle
         while idle:
             conn = idle.pop()
             if conn.usable():
@@ -44,9 +42,15 @@ cdef class Pool:
         self.idle.append(c)
 
     cpdef expire(self, double now):
-        idle = self.idle
-        while idle and (<UpstreamConnection?>idle[0]).idle_deadline <= now:
-            (<UpstreamConnection?>idle.popleft()).close()
+        cdef list idle = self.idle
+        cdef Py_ssize_t n = 0
+        while n < len(idle) and (<UpstreamConnection?>idle[n]).idle_deadline <= now:
+            n += 1
+        if n:
+            expired = idle[:n]
+            del idle[:n]
+            for conn in expired:
+                (<UpstreamConnection>conn).close()
 
     cpdef discard(self, object conn):
         """Forget an idle connection the upstream closed."""

@@ -1,13 +1,16 @@
 """Upstreams and their servers, as compiled into a Runtime snapshot."""
 
+cimport cython
+
+from engine.upstream.balancer cimport Balancer
+from engine.upstream.pool cimport Pool
+
 from engine.upstream.balancer import BALANCERS
-from engine.upstream.pool import Pool
 
 
-class Server:
-    __slots__ = ("url", "host", "port", "weight", "pool", "authority")
-
-    def __init__(self, url: str, host: str, port: int, weight: int, pool: Pool):
+@cython.final
+cdef class Server:
+    def __init__(self, url: str, host: str, port: int, weight: int, Pool pool not None):
         self.url = url
         self.host = host
         self.port = port
@@ -17,10 +20,8 @@ class Server:
         self.authority = f"{host}:{port}".encode()
 
 
-class Upstream:
-    __slots__ = ("name", "servers", "balancer", "host_header", "connect_timeout",
-                 "send_timeout", "read_timeout", "key")
-
+@cython.final
+cdef class Upstream:
     def __init__(self, cfg, old_pools: dict, new_pools: dict):
         self.name = cfg.name
         self.key = cfg  # frozen config: equal config -> pools carried over on reload
@@ -39,5 +40,5 @@ class Upstream:
         self.send_timeout = cfg.send_timeout
         self.read_timeout = cfg.read_timeout
 
-    def pick(self, ctx):
+    cpdef object pick(self, object ctx):
         return self.balancer.pick(ctx)

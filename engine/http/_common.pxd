@@ -1,0 +1,174 @@
+# Header-only helpers shared by the data plane's Cython modules (STYLE.md rule 2): inline, no
+# .pyx. cimport them as `from engine.http._common cimport ...`.
+
+from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.bytes cimport (
+    PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromStringAndSize, PyBytes_GET_SIZE,
+)
+from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
+from cpython.object cimport PyObject
+from libc.string cimport memcpy
+
+cdef extern from "Python.h":
+    # Borrowed-reference views, so walking a list of bytes costs no reference counting.
+    PyObject* _list_item "PyList_GET_ITEM" (list items, Py_ssize_t i)
+    Py_ssize_t _list_size "PyList_GET_SIZE" (list items)
+    bint _is_bytes "PyBytes_CheckExact" (PyObject* o)
+    Py_ssize_t _bytes_size "PyBytes_GET_SIZE" (PyObject* o)
+    char* _bytes_data "PyBytes_AS_STRING" (PyObject* o)
+
+
+cdef inline bytes join_bytes(list parts):
+    # b"".join(parts) for a list of bytes (a message head): one size pass, one copy pass.
+    # Anything else in the list (a filter's bytearray, ...) goes to b"".join.
+    cdef Py_ssize_t i, size, total = 0
+    cdef Py_ssize_t n = _list_size(parts)
+    cdef PyObject* item
+    cdef char* out
+    for i in range(n):
+        item = _list_item(parts, i)
+        if not _is_bytes(item):
+            return b"".join(parts)
+        total += _bytes_size(item)
+    result = PyBytes_FromStringAndSize(NULL, total)
+    out = PyBytes_AS_STRING(result)
+    for i in range(n):
+        item = _list_item(parts, i)
+        size = _bytes_size(item)
+        memcpy(out, _bytes_data(item), size)
+        out += size
+    return result
+
+
+# -- Writer: a message head assembled in one buffer (stack space first), then one bytes object.
+#
+#     cdef Writer w
+#     cdef char stack[WRITER_STACK]
+#     w_init(&w, stack, WRITER_STACK)
+#     try:
+#         w_put(&w, ...)
+#         return w_bytes(&w)
+#     finally:
+#         w_free(&w)
+
+cdef enum:
+    WRITER_STACK = 2048     # bytes of stack a head starts in (most heads fit)
+
+
+cdef struct Writer:
+    char* buf               # the caller's stack space until the first grow, then heap
+    Py_ssize_t len
+    Py_ssize_t cap
+    bint heap
+
+
+cdef inline void w_init(Writer* w, char* stack, Py_ssize_t size) noexcept:
+    w.buf = stack
+    w.len = 0
+    w.cap = size
+    w.heap = False
+
+
+cdef inline int w_grow(Writer* w, Py_ssize_t need) except -1:
+    cdef Py_ssize_t cap = max(w.cap * 2, w.len + need)
+    cdef char* buf
+    if w.heap:
+        buf = <char*>PyMem_Realloc(w.buf, cap)
+    else:
+        buf = <char*>PyMem_Malloc(cap)
+        if buf is not NULL:
+            memcpy(buf, w.buf, w.len)
+    if buf is NULL:
+        raise MemoryError()
+    w.buf = buf
+    w.cap = cap
+    w.heap = True
+    return 0
+
+
+cdef inline int w_raw(Writer* w, const char* data, Py_ssize_t n) except -1:
+    if w.len + n > w.cap:
+        w_grow(w, n)
+    memcpy(w.buf + w.len, data, n)
+    w.len += n
+    return 0
+
+
+cdef inline int w_put(Writer* w, object data) except -1:
+    # bytes, or any bytes-like object (what b"".join takes); TypeError for anything else.
+    if PyBytes_CheckExact(data):
+        return w_raw(w, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
+    return w_put_buffer(w, data)
+
+
+cdef inline int w_put_buffer(Writer* w, object data) except -1:
+    cdef Py_buffer view
+    PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+    try:
+        w_raw(w, <const char*>view.buf, view.len)
+    finally:
+        PyBuffer_Release(&view)
+    return 0
+
+
+cdef inline int w_field(Writer* w, object name, object value) except -1:
+    # One header field line.
+    w_put(w, name)
+    w_raw(w, ": ", 2)
+    w_put(w, value)
+    w_raw(w, "\r\n", 2)
+    return 0
+
+
+cdef inline bytes w_bytes(Writer* w):
+    return PyBytes_FromStringAndSize(w.buf, w.len)
+
+
+cdef inline void w_free(Writer* w) noexcept:
+    if w.heap:
+        PyMem_Free(w.buf)
+        w.heap = False
+
+
+cdef inline list kind_table(dict kinds):
+    # A lowercase name -> kind table as a list indexed by name length, each slot a flat tuple
+    # (name, kind, name, kind, ...), for header_kind.
+    cdef Py_ssize_t longest = 0
+    for name in kinds:
+        longest = max(longest, len(name))
+    cdef list table = [()] * (longest + 1)
+    for name, kind in kinds.items():
+        table[len(name)] += (name, kind)
+    return table
+
+
+cdef inline bint same_lower(const unsigned char* s, const unsigned char* lower,
+                            Py_ssize_t n) noexcept:
+    # s[:n].lower() == lower[:n], ASCII case only, as bytes.lower() does (field names are
+    # tokens, RFC 9110 §5.1).
+    cdef Py_ssize_t j
+    cdef unsigned char c
+    for j in range(n):
+        c = s[j]
+        if 65 <= c <= 90:  # A-Z
+            c += 32
+        if c != lower[j]:
+            return False
+    return True
+
+
+cdef inline int header_kind(list table, bytes name) except -1:
+    # The kind of a header field name in a kind_table, 0 when it has none: with no .lower()
+    # and no hashing.
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(name)
+    cdef Py_ssize_t i
+    cdef tuple cands
+    cdef const unsigned char* s
+    if n >= len(table):
+        return 0
+    cands = <tuple>_list_item(table, n)
+    s = <const unsigned char*>PyBytes_AS_STRING(name)
+    for i in range(0, len(cands), 2):
+        if same_lower(s, <const unsigned char*>PyBytes_AS_STRING(<bytes>cands[i]), n):
+            return cands[i + 1]
+    return 0
