@@ -60,6 +60,7 @@ cdef class Exchange:
     cdef public Py_ssize_t header_size
     cdef public Py_ssize_t header_count
     cdef public list out                # while an upstream read is being parsed: writes to coalesce
+    cdef bint line_http11               # its request line ended " HTTP/1.1" (ClientProtocol)
 
     @staticmethod
     cdef Exchange new(ClientProtocol proto, object rt)

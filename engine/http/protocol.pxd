@@ -36,6 +36,8 @@ cdef class ClientProtocol:
     cdef public tuple host_key          # (Host bytes, router host key) last routed
     cdef public Py_ssize_t stalled      # bytes fed since the parser last delivered anything
     cdef bytes host_ok                  # the last Host value that passed valid_host
+    cdef bint between                   # the parser is between two messages
+    cdef bint next_http11               # ... and the next one's request line ends "HTTP/1.1"
 
     # ``settings`` as C values, refreshed when the worker's snapshot changes.
     cdef object rt                      # the snapshot they come from
