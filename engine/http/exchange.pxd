@@ -71,7 +71,7 @@ cdef class Exchange:
     cdef int proxy(self) except -1
     cdef int connect(self) except -1
     cdef int attach(self, UpstreamConnection conn) except -1
-    cpdef bytes request_head(self)
+    cdef bytes request_head(self)
     cdef int _request_head(self, Writer* w) except -1
 
     # request body

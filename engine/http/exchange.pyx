@@ -110,7 +110,7 @@ cdef tuple _tokens(list values):
     return tokens
 
 
-cdef inline bint _only_keep_alive(list values):
+cdef inline bint _only_keep_alive(list values) except -1:
     # The usual ``Connection: keep-alive`` of a response.
     cdef bytes value
     if PyList_GET_SIZE(values) != 1:
@@ -273,8 +273,8 @@ cdef class Exchange:
                 parts.append(_CHUNK_END)
             data = b"".join(parts)
         # Until the body is in, the wait is on the client (client_body_timeout, 408).
-        proto.deadline = <double>proto.worker.now + (self.upstream.read_timeout if self.body_done
-                                             else proto.client_body_timeout)
+        proto.deadline = <double>proto.worker.now + (
+            self.upstream.read_timeout if self.body_done else proto.client_body_timeout)
         if self.t_start:
             self.t_upstream = proto.worker.clock()
         conn.start(self, data, self.method == _HEAD)
@@ -284,7 +284,7 @@ cdef class Exchange:
             conn.transport.pause_reading()
         return 0
 
-    cpdef bytes request_head(self):
+    cdef bytes request_head(self):
         """The request head sent upstream: hop-by-hop fields removed (RFC 9110 §7.6.1),
         framing re-stated, X-Forwarded-*, X-Real-IP and X-Request-ID set."""
         cdef Writer w
@@ -562,6 +562,8 @@ cdef class Exchange:
     cpdef respond(self, object resp):
         """Answer with a response the proxy made (a filter's, or an error)."""
         cdef bytes body
+        if self.proto is None:
+            raise TypeError("an Exchange answers only once made by its ClientProtocol")
         if self.finished or self.head_sent:
             return
         body = resp.body or b""

@@ -238,13 +238,13 @@ cdef class ClientProtocol:
             self.deadline = <double>self.worker.now + self.client_header_timeout
 
     def on_url(self, bytes url):
-        cdef Exchange ex = self.ex
+        cdef Exchange ex = <Exchange?>self.ex
         ex.url = ex.url + url if PyBytes_GET_SIZE(ex.url) else url
         if PyBytes_GET_SIZE(ex.url) > self.max_request_line:
             self._reject(ex, "uri_too_long")
 
     def on_header(self, bytes name, bytes value):
-        cdef Exchange ex = self.ex
+        cdef Exchange ex = <Exchange?>self.ex
         cdef int kind
         ex.header_size += PyBytes_GET_SIZE(name) + PyBytes_GET_SIZE(value) + 4
         ex.header_count += 1
@@ -288,7 +288,7 @@ cdef class ClientProtocol:
         # else H_HOP: dropped
 
     def on_headers_complete(self):
-        cdef Exchange ex = self.ex
+        cdef Exchange ex = <Exchange?>self.ex
         cdef str version, path_str
         cdef bint keep_alive
         cdef bytes url, host, path, authority
@@ -365,7 +365,7 @@ cdef class ClientProtocol:
         self._dispatch(ex)
 
     def on_body(self, bytes body):
-        cdef Exchange ex = self.ex
+        cdef Exchange ex = <Exchange?>self.ex
         ex.body_received += PyBytes_GET_SIZE(body)
         if ex.route is not None and ex.body_received > ex.route.max_body_size:
             self._body_too_large(ex)
@@ -376,7 +376,7 @@ cdef class ClientProtocol:
         ex.client_body(body)
 
     def on_message_complete(self):
-        cdef Exchange ex = self.ex
+        cdef Exchange ex = <Exchange?>self.ex
         self.between = True
         if not ex.body_done:
             ex.client_body_end()
@@ -525,6 +525,8 @@ cdef class ClientProtocol:
 
     cdef int start_tunnel(self, object ex_, UpstreamConnection conn) except -1:
         cdef Exchange ex = ex_
+        if conn is None:
+            raise TypeError("start_tunnel needs the upstream connection")
         self.tunnel = conn
         conn.tunnel = True
         pending = ex.tunnel_pending
