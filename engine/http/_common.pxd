@@ -157,6 +157,13 @@ cdef inline bint same_lower(const unsigned char* s, const unsigned char* lower,
     return True
 
 
+cdef inline bint is_lower(bytes value, const char* lower, Py_ssize_t n) noexcept:
+    # value.lower() == lower (n bytes): "Chunked" is "chunked", say.
+    return (value is not None and PyBytes_GET_SIZE(value) == n
+            and same_lower(<const unsigned char*>PyBytes_AS_STRING(value),
+                           <const unsigned char*>lower, n))
+
+
 cdef inline int header_kind(list table, bytes name) except -1:
     # The kind of a header field name in a kind_table, 0 when it has none: with no .lower()
     # and no hashing.

@@ -12,8 +12,8 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromFormat, PyBytes_GET_SI
 from cpython.list cimport PyList_GET_SIZE
 
 from engine.http._common cimport (
-    WRITER_STACK, Writer, header_kind, join_bytes, kind_table, same_lower, w_bytes, w_field,
-    w_free, w_init, w_put, w_raw,
+    WRITER_STACK, Writer, header_kind, is_lower, join_bytes, kind_table, same_lower, w_bytes,
+    w_field, w_free, w_init, w_put, w_raw,
 )
 from engine.http.protocol cimport PAUSE_PENDING, PAUSE_UPSTREAM, ClientProtocol
 from engine.upstream.connection cimport UpstreamConnection
@@ -116,9 +116,7 @@ cdef inline bint _only_keep_alive(list values) except -1:
     if PyList_GET_SIZE(values) != 1:
         return False
     value = values[0]
-    return (PyBytes_GET_SIZE(value) == 10
-            and same_lower(<const unsigned char*>PyBytes_AS_STRING(value),
-                           <const unsigned char*>b"keep-alive", 10))
+    return is_lower(value, "keep-alive", 10)
 
 
 cdef list _drop_named(list headers, tuple named, bint flat):
@@ -413,7 +411,8 @@ cdef class Exchange:
             elif status == 101 and name.lower() == b"upgrade":
                 out.append(name)
                 out.append(value)
-        if te is not None and transfer_codings(te) != [b"chunked"]:
+        if te is not None and not is_lower(te, "chunked", 7) and \
+                transfer_codings(te) != [b"chunked"]:
             # A coding we would have to relay undecoded: ambiguous for the client (RFC 9112
             # §6.1); refuse rather than guess.
             self.upstream_failed(conn, "bad_gateway", False)

@@ -17,7 +17,7 @@ cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_GET_SIZE
 from libc.string cimport memchr, memcmp
 
-from engine.http._common cimport header_kind, kind_table
+from engine.http._common cimport header_kind, is_lower, kind_table
 
 # pyx-level cimports: protocol.pxd cimports nothing of exchange.pxd (which cimports it).
 from engine.http.exchange cimport Exchange
@@ -324,11 +324,12 @@ cdef class ClientProtocol:
             # be the final coding (llhttp checks) and is the only one we implement.
             if version == "1.0":
                 self._reject(ex, "bad_framing")
-            codings = transfer_codings(ex.te)
-            if not codings or codings[len(codings) - 1] != b"chunked":
-                self._reject(ex, "bad_framing")
-            if len(codings) > 1:
-                self._reject(ex, "not_implemented")
+            if not is_lower(ex.te, "chunked", 7):  # (the usual value needs no splitting)
+                codings = transfer_codings(ex.te)
+                if not codings or codings[len(codings) - 1] != b"chunked":
+                    self._reject(ex, "bad_framing")
+                if len(codings) > 1:
+                    self._reject(ex, "not_implemented")
             ex.chunked = True
         else:
             ex.body_done = ex.content_length is None or ex.content_length == 0
