@@ -18,6 +18,7 @@ EXT_MODULES = [
     "ext.router",
     # The data plane's hot path (engine/http, engine/upstream): cdef classes that call each
     # other at the C level.
+    "engine.http.stats",
     "engine.upstream.pool",
     "engine.upstream.balancer",
     "engine.upstream.upstream",

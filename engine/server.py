@@ -11,14 +11,12 @@ import signal
 import socket
 import sys
 import time
-from bisect import bisect_left
 
 import orjson
 
-from engine.control.metrics import (
-    BUCKETS, METHOD_INDEX, N_STATUS, OTHER_METHOD, RouteStats, worker_snapshot, write_json,
-)
+from engine.control.metrics import worker_snapshot, write_json
 from engine.http.protocol import ClientProtocol
+from engine.http.stats import RouteStats
 
 # How often a worker writes its counters for the admin API (also on reload and at exit).
 STATS_INTERVAL = 1.0
@@ -75,22 +73,8 @@ class AccessLog:
             os.close(self.fd)
 
 
-class NullLog:
-    """``access_log = "off"``. Still not None: the data plane times a request only when
-    ``worker.access_log`` is set, and the latency histograms need the times."""
-
-    def write(self, record: dict) -> None:
-        pass
-
-    def flush(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
 def open_access_log(destination: str):
-    return NullLog() if destination == "off" else AccessLog(destination)
+    return None if destination == "off" else AccessLog(destination)
 
 
 class Worker:
@@ -107,9 +91,10 @@ class Worker:
         self.access_log = open_access_log(runtime.config.server.access_log)
         self._rid_prefix = os.urandom(6).hex().encode()
         self._rid_n = 0
-        self.requests = 0
-        self.status_counts = [0] * 6  # by status class: [0]=other, [1]..[5] = 1xx..5xx
-        self.route_stats: dict[str | None, RouteStats] = {}  # by route name; outlives reloads
+        # Counters by route name (None: requests no route matched); they outlive reloads.
+        self.route_stats: dict[str | None, RouteStats] = {None: RouteStats()}
+        self.unrouted_stats = self.route_stats[None]
+        self._attach_stats(runtime)
         self.generation = generation  # of the config serving (the supervisor counts)
         self.stats_path = stats_path
         self._stats_due = 0.0
@@ -136,62 +121,62 @@ class Worker:
             self._tick()
         return server
 
+    def _attach_stats(self, runtime) -> None:
+        """Give each compiled route its counters, so the data plane counts a request with
+        one C-level call and no lookup by name."""
+        for route in runtime.routes:
+            stats = self.route_stats.get(route.name)
+            if stats is None:
+                stats = self.route_stats[route.name] = RouteStats()
+            route.stats = stats
+
+    @property
+    def requests(self) -> int:
+        return sum(st.total for st in self.route_stats.values())
+
+    @property
+    def status_counts(self) -> list:
+        """Requests by status class: [0] other, [1]..[5] = 1xx..5xx."""
+        out = [0] * 6
+        for st in self.route_stats.values():
+            for i, n in enumerate(st.by_status()):
+                out[i] += n
+        return out
+
     def swap(self, runtime) -> None:
         """Serve new requests from ``runtime``; requests in flight keep theirs."""
         old = self.runtime
+        self._attach_stats(runtime)
         self.runtime = runtime
         self.tick_interval = self._interval(runtime)
         dest = runtime.config.server.access_log
         if dest != old.config.server.access_log:
             previous, self.access_log = self.access_log, open_access_log(dest)
-            previous.close()
+            if previous is not None:
+                previous.close()
         old.release_unused(runtime)
 
     def next_request_id(self) -> bytes:
         self._rid_n += 1
         return b"%s%020x" % (self._rid_prefix, self._rid_n)
 
-    def log_exchange(self, ex) -> None:
-        # Metrics: a handful of integer increments (see engine/control/metrics.py).
-        self.requests += 1
-        status = ex.status
-        status = status // 100 if status < 600 else 0
-        self.status_counts[status] += 1
-        route = ex.route
-        st = self.route_stats.get(route.name if route is not None else None)
-        if st is None:
-            st = self.route_stats[route.name if route is not None else None] = RouteStats()
-        st.requests[METHOD_INDEX.get(ex.method, OTHER_METHOD) * N_STATUS + status] += 1
-        st.bytes_in += ex.body_received
-        st.bytes_out += ex.bytes_out
-        t = ex.t_start
-        if t:
-            now = self.clock()
-            took = now - t
-            st.duration[bisect_left(BUCKETS, took)] += 1
-            st.duration_sum += took
-            t = ex.t_upstream
-            if t:
-                took = now - t
-                st.upstream[bisect_left(BUCKETS, took)] += 1
-                st.upstream_sum += took
-        log = self.access_log
-        if log.__class__ is NullLog:
-            return
+    def log_exchange(self, ex, took: float, upstream_took: float) -> None:
+        """The access-log line of a finished request (the data plane counted it already)."""
         server = ex.server
-        log.write({
+        route = ex.route
+        self.access_log.write({
             "time": time.time(),
             "request_id": ex.request_id.decode(),
             "client_ip": ex.client_ip,
             "method": ex.method.decode("latin-1"),
             "path": ex.path,
             "status": ex.status,
-            "route": ex.route.name if ex.route is not None else None,
+            "route": route.name if route is not None else None,
             "upstream": server.url if server is not None else None,
             "bytes_in": ex.body_received,
             "bytes_out": ex.bytes_out,
-            "duration_ms": round((now - ex.t_start) * 1000, 3) if ex.t_start else None,
-            "upstream_ms": round((now - ex.t_upstream) * 1000, 3) if ex.t_upstream else None,
+            "duration_ms": round(took * 1000, 3),
+            "upstream_ms": round(upstream_took * 1000, 3) if upstream_took >= 0 else None,
         })
 
     def _tick(self) -> None:
@@ -203,7 +188,8 @@ class Worker:
                 conn.abort()
         for pool in self.runtime.pools.values():
             pool.expire(now)
-        self.access_log.flush()
+        if self.access_log is not None:
+            self.access_log.flush()
         if self.stats_path is not None and now >= self._stats_due:
             self.write_stats()
         self._tick_handle = self.loop.call_later(self.tick_interval, self._tick)
@@ -248,7 +234,8 @@ class Worker:
             pool.close()
         if self._tick_handle is not None:
             self._tick_handle.cancel()
-        self.access_log.close()
+        if self.access_log is not None:
+            self.access_log.close()
         if self.stats_path is not None:
             self.write_stats()  # the final counts, which the supervisor folds in when we exit
 

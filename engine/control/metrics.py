@@ -1,8 +1,8 @@
 """Metrics: cheap counters in each worker, summed across workers by the admin API, exposed in
 the Prometheus text format (version 0.0.4).
 
-A worker counts each finished request in ``Worker.log_exchange`` with a few list-index
-increments on its ``RouteStats`` (a histogram bucket is found with ``bisect`` on a fixed tuple).
+A worker counts each finished request at C level in its routes' ``RouteStats``
+(engine/http/stats.pyx: fixed arrays of counters and histogram buckets).
 About once a second the worker writes a snapshot of its counters to ``worker-<pid>.json`` in the
 supervisor's run directory; the admin API reads those files and sums them. When a worker exits,
 the supervisor folds its last snapshot into a ``retired`` total so counters never go backwards
@@ -19,38 +19,10 @@ import time
 
 import orjson
 
-# Method and status classes keep label cardinality fixed whatever clients send.
-METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "other")
-METHOD_INDEX = {m.encode(): i for i, m in enumerate(METHODS[:-1])}
-OTHER_METHOD = len(METHODS) - 1
-STATUSES = ("other", "1xx", "2xx", "3xx", "4xx", "5xx")  # index = status // 100, else 0
-N_STATUS = len(STATUSES)
-# Seconds. Upper bounds (Prometheus ``le``): a proxy's own latency is sub-millisecond, an
-# upstream's can be a minute (the default read_timeout).
-BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-           10.0, 30.0, 60.0)
+from engine.http.stats import BUCKETS, METHODS, STATUSES
+
 STATS_FILE = "worker-{pid}.json"
-
-
-class RouteStats:
-    """Counters of one route in one worker. ``requests`` is indexed by
-    ``method_index * N_STATUS + status_class``; ``duration`` and ``upstream`` hold one count
-    per bucket of BUCKETS plus +Inf (not cumulative: the exposition sums them)."""
-
-    __slots__ = ("requests", "duration", "duration_sum", "upstream", "upstream_sum",
-                 "bytes_in", "bytes_out")
-
-    def __init__(self):
-        self.requests = [0] * (len(METHODS) * N_STATUS)
-        self.duration = [0] * (len(BUCKETS) + 1)
-        self.duration_sum = 0.0
-        self.upstream = [0] * (len(BUCKETS) + 1)
-        self.upstream_sum = 0.0
-        self.bytes_in = 0
-        self.bytes_out = 0
-
-    def to_dict(self) -> dict:
-        return {name: getattr(self, name) for name in self.__slots__}
+N_STATUS = len(STATUSES)
 
 
 def worker_snapshot(worker) -> dict:

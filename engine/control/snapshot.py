@@ -60,11 +60,12 @@ class CompiledRoute:
     maps the request path to the upstream path."""
 
     __slots__ = ("name", "upstream", "max_body_size", "request_filters", "response_filters",
-                 "strip", "rewrite", "pattern")
+                 "strip", "rewrite", "pattern", "stats")
 
     def __init__(self, cfg, pattern, upstream, max_body_size, chain):
         self.name = cfg.name
         self.pattern = pattern
+        self.stats = None  # the serving worker's RouteStats for this route name
         self.upstream = upstream
         self.max_body_size = max_body_size or (1 << 62)
         self.request_filters, self.response_filters = chain

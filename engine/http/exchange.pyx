@@ -16,6 +16,7 @@ from engine.http._common cimport (
     w_field, w_free, w_init, w_put, w_raw,
 )
 from engine.http.protocol cimport PAUSE_PENDING, PAUSE_UPSTREAM, ClientProtocol
+from engine.http.stats cimport monotonic
 from engine.upstream.connection cimport UpstreamConnection
 from engine.upstream.pool cimport Pool
 from engine.upstream.upstream cimport Server, Upstream
@@ -273,8 +274,7 @@ cdef class Exchange:
         # Until the body is in, the wait is on the client (client_body_timeout, 408).
         proto.deadline = <double>proto.worker.now + (
             self.upstream.read_timeout if self.body_done else proto.client_body_timeout)
-        if self.t_start:
-            self.t_upstream = proto.worker.clock()
+        self.t_upstream = monotonic()
         conn.start(self, data, self.method == _HEAD)
         if proto.write_paused:
             # The client is not reading (an earlier pipelined answer filled its buffer):

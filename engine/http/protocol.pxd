@@ -54,6 +54,7 @@ cdef class ClientProtocol:
 
     cdef int _use_settings(self, object rt) except -1
     cdef int _dispatch(self, object ex) except -1
+    cdef int account(self, object exchange) except -1
     cdef int exchange_finished(self, object ex) except -1
     cdef int _close_after_response(self, object ex) except -1
     cdef int _reject(self, object ex, str code) except -1

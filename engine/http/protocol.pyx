@@ -21,6 +21,7 @@ from engine.http._common cimport header_kind, is_lower, kind_table
 
 # pyx-level cimports: protocol.pxd cimports nothing of exchange.pxd (which cimports it).
 from engine.http.exchange cimport Exchange
+from engine.http.stats cimport RouteStats, monotonic
 from engine.upstream.connection cimport UpstreamConnection
 
 from engine.errors import error_response
@@ -199,7 +200,7 @@ cdef class ClientProtocol:
                 ex.conn.abort()
                 ex.conn = None
             ex.status = ex.status or 499
-            self.worker.log_exchange(ex)
+            self.account(ex)
 
     def pause_writing(self):
         cdef Exchange ex = self.active
@@ -307,8 +308,7 @@ cdef class ClientProtocol:
         ex.keep_alive = keep_alive and self.requests + 1 < self.keepalive_requests
         if not ex.request_id:
             ex.request_id = self.worker.next_request_id()
-        if self.worker.access_log is not None:
-            ex.t_start = self.worker.clock()
+        ex.t_start = monotonic()
         if version != "1.1" and version != "1.0":
             self._reject(ex, "version_not_supported")
         # RFC 9112 §3.2: exactly one Host, valid, in every HTTP/1.1 request.
@@ -395,8 +395,24 @@ cdef class ClientProtocol:
             self.pause_reading_for(PAUSE_PIPELINE)
         return 0
 
+    cdef int account(self, object exchange) except -1:
+        """Count a finished request in its route's stats; the access log only when it is on."""
+        cdef Exchange ex = <Exchange>exchange
+        cdef double now = monotonic()
+        cdef double took = now - ex.t_start if ex.t_start else -1.0
+        cdef double upstream_took = now - ex.t_upstream if ex.t_upstream else -1.0
+        route = ex.route
+        cdef RouteStats stats = (self.worker.unrouted_stats if route is None
+                                 else route.stats)
+        if stats is not None:
+            stats.observe(ex.method, ex.status, ex.body_received, ex.bytes_out, took,
+                          upstream_took)
+        if self.worker.access_log is not None:
+            self.worker.log_exchange(ex, took, upstream_took)
+        return 0
+
     cdef int exchange_finished(self, object ex) except -1:
-        self.worker.log_exchange(ex)
+        self.account(ex)
         if self.active is not ex:
             return 0
         self.active = None

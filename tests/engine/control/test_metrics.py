@@ -1,12 +1,9 @@
 """Metrics: per-worker counters, sums across workers, and a valid Prometheus exposition."""
 
-from bisect import bisect_left
-
 import pytest
 
-from engine.control.metrics import (
-    BUCKETS, METHODS, N_STATUS, STATUSES, RouteStats, Totals, render,
-)
+from engine.control.metrics import N_STATUS, Totals, render
+from engine.http.stats import BUCKETS, METHODS, STATUSES, RouteStats
 
 try:
     from prometheus_client.parser import text_string_to_metric_families
@@ -35,25 +32,37 @@ def snapshot(route_counts: dict, connections=0, servers=()) -> dict:
     for route, requests in route_counts.items():
         st = RouteStats()
         for method, status, took, up, bytes_in, bytes_out in requests:
-            mi = METHODS.index(method) if method in METHODS else len(METHODS) - 1
-            st.requests[mi * N_STATUS + STATUSES.index(status)] += 1
-            st.duration[bisect_left(BUCKETS, took)] += 1
-            st.duration_sum += took
-            if up is not None:
-                st.upstream[bisect_left(BUCKETS, up)] += 1
-                st.upstream_sum += up
-            st.bytes_in += bytes_in
-            st.bytes_out += bytes_out
+            st.observe(method.encode(), STATUSES.index(status) * 100, bytes_in, bytes_out,
+                       took, -1.0 if up is None else up)
         routes[route] = st.to_dict()
     return {"pid": 1, "time": 0.0, "generation": 1, "draining": False,
             "connections": connections, "routes": routes, "servers": list(servers)}
 
 
-def test_bucket_index_follows_prometheus_le_semantics():
-    assert bisect_left(BUCKETS, 0.0) == 0
-    assert bisect_left(BUCKETS, BUCKETS[0]) == 0  # le is "less than or equal"
-    assert bisect_left(BUCKETS, BUCKETS[0] + 1e-9) == 1
-    assert bisect_left(BUCKETS, 1e9) == len(BUCKETS)  # +Inf
+@pytest.mark.parametrize("seconds, bucket", [
+    pytest.param(0.0, 0, id="zero"),
+    pytest.param(BUCKETS[0], 0, id="le-is-less-or-equal"),
+    pytest.param(BUCKETS[0] + 1e-9, 1, id="just-above"),
+    pytest.param(BUCKETS[-1], len(BUCKETS) - 1, id="last-bound"),
+    pytest.param(1e9, len(BUCKETS), id="inf"),
+])
+def test_bucket_index_follows_prometheus_le_semantics(seconds, bucket):
+    st = RouteStats()
+    st.observe(b"GET", 200, 0, 0, seconds, seconds)
+    d = st.to_dict()
+    assert d["duration"][bucket] == 1 and sum(d["duration"]) == 1
+    assert d["upstream"][bucket] == 1
+
+
+def test_method_and_status_classes_are_bounded():
+    st = RouteStats()
+    st.observe(b"BREW", 999, 1, 2, 0.1, -1.0)
+    st.observe(b"GET", 204, 0, 0, 0.1, -1.0)
+    requests = st.to_dict()["requests"]
+    assert requests[(len(METHODS) - 1) * N_STATUS + 0] == 1  # other method, other status
+    assert requests[METHODS.index("GET") * N_STATUS + 2] == 1
+    assert st.to_dict()["upstream"] == [0] * (len(BUCKETS) + 1)  # never went upstream
+    assert (st.total, st.bytes_in, st.bytes_out) == (2, 1, 2)
 
 
 def test_totals_sum_workers_and_retired_counters():

@@ -1,0 +1,33 @@
+cimport cython
+from libc.time cimport timespec
+
+cdef extern from "<time.h>" nogil:
+    int clock_gettime(int clk_id, timespec *tp)
+    int CLOCK_MONOTONIC
+
+
+cdef inline double monotonic() noexcept nogil:
+    """Seconds on CLOCK_MONOTONIC (time.perf_counter's clock on Linux), without a Python call."""
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return ts.tv_sec + ts.tv_nsec * 1e-9
+
+
+cdef enum:
+    N_METHODS = 8     # METHODS in stats.pyx
+    N_STATUS = 6      # STATUSES
+    N_BUCKETS = 16    # BUCKETS; the histograms have one more slot, for +Inf
+
+
+@cython.final
+cdef class RouteStats:
+    cdef long long requests[N_METHODS * N_STATUS]
+    cdef long long duration[N_BUCKETS + 1]
+    cdef long long upstream[N_BUCKETS + 1]
+    cdef public double duration_sum
+    cdef public double upstream_sum
+    cdef public long long bytes_in
+    cdef public long long bytes_out
+
+    cpdef void observe(self, bytes method, int status, long long bytes_in, long long bytes_out,
+                       double took, double upstream_took)
