@@ -160,6 +160,9 @@ listen = "{HOST}:{port}"
 workers = 1
 access_log = "off"
 
+[admin]  # on, as shipped, but on a free port: two edgeproxies run side by side here
+listen = "{HOST}:0"
+
 [[upstreams]]
 name = "origin"
 servers = ["http://{HOST}:{origin_port}"]

@@ -167,6 +167,7 @@ class Worker:
         self.access_log.write({
             "time": time.time(),
             "request_id": ex.request_id.decode(),
+            "trace_id": ex.trace_id.decode() if ex.trace_id is not None else None,
             "client_ip": ex.client_ip,
             "method": ex.method.decode("latin-1"),
             "path": ex.path,

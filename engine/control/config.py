@@ -124,6 +124,10 @@ class ServerConfig:
     drain_timeout: Duration = key(10.0, "on SIGTERM/SIGINT, time in-flight requests get to "
                                         "finish")
     access_log: str = key("stdout", 'JSON access log: "stdout", "stderr", "off" or a file path')
+    tracing: str = key("propagate", 'W3C traceparent: "propagate" gives a valid incoming one '
+                                    'a new span id per hop (tracestate kept); "always" also '
+                                    'starts a trace when none came; "off" relays both as is',
+                       choices=("off", "propagate", "always"))
     watch_config: bool = key(True, "reload when the config file changes on disk (checked every "
                                    "second; SIGHUP and POST /reload always work)")
 

@@ -9,6 +9,7 @@ import ipaddress
 import re
 
 from engine.chain.filter import compile_chain
+from engine.http.framing import TRACING_MODES
 from engine.upstream.upstream import Upstream
 
 try:
@@ -31,6 +32,7 @@ class Settings:
                      "drain_timeout"):
             setattr(self, name, getattr(cfg, name))
         self.networks = [ipaddress.ip_network(n) for n in cfg.trusted_proxies]
+        self.tracing = TRACING_MODES[cfg.tracing]
 
     def is_trusted(self, ip: str) -> bool:
         if not self.networks:

@@ -29,6 +29,10 @@ cdef class Exchange:
     cdef public bytes xff
     cdef public dict forwarded
     cdef public bytes request_id
+    cdef public bytes traceparent       # as received (tracing on), b"" when repeated
+    cdef public bytes tracestate
+    cdef public bytes trace_id          # 32 lowercase hex digits, when the request is traced
+    cdef public bytes trace_flags
     cdef public str client_ip
     cdef public str path
     cdef public bytes query

@@ -22,7 +22,7 @@ from engine.upstream.pool cimport Pool
 from engine.upstream.upstream cimport Server, Upstream
 
 from engine.errors import error_response
-from engine.http.framing import HOP_BY_HOP, connection_tokens, transfer_codings
+from engine.http.framing import HOP_BY_HOP, connection_tokens, random_hex, transfer_codings
 from engine.http.messages import STATUS_LINES, Response
 from engine.upstream.connection import UpstreamConnection as _UpstreamConnection
 
@@ -340,6 +340,18 @@ cdef class Exchange:
         w_put(w, peer if self.client_ip is proto.peer_ip else self.client_ip.encode())
         w_put(w, b"\r\nX-Request-ID: ")
         w_put(w, self.request_id)
+        if self.trace_id is not None:
+            # This hop is a span of its own: same trace and flags, a new parent-id
+            # (W3C Trace Context §3.2, §4.3); tracestate goes on unchanged.
+            w_put(w, b"\r\ntraceparent: 00-")
+            w_put(w, self.trace_id)
+            w_raw(w, "-", 1)
+            w_put(w, random_hex(8))
+            w_raw(w, "-", 1)
+            w_put(w, self.trace_flags)
+            if self.tracestate:
+                w_put(w, b"\r\ntracestate: ")
+                w_put(w, self.tracestate)
         w_raw(w, "\r\n\r\n", 4)
         return 0
 

@@ -6,6 +6,7 @@ a Transfer-Encoding whose final coding is not chunked, and invalid chunk framing
 accepts and RFC 9112 does not is checked here and in the protocol.
 """
 
+import os
 import re
 
 # Header kinds the client protocol tracks while headers arrive (keys are lowercased names).
@@ -19,6 +20,8 @@ H_XFF = 7
 H_REQUEST_ID = 8
 H_HOP = 9  # hop-by-hop: dropped, never forwarded (RFC 9110 §7.6.1)
 H_FORWARDED = 10  # X-Forwarded-Proto/-Host, X-Real-IP: rewritten by the proxy
+H_TRACEPARENT = 11  # W3C Trace Context: re-emitted with this hop's span id
+H_TRACESTATE = 12
 
 # RFC 9110 §7.6.1 hop-by-hop fields, plus Proxy-Connection which old clients still send.
 HOP_BY_HOP = frozenset((
@@ -44,6 +47,8 @@ REQUEST_KINDS: dict[bytes, int] = {
     b"x-forwarded-proto": H_FORWARDED,
     b"x-forwarded-host": H_FORWARDED,
     b"x-real-ip": H_FORWARDED,
+    b"traceparent": H_TRACEPARENT,
+    b"tracestate": H_TRACESTATE,
 }
 
 # RFC 9110 §7.2 / RFC 3986 §3.2.2: uri-host [ ":" port ]; reg-name, IPv4 or an IP-literal.
@@ -80,6 +85,42 @@ def connection_tokens(values: list) -> set:
 
 def transfer_codings(value: bytes) -> list:
     return [c.strip().lower() for c in value.split(b",") if c.strip()]
+
+
+# server.tracing, as the data plane reads it.
+TRACING_MODES = {"off": 0, "propagate": 1, "always": 2}
+
+# W3C Trace Context §3.2.2: version-format "00": 2, 32 and 16 lowercase hex digits and 2 more.
+_TRACEPARENT_RE = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+
+
+def parse_traceparent(value: bytes):
+    """(trace-id, trace-flags) of a valid traceparent, else None (§3.2.2: version ff, an
+    all-zero id, a wrong length for version 00, or anything not lowercase hex is invalid;
+    a later version may append "-..." fields, which are ignored)."""
+    value = value.strip(b" \t")
+    m = _TRACEPARENT_RE.match(value)
+    if m is None:
+        return None
+    version, trace_id, parent_id, flags = m.groups()
+    if version == b"ff" or trace_id == b"0" * 32 or parent_id == b"0" * 16:
+        return None
+    if len(value) != 55 and (version == b"00" or value[55:56] != b"-"):
+        return None
+    return trace_id, flags
+
+
+_random = bytearray()
+
+
+def random_hex(nbytes: int) -> bytes:
+    """Random ids for spans and traces, drawn from a pool refilled 4 KiB at a time."""
+    global _random
+    if len(_random) < nbytes:
+        _random = bytearray(os.urandom(4096))
+    chunk = bytes(_random[-nbytes:])
+    del _random[-nbytes:]
+    return chunk.hex().encode()
 
 
 def remove_dot_segments(path: str) -> str:

@@ -51,6 +51,7 @@ cdef class ClientProtocol:
     cdef readonly double keepalive_timeout
     cdef readonly double send_timeout
     cdef readonly double lingering_timeout
+    cdef readonly int tracing            # TRACING_MODES: 0 off, 1 propagate, 2 always
 
     cdef int _use_settings(self, object rt) except -1
     cdef int _dispatch(self, object ex) except -1

@@ -27,6 +27,7 @@ from engine.upstream.connection cimport UpstreamConnection
 from engine.errors import error_response
 from engine.http.framing import (
     H_CONNECTION, H_CONTENT_LENGTH, H_EXPECT, H_FORWARDED, H_HOST, H_REQUEST_ID,
+    H_TRACEPARENT, H_TRACESTATE, parse_traceparent, random_hex,
     H_TRANSFER_ENCODING, H_UPGRADE, H_XFF, REQUEST_KINDS, connection_tokens, host_for_routing,
     remove_dot_segments, split_target, transfer_codings, valid_host,
 )
@@ -51,6 +52,8 @@ cdef int K_UPGRADE = H_UPGRADE
 cdef int K_XFF = H_XFF
 cdef int K_REQUEST_ID = H_REQUEST_ID
 cdef int K_FORWARDED = H_FORWARDED
+cdef int K_TRACEPARENT = H_TRACEPARENT
+cdef int K_TRACESTATE = H_TRACESTATE
 
 # REQUEST_KINDS by name length, looked up without .lower() (header_kind).
 cdef list _REQUEST_KINDS = kind_table(REQUEST_KINDS)
@@ -126,6 +129,7 @@ cdef class ClientProtocol:
         self.keepalive_timeout = settings.keepalive_timeout
         self.send_timeout = settings.send_timeout
         self.lingering_timeout = settings.lingering_timeout
+        self.tracing = settings.tracing
         return 0
 
     # -- asyncio.Protocol
@@ -286,6 +290,14 @@ cdef class ClientProtocol:
                 if ex.forwarded is None:
                     ex.forwarded = {}
                 ex.forwarded[name.lower()] = value
+        elif not self.tracing:
+            ex.headers.append((name, value))  # tracing off: relayed like any field
+        elif kind == K_TRACEPARENT:
+            # Two traceparent fields make it invalid (W3C Trace Context §3.2).
+            ex.traceparent = value if ex.traceparent is None else b""
+        elif kind == K_TRACESTATE:
+            # Several tracestate lines are one list (§3.3.1.1); combined as RFC 9110 §5.3.
+            ex.tracestate = value if ex.tracestate is None else ex.tracestate + b"," + value
         # else H_HOP: dropped
 
     def on_headers_complete(self):
@@ -363,6 +375,16 @@ cdef class ClientProtocol:
                 ex.upgrade = None  # Upgrade without Connection: upgrade is not a request
         if self.trusted and ex.xff is not None:
             ex.client_ip = self.worker.runtime.settings.real_ip(ex.xff, self.peer_ip)
+        if ex.traceparent is not None:
+            parsed = parse_traceparent(ex.traceparent)
+            if parsed is None:
+                ex.tracestate = None  # an invalid traceparent takes its tracestate along
+            else:
+                ex.trace_id, ex.trace_flags = parsed
+        if ex.trace_id is None and self.tracing == 2:
+            ex.trace_id = random_hex(16)
+            ex.trace_flags = b"01"  # a trace the edge starts is sampled
+            ex.tracestate = None
         self._dispatch(ex)
 
     def on_body(self, bytes body):
