@@ -19,6 +19,7 @@ CATALOG: dict[str, tuple[int, str]] = {
     "method_not_allowed": (405, "the route does not accept this method"),
     "body_too_large": (413, "the request body exceeds the route's limit"),
     "uri_too_long": (414, "the request line is too long"),
+    "expectation_failed": (417, "the only expectation the proxy meets is 100-continue"),
     "headers_too_large": (431, "the request header section is too large"),
     "not_implemented": (501, "the request uses a transfer coding the proxy does not implement"),
     "version_not_supported": (505, "only HTTP/1.0 and HTTP/1.1 are supported"),

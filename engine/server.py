@@ -182,18 +182,21 @@ class Worker:
 
     def _tick(self) -> None:
         now = self.now = self.loop.time()
-        for conn in [c for c in self.conns if c.deadline and c.deadline <= now]:
-            try:
-                conn.timed_out()
-            except Exception:  # one broken connection must not stop the sweep
-                conn.abort()
-        for pool in self.runtime.pools.values():
-            pool.expire(now)
-        if self.access_log is not None:
-            self.access_log.flush()
-        if self.stats_path is not None and now >= self._stats_due:
-            self.write_stats()
-        self._tick_handle = self.loop.call_later(self.tick_interval, self._tick)
+        try:
+            for conn in [c for c in self.conns if c.deadline and c.deadline <= now]:
+                try:
+                    conn.timed_out()
+                except Exception:  # one broken connection must not stop the sweep
+                    conn.abort()
+            for pool in self.runtime.pools.values():
+                pool.expire(now)
+            if self.access_log is not None:
+                self.access_log.flush()
+            if self.stats_path is not None and now >= self._stats_due:
+                self.write_stats()
+        finally:
+            # Whatever failed above, every timeout of this worker depends on the next sweep.
+            self._tick_handle = self.loop.call_later(self.tick_interval, self._tick)
 
     def write_stats(self) -> None:
         """Publish this worker's counters for the admin API (summed across workers there)."""

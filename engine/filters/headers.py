@@ -11,7 +11,11 @@ from engine.control.config import check_header_name, check_header_value
 from engine.control.schema import key
 from engine.http.framing import HOP_BY_HOP
 
-_RESERVED = HOP_BY_HOP | {b"content-length", b"host"}
+# Set by the proxy itself (framing, forwarding, correlation): a transform would duplicate them.
+_RESERVED = HOP_BY_HOP | {
+    b"content-length", b"host", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host",
+    b"x-real-ip", b"x-request-id", b"traceparent", b"tracestate",
+}
 
 
 def _names(values):

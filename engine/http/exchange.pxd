@@ -61,6 +61,7 @@ cdef class Exchange:
     cdef public object connecting       # asyncio.Task while connecting upstream
     cdef public bint retried
     cdef public list tunnel_pending
+    cdef Py_ssize_t tunnel_pending_size  # bytes in tunnel_pending (bounded by PENDING_LIMIT)
     cdef public Py_ssize_t header_size
     cdef public Py_ssize_t header_count
     cdef public list out                # while an upstream read is being parsed: writes to coalesce

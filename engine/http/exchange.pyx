@@ -264,7 +264,9 @@ cdef class Exchange:
                     parts += pending
                 if not self.body_done:
                     # From now on the body streams straight through. A complete body stays
-                    # in ``pending`` so a stale keep-alive connection can be retried.
+                    # in ``pending`` so a stale keep-alive connection can be retried; part of
+                    # one sent now makes the request unrepeatable.
+                    self.body_streamed = True
                     self.pending = None
                     self.pending_size = 0
                     proto.resume_reading_for(PAUSE_PENDING)
@@ -519,8 +521,8 @@ cdef class Exchange:
             proto.deadline = <double>proto.worker.now + self.upstream.send_timeout
         else:
             proto.resume_reading_for(PAUSE_UPSTREAM)
-            if not self.body_done:
-                proto.deadline = <double>proto.worker.now + proto.client_body_timeout
+            proto.deadline = <double>proto.worker.now + (
+                proto.client_body_timeout if not self.body_done else self.upstream.read_timeout)
         return 0
 
     cdef int timed_out(self) except -1:
@@ -645,7 +647,10 @@ cdef class Exchange:
             w_put(&w, b"X-Request-ID: ")
             w_put(&w, self.request_id)
             w_raw(&w, "\r\n\r\n", 4)
-            if body and not no_body:
+            # 1xx, 204 and 304 have no content, whatever a static route says (RFC 9110
+            # §15.3.5, §15.4.5; RFC 9112 §6.3 rule 1): bytes after the head would be read as
+            # the next response.
+            if body and not no_body and status >= 200 and status != 204 and status != 304:
                 w_put(&w, body)
                 self.bytes_out += len(body)
             data = w_bytes(&w)

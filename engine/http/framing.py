@@ -22,6 +22,7 @@ H_HOP = 9  # hop-by-hop: dropped, never forwarded (RFC 9110 §7.6.1)
 H_FORWARDED = 10  # X-Forwarded-Proto/-Host, X-Real-IP: rewritten by the proxy
 H_TRACEPARENT = 11  # W3C Trace Context: re-emitted with this hop's span id
 H_TRACESTATE = 12
+H_FORWARDED_7239 = 13  # RFC 7239 Forwarded: relayed from trusted proxies only
 
 # RFC 9110 §7.6.1 hop-by-hop fields, plus Proxy-Connection which old clients still send.
 HOP_BY_HOP = frozenset((
@@ -49,6 +50,7 @@ REQUEST_KINDS: dict[bytes, int] = {
     b"x-real-ip": H_FORWARDED,
     b"traceparent": H_TRACEPARENT,
     b"tracestate": H_TRACESTATE,
+    b"forwarded": H_FORWARDED_7239,
 }
 
 # RFC 9110 §7.2 / RFC 3986 §3.2.2: uri-host [ ":" port ]; reg-name, IPv4 or an IP-literal.

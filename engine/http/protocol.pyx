@@ -25,9 +25,10 @@ from engine.http.stats cimport RouteStats, monotonic
 from engine.upstream.connection cimport UpstreamConnection
 
 from engine.errors import error_response
+from engine.http.exchange import PENDING_LIMIT
 from engine.http.framing import (
     H_CONNECTION, H_CONTENT_LENGTH, H_EXPECT, H_FORWARDED, H_HOST, H_REQUEST_ID,
-    H_TRACEPARENT, H_TRACESTATE, parse_traceparent, random_hex,
+    H_FORWARDED_7239, H_TRACEPARENT, H_TRACESTATE, parse_traceparent, random_hex,
     H_TRANSFER_ENCODING, H_UPGRADE, H_XFF, REQUEST_KINDS, connection_tokens, host_for_routing,
     remove_dot_segments, split_target, transfer_codings, valid_host,
 )
@@ -52,6 +53,7 @@ cdef int K_UPGRADE = H_UPGRADE
 cdef int K_XFF = H_XFF
 cdef int K_REQUEST_ID = H_REQUEST_ID
 cdef int K_FORWARDED = H_FORWARDED
+cdef int K_FORWARDED_7239 = H_FORWARDED_7239
 cdef int K_TRACEPARENT = H_TRACEPARENT
 cdef int K_TRACESTATE = H_TRACESTATE
 
@@ -156,6 +158,9 @@ cdef class ClientProtocol:
         ex = self.ex
         if ex is not None and ex.upgrade is not None and ex.tunnel_pending is not None:
             ex.tunnel_pending.append(data)  # bytes after an upgrade request, before the 101
+            ex.tunnel_pending_size += PyBytes_GET_SIZE(data)
+            if ex.tunnel_pending_size >= PENDING_LIMIT:
+                self.pause_reading_for(PAUSE_PENDING)  # start_tunnel resumes
             return
         in_head = self.in_head
         received = ex.body_received if ex is not None else 0
@@ -218,10 +223,15 @@ cdef class ClientProtocol:
     def resume_writing(self):
         cdef Exchange ex = self.active
         self.write_paused = False
+        # The send_timeout set by pause_writing gives way to what runs otherwise.
         if ex is not None and ex.conn is not None:
             ex.conn.transport.resume_reading()
+            self.deadline = <double>self.worker.now + ex.upstream.read_timeout
         elif self.tunnel is not None:
             self.tunnel.transport.resume_reading()
+            self.deadline = 0.0
+        elif ex is None and not self.in_head:
+            self.deadline = <double>self.worker.now + self.keepalive_timeout
 
     # -- httptools callbacks
 
@@ -290,6 +300,10 @@ cdef class ClientProtocol:
                 if ex.forwarded is None:
                     ex.forwarded = {}
                 ex.forwarded[name.lower()] = value
+        elif kind == K_FORWARDED_7239:
+            # Like X-Forwarded-For: what an untrusted client claims about hops is dropped.
+            if self.trusted:
+                ex.headers.append((name, value))
         elif not self.tracing:
             ex.headers.append((name, value))  # tracing off: relayed like any field
         elif kind == K_TRACEPARENT:
@@ -326,6 +340,8 @@ cdef class ClientProtocol:
         # RFC 9112 §3.2: exactly one Host, valid, in every HTTP/1.1 request.
         if ex.host_count > 1 or (ex.host_count == 0 and version == "1.1"):
             self._reject(ex, "bad_host")
+        if ex.expect is not None and ex.expect.strip(b" \t").lower() != b"100-continue":
+            self._reject(ex, "expectation_failed")  # RFC 9110 §10.1.1: the only expectation
         host = ex.host
         if host is not None and host != self.host_ok:  # (a connection usually repeats one)
             if not valid_host(host):
@@ -392,9 +408,10 @@ cdef class ClientProtocol:
         ex.body_received += PyBytes_GET_SIZE(body)
         if ex.route is not None and ex.body_received > ex.route.max_body_size:
             self._body_too_large(ex)
-        if self.active is not ex or ex.conn is not None:
+        if self.active is ex and ex.conn is not None:
             # Waiting on the client's body: the timeout is between two reads. (While the
-            # upstream connects, its connect_timeout runs instead.)
+            # upstream connects, its connect_timeout runs instead; a queued request's body
+            # leaves the deadline of the one being answered alone.)
             self.deadline = <double>self.worker.now + self.client_body_timeout
         ex.client_body(body)
 
@@ -445,6 +462,9 @@ cdef class ClientProtocol:
         if queue:
             nxt = queue.popleft()
             self.active = nxt
+            if not queue:
+                # The last queued request may still be sending its body: read it.
+                self.resume_reading_for(PAUSE_PIPELINE)
             return (<Exchange?>nxt).start()
         self.resume_reading_for(PAUSE_PIPELINE)
         if self.worker.draining and not self.in_head:

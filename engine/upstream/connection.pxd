@@ -16,7 +16,10 @@ cdef class UpstreamConnection:
     cdef public bint lost
     cdef public bint skip_body      # the request was HEAD: the response has no body
     cdef public bint tunnel
-    cdef public str stop            # why a callback raised _StopParsing: "head" or "abort"
+    cdef public str stop            # why a callback raised _StopParsing: "head", "abort",
+                                    # or "unsolicited" (bytes after a complete response)
+    cdef public bint completed      # the response ended in the read being parsed
+    cdef bint keep_alive            # ... and let the connection persist (RFC 9112 §9.3)
 
     cpdef bint usable(self) except -1
     cpdef start(self, object exchange, bytes head, bint skip_body)

@@ -42,6 +42,7 @@ cdef class UpstreamConnection:
         self.skip_body = False
         self.tunnel = False
         self.stop = None
+        self.completed = False
 
     # -- asyncio.Protocol
 
@@ -61,6 +62,13 @@ cdef class UpstreamConnection:
         ex.out = []
         try:
             self.parser.feed_data(data)
+            if self.completed:
+                # The response ended in this read. It is handed over only now, after the
+                # parser is done with the read: releasing the connection from inside the
+                # callback would let the next request's exchange take whatever else the
+                # read held as its response (RFC 9112 §9.3: responses match requests in order).
+                self.completed = False
+                self._complete(self.keep_alive)
         except HttpParserUpgrade as exc:
             rest = data[exc.args[0]:] if exc.args else b""
             self.tunnel = True
@@ -76,6 +84,10 @@ cdef class UpstreamConnection:
                 reusable = self.parser.should_keep_alive()
                 self.parser = HttpResponseParser(self)
                 self._complete(reusable)
+            elif stop == "unsolicited":
+                # Bytes after a complete response, before we asked again: never reuse.
+                self.completed = False
+                self._complete(False)
             elif stop is None:
                 self._fail(exc)
             # stop == "abort": the exchange already failed this connection
@@ -113,6 +125,11 @@ cdef class UpstreamConnection:
 
     # -- httptools callbacks
 
+    def on_message_begin(self):
+        if self.completed:
+            self.stop = "unsolicited"
+            raise _StopParsing
+
     def on_status(self, bytes reason):
         self.reason = reason
 
@@ -143,7 +160,10 @@ cdef class UpstreamConnection:
 
     def on_message_complete(self):
         if self.head_done and not self.tunnel:
-            self._complete()  # (llhttp also "completes" a 101: that is where the tunnel starts)
+            # (llhttp also "completes" a 101: that is where the tunnel starts)
+            self.completed = True  # handed over by data_received once the read is parsed
+            # (llhttp resets its keep-alive flag for the next message: read it now)
+            self.keep_alive = self.parser.should_keep_alive()
 
     # -- exchange side
 
