@@ -23,6 +23,7 @@ CATALOG: dict[str, tuple[int, str]] = {
     "headers_too_large": (431, "the request header section is too large"),
     "not_implemented": (501, "the request uses a transfer coding the proxy does not implement"),
     "version_not_supported": (505, "only HTTP/1.0 and HTTP/1.1 are supported"),
+    "internal_error": (500, "the proxy failed while handling the request"),
     "bad_gateway": (502, "the upstream server failed or sent an invalid response"),
     "upstream_unavailable": (503, "no upstream server is available"),
     "gateway_timeout": (504, "the upstream server did not answer in time"),

@@ -61,6 +61,7 @@ cdef class ClientProtocol:
     cdef int _reject(self, object ex, str code) except -1
     cdef int _body_too_large(self, object ex) except -1
     cdef int _parse_failed(self, object exc) except -1
+    cdef int _internal_error(self) except -1
     cdef int _bad_request(self, str code) except -1
     cdef str route_host(self, bytes host)
     cdef int _upgrade_requested(self, bytes rest) except -1

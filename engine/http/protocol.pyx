@@ -9,6 +9,8 @@ this class implements every method they call (eof_received included). The httpto
 """
 
 import re
+import sys
+import traceback
 from collections import deque
 
 import httptools
@@ -41,6 +43,7 @@ cdef object _request_id_ok = re.compile(rb"[A-Za-z0-9._:@/+=\-]{1,200}").fullmat
 cdef object HttpRequestParser = httptools.HttpRequestParser
 cdef object HttpParserUpgrade = httptools.HttpParserUpgrade
 cdef object HttpParserError = httptools.HttpParserError
+cdef object HttpParserCallbackError = httptools.HttpParserCallbackError
 cdef object HttpParserInvalidURLError = httptools.HttpParserInvalidURLError
 
 # framing's header kinds as C ints (0: a field relayed as is).
@@ -518,6 +521,14 @@ cdef class ClientProtocol:
         raise _Rejected("body_too_large")
 
     cdef int _parse_failed(self, object exc) except -1:
+        cause = exc.__context__
+        if (isinstance(exc, HttpParserCallbackError) and cause is not None
+                and not isinstance(cause, _Rejected)):
+            # Our own code failed inside a parser callback (a filter, say): the client is
+            # not at fault. Log it and answer 500; the connection closes as for bad input.
+            sys.stderr.write("edgeproxy: internal error while handling a request:\n"
+                             + "".join(traceback.format_exception(cause)))
+            return self._internal_error()
         if isinstance(exc, HttpParserInvalidURLError):
             code = "bad_target"
         else:
@@ -529,6 +540,29 @@ cdef class ClientProtocol:
             else:
                 code = "bad_request"
         return self._bad_request(code)
+
+    cdef int _internal_error(self) except -1:
+        """Answer the request being handled with a 500 and close (nothing after it is
+        trusted to be parsed right)."""
+        cdef Exchange ex = self.active if self.active is not None else self.ex
+        self.broken = True
+        self.pause_reading_for(PAUSE_BROKEN)
+        if ex is None or ex.finished or ex.head_sent:
+            self.abort()
+            return 0
+        if ex.connecting is not None:
+            ex.connecting.cancel()
+        if ex.conn is not None:
+            ex.server.pool.active -= 1
+            ex.conn.abort()
+            ex.conn = None
+        if not ex.request_id:
+            ex.request_id = self.worker.next_request_id()
+        ex.close_after = True
+        if self.active is None:
+            self.active = ex
+        ex.respond(error_response("internal_error", ex.request_id.decode()))
+        return 0
 
     cdef int _bad_request(self, str code) except -1:
         """The bytes being parsed are bad: answer ``code`` for the request they belong to

@@ -109,3 +109,23 @@ def test_bytes_sent_before_a_101_are_bounded():
                                if c.ex is not None else 0 for c in p.worker.conns])
         s.close()
     assert max(held) < 2 * 1024 * 1024, (sent, held)
+
+
+def test_a_failing_filter_is_a_500_not_the_clients_fault(capfd):
+    class Broken:
+        HAS_RESPONSE_HOOK = False
+
+        def on_request(self, ctx):
+            raise RuntimeError("filter bug")
+
+    with Origin() as origin, InProcessProxy(proxy_config(origin.url)) as p:
+        route = p.worker.runtime.routes[0]
+        p.call(setattr, route, "request_filters", (Broken(),))
+        with Conn(p.port) as c:
+            r = c.request("GET", "/")
+            assert r.status == 500 and r.json()["error"]["code"] == "internal_error"
+            assert c.closed()
+        with Conn(p.port) as c:  # the worker serves on
+            assert c.request("GET", "/").status == 500
+        assert not origin.requests
+    assert "filter bug" in capfd.readouterr().err
