@@ -94,6 +94,7 @@ cdef class Exchange:
 
     # tunnel
     cdef int tunnel_to_client(self, bytes data) except -1
+    cdef int drop_upstream(self) except -1
     cdef int tunnel_closed(self) except -1
 
     # answering

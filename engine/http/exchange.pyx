@@ -527,16 +527,12 @@ cdef class Exchange:
 
     cdef int timed_out(self) except -1:
         """The connection's deadline passed while this exchange was active."""
-        cdef UpstreamConnection conn
         if self.connecting is not None:
             self.connecting.cancel()
             self.connecting = None
             self.respond(error_response("gateway_timeout", self.request_id.decode()))
         elif self.conn is not None:
-            conn = self.conn
-            self.conn = None
-            self.server.pool.active -= 1
-            conn.abort()
+            self.drop_upstream()
             if self.head_sent:
                 self.close_after = True
                 self.proto.abort()
@@ -560,6 +556,15 @@ cdef class Exchange:
         else:
             self.proto.transport.write(data)
         self.bytes_out += len(data)
+        return 0
+
+    cdef int drop_upstream(self) except -1:
+        """Abandon the upstream connection mid-exchange: it is in an unknown state."""
+        cdef UpstreamConnection conn = self.conn
+        if conn is not None:
+            self.conn = None
+            self.server.pool.active -= 1
+            conn.abort()
         return 0
 
     cdef int tunnel_closed(self) except -1:

@@ -207,10 +207,7 @@ cdef class ClientProtocol:
             ex.finished = True  # nobody to answer: release upstream resources
             if ex.connecting is not None:
                 ex.connecting.cancel()
-            if ex.conn is not None:
-                ex.server.pool.active -= 1
-                ex.conn.abort()
-                ex.conn = None
+            ex.drop_upstream()
             ex.status = ex.status or 499
             self.account(ex)
 
@@ -509,10 +506,7 @@ cdef class ClientProtocol:
             self.linger()
             raise _Rejected("body_too_large")
         if not ex.head_sent:
-            if ex.conn is not None:
-                ex.server.pool.active -= 1
-                ex.conn.abort()
-                ex.conn = None
+            ex.drop_upstream()
             ex.error = "body_too_large"
             if self.active is ex:
                 ex.respond(error_response("body_too_large", ex.request_id.decode()))
@@ -552,10 +546,7 @@ cdef class ClientProtocol:
             return 0
         if ex.connecting is not None:
             ex.connecting.cancel()
-        if ex.conn is not None:
-            ex.server.pool.active -= 1
-            ex.conn.abort()
-            ex.conn = None
+        ex.drop_upstream()
         if not ex.request_id:
             ex.request_id = self.worker.next_request_id()
         ex.close_after = True
@@ -583,10 +574,7 @@ cdef class ClientProtocol:
         ex.error = code
         ex.close_after = True
         if ex is self.active:
-            if ex.conn is not None:
-                ex.server.pool.active -= 1
-                ex.conn.abort()
-                ex.conn = None
+            ex.drop_upstream()
             if ex.connecting is not None:
                 ex.connecting.cancel()
             ex.respond(error_response(code, ex.request_id.decode()))
