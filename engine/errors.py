@@ -27,7 +27,6 @@ CATALOG: dict[str, tuple[int, str]] = {
     "bad_gateway": (502, "the upstream server failed or sent an invalid response"),
     "upstream_unavailable": (503, "no upstream server is available"),
     "gateway_timeout": (504, "the upstream server did not answer in time"),
-    "shutting_down": (503, "the proxy is shutting down"),
 }
 
 JSON = b"application/json"

@@ -298,9 +298,7 @@ cdef class Router:
         if self._exact:
             found = self._exact.get(host)
             if found is not None:
-                cands = self._cached(<_Tier>found, path)
-                if cands is None:
-                    cands = self._walk_tier(<_Tier>found, path)
+                cands = self._candidates(<_Tier>found, path)
                 if cands:
                     res = _pick(cands, method)
                     if res is not None:
@@ -315,9 +313,7 @@ cdef class Router:
                 if n - i <= self._wild_max:
                     found = self._wild.get(host[i:])
                     if found is not None:
-                        cands = self._cached(<_Tier>found, path)
-                        if cands is None:
-                            cands = self._walk_tier(<_Tier>found, path)
+                        cands = self._candidates(<_Tier>found, path)
                         if cands:
                             res = _pick(cands, method)
                             if res is not None:
@@ -329,9 +325,7 @@ cdef class Router:
                 i = find_char(host, u".", i + 1, n)
 
         if self._any is not None:
-            cands = self._cached(self._any, path)
-            if cands is None:
-                cands = self._walk_tier(self._any, path)
+            cands = self._candidates(self._any, path)
             if cands:
                 res = _pick(cands, method)
                 if res is not None:
@@ -345,16 +339,15 @@ cdef class Router:
             return _NO_MATCH
         return (None, _allowed(pending))
 
-    cdef inline tuple _cached(self, _Tier tier, str path):
-        # The tier's cached candidates for path (a hit), or None: the caller walks the trie.
+    cdef inline tuple _candidates(self, _Tier tier, str path):
+        # The tier's candidates for path: cached, else walked (and cached by _walk_tier).
         cdef object cached
-        if tier.cache is None or len(path) > _MAX_CACHED_PATH:
-            return None
-        cached = tier.cache.get(path, 0.0)
-        if cached is None:
-            return None
-        self.cache_hits += 1
-        return <tuple>cached
+        if tier.cache is not None and len(path) <= _MAX_CACHED_PATH:
+            cached = tier.cache.get(path, 0.0)
+            if cached is not None:
+                self.cache_hits += 1
+                return <tuple>cached
+        return self._walk_tier(tier, path)
 
     cdef tuple _walk_tier(self, _Tier tier, str path):
         # Every route of the tier matching path, in precedence order, flat:

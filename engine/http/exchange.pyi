@@ -9,7 +9,6 @@ PENDING_LIMIT: int
 CHUNK_END: bytes
 CONTINUE: bytes
 IDEMPOTENT: frozenset[bytes]
-NO_BODY_STATUSES: frozenset[int]
 RESPONSE_KINDS: dict[bytes, int]
 
 class Exchange:

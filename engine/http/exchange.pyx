@@ -35,7 +35,6 @@ CHUNK_END = b"0\r\n\r\n"
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 # RFC 9110 §9.2.2: requests a client may repeat automatically (RFC 9112 §9.3.1.1).
 IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"))
-NO_BODY_STATUSES = frozenset((204, 304))
 
 cdef bytes _CHUNK_END = CHUNK_END
 cdef bytes _CONTINUE = CONTINUE
@@ -68,8 +67,7 @@ cdef tuple _STATUS_CODES = tuple(b"%d" % s for s in range(1000))
 
 
 cdef inline int _status_line(Writer* w, int status, bytes reason) except -1:
-    # The HTTP/1.1 status line; the upstream's own reason phrase is kept when it sent one
-    # (engine.http.messages.status_line).
+    # The HTTP/1.1 status line; the upstream's own reason phrase is kept when it sent one.
     if reason and 100 <= status <= 999:
         w_raw(w, "HTTP/1.1 ", 9)
         w_put(w, _STATUS_CODES[status])

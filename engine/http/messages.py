@@ -29,9 +29,3 @@ STATUS_LINES: dict[int, bytes] = {
     s: b"HTTP/1.1 %d %s\r\n" % (s, _reason(s)) for s in range(100, 600)
 }
 
-
-def status_line(status: int, reason: bytes | None = None) -> bytes:
-    """The HTTP/1.1 status line; the upstream's own reason phrase is kept when it sent one."""
-    if reason:
-        return b"HTTP/1.1 %d %s\r\n" % (status, reason)
-    return STATUS_LINES.get(status) or b"HTTP/1.1 %d \r\n" % status

@@ -12,7 +12,6 @@ cdef class UpstreamConnection:
     cdef public list headers        # the response's fields, flat: [name, value, name, ...]
     cdef public bytes reason
     cdef public bint head_done
-    cdef public Py_ssize_t body_bytes
     cdef public bint lost
     cdef public bint skip_body      # the request was HEAD: the response has no body
     cdef public bint tunnel

@@ -12,7 +12,6 @@ class UpstreamConnection:
     headers: list[bytes]
     reason: bytes
     head_done: bool
-    body_bytes: int
     lost: bool
     skip_body: bool
     tunnel: bool

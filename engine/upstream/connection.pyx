@@ -37,7 +37,6 @@ cdef class UpstreamConnection:
         self.headers = []
         self.reason = b""
         self.head_done = False
-        self.body_bytes = 0
         self.lost = False
         self.skip_body = False
         self.tunnel = False
@@ -155,7 +154,6 @@ cdef class UpstreamConnection:
             raise _StopParsing
 
     def on_body(self, bytes body):
-        self.body_bytes += len(body)
         (<Exchange?>self.exchange).upstream_body(body)
 
     def on_message_complete(self):
@@ -176,7 +174,6 @@ cdef class UpstreamConnection:
         self.headers = []
         self.reason = b""
         self.head_done = False
-        self.body_bytes = 0
         self.skip_body = skip_body
         self.transport.write(head)
 
