@@ -11,6 +11,7 @@ import signal
 import socket
 import sys
 import time
+import traceback
 
 import orjson
 
@@ -190,6 +191,11 @@ class Worker:
                     conn.abort()
             for pool in self.runtime.pools.values():
                 pool.expire(now)
+            for fn in self.runtime.shared.periodic:
+                try:
+                    fn(self, now)
+                except Exception:  # periodic work must not stop the sweep either
+                    traceback.print_exc()
             if self.access_log is not None:
                 self.access_log.flush()
             if self.stats_path is not None and now >= self._stats_due:

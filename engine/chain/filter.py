@@ -18,14 +18,21 @@ ANSWER = 90  # filters that always answer (static responses) run last
 
 
 class Filter:
-    """Built once per route from its config section. ``on_request`` returns None to go on
-    or a Response to answer now; ``on_response`` edits a Response head in place."""
+    """Built once per route from its config section.
+
+    ``on_request(ctx)`` returns None to go on, a Response to answer now, or a coroutine (a
+    filter that waits on a store): the exchange awaits it, then goes on the same way with
+    its result. Only filters that really wait should return one: a route whose filters all
+    answer synchronously makes no task. ``on_response(ctx, resp)`` edits a Response head in
+    place. ``shared`` is the snapshot's engine.control.snapshot.Shared: state that outlives
+    a reload (``shared.keep(key, factory)``), the Redis store, periodic work.
+    """
 
     __slots__ = ("cfg",)
     PHASE = TRANSFORM
     HAS_RESPONSE_HOOK = False
 
-    def __init__(self, cfg, route_cfg):
+    def __init__(self, cfg, route_cfg, shared):
         self.cfg = cfg
 
     def on_request(self, ctx):
@@ -35,11 +42,11 @@ class Filter:
         pass
 
 
-def compile_chain(route_cfg) -> tuple[tuple, tuple]:
+def compile_chain(route_cfg, shared) -> tuple[tuple, tuple]:
     """(request filters in phase order, response filters as (index, filter) in reverse)."""
     from engine.filters import FILTERS
 
-    built = [FILTERS[name].Filter(cfg, route_cfg) for name, cfg in route_cfg.sections]
+    built = [FILTERS[name].Filter(cfg, route_cfg, shared) for name, cfg in route_cfg.sections]
     built.sort(key=lambda f: f.PHASE)
     response = [(i, f) for i, f in enumerate(built) if f.HAS_RESPONSE_HOOK]
     response.reverse()

@@ -200,6 +200,27 @@ class AdminConfig:
                                   "listen is not a loopback address")
 
 
+def _check_redis_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        raise ValueError(f'expected a redis://, rediss:// or unix:// URL, got "{value}"')
+    return value
+
+
+@dataclass(frozen=True)
+class RedisConfig:
+    url: str = key("redis://127.0.0.1:6379/0", "the Redis server shared by workers and "
+                                               "edgeproxy instances", check=_check_redis_url)
+    prefix: str = key("edgeproxy:", "prefix of every key edgeproxy writes")
+    timeout: Duration = key(0.25, "longest wait for one Redis command (connect included); "
+                                  "then the feature's on_store_error policy applies")
+    max_connections: int = key(64, "connections per worker", min=1, max=10000)
+    breaker_failures: int = key(3, "consecutive Redis failures that open the breaker "
+                                   "(calls then fail at once, without waiting)", min=1)
+    breaker_cooldown: Duration = key(2.0, "how long the breaker stays open before one call "
+                                          "probes Redis again")
+
+
 @dataclass(frozen=True)
 class DemoConfig:
     origins: tuple[str, ...] = key(
@@ -213,6 +234,7 @@ class Config:
     upstreams: tuple[UpstreamConfig, ...] = key((), "upstream server groups")
     routes: tuple[RouteConfig, ...] = key((), "routes, matched by host, path and method")
     admin: AdminConfig = key(AdminConfig(), "the admin API listener (separate from server.listen)")
+    redis: RedisConfig | None = key(None, 'the Redis store, for features with store = "redis"')
     demo: DemoConfig | None = key(None, "DEMO ONLY: start built-in origins (shipped config.toml)")
 
 
@@ -280,4 +302,8 @@ def _cross_check(cfg: Config, errors: list) -> None:
                            + suggest(route.upstream, names)))
         if not route.paths:
             errors.append((join(path, "paths"), "needs at least one path pattern"))
+        for name, section in route.sections:
+            if getattr(section, "store", None) == "redis" and cfg.redis is None:
+                errors.append((join(join(path, name), "store"),
+                               'is "redis" but the config has no [redis] table'))
     check_routes(cfg, errors)

@@ -57,6 +57,34 @@ class Settings:
         return hops[0] if hops else peer
 
 
+class Shared:
+    """State that outlives a reload, by stable key (DESIGN.md "stores"): an object kept under
+    a key in the previous snapshot is handed to the new one when the new one asks for the same
+    key, so an unchanged limit, upstream or store keeps its counters and connections.
+
+    ``periodic`` holds callables ``fn(worker, now)`` the worker calls on every sweep (health
+    checks, load sampling): work that runs on the worker's loop, never per request.
+    """
+
+    def __init__(self, cfg, previous=None):
+        self.items = {}
+        self._previous = previous.items if previous is not None else {}
+        self.periodic = []
+        self.redis = None
+        if cfg.redis is not None:
+            from engine.stores.redis import RedisStore
+            self.redis = self.keep(("redis", cfg.redis), lambda: RedisStore(cfg.redis))
+
+    def keep(self, key, factory):
+        obj = self.items.get(key)
+        if obj is None:
+            obj = self._previous.get(key)
+            if obj is None:
+                obj = factory()
+            self.items[key] = obj
+        return obj
+
+
 class CompiledRoute:
     """One route pattern as the router returns it: the route's chain plus how this pattern
     maps the request path to the upstream path."""
@@ -117,6 +145,7 @@ class Runtime:
     def __init__(self, cfg, previous=None):
         self.config = cfg
         self.settings = Settings(cfg.server)
+        self.shared = Shared(cfg, previous.shared if previous is not None else None)
         old_pools = previous.pools if previous is not None else {}
         self.pools = {}
         self.upstreams = {}
@@ -125,7 +154,7 @@ class Runtime:
         self.router = Router()
         self.routes = []
         for route_cfg in cfg.routes:
-            chain = compile_chain(route_cfg)
+            chain = compile_chain(route_cfg, self.shared)
             upstream = self.upstreams.get(route_cfg.upstream) if route_cfg.upstream else None
             max_body = (route_cfg.max_body_size if route_cfg.max_body_size is not None
                         else cfg.server.max_body_size)

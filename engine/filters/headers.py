@@ -86,8 +86,8 @@ class Filter(FilterBase):
     PHASE = TRANSFORM
     HAS_RESPONSE_HOOK = True
 
-    def __init__(self, cfg: Config, route_cfg):
-        super().__init__(cfg, route_cfg)
+    def __init__(self, cfg: Config, route_cfg, shared):
+        super().__init__(cfg, route_cfg, shared)
         self.request = _CompiledOps(cfg.request) if cfg.request else None
         self.response = _CompiledOps(cfg.response) if cfg.response else None
 

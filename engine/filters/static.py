@@ -20,8 +20,8 @@ class Filter(FilterBase):
     __slots__ = ("status", "headers", "body")
     PHASE = ANSWER
 
-    def __init__(self, cfg: Config, route_cfg):
-        super().__init__(cfg, route_cfg)
+    def __init__(self, cfg: Config, route_cfg, shared):
+        super().__init__(cfg, route_cfg, shared)
         self.status = cfg.status
         self.body = cfg.body.encode()
         self.headers = [(b"Content-Type", cfg.content_type.encode())] + [

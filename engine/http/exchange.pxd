@@ -40,6 +40,7 @@ cdef class Exchange:
     cdef public object params
     cdef public Upstream upstream       # the route's, once proxying
     cdef public Server server
+    cdef public list tried              # servers this request failed on (retries), or None
     cdef public UpstreamConnection conn
     cdef public list pending
     cdef public Py_ssize_t pending_size

@@ -208,7 +208,7 @@ cdef class Exchange:
         cdef Upstream upstream = <Upstream?>self.route.upstream
         cdef Server server
         self.upstream = upstream
-        server = upstream.pick(self)
+        server = upstream.pick(self, <double>self.proto.worker.now)
         if server is None:
             self.respond(error_response("upstream_unavailable", self.request_id.decode()))
             return 0

@@ -3,6 +3,8 @@
 cimport cython
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 
+from engine.upstream.upstream cimport Server
+
 
 cdef class Balancer:
     """The interface: ``pick(ctx)`` returns one of ``servers``, or None when none is
@@ -11,7 +13,7 @@ cdef class Balancer:
     def __init__(self, servers: list):
         self.servers = servers
 
-    cpdef object pick(self, object ctx):
+    cpdef object pick(self, object ctx, double now):
         raise NotImplementedError
 
 
@@ -38,12 +40,19 @@ cdef class RoundRobin(Balancer):
         PyMem_Free(self.weight)
         PyMem_Free(self.current)
 
-    cpdef object pick(self, object ctx):
+    cpdef object pick(self, object ctx, double now):
         cdef Py_ssize_t i, best = -1
         cdef Py_ssize_t* current = self.current
+        cdef list servers = self.servers
+        cdef Server s
+        tried = ctx.tried if ctx is not None else None
         if self.n == 1:
-            return self.servers[0]
+            s = servers[0]
+            return s if s.available(now) and (tried is None or s not in tried) else None
         for i in range(self.n):
+            s = servers[i]
+            if not s.available(now) or (tried is not None and s in tried):
+                continue
             current[i] += self.weight[i]
             if best < 0 or current[i] > current[best]:
                 best = i

@@ -5,12 +5,11 @@ cimport cython
 from engine.upstream.balancer cimport Balancer
 from engine.upstream.pool cimport Pool
 
-from engine.upstream.balancer import BALANCERS
-
 
 @cython.final
 cdef class Server:
-    def __init__(self, url: str, host: str, port: int, weight: int, Pool pool not None):
+    def __init__(self, url: str, host: str, port: int, weight: int, Pool pool not None,
+                 backup: bool = False, down: bool = False, max_conns: int = 0, health=None):
         self.url = url
         self.host = host
         self.port = port
@@ -18,6 +17,17 @@ cdef class Server:
         self.pool = pool
         # Host header for HTTP/1.0 requests that sent none.
         self.authority = f"{host}:{port}".encode()
+        self.backup = backup
+        self.down = down
+        self.max_conns = max_conns
+        self.active = 0
+        self.health = health
+
+    cpdef bint available(self, double now) except -1:
+        """May a request go to this server now? Balancers skip it when not."""
+        if self.down or (self.max_conns and self.active >= self.max_conns):
+            return False
+        return self.health is None or self.health.available(now)
 
 
 @cython.final
@@ -34,11 +44,12 @@ cdef class Upstream:
                 pool = Pool(cfg.keepalive, cfg.keepalive_timeout, cfg.keepalive_requests)
             new_pools[pool_key] = pool
             self.servers.append(Server(s.url, s.host, s.port, s.weight, pool))
+        from engine.upstream.balancer import BALANCERS  # (balancer cimports this module)
         self.balancer = BALANCERS[cfg.balancer](self.servers)
         self.host_header = cfg.host.encode() if cfg.host else None
         self.connect_timeout = cfg.connect_timeout
         self.send_timeout = cfg.send_timeout
         self.read_timeout = cfg.read_timeout
 
-    cpdef object pick(self, object ctx):
-        return self.balancer.pick(ctx)
+    cpdef object pick(self, object ctx, double now):
+        return self.balancer.pick(ctx, now)

@@ -1,0 +1,1 @@
+"""State that outlives a reload: in-process (memory) and shared (Redis) stores."""

@@ -1,0 +1,73 @@
+"""A real redis-server for the tests, started on a free port (binary from PATH)."""
+
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RedisServer:
+    """``stop()`` kills it (the Redis-down tests), ``start()`` brings it back on the same
+    port. Persistence is off: each start is empty unless ``keep_data``."""
+
+    def __init__(self):
+        self.binary = shutil.which("redis-server")
+        if self.binary is None:
+            raise RuntimeError("redis-server not found on PATH (.ci/run installs it)")
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="edgeproxy-redis-")
+        self.proc = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, keep_data: bool = False) -> "RedisServer":
+        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
+                "--dir", self.dir, "--appendonly", "no", "--daemonize", "no",
+                "--protected-mode", "no", "--loglevel", "warning"]
+        if keep_data:
+            args += ["--save", "1 1", "--dbfilename", "dump.rdb"]
+        else:
+            args += ["--save", ""]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited: {self.proc.stderr.read()!r}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), 0.2) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return self
+            except OSError:
+                time.sleep(0.02)
+        self.stop()
+        raise RuntimeError("redis-server did not answer PING in 10 s")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(5)
+            self.proc.stderr.close()
+            self.proc = None
+
+    def command(self, *args: str) -> bytes:
+        """One command over a raw socket (RESP), the raw reply; for test assertions."""
+        parts = [b"*%d\r\n" % len(args)]
+        for a in args:
+            a = a.encode() if isinstance(a, str) else a
+            parts.append(b"$%d\r\n%s\r\n" % (len(a), a))
+        with socket.create_connection(("127.0.0.1", self.port), 2) as s:
+            s.sendall(b"".join(parts))
+            return s.recv(65536)
+
+    def flush(self) -> None:
+        self.command("FLUSHALL")
