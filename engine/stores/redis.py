@@ -59,7 +59,7 @@ class RedisStore:
             raise StoreUnavailable("redis breaker open")
         try:
             result = await asyncio.wait_for(fn(*args, **kwargs), self.cfg.timeout * 2)
-        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, RedisError, OSError) as exc:
             self._failures += 1
             if self._failures >= self.cfg.breaker_failures:
                 self._open_until = time.monotonic() + self.cfg.breaker_cooldown
