@@ -3,6 +3,7 @@ one module per source.
 
 EDGEPROXY_ANNOTATE=1 writes Cython's HTML annotation next to each .pyx;
 EDGEPROXY_LINETRACE=1 compiles with line tracing (for coverage/profilers).
+EDGEPROXY_ONLY=ext.ratelimit,... builds just those modules (while another one is mid-edit).
 """
 
 import os
@@ -16,10 +17,13 @@ LINETRACE = os.environ.get("EDGEPROXY_LINETRACE") == "1"
 EXT_MODULES = [
     "ext.lru",
     "ext.router",
+    "ext.ratelimit",
+    "ext.hashring",
     # The data plane's hot path (engine/http, engine/upstream): cdef classes that call each
     # other at the C level.
     "engine.http.stats",
     "engine.upstream.pool",
+    "engine.upstream.health",
     "engine.upstream.balancer",
     "engine.upstream.upstream",
     "engine.upstream.connection",
@@ -36,6 +40,8 @@ DIRECTIVES = {
     "linetrace": LINETRACE,
 }
 
+ONLY = [m for m in os.environ.get("EDGEPROXY_ONLY", "").split(",") if m]
+
 extensions = [
     Extension(
         name,
@@ -44,6 +50,7 @@ extensions = [
         define_macros=[("CYTHON_TRACE_NOGIL", "1")] if LINETRACE else [],
     )
     for name in EXT_MODULES
+    if not ONLY or name in ONLY
 ]
 
 setup(

@@ -9,6 +9,7 @@ import tomllib
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from engine.chain.keys import check_key_spec
 from engine.control.schema import (
     REQUIRED, ConfigError, Duration, Size, build, join, key, suggest,
 )
@@ -137,6 +138,14 @@ class ServerEntry:
     SHORTHAND = "url"
     url: str = key(REQUIRED, 'the server, "http://host:port"', check=_check_url)
     weight: int = key(1, "share of requests relative to the other servers", min=1, max=1000)
+    backup: bool = key(False, "takes traffic only when every primary server is unavailable")
+    down: bool = key(False, "marked down by the operator: never picked")
+    max_conns: int = key(0, "requests in flight to this server at once, per worker "
+                            "(0 = unlimited); a full server is skipped", min=0)
+    max_fails: int = key(1, "failures within fail_timeout that make the server unavailable "
+                            "for fail_timeout (nginx); 0 = never", min=0)
+    fail_timeout: Duration = key(10.0, "the window max_fails are counted in, and how long the "
+                                       "server then stays unavailable")
 
     @property
     def host(self) -> str:
@@ -152,7 +161,17 @@ class UpstreamConfig:
     name: str = key(REQUIRED, "name routes refer to")
     servers: tuple[ServerEntry, ...] = key(REQUIRED, 'servers: "http://host:port" strings or '
                                                      "tables with url and weight")
-    balancer: str = key("round_robin", "how a server is picked", choices=("round_robin",))
+    balancer: str = key("round_robin", 'how a server is picked: "round_robin" (smooth, '
+                                        'weighted), "least_conn" (fewest in flight per '
+                                        'weight), "ip_hash" (client /24 or IPv6), "hash" '
+                                        '(on hash_key), "random_two" (power of two choices)',
+                        choices=("round_robin", "least_conn", "ip_hash", "hash", "random_two"))
+    hash_key: tuple[str, ...] = key(("ip",), 'what balancer = "hash" hashes: key parts "ip", '
+                                             '"path", "consumer", "header:Name", '
+                                             '"cookie:name", "query:name"',
+                                    check=check_key_spec)
+    consistent: bool = key(False, "hash with a consistent (ketama) ring: adding or removing a "
+                                  "server moves only its share of keys")
     host: str | None = key(None, "Host header sent upstream; default: the client's Host")
     keepalive: int = key(32, "idle keep-alive connections kept per server", min=0, max=100000)
     keepalive_timeout: Duration = key(60.0, "idle upstream connections close after")

@@ -10,7 +10,7 @@ cdef class Balancer:
     """The interface: ``pick(ctx)`` returns one of ``servers``, or None when none is
     available."""
 
-    def __init__(self, servers: list):
+    def __init__(self, servers: list, cfg=None):
         self.servers = servers
 
     cpdef object pick(self, object ctx, double now):
@@ -22,7 +22,7 @@ cdef class RoundRobin(Balancer):
     """Smooth weighted round robin, the interleaving nginx uses: weights 5,1,1 give
     a a b a c a a rather than five a's in a row."""
 
-    def __init__(self, servers: list):
+    def __init__(self, servers: list, cfg=None):
         cdef Py_ssize_t i
         self.servers = servers
         self.n = len(servers)

@@ -45,7 +45,7 @@ cdef class Upstream:
             new_pools[pool_key] = pool
             self.servers.append(Server(s.url, s.host, s.port, s.weight, pool))
         from engine.upstream.balancer import BALANCERS  # (balancer cimports this module)
-        self.balancer = BALANCERS[cfg.balancer](self.servers)
+        self.balancer = BALANCERS[cfg.balancer](self.servers, cfg)
         self.host_header = cfg.host.encode() if cfg.host else None
         self.connect_timeout = cfg.connect_timeout
         self.send_timeout = cfg.send_timeout
