@@ -27,6 +27,11 @@ CATALOG: dict[str, tuple[int, str]] = {
     "bad_gateway": (502, "the upstream server failed or sent an invalid response"),
     "upstream_unavailable": (503, "no upstream server is available"),
     "gateway_timeout": (504, "the upstream server did not answer in time"),
+    "idempotency_key_missing": (400, "this route requires an Idempotency-Key header"),
+    "idempotency_key_invalid": (400, "the Idempotency-Key header is malformed"),
+    "idempotency_conflict": (409, "a request with this Idempotency-Key is still in progress"),
+    "idempotency_mismatch": (422, "this Idempotency-Key was already used for a different request"),
+    "store_unavailable": (503, "the state store this route depends on is unavailable"),
 }
 
 JSON = b"application/json"
