@@ -5,8 +5,10 @@ of that name) and ``Filter`` (a chain.filter.Filter subclass with a PHASE rank).
 """
 
 from engine.filters import headers, static
+from engine.filters import idempotency
 
 FILTERS = {
     "headers": headers,
+    "idempotency": idempotency,
     "static": static,
 }

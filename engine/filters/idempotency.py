@@ -1,0 +1,353 @@
+"""Idempotency keys at the gateway: one execution per key, the same answer for every copy.
+
+Follows draft-ietf-httpapi-idempotency-key-header (cited as "draft §n"; section numbers of
+the -07 working-group text) and the behaviour payment APIs made familiar (Stripe):
+
+- The key is a Structured Field String (draft §2.1, RFC 8941 §3.3.3): ``Idempotency-Key:
+  "8e03978e-40d5-43e8-bc93-6894a57f9324"``. Bare values (``Idempotency-Key: 8e03...``, what
+  Stripe's clients send) are accepted unless ``bare_keys = false``; both forms then must match
+  ``pattern`` and the length bounds, so a bare and a quoted key with the same characters are
+  the same key. More than one Idempotency-Key field is malformed (draft §2.1).
+- Missing on a route that requires it: 400; malformed: 400 (draft §2.7).
+- First request: the key is claimed atomically, the request goes upstream with
+  ``ctx.protected`` set (so the upstream layer may retry it on the next server), and the final
+  response (status, headers as relayed, body) is stored with the request fingerprint.
+- Same key, same fingerprint, completed: the stored response is replayed with
+  ``Idempotent-Replayed: true``, success or error alike (draft §2.6); upstream is not called.
+- Same key while the first is in flight: 409 with Retry-After (draft §2.6, §2.7), or with
+  ``concurrent = "wait"`` the duplicate waits up to ``max_wait`` for the first and replays it.
+- Same key, different fingerprint: 422 (draft §2.7). The fingerprint (draft §2.4) is a digest
+  of method, path, query, ``fingerprint_headers`` and the request body.
+- Statuses in ``release`` (default 429 and 5xx: the proxy's own 502/503/504 for connect
+  failures and timeouts included) mean nothing happened: the claim is dropped, not stored, so
+  the client's retry runs (as Stripe does for requests that never began executing).
+- Records are looked up by a digest of route, caller and key (draft §4, composite key):
+  a caller cannot read another caller's responses by guessing its key.
+"""
+
+import hashlib
+import os
+import re
+import time
+from dataclasses import dataclass
+
+from engine.chain.filter import IDEMPOTENCY, Filter as FilterBase
+from engine.chain.keys import check_key_spec, compile_key
+from engine.control.config import check_header_name
+from engine.control.schema import Duration, Size, key
+from engine.errors import error_response
+from engine.http.messages import Response
+from engine.stores.idempotency import (
+    CLAIMED, DONE, MISMATCH, MemoryStore, RedisStore, Stored)
+from engine.stores.redis import StoreUnavailable
+
+_SF_UNESCAPED = re.compile(r"[\x20\x21\x23-\x5b\x5d-\x7e]*")
+_REPLAYED = (b"Idempotent-Replayed", b"true")
+# Not part of the answer: the exchange adds its own X-Request-ID to each response.
+_NOT_STORED = frozenset((b"x-request-id",))
+
+
+def _methods(values):
+    for m in values:
+        if not re.fullmatch(r"[A-Z]+", m):
+            raise ValueError(f'"{m}" is not a method name (upper case, e.g. "POST")')
+    return values
+
+
+def _pattern(value):
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"not a regular expression: {exc}") from None
+    return value
+
+
+def _release(values):
+    for v in values:
+        if not re.fullmatch(r"[1-5](\d\d|xx)", v):
+            raise ValueError(f'"{v}" is neither a status ("429") nor a class ("5xx")')
+    return values
+
+
+def _headers(values):
+    for v in values:
+        check_header_name(v)
+    return values
+
+
+@dataclass(frozen=True)
+class Config:
+    methods: tuple[str, ...] = key(("POST", "PATCH"), "methods the key applies to; others "
+                                                      "pass through untouched", check=_methods)
+    header: str = key("Idempotency-Key", "request header carrying the key",
+                      check=check_header_name)
+    required: bool = key(False, "answer 400 to a request of those methods without a key")
+    bare_keys: bool = key(True, 'accept unquoted keys (Stripe style) besides the sf-string '
+                                '"..." of the draft')
+    min_length: int = key(1, "shortest key accepted", min=1, max=1024)
+    max_length: int = key(255, "longest key accepted (Stripe: 255)", min=1, max=1024)
+    pattern: str = key(r"[A-Za-z0-9_.:~+/=-]+", "regular expression the whole key must "
+                                                "match", check=_pattern)
+    ttl: Duration = key(86400.0, "how long a completed response is kept and replayed")
+    lease: Duration = key(60.0, "how long a claim holds a key when its request never finishes "
+                                "(proxy crash); keep it above the upstream's longest answer")
+    concurrent: str = key("reject", 'a duplicate of a request in flight: "reject" (409) or '
+                                    '"wait" for its answer', choices=("reject", "wait"))
+    max_wait: Duration = key(10.0, 'longest wait of a duplicate with concurrent = "wait"; '
+                                   "then 409")
+    retry_after: int = key(1, "Retry-After seconds on a 409", min=0, max=3600)
+    max_body_size: Size = key(1 << 20, "largest request body fingerprinted; a larger one with "
+                                       "a key gets 413")
+    max_response_size: Size = key(1 << 20, "largest response body stored; a larger response "
+                                           "keeps its key used but cannot be replayed (409)")
+    release: tuple[str, ...] = key(("429", "5xx"), 'statuses that mean "nothing happened": '
+                                                   "the key is freed instead of storing the "
+                                                   "answer", check=_release)
+    fingerprint_headers: tuple[str, ...] = key((), "request headers that are part of the "
+                                                   "fingerprint", check=_headers)
+    caller: tuple[str, ...] = key((), "key parts naming the caller (engine.chain.keys, e.g. "
+                                      '["header:X-Api-Key"]); empty = the consumer, else the '
+                                      "client address", check=check_key_spec)
+    store: str = key("memory", '"memory" (this worker only) or "redis" (all workers and '
+                               "instances)", choices=("memory", "redis"))
+    memory_size: Size = key(64 << 20, "bytes of responses the memory store keeps per route "
+                                      "and worker (LRU)", min=1)
+    on_store_error: str | None = key(None, 'Redis unreachable: "reject" (503) or "pass" '
+                                           '(unprotected); default reject when required, '
+                                           "else pass", choices=("reject", "pass"))
+
+
+def parse_key(raw: bytes, bare_ok: bool) -> str | None:
+    """The key inside an Idempotency-Key value, or None when it is not a valid one."""
+    try:
+        v = raw.decode("ascii").strip(" \t")  # RFC 8941 §4.2: surrounding SP is discarded
+    except UnicodeDecodeError:
+        return None
+    if v[:1] != '"':
+        return v if bare_ok and v else None
+    # RFC 8941 §4.2.5: DQUOTE *( unescaped / "\" ( DQUOTE / "\" ) ) DQUOTE, nothing after
+    # (parameters are not defined for this field, draft §2.1).
+    if len(v) < 2 or v[-1] != '"':
+        return None
+    inner = v[1:-1]
+    if "\\" in inner:
+        out = []
+        i = 0
+        while i < len(inner):
+            c = inner[i]
+            if c == "\\":
+                if i + 1 >= len(inner) or inner[i + 1] not in '"\\':
+                    return None
+                out.append(inner[i + 1])
+                i += 2
+                continue
+            if c == '"':
+                return None
+            out.append(c)
+            i += 1
+        inner = "".join(out)
+    elif not _SF_UNESCAPED.fullmatch(inner):
+        return None
+    return inner
+
+
+class _Claimed:
+    """One claimed request's record handle, kept in ``ctx.vars``."""
+
+    __slots__ = ("key", "owner", "headers")
+
+    def __init__(self, key, owner):
+        self.key = key
+        self.owner = owner
+        self.headers = None
+
+
+class Filter(FilterBase):
+    __slots__ = ("methods", "lheader", "required", "bare_ok", "min_length", "max_length",
+                 "pattern", "ttl", "lease", "wait", "max_wait", "retry_after", "max_body",
+                 "max_response", "release", "fp_headers", "caller", "route", "store",
+                 "reject_on_error", "too_large")
+    PHASE = IDEMPOTENCY
+    HAS_RESPONSE_HOOK = True
+
+    def __init__(self, cfg: Config, route_cfg, shared):
+        # Imported here, not at module level: the config schema imports this module, and the
+        # data plane need not load for `edgeproxy check`.
+        from engine.http.exchange import BodyTooLarge
+
+        super().__init__(cfg, route_cfg, shared)
+        self.too_large = BodyTooLarge
+        self.methods = frozenset(m.encode() for m in cfg.methods)
+        self.lheader = cfg.header.lower().encode()
+        self.required = cfg.required
+        self.bare_ok = cfg.bare_keys
+        self.min_length = cfg.min_length
+        self.max_length = cfg.max_length
+        self.pattern = re.compile(cfg.pattern)
+        self.ttl = cfg.ttl
+        self.lease = cfg.lease
+        self.wait = cfg.concurrent == "wait"
+        self.max_wait = cfg.max_wait
+        self.retry_after = [(b"Retry-After", b"%d" % cfg.retry_after)]
+        self.max_body = cfg.max_body_size
+        self.max_response = cfg.max_response_size
+        self.release = frozenset(_statuses(cfg.release))
+        self.fp_headers = tuple(h.lower().encode() for h in cfg.fingerprint_headers)
+        self.caller = compile_key(cfg.caller) if cfg.caller else None
+        self.route = route_cfg.name.encode()
+        self.reject_on_error = (cfg.on_store_error or
+                                ("reject" if cfg.required else "pass")) == "reject"
+        if cfg.store == "redis":
+            self.store = shared.keep(("idempotency", "redis", shared.redis),
+                                     lambda: RedisStore(shared.redis))
+        else:
+            # One store per route and worker, kept across reloads while its size is unchanged.
+            self.store = shared.keep(("idempotency", route_cfg.name, cfg.memory_size),
+                                     lambda: MemoryStore(cfg.memory_size))
+            shared.periodic.append(self.store.sweep)
+
+    # -- request
+
+    def on_request(self, ctx):
+        if ctx.method not in self.methods:
+            return None
+        values = [v for n, v in ctx.headers if n.lower() == self.lheader]
+        if not values:
+            if self.required:
+                return error_response(
+                    "idempotency_key_missing", ctx.request_id.decode(),
+                    f"this route requires an {self.cfg.header} header: a unique string per "
+                    f'operation, e.g. {self.cfg.header}: "8e03978e-40d5-43e8-bc93-6894a57f9324"'
+                    f", sent again unchanged on every retry")
+            return None
+        if len(values) > 1:
+            return self._invalid(ctx, f"send exactly one {self.cfg.header} field")
+        k = parse_key(values[0], self.bare_ok)
+        if k is None:
+            return self._invalid(ctx, f'{self.cfg.header} must be a quoted string, e.g. '
+                                      f'"8e03978e-40d5-43e8-bc93-6894a57f9324"')
+        if not self.min_length <= len(k) <= self.max_length or not self.pattern.fullmatch(k):
+            return self._invalid(ctx, f"{self.cfg.header} must be {self.min_length}-"
+                                      f"{self.max_length} characters matching "
+                                      f"{self.cfg.pattern}")
+        return self._claim(ctx, k)
+
+    def _invalid(self, ctx, message):
+        return error_response("idempotency_key_invalid", ctx.request_id.decode(), message)
+
+    def record_key(self, ctx, idem_key: str) -> str:
+        """The store key: route, caller and key digested together (draft §4)."""
+        if self.caller is not None:
+            who = self.caller(ctx)
+            who = "ip:" + ctx.client_ip if who is None else "k:" + who
+        elif ctx.consumer is not None:
+            who = "c:" + str(ctx.consumer)
+        else:
+            who = "ip:" + ctx.client_ip
+        h = hashlib.blake2b(digest_size=16)
+        for part in (self.route, who.encode(), idem_key.encode()):
+            h.update(b"%d:" % len(part))  # length-prefixed: no two splits digest alike
+            h.update(part)
+        return h.hexdigest()
+
+    def fingerprint(self, ctx, body: bytes) -> bytes:
+        h = hashlib.blake2b(digest_size=16)
+        h.update(ctx.method + b" " + ctx.path.encode() + b" " + ctx.query + b"\n")
+        for lname in self.fp_headers:
+            for n, v in ctx.headers:
+                if n.lower() == lname:
+                    h.update(lname + b":" + v + b"\n")
+        h.update(b"%d\n" % len(body))
+        h.update(body)
+        return h.digest()
+
+    async def _claim(self, ctx, idem_key):
+        rid = ctx.request_id.decode()
+        try:
+            body = await ctx.read_body(self.max_body)
+        except self.too_large:
+            return error_response("body_too_large", rid, f"a request with {self.cfg.header} "
+                                  f"may carry at most {self.max_body} body bytes")
+        fp = self.fingerprint(ctx, body)
+        rkey = self.record_key(ctx, idem_key)
+        owner = os.urandom(12)
+        store = self.store
+        deadline = None
+        attempt = 0
+        while True:
+            try:
+                kind, detail = await store.claim(rkey, fp, owner, self.lease)
+            except StoreUnavailable:
+                if self.reject_on_error:
+                    return error_response("store_unavailable", rid,
+                                          "the idempotency store is unreachable; retry later",
+                                          self.retry_after)
+                return None  # on_store_error = "pass": served unprotected
+            if kind == CLAIMED:
+                claimed = _Claimed(rkey, owner)
+                if ctx.vars is None:
+                    ctx.vars = {}
+                ctx.vars["idempotency"] = claimed
+                ctx.protected = True
+                ctx.capture_response(self.max_response)
+                ctx.add_finish_hook(self._finish)
+                return None
+            if kind == DONE:
+                return self._replay(ctx, detail)
+            if kind == MISMATCH:
+                return error_response("idempotency_mismatch", rid,
+                                      f"this {self.cfg.header} was already used for a "
+                                      "request with a different method, path, query or body")
+            # IN_FLIGHT
+            if self.wait:
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + self.max_wait
+                if now < deadline:
+                    await store.wait(rkey, deadline - now, attempt)
+                    attempt += 1
+                    continue
+            return error_response("idempotency_conflict", rid, None, self.retry_after)
+
+    def _replay(self, ctx, stored: Stored):
+        if stored.body is None:
+            return error_response(
+                "idempotency_conflict", ctx.request_id.decode(),
+                f"the request with this {self.cfg.header} was executed (status "
+                f"{stored.status}) but its response exceeded {self.max_response} bytes and "
+                "was not kept, so it cannot be replayed")
+        return Response(stored.status, stored.headers + [_REPLAYED], stored.body)
+
+    # -- response
+
+    def on_response(self, ctx, resp):
+        vars_ = ctx.vars
+        if vars_ is not None:
+            claimed = vars_.get("idempotency")
+            if claimed is not None:
+                claimed.headers = [h for h in resp.headers if h[0].lower() not in _NOT_STORED]
+
+    def _finish(self, ctx):
+        claimed = ctx.vars["idempotency"]
+        status = ctx.status
+        if status in self.release:
+            self.store.settle(claimed.key, claimed.owner, None, 0.0)
+        elif status == 0 or not ctx.response_complete:
+            # The client left, or the response was cut: the upstream may have executed the
+            # request and we do not hold its answer. The claim stays until its lease ends, so
+            # a quick retry gets 409 rather than a second execution it cannot tell from the
+            # first; after the lease the key runs again.
+            return
+        else:
+            stored = Stored(status, claimed.headers or [], ctx.captured)
+            self.store.settle(claimed.key, claimed.owner, stored, self.ttl)
+
+
+def _statuses(specs):
+    for s in specs:
+        if s.endswith("xx"):
+            base = int(s[0]) * 100
+            yield from range(base, base + 100)
+        else:
+            yield int(s)
+
