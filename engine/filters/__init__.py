@@ -6,9 +6,11 @@ of that name) and ``Filter`` (a chain.filter.Filter subclass with a PHASE rank).
 
 from engine.filters import headers, static
 from engine.filters import idempotency
+from engine.filters import ratelimit
 
 FILTERS = {
     "headers": headers,
     "idempotency": idempotency,
+    "rate_limit": ratelimit,
     "static": static,
 }
