@@ -1,0 +1,251 @@
+"""Idempotency keys through the real proxy (issue 6): every rule, against both stores.
+
+The origin is a ledger that counts executions and answers each with a distinct body, so
+"replayed" and "executed again" are told apart by bytes. Durations (lease, ttl) are short and
+every wait is a bounded poll.
+"""
+
+import socket
+import time
+
+import pytest
+
+from tests.support.client import Conn
+from tests.support.e2e import assert_error, proxy_config
+from tests.support.origin import Origin, ok
+from tests.support.proxy import InProcessProxy
+
+KEY = b'"8e03978e-40d5-43e8-bc93-6894a57f9324"'
+
+
+class Ledger:
+    """An origin handler that executes POSTs: each gets the next charge number. ``plan``
+    overrides the answer of the n-th execution (1-based): bytes, or (bytes, action)."""
+
+    def __init__(self, delay: float = 0.0, plan=None):
+        self.executed = 0
+        self.delay = delay
+        self.plan = plan or {}
+
+    def __call__(self, req):
+        self.executed += 1
+        n = self.executed
+        if n in self.plan:
+            return self.plan[n]
+        body = b'{"charge": %d, "body": "%s"}' % (n, req.body)
+        resp = ok(body, 201, [(b"Content-Type", b"application/json"), (b"X-Charge", b"%d" % n)])
+        return (resp, self.delay) if self.delay else resp
+
+
+def post(port, key=KEY, body=b"amount=10", path="/pay", headers=(), timeout=5.0):
+    hs = [(b"Idempotency-Key", key)] if key is not None else []
+    with Conn(port, timeout) as c:
+        return c.request("POST", path, headers=hs + list(headers), body=body)
+
+
+def wait_until(cond, timeout=5.0, step=0.01):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(step)
+    return False
+
+
+@pytest.fixture(params=["memory", "redis"])
+def store(request):
+    if request.param == "memory":
+        return 'store = "memory"\n'
+    url = request.getfixturevalue("redis_server").url
+    return 'store = "redis"\n', f'\n[redis]\nurl = "{url}"\n'
+
+
+def config(origin, store, section="", server="", route=""):
+    if isinstance(store, tuple):
+        store, redis = store
+    else:
+        redis = ""
+    return proxy_config(origin.url, server=server, route=route,
+                        extra="[routes.idempotency]\n" + store + section + redis)
+
+
+class Setup:
+    def __init__(self, store, section="", handler=None, **kw):
+        self.ledger = handler or Ledger()
+        self.store = store
+        self.section = section
+        self.kw = kw
+
+    def __enter__(self):
+        self.origin = Origin(self.ledger).__enter__()
+        self.proxy = InProcessProxy(
+            config(self.origin, self.store, self.section, **self.kw)).__enter__()
+        return self.ledger, self.proxy.port
+
+    def __exit__(self, *exc):
+        self.proxy.__exit__(*exc)
+        self.origin.__exit__(*exc)
+
+
+def test_required_key_missing_is_400_and_upstream_untouched(store):
+    with Setup(store, "required = true\n") as (ledger, port):
+        err = assert_error(post(port, key=None), 400, "idempotency_key_missing")
+        assert "Idempotency-Key" in err["message"]
+        assert_error(post(port, key=b'"not closed'), 400, "idempotency_key_invalid")
+        assert_error(post(port, key=b'"' + b"k" * 300 + b'"'), 400, "idempotency_key_invalid")
+        with Conn(port) as c:
+            r = c.request("POST", "/pay", headers=[(b"Idempotency-Key", KEY),
+                                                    (b"Idempotency-Key", KEY)], body=b"x")
+        assert_error(r, 400, "idempotency_key_invalid")
+        assert ledger.executed == 0
+        with Conn(port) as c:  # other methods are not affected
+            assert c.request("GET", "/pay").status == 201
+
+
+def test_replay_is_byte_identical_with_the_replayed_header(store):
+    with Setup(store) as (ledger, port):
+        first = post(port)
+        assert first.status == 201 and first.header(b"idempotent-replayed") is None
+        for _ in range(3):
+            again = post(port)
+            assert (again.status, again.body) == (first.status, first.body)
+            assert again.header(b"idempotent-replayed") == b"true"
+            assert again.header(b"x-charge") == b"1"
+            assert again.header(b"content-type") == b"application/json"
+            assert again.header(b"x-request-id") != first.header(b"x-request-id")
+        assert ledger.executed == 1
+        assert post(port, key=b"bare-key").status == 201  # Stripe-style bare keys welcome
+        assert post(port, key=b"bare-key").header(b"idempotent-replayed") == b"true"
+        assert ledger.executed == 2
+
+
+def test_duplicate_in_flight_is_409_with_retry_after(store):
+    with Setup(store, handler=Ledger(delay=0.5)) as (ledger, port):
+        with Conn(port) as first:
+            first.send(b"POST /pay HTTP/1.1\r\nHost: t\r\nIdempotency-Key: %s\r\n"
+                       b"Content-Length: 9\r\n\r\namount=10" % KEY)
+            assert wait_until(lambda: ledger.executed == 1)
+            dup = post(port)
+            assert_error(dup, 409, "idempotency_conflict")
+            assert dup.header(b"retry-after") == b"1"
+            assert first.response().status == 201
+        assert post(port).header(b"idempotent-replayed") == b"true"
+        assert ledger.executed == 1
+
+
+def test_wait_mode_duplicate_gets_the_first_answer(store):
+    section = 'concurrent = "wait"\nmax_wait = "5s"\n'
+    with Setup(store, section, handler=Ledger(delay=0.3)) as (ledger, port):
+        with Conn(port) as first:
+            first.send(b"POST /pay HTTP/1.1\r\nHost: t\r\nIdempotency-Key: %s\r\n"
+                       b"Content-Length: 9\r\n\r\namount=10" % KEY)
+            assert wait_until(lambda: ledger.executed == 1)
+            dup = post(port)
+            original = first.response()
+        assert dup.status == 201 and dup.body == original.body
+        assert dup.header(b"idempotent-replayed") == b"true"
+        assert ledger.executed == 1
+
+
+def test_wait_mode_gives_up_after_max_wait(store):
+    section = 'concurrent = "wait"\nmax_wait = "200ms"\n'
+    with Setup(store, section, handler=Ledger(delay=1.5)) as (ledger, port):
+        with Conn(port) as first:
+            first.send(b"POST /pay HTTP/1.1\r\nHost: t\r\nIdempotency-Key: %s\r\n"
+                       b"Content-Length: 9\r\n\r\namount=10" % KEY)
+            assert wait_until(lambda: ledger.executed == 1)
+            start = time.monotonic()
+            assert_error(post(port), 409, "idempotency_conflict")
+            assert time.monotonic() - start < 1.2
+
+
+def test_same_key_different_request_is_422(store):
+    with Setup(store) as (ledger, port):
+        assert post(port, body=b"amount=10").status == 201
+        assert_error(post(port, body=b"amount=99"), 422, "idempotency_mismatch")
+        assert_error(post(port, path="/pay/other"), 422, "idempotency_mismatch")
+        assert_error(post(port, path="/pay?currency=eur"), 422, "idempotency_mismatch")
+        assert ledger.executed == 1
+
+
+def test_5xx_and_upstream_failure_release_the_key(store):
+    plan = {1: ok(b"busy", 503), 2: (b"", "reset"), 3: ok(b"slow down", 429)}
+    with Setup(store, handler=Ledger(plan=plan)) as (ledger, port):
+        assert post(port).status == 503
+        assert_error(post(port), 502, "bad_gateway")
+        assert post(port).status == 429
+        ok_ = post(port)  # the client's retry runs for real this time
+        assert ok_.status == 201 and ok_.header(b"idempotent-replayed") is None
+        assert post(port).body == ok_.body
+        assert ledger.executed == 4
+
+
+def test_4xx_is_stored_and_replayed(store):
+    with Setup(store, handler=Ledger(plan={1: ok(b'{"error": "card declined"}', 402)})) as (
+            ledger, port):
+        assert post(port).status == 402
+        again = post(port)
+        assert again.status == 402 and again.body == b'{"error": "card declined"}'
+        assert again.header(b"idempotent-replayed") == b"true"
+        assert ledger.executed == 1
+
+
+def test_claim_of_a_vanished_client_expires_with_its_lease(store):
+    # The first request's client leaves while the upstream still works on it: the outcome is
+    # unknown, so the key stays claimed (409) until the lease ends, then runs again.
+    plan = {1: (b"", "hang")}
+    with Setup(store, 'lease = "400ms"\n', handler=Ledger(plan=plan)) as (ledger, port):
+        s = socket.create_connection(("127.0.0.1", port), 2)
+        s.sendall(b"POST /pay HTTP/1.1\r\nHost: t\r\nIdempotency-Key: %s\r\n"
+                  b"Content-Length: 9\r\n\r\namount=10" % KEY)
+        assert wait_until(lambda: ledger.executed == 1)
+        s.close()
+        time.sleep(0.05)
+        assert_error(post(port), 409, "idempotency_conflict")
+        assert wait_until(lambda: post(port).status == 201, timeout=5, step=0.05)
+        assert ledger.executed == 2
+
+
+def test_ttl_expiry_forgets_the_answer(store):
+    with Setup(store, 'ttl = "300ms"\n') as (ledger, port):
+        first = post(port)
+        assert post(port).header(b"idempotent-replayed") == b"true"
+        assert wait_until(lambda: post(port).header(b"idempotent-replayed") is None,
+                          timeout=5, step=0.05)
+        assert post(port).body != first.body
+        assert ledger.executed == 2
+
+
+def test_callers_never_see_each_others_records(store):
+    with Setup(store, 'caller = ["header:X-Api-Key"]\n') as (ledger, port):
+        alice = post(port, headers=[(b"X-Api-Key", b"alice")])
+        mallory = post(port, headers=[(b"X-Api-Key", b"mallory")])
+        assert mallory.header(b"idempotent-replayed") is None
+        assert mallory.body != alice.body
+        assert post(port, headers=[(b"X-Api-Key", b"alice")]).body == alice.body
+        assert ledger.executed == 2
+
+
+def test_response_headers_are_replayed_minus_hop_by_hop(store):
+    resp = (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n"
+            b"Keep-Alive: timeout=5\r\nSet-Cookie: s=1\r\nX-Custom: v\r\n\r\nok")
+    with Setup(store, handler=Ledger(plan={1: resp})) as (ledger, port):
+        post(port)
+        again = post(port)
+        assert again.body == b"ok" and again.header(b"x-custom") == b"v"
+        assert again.header(b"set-cookie") == b"s=1" and again.header(b"keep-alive") is None
+
+
+def test_protected_post_is_retried_on_the_next_server(store):
+    # ctx.protected: a POST whose key this proxy holds may go to the next server after a
+    # connect failure; without a key it may not (nginx's non_idempotent rule).
+    from tests.support.origin import closed_port
+    ledger = Ledger()
+    with Origin(ledger) as origin:
+        text = config(origin, store).replace(
+            f'servers = ["{origin.url}"]',
+            f'servers = ["http://127.0.0.1:{closed_port()}", "{origin.url}"]')
+        with InProcessProxy(text) as proxy:
+            assert [post(proxy.port, key=b"k%d" % i).status for i in range(2)] == [201, 201]
+        with InProcessProxy(text) as proxy:
+            assert 502 in [post(proxy.port, key=None).status for i in range(2)]
