@@ -221,7 +221,10 @@ cdef Py_ssize_t _ip_bytes(object ip, unsigned char* out) except -1:
     cdef Py_ssize_t n, i
     if type(ip) is not str:
         return 0
-    p = PyUnicode_AsUTF8AndSize(ip, &n)
+    try:
+        p = PyUnicode_AsUTF8AndSize(ip, &n)
+    except UnicodeEncodeError:  # a lone surrogate: not an address
+        return 0
     if inet_pton(AF_INET, p, out) == 1:
         return 3
     if inet_pton(AF_INET6, p, a6) != 1:

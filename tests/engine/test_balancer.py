@@ -11,6 +11,8 @@ from collections import Counter
 from types import SimpleNamespace
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from engine.upstream.balancer import (BALANCERS, Hash, IpHash, LeastConn, RandomTwo,
                                       RoundRobin)
@@ -178,6 +180,27 @@ def test_round_robin_skipping_keeps_the_others_ratio_and_interleaving():
     assert shares(srv, picks(rr, 7000)) == pytest.approx([5 / 7, 1 / 7, 1 / 7], abs=0.01)
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 10), st.booleans()), min_size=1, max_size=8),
+       st.integers(0, 30))
+def test_round_robin_every_cycle_is_exact(spec, warmup):
+    # Smooth WRR: each run of W picks (W = the available weights' sum) gives every available
+    # server exactly its weight, however many picks came before.
+    srv = servers(*[w for w, _ in spec])
+    for s, (_, down) in zip(srv, spec, strict=True):
+        s.down = down
+    up = [s for s in srv if not s.down]
+    rr = make("round_robin", srv)
+    if not up:
+        assert rr.pick(None, NOW) is None
+        return
+    total = sum(s.weight for s in up)
+    picks(rr, warmup)
+    for _ in range(2):
+        count = Counter(picks(rr, total))
+        assert {s: count[s] for s in up} == {s: s.weight for s in up}
+
+
 # -- least connections -----------------------------------------------------------------------
 
 def test_least_conn_prefers_fewest_in_flight():
@@ -283,11 +306,13 @@ def test_ip_hash_rehashes_when_the_server_is_skipped():
         assert b.pick(Ctx(ip=ip), NOW) is home
 
 
-def test_ip_hash_without_an_address_goes_round_robin():
+@pytest.mark.parametrize("ip", ["unix:", "", None, "fe80::1%eth0", "1.2.3.4\udc80"],
+                         ids=["unix", "empty", "none", "zone-id", "surrogate"])
+def test_ip_hash_without_an_address_goes_round_robin(ip):
     srv = servers(5, 1, 1)
     a, b_, c = srv
     b = make("ip_hash", srv)
-    assert picks(b, 7, Ctx(ip="unix:")) == [a, a, b_, a, c, a, a]
+    assert picks(b, 7, Ctx(ip=ip)) == [a, a, b_, a, c, a, a]
 
 
 # -- hash (nginx, not consistent) ------------------------------------------------------------
