@@ -133,6 +133,98 @@ class ServerConfig:
                                    "second; SIGHUP and POST /reload always work)")
 
 
+_FAILURE_NAMES = ("error", "timeout", "http_500", "http_502", "http_503", "http_504",
+                  "http_429")
+
+
+def _check_failures(values: tuple) -> tuple:
+    for v in values:
+        if v not in _FAILURE_NAMES:
+            raise ValueError(f'"{v}" is not one of {", ".join(_FAILURE_NAMES)}'
+                             + suggest(v, _FAILURE_NAMES))
+    return values
+
+
+def _check_statuses(values: tuple) -> tuple:
+    for v in values:
+        if not 100 <= v <= 599:
+            raise ValueError(f"{v} is not an HTTP status code")
+    return values
+
+
+@dataclass(frozen=True)
+class RetryConfig:
+    tries: int = key(3, "attempts per request, the first included, each on a different server "
+                        "(nginx proxy_next_upstream_tries); 1 = no retries", min=1, max=100)
+    on: tuple[str, ...] = key(("error", "timeout", "http_502", "http_503", "http_504"),
+                              'what is retried: "error" (connect failure, reset before a '
+                              'response), "timeout", "http_5xx"/"http_429" statuses',
+                              check=_check_failures)
+    timeout: Duration = key(10.0, "total time a request may spend on retries "
+                                  "(nginx proxy_next_upstream_timeout)")
+    budget: float = key(0.2, "retries allowed as a share of the upstream's requests over "
+                             "the last 10-20 s, so a failing fleet gets no retry storm",
+                        min=0.0, max=10.0)
+    min_retries: int = key(3, "retries always allowed per 10 s whatever the budget", min=0)
+
+
+@dataclass(frozen=True)
+class CircuitConfig:
+    consecutive_failures: int = key(5, "failures in a row that open the circuit (0 = off)",
+                                    min=0)
+    failure_rate: float = key(0.5, "failure share over the window that opens it (0 = off)",
+                              min=0.0, max=1.0)
+    min_requests: int = key(20, "requests the window needs before failure_rate applies",
+                            min=1)
+    window: Duration = key(10.0, "rolling window failure_rate is measured over")
+    cooldown: Duration = key(30.0, "how long an open circuit refuses before half-open probes")
+    half_open_requests: int = key(1, "probe requests admitted half-open; all succeeding "
+                                     "closes the circuit", min=1, max=1000)
+
+
+@dataclass(frozen=True)
+class HealthCheckConfig:
+    path: str = key("/", "path requested (GET, Host = the upstream's host or the server)")
+    interval: Duration = key(5.0, "time between checks of one server")
+    timeout: Duration = key(1.0, "a check not answered within this failed")
+    statuses: tuple[int, ...] = key((200, 201, 202, 203, 204, 205, 206, 300, 301, 302, 303,
+                                     304, 307, 308),
+                                    "statuses that count as healthy", check=_check_statuses)
+    healthy_threshold: int = key(2, "passed checks in a row that make a server healthy", min=1)
+    unhealthy_threshold: int = key(3, "failed checks in a row that make it unhealthy", min=1)
+
+
+@dataclass(frozen=True)
+class OutlierConfig:
+    interval: Duration = key(10.0, "how often error rates are compared")
+    min_requests: int = key(10, "requests a server needs in an interval to be judged", min=1)
+    factor: float = key(3.0, "ejected when its error rate is above factor x the median of "
+                             "its peers' (and above min_error_rate)", min=1.0)
+    min_error_rate: float = key(0.2, "error rate below which nobody is ejected",
+                                min=0.0, max=1.0)
+    ejection_time: Duration = key(30.0, "how long an ejected server sits out")
+    max_ejected: float = key(0.5, "share of servers that may be ejected at once",
+                             min=0.0, max=1.0)
+
+
+def _check_header_pairs(values):
+    for name, value in values:
+        check_header_name(name)
+        check_header_value(value)
+    return values
+
+
+@dataclass(frozen=True)
+class FallbackConfig:
+    upstream: str | None = key(None, "another upstream to send the request to")
+    status: int = key(503, "status of the static answer (when no fallback upstream)",
+                      min=200, max=599)
+    body: str = key("", "body of the static answer")
+    content_type: str = key("application/json", "Content-Type of the body")
+    headers: dict[str, str] = key((), "extra headers of the static answer",
+                                  check=_check_header_pairs)
+
+
 @dataclass(frozen=True)
 class ServerEntry:
     SHORTHAND = "url"
@@ -180,6 +272,21 @@ class UpstreamConfig:
     send_timeout: Duration = key(60.0, "longest stall writing the request upstream; then 504")
     read_timeout: Duration = key(60.0, "longest gap between two reads of the response; "
                                        "then 504 (or the connection is cut mid-body)")
+    fail_on: tuple[str, ...] = key(("error", "timeout"),
+                                   "what counts as a server failure for max_fails, circuit "
+                                   "breakers and outlier ejection (nginx counts error and "
+                                   'timeout; add e.g. "http_503")', check=_check_failures)
+    retry: RetryConfig = key(RetryConfig(), "next-upstream retries (never for a POST/PATCH "
+                                            "unless an idempotency key protects it)")
+    circuit_breaker: CircuitConfig | None = key(None, "per server and per upstream circuit "
+                                                      "breakers (off when absent)")
+    health_check: HealthCheckConfig | None = key(None, "active HTTP health checks (off when "
+                                                       "absent)")
+    outlier_detection: OutlierConfig | None = key(None, "eject servers whose error rate is far "
+                                                        "above their peers' (off when absent)")
+    fallback: FallbackConfig | None = key(None, "the answer when no server is available: "
+                                                "another upstream or a static response "
+                                                "(default 503 with Retry-After)")
 
 
 def _filter_sections():
@@ -305,6 +412,14 @@ def _cross_check(cfg: Config, errors: list) -> None:
         names.add(up.name)
         if not [s for s in up.servers if s is not None]:
             errors.append((f"upstreams[{i}].servers", "needs at least one server"))
+    for i, up in enumerate(cfg.upstreams):
+        if up is not None and up.fallback is not None and up.fallback.upstream is not None:
+            if up.fallback.upstream not in names:
+                errors.append((f"upstreams[{i}].fallback.upstream",
+                               f'unknown upstream "{up.fallback.upstream}"'
+                               + suggest(up.fallback.upstream, names)))
+            elif up.fallback.upstream == up.name:
+                errors.append((f"upstreams[{i}].fallback.upstream", "is the upstream itself"))
     route_names = set()
     for i, route in enumerate(cfg.routes):
         if route is None:

@@ -10,6 +10,7 @@ import re
 
 from engine.chain.filter import compile_chain
 from engine.http.framing import TRACING_MODES
+from engine.upstream.checks import watch_upstreams
 from engine.upstream.upstream import Upstream
 
 try:
@@ -150,7 +151,11 @@ class Runtime:
         self.pools = {}
         self.upstreams = {}
         for up_cfg in cfg.upstreams:
-            self.upstreams[up_cfg.name] = Upstream(up_cfg, old_pools, self.pools)
+            self.upstreams[up_cfg.name] = Upstream(up_cfg, old_pools, self.pools, self.shared)
+        for upstream in self.upstreams.values():
+            if upstream.fallback_name is not None:
+                upstream.fallback_to = self.upstreams[upstream.fallback_name]
+        watch_upstreams(self.shared, cfg.upstreams, self.upstreams)
         self.router = Router()
         self.routes = []
         for route_cfg in cfg.routes:

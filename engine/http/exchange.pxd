@@ -41,6 +41,22 @@ cdef class Exchange:
     cdef public Upstream upstream       # the route's, once proxying
     cdef public Server server
     cdef public list tried              # servers this request failed on (retries), or None
+    cdef public int tries               # attempts made (servers sent to)
+    cdef public double retry_until      # no new attempt after this (retry.timeout)
+    cdef bint attempting                # server.active counts this request now
+    cdef int attempt_failure            # the failure bit the response status stands for
+    cdef bint fell_back                 # went to the upstream's fallback upstream
+    cdef public bint protected          # a claimed idempotency key makes a POST repeatable
+    cdef public object consumer         # the authenticated caller (auth filters), or None
+    cdef public object vars             # per-request state of filters: a dict, or None
+    cdef public list finish_hooks
+    cdef public bint response_complete  # a whole response was written
+    cdef public list capture            # the response body being kept (capture_response)
+    cdef public Py_ssize_t capture_limit
+    cdef Py_ssize_t capture_size
+    cdef public object captured         # at finish: the kept body, or None
+    cdef public object body_waiter      # future of read_body, or None
+    cdef public Py_ssize_t body_limit
     cdef public UpstreamConnection conn
     cdef public list pending
     cdef public Py_ssize_t pending_size
@@ -74,7 +90,14 @@ cdef class Exchange:
 
     # request phase
     cdef int start(self) except -1
-    cdef int proxy(self) except -1
+    cdef int run_filters(self, Py_ssize_t first) except -1
+    cdef int proxy(self, object upstream) except -1
+    cdef int send_to(self, Server server) except -1
+    cdef int unavailable(self) except -1
+    cdef int end_attempt(self, int failure) except -1
+    cdef Server retry_target(self, int failure)
+    cdef int retry(self, Server server) except -1
+    cdef int ended(self) except -1
     cdef int connect(self) except -1
     cdef int attach(self, UpstreamConnection conn) except -1
     cdef bytes request_head(self)

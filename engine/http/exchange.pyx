@@ -5,6 +5,8 @@ is the ``ctx`` filters receive. Client-side callbacks come from ClientProtocol, 
 callbacks from UpstreamConnection; both are C-level method calls on the hot path.
 """
 
+import asyncio
+import traceback
 from functools import partial
 
 cimport cython
@@ -19,7 +21,9 @@ from engine.http.protocol cimport PAUSE_PENDING, PAUSE_UPSTREAM, ClientProtocol
 from engine.http.stats cimport monotonic
 from engine.upstream.connection cimport UpstreamConnection
 from engine.upstream.pool cimport Pool
-from engine.upstream.upstream cimport Server, Upstream
+from engine.upstream.upstream cimport (
+    F_ERROR, F_TIMEOUT, Server, Upstream, status_failure,
+)
 
 from engine.errors import error_response
 from engine.http.framing import HOP_BY_HOP, connection_tokens, random_hex, transfer_codings
@@ -31,6 +35,12 @@ from engine.upstream.connection import UpstreamConnection as _UpstreamConnection
 PENDING_LIMIT = 256 * 1024
 cdef Py_ssize_t _PENDING_LIMIT = PENDING_LIMIT
 
+
+
+class BodyTooLarge(Exception):
+    """``read_body``: the request body is larger than the filter's limit."""
+
+
 CHUNK_END = b"0\r\n\r\n"
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 # RFC 9110 §9.2.2: requests a client may repeat automatically (RFC 9112 §9.3.1.1).
@@ -40,6 +50,7 @@ cdef bytes _CHUNK_END = CHUNK_END
 cdef bytes _CONTINUE = CONTINUE
 cdef frozenset _IDEMPOTENT = IDEMPOTENT
 cdef bytes _HEAD = b"HEAD"
+cdef object _Response = Response
 
 # Response headers the proxy re-frames or replaces rather than relays.
 cdef enum:
@@ -196,31 +207,205 @@ cdef class Exchange:
             self.close_after = True
             self.respond(error_response("body_too_large", self.request_id.decode()))
             return 0
-        for f in route.request_filters:
-            self.ran += 1
-            answer = f.on_request(self)
-            if answer is not None:
-                self.respond(answer)
-                return 0
-        return self.proxy()
+        return self.run_filters(0)
 
-    cdef int proxy(self) except -1:
-        cdef Upstream upstream = <Upstream?>self.route.upstream
+    cdef int run_filters(self, Py_ssize_t first) except -1:
+        """Request filters from index ``first`` on, then upstream. A filter that returns a
+        coroutine is awaited in a task (``connecting``: cancelled like a connect when the
+        client goes or the deadline passes); the chain goes on from the next one after."""
+        cdef tuple filters = self.route.request_filters
+        cdef Py_ssize_t i
+        cdef ClientProtocol proto
+        for i in range(first, len(filters)):
+            self.ran += 1
+            answer = filters[i].on_request(self)
+            if answer is not None:
+                if isinstance(answer, _Response):
+                    self.respond(answer)
+                    return 0
+                proto = self.proto
+                proto.deadline = <double>proto.worker.now + proto.client_body_timeout
+                self.connecting = proto.worker.loop.create_task(
+                    self._await_filter(answer, i + 1))
+                return 0
+        return self.proxy(self.route.upstream)
+
+    async def _await_filter(self, coro, Py_ssize_t next_index):
+        try:
+            answer = await coro
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            traceback.print_exc()
+            answer = error_response("internal_error", self.request_id.decode())
+        self.connecting = None
+        if self.finished:
+            return
+        if answer is not None:
+            self.respond(answer)
+        else:
+            self.run_filters(next_index)
+
+    async def read_body(self, Py_ssize_t limit):
+        """The whole request body (for a filter that must see it: an idempotency
+        fingerprint). It is kept and then sent upstream with a Content-Length."""
+        if self.content_length is not None and self.content_length > limit:
+            raise BodyTooLarge(limit)
+        if not self.body_done:
+            self.body_limit = limit
+            self.body_waiter = self.proto.worker.loop.create_future()
+            # Reading may have paused at PENDING_LIMIT: this body is wanted whole.
+            self.proto.resume_reading_for(PAUSE_PENDING)
+            try:
+                await self.body_waiter
+            finally:
+                self.body_waiter = None
+        if self.pending_size > limit:
+            raise BodyTooLarge(limit)
+        if not self.pending:
+            return b""
+        if len(self.pending) > 1:
+            self.pending = [b"".join(self.pending)]
+        return self.pending[0]
+
+    def add_finish_hook(self, fn):
+        """``fn(self)`` once when this exchange ends, however it ends."""
+        if self.finish_hooks is None:
+            self.finish_hooks = [fn]
+        else:
+            self.finish_hooks.append(fn)
+
+    def capture_response(self, Py_ssize_t limit):
+        """Keep a copy of the response body, up to ``limit`` bytes: ``captured`` at finish."""
+        if self.capture is None:
+            self.capture = []
+            self.capture_size = 0
+        self.capture_limit = limit
+
+    cdef int ended(self) except -1:
+        """The exchange is over (called once, by ClientProtocol.account)."""
+        if self.attempting:
+            self.end_attempt(-1)
+        if self.capture is not None:
+            if self.response_complete and self.capture_size <= self.capture_limit:
+                self.captured = b"".join(self.capture)
+            self.capture = None
+        hooks = self.finish_hooks
+        if hooks is not None:
+            self.finish_hooks = None
+            for fn in hooks:
+                try:
+                    fn(self)
+                except Exception:
+                    traceback.print_exc()
+        return 0
+
+    cdef int proxy(self, object upstream_) except -1:
+        cdef Upstream upstream = <Upstream?>upstream_
         cdef Server server
+        cdef double now = self.proto.worker.now
         self.upstream = upstream
-        server = upstream.pick(self, <double>self.proto.worker.now)
+        if self.tries == 0:
+            upstream.budget.request(now)
+            self.retry_until = now + upstream.retry_timeout
+        if upstream.circuit is not None and not upstream.circuit.admits(now):
+            return self.unavailable()
+        server = upstream.pick(self, now)
         if server is None:
-            self.respond(error_response("upstream_unavailable", self.request_id.decode()))
-            return 0
-        self.server = server
+            return self.unavailable()
         if self.expect is not None and not self.body_done and self.version == "1.1":
             # RFC 9110 §10.1.1: the proxy has accepted the request, so it asks for the body
             # itself; Expect is not forwarded.
             self.proto.transport.write(_CONTINUE)
+        return self.send_to(server)
+
+    cdef int send_to(self, Server server) except -1:
+        """One attempt: ``server`` takes the request (a pooled connection or a new one)."""
+        cdef double now = self.proto.worker.now
+        self.server = server
+        self.tries += 1
+        self.attempting = True
+        self.attempt_failure = 0
+        server.active += 1
+        if server.health is not None:
+            server.health.begin(now)
+        if self.upstream.circuit is not None:
+            self.upstream.circuit.begin(now)
         conn = server.pool.acquire()
         if conn is not None:
             return self.attach(conn)
         return self.connect()
+
+    cdef int unavailable(self) except -1:
+        """No server may take the request: the fallback upstream, the static fallback, or
+        503 with Retry-After (RFC 9110 §15.6.4, §10.2.3)."""
+        cdef Upstream upstream = self.upstream
+        if upstream.fallback_to is not None and not self.fell_back:
+            self.fell_back = True
+            self.tried = None
+            return self.proxy(upstream.fallback_to)
+        fallback = upstream.fallback
+        if fallback is not None:
+            # (a copy: response filters edit the headers of what they answer)
+            self.respond(_Response(fallback.status, list(fallback.headers), fallback.body))
+            return 0
+        seconds = upstream.available_in(<double>self.proto.worker.now)
+        self.respond(error_response(
+            "upstream_unavailable", self.request_id.decode(),
+            headers=[(b"Retry-After", b"%d" % max(1, <long>(seconds + 0.999)))]))
+        return 0
+
+    cdef int end_attempt(self, int failure) except -1:
+        """The current attempt is over: ``failure`` 0 = the server answered, a failure bit,
+        or -1 = no verdict (the client went away)."""
+        cdef Server server = self.server
+        cdef Upstream upstream = self.upstream
+        cdef double now
+        cdef bint ok
+        if not self.attempting:
+            return 0
+        self.attempting = False
+        server.active -= 1
+        if failure < 0:
+            if server.health is not None:
+                server.health.cancel()
+            if upstream.circuit is not None:
+                upstream.circuit.cancel()
+            return 0
+        now = self.proto.worker.now
+        ok = not (failure & upstream.fail_mask)
+        if server.health is not None:
+            server.health.record(ok, now)
+        if upstream.circuit is not None:
+            upstream.circuit.record(ok, now)
+        return 0
+
+    cdef Server retry_target(self, int failure):
+        """The server to try next after ``failure``, or None when the request may not or
+        cannot be retried (nginx proxy_next_upstream rules)."""
+        cdef Upstream upstream = self.upstream
+        cdef double now = self.proto.worker.now
+        if (not failure & upstream.retry_mask or self.head_sent or self.finished
+                or self.body_streamed or self.tries >= upstream.tries
+                or now >= self.retry_until):
+            return None
+        if self.method not in _IDEMPOTENT and not self.protected:
+            # A POST or PATCH the upstream may have acted on is never sent twice (nginx
+            # 1.9.13 non_idempotent rule; RFC 9110 §9.2.2) unless a claimed idempotency key
+            # makes the repeat harmless.
+            return None
+        if self.tried is None:
+            self.tried = [self.server]
+        else:
+            self.tried.append(self.server)
+        server = upstream.pick(self, now)
+        if server is None or not upstream.budget.allow(now):
+            return None
+        return server
+
+    cdef int retry(self, Server server) except -1:
+        self.retried = False  # a stale pooled connection of the next server may be retried
+        return self.send_to(server)
 
     cdef int connect(self) except -1:
         cdef ClientProtocol proto = self.proto
@@ -238,6 +423,11 @@ cdef class Exchange:
             if not self.finished:
                 self.upstream_failed(None, "bad_gateway", True)
             return
+        except asyncio.CancelledError:
+            self.connecting = None
+            if self.attempting:
+                self.end_attempt(-1)
+            raise
         self.connecting = None
         if self.finished:
             (<Pool?>server.pool).release(conn, self.proto.worker.now)
@@ -372,7 +562,10 @@ cdef class Exchange:
             self.pending = []
         self.pending.append(chunk)
         self.pending_size += len(chunk)
-        if self.pending_size >= _PENDING_LIMIT:
+        if self.body_waiter is not None:
+            if self.pending_size > self.body_limit and not self.body_waiter.done():
+                self.body_waiter.set_result(None)  # read_body raises BodyTooLarge
+        elif self.pending_size >= _PENDING_LIMIT:
             self.proto.pause_reading_for(PAUSE_PENDING)
         return 0
 
@@ -380,6 +573,8 @@ cdef class Exchange:
         cdef UpstreamConnection conn = self.conn
         cdef ClientProtocol proto = self.proto
         self.body_done = True
+        if self.body_waiter is not None and not self.body_waiter.done():
+            self.body_waiter.set_result(None)
         if conn is not None and not self.finished:
             if self.chunked_up:
                 conn.transport.write(_CHUNK_END)
@@ -399,8 +594,9 @@ cdef class Exchange:
         cdef tuple named
         cdef bytes name, value
         cdef Py_ssize_t i
-        cdef int kind
+        cdef int kind, failure
         cdef bint no_body
+        cdef Server server
         if self.finished:
             conn.abort()
             return False
@@ -437,6 +633,16 @@ cdef class Exchange:
                 # the protocol switched to (RFC 9110 §7.8)
                 named = tuple([t for t in named if t != b"upgrade"])
             out = _drop_named(out, named, True)
+        if status_failure(status):
+            failure = status_failure(status)
+            server = self.retry_target(failure)
+            if server is not None:
+                # The next server answers instead; this response is dropped unread.
+                self.end_attempt(failure)
+                self.drop_upstream()
+                self.retry(server)
+                return False
+            self.attempt_failure = failure
         if status == 101:
             if self.upgrade is None:
                 self.upstream_failed(conn, "bad_gateway", False)
@@ -453,6 +659,10 @@ cdef class Exchange:
 
     cdef int upstream_body(self, bytes chunk) except -1:
         cdef ClientProtocol proto = self.proto
+        if self.capture is not None:
+            self.capture_size += len(chunk)
+            if self.capture_size <= self.capture_limit:
+                self.capture.append(chunk)
         if self.resp_chunked:
             chunk = _chunk(chunk)
         out = self.out
@@ -475,6 +685,8 @@ cdef class Exchange:
         self.conn = None
         pool = self.server.pool
         pool.active -= 1
+        self.end_attempt(self.attempt_failure)
+        self.response_complete = True
         if reusable and self.body_done and self.upgrade is None:
             # A refused upgrade's connection is not reused: the upstream's parser may
             # already treat it as switched (llhttp pauses on every Upgrade request).
@@ -489,11 +701,13 @@ cdef class Exchange:
     cdef int upstream_failed(self, UpstreamConnection conn, str code, bint retry=True) except -1:
         """``retry`` is False when the upstream answered something (a malformed response):
         that is its answer, not a connection lost in a keep-alive race."""
+        cdef Server server
         if conn is not None and self.conn is conn:
             self.conn = None
             self.server.pool.active -= 1
             if (retry and conn.requests > 1 and not self.head_sent and not self.body_streamed
-                    and not self.retried and not self.finished and self.method in _IDEMPOTENT
+                    and not self.retried and not self.finished
+                    and (self.method in _IDEMPOTENT or self.protected)
                     and (self.body_done or not self.body_received)):
                 # The keep-alive connection was closed by the server as we reused it
                 # (RFC 9112 §9.3.1): resend once on a fresh one, but only an idempotent
@@ -502,6 +716,14 @@ cdef class Exchange:
                 return self.connect()
         if self.finished:
             return 0
+        if retry and not self.head_sent:
+            # Connect refused or connection lost before a response: nginx "error".
+            server = self.retry_target(F_ERROR)
+            self.end_attempt(F_ERROR)
+            if server is not None:
+                return self.retry(server)
+        else:
+            self.end_attempt(F_ERROR)
         if not self.head_sent:
             self.respond(error_response(code, self.request_id.decode()))
         else:
@@ -525,12 +747,24 @@ cdef class Exchange:
 
     cdef int timed_out(self) except -1:
         """The connection's deadline passed while this exchange was active."""
+        cdef Server server
         if self.connecting is not None:
             self.connecting.cancel()
             self.connecting = None
+            if self.attempting:  # (else it was a filter's wait)
+                server = self.retry_target(F_TIMEOUT)
+                self.end_attempt(F_TIMEOUT)
+                if server is not None:
+                    return self.retry(server)
             self.respond(error_response("gateway_timeout", self.request_id.decode()))
         elif self.conn is not None:
+            server = None
+            if self.body_done and not self.head_sent:
+                server = self.retry_target(F_TIMEOUT)
+            self.end_attempt(F_TIMEOUT)
             self.drop_upstream()
+            if server is not None:
+                return self.retry(server)
             if self.head_sent:
                 self.close_after = True
                 self.proto.abort()
@@ -563,12 +797,15 @@ cdef class Exchange:
             self.conn = None
             self.server.pool.active -= 1
             conn.abort()
+        if self.attempting:
+            self.end_attempt(-1)
         return 0
 
     cdef int tunnel_closed(self) except -1:
         if self.conn is not None:
             self.conn = None
             self.server.pool.active -= 1
+        self.end_attempt(0)
         self.close_after = True
         self.proto.close()
         return self.finish()
@@ -586,9 +823,13 @@ cdef class Exchange:
         if not self.body_done:
             # The rest of the request body is not read: close after answering.
             self.close_after = True
+        if self.capture is not None:
+            self.capture.append(body)
+            self.capture_size += PyBytes_GET_SIZE(body)
         self._write_head(resp, resp.status, resp.headers, False, None,
                          PyBytes_FromFormat("%zd", PyBytes_GET_SIZE(body)),
                          self.method == _HEAD, body, False)
+        self.response_complete = True
         self.finish()
 
     cdef int _write_head(self, object resp, int status, list headers, bint flat, bytes reason,

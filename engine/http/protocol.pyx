@@ -440,9 +440,10 @@ cdef class ClientProtocol:
         cdef double now = monotonic()
         cdef double took = now - ex.t_start if ex.t_start else -1.0
         cdef double upstream_took = now - ex.t_upstream if ex.t_upstream else -1.0
+        cdef RouteStats stats
+        ex.ended()
         route = ex.route
-        cdef RouteStats stats = (self.worker.unrouted_stats if route is None
-                                 else route.stats)
+        stats = self.worker.unrouted_stats if route is None else route.stats
         if stats is not None:
             stats.observe(ex.method, ex.status, ex.body_received, ex.bytes_out, took,
                           upstream_took)

@@ -1,7 +1,21 @@
 cimport cython
 
 from engine.upstream.balancer cimport Balancer
+from engine.upstream.health cimport Circuit, Health, RetryBudget
 from engine.upstream.pool cimport Pool
+
+# What went wrong with one attempt, as bits: ``fail_mask`` says which count against a server,
+# ``retry_mask`` which are retried on the next one.
+cdef enum:
+    F_ERROR = 1
+    F_TIMEOUT = 2
+    F_HTTP_500 = 4
+    F_HTTP_502 = 8
+    F_HTTP_503 = 16
+    F_HTTP_504 = 32
+    F_HTTP_429 = 64
+
+cdef int status_failure(int status) noexcept
 
 
 @cython.final
@@ -16,7 +30,7 @@ cdef class Server:
     cdef public bint down           # config: never picked
     cdef public Py_ssize_t max_conns  # requests in flight at once; 0 = unlimited
     cdef public Py_ssize_t active   # requests in flight to this server now (this worker)
-    cdef public object health       # engine.upstream.health.Health, or None
+    cdef public Health health       # passive/active/circuit/ejection state, or None
 
     cpdef bint available(self, double now) except -1
 
@@ -31,5 +45,16 @@ cdef class Upstream:
     cdef public double send_timeout
     cdef public double read_timeout
     cdef public object key          # frozen config: equal config -> pools carried over on reload
+    cdef public Balancer backup_balancer  # over the backup servers, or None
+    cdef public Circuit circuit     # the upstream's own breaker, or None
+    cdef public RetryBudget budget
+    cdef public int tries
+    cdef public double retry_timeout
+    cdef public int retry_mask
+    cdef public int fail_mask
+    cdef public object fallback     # the static Response when nothing is available, or None
+    cdef public str fallback_name   # ... or the upstream to send to instead
+    cdef public Upstream fallback_to
 
     cpdef object pick(self, object ctx, double now)
+    cpdef double available_in(self, double now)
