@@ -1,0 +1,208 @@
+"""The rate-limit filter through the real proxy: 429 JSON with Retry-After and the RateLimit
+headers, connection limits against a slow origin, adaptive limits, Redis-backed limits shared
+by two edgeproxy processes, and Redis dying and coming back under both store-error policies."""
+
+import asyncio
+import time
+
+from tests.support.cli import CliProxy
+from tests.support.client import Conn
+from tests.support.e2e import assert_error, proxy_config
+from tests.support.origin import Origin, ok
+from tests.support.proxy import InProcessProxy
+
+TWO_LIMITS = """
+[routes.rate_limit]
+[[routes.rate_limit.limits]]
+name = "per-minute"
+algorithm = "sliding_log"
+limit = 10
+window = "1m"
+[[routes.rate_limit.limits]]
+name = "per-second"
+algorithm = "fixed_window"
+limit = 3
+window = "1h"
+"""
+
+
+def redis_table(url: str, **kw) -> str:
+    kw = {"timeout": '"200ms"', **kw}
+    extra = "".join(f"{k} = {v}\n" for k, v in kw.items())
+    return f'\n[redis]\nurl = "{url}"\n{extra}'
+
+
+def test_429_json_retry_after_and_headers_closest_to_exhaustion():
+    with Origin() as origin, InProcessProxy(proxy_config(origin.url, extra=TWO_LIMITS)) as p, \
+            Conn(p.port) as c:
+        r = c.request("GET", "/a")
+        assert r.status == 200
+        assert r.header(b"ratelimit-policy") == (
+            b'"per-minute";q=10;w=60, "per-second";q=3;w=3600')
+        assert r.header(b"ratelimit").startswith(b'"per-second";r=2;t=')
+        assert r.header(b"x-ratelimit-limit") == b"3"
+        assert r.header(b"x-ratelimit-remaining") == b"2"
+        c.request("GET", "/a"), c.request("GET", "/a")
+        r = c.request("GET", "/a")
+        err = assert_error(r, 429, "rate_limited")
+        assert err["message"]
+        retry = int(r.header(b"retry-after"))
+        assert 1 <= retry <= 3600
+        assert r.header(b"ratelimit") == b'"per-second";r=0;t=%d' % retry
+        assert r.header(b"x-ratelimit-remaining") == b"0"
+        assert len(origin.requests) == 3
+
+
+def test_connection_limit_with_a_slow_origin():
+    extra = "[routes.rate_limit.connections]\nmax = 2\n"
+
+    def slow(req):
+        return ok(b"slow"), 0.5 if req.url == b"/slow" else 0
+
+    with Origin(slow) as origin, InProcessProxy(proxy_config(origin.url, extra=extra)) as p:
+        conns = [Conn(p.port) for _ in range(3)]
+        try:
+            for c in conns[:2]:
+                c.send(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
+            deadline = time.monotonic() + 5
+            while len(origin.requests) < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert_error(conns[2].request("GET", "/fast"), 429, "too_many_connections")
+            assert [c.response().status for c in conns[:2]] == [200, 200]
+            assert conns[2].request("GET", "/fast").status == 200  # slots released
+        finally:
+            for c in conns:
+                c.sock.close()
+
+
+def test_adaptive_limit_shrinks_under_load_and_recovers():
+    extra = """
+[routes.rate_limit]
+[[routes.rate_limit.limits]]
+name = "l"
+algorithm = "fixed_window"
+limit = 4
+window = "1h"
+[routes.rate_limit.adaptive]
+lag = "100ms"
+steps = [2]
+recover_after = "1h"
+"""
+    with Origin() as origin, InProcessProxy(proxy_config(origin.url, extra=extra)) as p, \
+            Conn(p.port) as c:
+        monitor = p.runtime.routes[0].request_filters[0].monitor
+        # A sweep that comes 0.5 s late (the loop was blocked) is an overloaded sample.
+        p.call(lambda: monitor.observe(0.5, 0, p.worker.now))
+        assert c.request("GET", "/").header(b"ratelimit-policy") == b'"l";q=2;w=3600'
+        assert c.request("GET", "/").status == 200
+        assert_error(c.request("GET", "/"), 429, "rate_limited")  # 2 x 2 units = 4 taken
+        p.call(lambda: monitor.observe(0.0, 0, p.worker.now + 7200))  # calm, long enough
+        p.call(lambda: monitor.observe(0.0, 0, p.worker.now + 14400))
+        assert monitor.level == 0
+        assert c.request("GET", "/").header(b"ratelimit-policy") == b'"l";q=4;w=3600'
+
+
+def test_redis_limit_in_process(redis_server):
+    extra = TWO_LIMITS.replace("[routes.rate_limit]", '[routes.rate_limit]\nstore = "redis"')
+    with Origin() as origin:
+        cfg = proxy_config(origin.url, extra=extra) + redis_table(redis_server.url)
+        with InProcessProxy(cfg) as p, Conn(p.port) as c:
+            assert [c.request("GET", "/").status for _ in range(3)] == [200] * 3
+            r = c.request("GET", "/")
+            assert_error(r, 429, "rate_limited")
+            assert r.header(b"ratelimit") == b'"per-second";r=0;t=' + r.header(b"retry-after")
+            keys = redis_server.command("KEYS", "edgeproxy:*")
+            assert b"edgeproxy:{rl:all}:all:per-second:127.0.0.1" in keys
+
+
+async def _get(port: int, n: int, statuses: list) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        for _ in range(n):
+            writer.write(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            status = int(head.split(b" ", 2)[1])
+            length = 0
+            for line in head.split(b"\r\n"):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+            await reader.readexactly(length)
+            statuses.append(status)
+    finally:
+        writer.close()
+
+
+def test_two_processes_share_one_redis_limit_exactly(tmp_path, redis_server):
+    extra = """
+[routes.rate_limit]
+store = "redis"
+[[routes.rate_limit.limits]]
+name = "shared"
+algorithm = "sliding_log"
+limit = 100
+window = "1m"
+"""
+    with Origin() as origin:
+        cfg = proxy_config(origin.url, server="workers = 2", extra=extra) \
+            + redis_table(redis_server.url, timeout='"2s"')
+        (tmp_path / "a").mkdir()
+        (tmp_path / "b").mkdir()
+        with CliProxy(tmp_path / "a", cfg) as a, CliProxy(tmp_path / "b", cfg) as b:
+            statuses: list = []
+
+            async def load():
+                # 1,000 requests on 100 connections, half to each process, all at once
+                await asyncio.gather(*(_get(port, 10, statuses)
+                                       for port in [a.port, b.port] * 50))
+
+            asyncio.run(asyncio.wait_for(load(), 30))
+            assert len(statuses) == 1000
+            assert statuses.count(200) == 100
+            assert statuses.count(429) == 900
+            assert len(origin.requests) == 100
+
+
+def test_redis_dies_and_comes_back(own_redis):
+    section = """
+[[routes]]
+name = "{name}"
+paths = ["/{name}/*"]
+upstream = "app"
+[routes.rate_limit]
+store = "redis"
+on_store_error = "{name}"
+[[routes.rate_limit.limits]]
+name = "l"
+algorithm = "fixed_window"
+limit = 2
+window = "1h"
+"""
+    extra = section.format(name="allow") + section.format(name="deny") + redis_table(
+        own_redis.url, breaker_failures=2, breaker_cooldown='"500ms"')
+    with Origin() as origin, InProcessProxy(proxy_config(origin.url, paths='["/other"]',
+                                                         extra=extra)) as p, \
+            Conn(p.port) as c:
+        assert [c.request("GET", "/allow/x").status for _ in range(3)] == [200, 200, 429]
+        own_redis.stop()
+        took = []
+        for _ in range(6):
+            for path, status in (("/allow/x", 200), ("/deny/x", 429)):
+                t0 = time.monotonic()
+                r = c.request("GET", path)
+                took.append(time.monotonic() - t0)
+                assert r.status == status, (path, r.status, r.body)
+                if status == 429:
+                    err = assert_error(r, 429, "rate_limited")
+                    assert "unavailable" in err["message"]
+                    assert r.header(b"retry-after") == b"1"
+        assert max(took) < 1.0  # nobody waits past the Redis timeout
+        assert max(took[-4:]) < 0.1  # the breaker is open: no wait at all
+        own_redis.start()
+        deadline = time.monotonic() + 10
+        statuses = []
+        while time.monotonic() < deadline:  # the breaker probes again after its cool-down
+            statuses = [c.request("GET", "/deny/x").status for _ in range(3)]
+            if statuses[0] == 200:
+                break
+            time.sleep(0.1)
+        assert statuses == [200, 200, 429]  # a fresh Redis: the limit counts from zero
