@@ -48,8 +48,11 @@ cdef class _LogEntry(_Entry):
     cdef Py_ssize_t cap
 
 
+@cython.no_gc
 cdef class Limiter:
     # Base of every algorithm: the bounded key table. Subclasses implement _fresh/_step/_view.
+    # Not GC tracked: it only refers to str keys and untracked entries, so it can never be
+    # part of a cycle, and __dealloc__ always runs with the ring intact to break it.
     cdef readonly long limit
     cdef readonly double window
     cdef readonly Py_ssize_t max_keys
@@ -73,12 +76,14 @@ cdef class Limiter:
 
 
 # Not final: Cython 3 refuses a final subclass that overrides pxd-declared cdef methods.
+@cython.no_gc
 cdef class FixedWindow(Limiter):
     cdef _Entry _fresh(self)
     cdef int _step(self, _Entry e, double now, long cost, Decision* out) except -1
     cdef void _view(self, _Entry e, double now, Decision* out) noexcept
 
 
+@cython.no_gc
 cdef class SlidingLog(Limiter):
     cdef inline double _newest_reset(self, _LogEntry e, Py_ssize_t live, double now) noexcept
     cdef _Entry _fresh(self)
@@ -86,6 +91,7 @@ cdef class SlidingLog(Limiter):
     cdef void _view(self, _Entry e, double now, Decision* out) noexcept
 
 
+@cython.no_gc
 cdef class SlidingCounter(Limiter):
     cdef inline double _reset(self, long prev, long curr, double elapsed) noexcept
     cdef _Entry _fresh(self)
@@ -93,6 +99,7 @@ cdef class SlidingCounter(Limiter):
     cdef void _view(self, _Entry e, double now, Decision* out) noexcept
 
 
+@cython.no_gc
 cdef class TokenBucket(Limiter):
     cdef readonly double rate
     cdef readonly long burst
@@ -103,6 +110,7 @@ cdef class TokenBucket(Limiter):
     cdef void _view(self, _Entry e, double now, Decision* out) noexcept
 
 
+@cython.no_gc
 cdef class LeakyBucket(Limiter):
     cdef readonly double rate
     cdef readonly long burst

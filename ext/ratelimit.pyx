@@ -57,23 +57,31 @@ cdef inline double _at_least(double x, double lo) noexcept:
     return x if x > lo else lo
 
 
+@cython.no_gc
 cdef class _Entry:
     pass
 
 
+@cython.final
+@cython.no_gc
 cdef class _WindowEntry(_Entry):
     pass
 
 
+@cython.final
+@cython.no_gc
 cdef class _BucketEntry(_Entry):
     pass
 
 
+@cython.final
+@cython.no_gc
 cdef class _LogEntry(_Entry):
     def __dealloc__(self):
         PyMem_Free(self.buf)
 
 
+@cython.no_gc
 cdef class Limiter:
     """Base of the limiters: the bounded key table and the Python-facing API."""
 
@@ -223,6 +231,7 @@ cdef int _check_rate(double rate) except -1:
     return 0
 
 
+@cython.no_gc
 cdef class FixedWindow(Limiter):
     """At most `limit` cost units per aligned `window` seconds."""
 
@@ -261,6 +270,7 @@ cdef class FixedWindow(Limiter):
         out.remaining = self.limit - (e.curr if idx == e.start else 0)
 
 
+@cython.no_gc
 cdef class SlidingLog(Limiter):
     """At most `limit` cost units in any `window` seconds, from a log of admitted times.
 
@@ -334,6 +344,7 @@ cdef class SlidingLog(Limiter):
         out.reset_after = self._newest_reset(e, e.size - expired, now)
 
 
+@cython.no_gc
 cdef class SlidingCounter(Limiter):
     """At most `limit` cost units per `window`, by the weighted two-window estimate."""
 
@@ -401,6 +412,7 @@ cdef class SlidingCounter(Limiter):
         out.reset_after = self._reset(prev, curr, elapsed)
 
 
+@cython.no_gc
 cdef class TokenBucket(Limiter):
     """`burst` tokens refilled at `rate` per second; new keys start full.
 
@@ -463,6 +475,7 @@ cdef class TokenBucket(Limiter):
         out.reset_after = (self.burst - tokens) / self.rate
 
 
+@cython.no_gc
 cdef class LeakyBucket(Limiter):
     """nginx `limit_req`: a bucket of `excess` requests leaking at `rate` per second.
 
