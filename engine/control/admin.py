@@ -22,6 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import orjson
 
 from engine.control.config import parse_listen
+from engine.upstream.health import STATE_NAMES as CIRCUIT_STATES
 
 REDACTED = "<redacted>"
 _SECRET_RE = re.compile(r"(token|secret|password|passwd|credentials?|api_keys?|private_key)$")
@@ -186,12 +187,17 @@ class AdminHandler(BaseHTTPRequestHandler):
             item = config_json(up)
             servers = []
             for s in up.servers:
-                active, idle = totals.servers.get((up.name, s.url), (0, 0))
-                # TODO(issues for health checks and circuit breaking): health, circuit state,
-                # recent failures per server.
-                servers.append({"url": s.url, "weight": s.weight, "active": active,
-                                "idle": idle})
+                active, idle, available, circuit, requests, failures = totals.servers.get(
+                    (up.name, s.url), (0, 0, 0, 0, 0, 0))
+                servers.append({"url": s.url, "weight": s.weight, "backup": s.backup,
+                                "down": s.down, "active": active, "idle": idle,
+                                "available_in_workers": available,
+                                "circuit": CIRCUIT_STATES[circuit], "requests": requests,
+                                "failures": failures})
             item["servers"] = servers
+            retries, circuit = totals.upstreams.get(up.name, (0, 0))
+            item["retries"] = retries
+            item["circuit"] = CIRCUIT_STATES[circuit]
             out.append(item)
         self._json({"generation": sup.generation, "upstreams": out})
 

@@ -28,9 +28,15 @@ N_STATUS = len(STATUSES)
 def worker_snapshot(worker) -> dict:
     """What one worker reports: counters by route, gauges, and its config generation."""
     servers = []
+    upstreams = {}
+    now = worker.now
     for up in worker.runtime.upstreams.values():
         for s in up.servers:
-            servers.append((up.name, s.url, s.pool.active, len(s.pool.idle)))
+            h = s.health
+            servers.append((up.name, s.url, s.pool.active, len(s.pool.idle),
+                            int(s.available(now)), h.circuit.state if h.circuit else 0,
+                            h.total_requests, h.total_failures))
+        upstreams[up.name] = (up.budget.total, up.circuit.state if up.circuit else 0)
     return {
         "pid": os.getpid(),
         "time": time.time(),
@@ -39,6 +45,7 @@ def worker_snapshot(worker) -> dict:
         "connections": len(worker.conns),
         "routes": {name or "": st.to_dict() for name, st in worker.route_stats.items()},
         "servers": servers,
+        "upstreams": upstreams,
     }
 
 
@@ -77,7 +84,10 @@ class Totals:
     def __init__(self):
         self.routes: dict[str, dict] = {}
         self.connections = 0
+        # (upstream, url) -> [active, idle, workers seeing it available, worst circuit
+        # state, requests, failures]
         self.servers: dict[tuple[str, str], list[int]] = {}
+        self.upstreams: dict[str, list[int]] = {}  # name -> [retries, worst circuit state]
 
     def add_counters(self, snap: dict) -> None:
         for name, st in snap["routes"].items():
@@ -97,10 +107,19 @@ class Totals:
 
     def add_gauges(self, snap: dict) -> None:
         self.connections += snap["connections"]
-        for upstream, url, active, idle in snap["servers"]:
-            acc = self.servers.setdefault((upstream, url), [0, 0])
+        for upstream, url, active, idle, available, circuit, requests, failures in \
+                snap["servers"]:
+            acc = self.servers.setdefault((upstream, url), [0, 0, 0, 0, 0, 0])
             acc[0] += active
             acc[1] += idle
+            acc[2] += available
+            acc[3] = max(acc[3], circuit)
+            acc[4] += requests
+            acc[5] += failures
+        for name, (retries, circuit) in snap.get("upstreams", {}).items():
+            acc = self.upstreams.setdefault(name, [0, 0])
+            acc[0] += retries
+            acc[1] = max(acc[1], circuit)
 
     def add(self, totals: "Totals") -> None:
         self.add_counters({"routes": totals.routes})
@@ -199,16 +218,44 @@ def render(totals: Totals, control: dict) -> str:
     out.family("edgeproxy_upstream_server_active_connections", "gauge",
                "Upstream connections carrying a request now.")
     servers = sorted(totals.servers.items())
-    for (upstream, url), (active, _) in servers:
+    for (upstream, url), (active, *_) in servers:
         out.sample("edgeproxy_upstream_server_active_connections", active,
                    (("upstream", upstream), ("server", url)))
     out.family("edgeproxy_upstream_server_idle_connections", "gauge",
                "Idle keep-alive connections pooled for the server.")
-    for (upstream, url), (_, idle) in servers:
+    for (upstream, url), (_, idle, *_) in servers:
         out.sample("edgeproxy_upstream_server_idle_connections", idle,
                    (("upstream", upstream), ("server", url)))
-    # TODO(issues building them): upstream health and circuit state, retries, rate-limit
-    # rejections, idempotency replays/conflicts.
+    out.family("edgeproxy_upstream_server_available", "gauge",
+               "Workers that would send to the server now (not failed, unhealthy, ejected "
+               "or circuit-open).")
+    for (upstream, url), acc in servers:
+        out.sample("edgeproxy_upstream_server_available", acc[2],
+                   (("upstream", upstream), ("server", url)))
+    out.family("edgeproxy_upstream_server_circuit_state", "gauge",
+               "Worst circuit state over workers: 0 closed, 1 open, 2 half-open.")
+    for (upstream, url), acc in servers:
+        out.sample("edgeproxy_upstream_server_circuit_state", acc[3],
+                   (("upstream", upstream), ("server", url)))
+    out.family("edgeproxy_upstream_server_requests_total", "counter",
+               "Attempts sent to the server by live workers (resets when a worker restarts).")
+    for (upstream, url), acc in servers:
+        out.sample("edgeproxy_upstream_server_requests_total", acc[4],
+                   (("upstream", upstream), ("server", url)))
+    out.family("edgeproxy_upstream_server_failures_total", "counter",
+               "Attempts that failed (what fail_on counts), by live workers.")
+    for (upstream, url), acc in servers:
+        out.sample("edgeproxy_upstream_server_failures_total", acc[5],
+                   (("upstream", upstream), ("server", url)))
+    upstreams = sorted(totals.upstreams.items())
+    out.family("edgeproxy_upstream_retries_total", "counter",
+               "Requests sent to a next server after a failure, by live workers.")
+    for name, (retries, _) in upstreams:
+        out.sample("edgeproxy_upstream_retries_total", retries, (("upstream", name),))
+    out.family("edgeproxy_upstream_circuit_state", "gauge",
+               "Worst state of the upstream's own circuit: 0 closed, 1 open, 2 half-open.")
+    for name, (_, circuit) in upstreams:
+        out.sample("edgeproxy_upstream_circuit_state", circuit, (("upstream", name),))
 
     out.family("edgeproxy_workers", "gauge", "Worker processes serving (draining not counted).")
     out.sample("edgeproxy_workers", control["workers"])

@@ -65,6 +65,7 @@ cdef class RetryBudget:
     cdef long long at
     cdef long long requests[2]
     cdef long long retries[2]
+    cdef readonly unsigned long long total   # retries taken, since the worker started
 
     cdef void _roll(self, double now) noexcept
     cpdef void request(self, double now)

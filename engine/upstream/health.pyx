@@ -230,5 +230,6 @@ cdef class RetryBudget:
         retries = self.retries[0] + self.retries[1]
         if retries < self.min_per_window or retries < self.ratio * requests:
             self.retries[0] += 1
+            self.total += 1
             return True
         return False
