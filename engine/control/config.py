@@ -440,4 +440,11 @@ def _cross_check(cfg: Config, errors: list) -> None:
             if getattr(section, "store", None) == "redis" and cfg.redis is None:
                 errors.append((join(join(path, name), "store"),
                                'is "redis" but the config has no [redis] table'))
+            if (name == "idempotency" and section.store == "memory"
+                    and cfg.server.workers != 1):
+                # Exactly-once is the point: a retry landing on another worker would run.
+                errors.append((join(join(path, name), "store"),
+                               '"memory" holds keys per worker process, so with workers = '
+                               f'{cfg.server.workers!r} a retry on another worker runs again; '
+                               'use store = "redis" (and a [redis] table)'))
     check_routes(cfg, errors)
