@@ -1,6 +1,6 @@
-"""The Redis Lua limiter (engine.stores.ratelimit) against ext.ratelimit (the memory store, itself
-tested against tests/reference/ratelimit.py) on the same timelines, with the caller's clock,
-to the same doubles; calendar quotas,
+"""The Redis Lua limiter (engine.stores.ratelimit) against the pure-Python reference
+(tests/reference/ratelimit.py) and ext.ratelimit (what store = "memory" runs) on the same
+timelines, with the caller's clock, to the same doubles; calendar quotas,
 connection slots, all-or-nothing commits, NOSCRIPT reload and key expiry on a real
 redis-server."""
 
@@ -14,20 +14,21 @@ from hypothesis import strategies as st
 from engine.control.config import RedisConfig
 from engine.stores import ratelimit as rs
 from engine.stores.redis import RedisStore
-import ext.ratelimit as ref  # what store = "memory" runs: both stores must agree
+import ext.ratelimit
+from tests.reference import ratelimit as reference
 
 ALGOS = {
-    "fixed_window": (lambda: ref.FixedWindow(5, 10.0), rs.Check(rs.FIXED_WINDOW, 5, 10.0, 0,
+    "fixed_window": (lambda ref: ref.FixedWindow(5, 10.0), rs.Check(rs.FIXED_WINDOW, 5, 10.0, 0,
                                                                  "r:fw", "fw")),
-    "sliding_log": (lambda: ref.SlidingLog(5, 10.0), rs.Check(rs.SLIDING_LOG, 5, 10.0, 0,
+    "sliding_log": (lambda ref: ref.SlidingLog(5, 10.0), rs.Check(rs.SLIDING_LOG, 5, 10.0, 0,
                                                                "r:sl", "sl")),
-    "sliding_counter": (lambda: ref.SlidingCounter(5, 10.0),
+    "sliding_counter": (lambda ref: ref.SlidingCounter(5, 10.0),
                         rs.Check(rs.SLIDING_COUNTER, 5, 10.0, 0, "r:sc", "sc")),
-    "token_bucket": (lambda: ref.TokenBucket(2.0, 4, 2),
+    "token_bucket": (lambda ref: ref.TokenBucket(2.0, 4, 2),
                      rs.Check(rs.TOKEN_BUCKET, 2.0, 4, 2, "r:tb", "tb")),
-    "leaky_bucket": (lambda: ref.LeakyBucket(2.0, 3, False),
+    "leaky_bucket": (lambda ref: ref.LeakyBucket(2.0, 3, False),
                      rs.Check(rs.LEAKY_BUCKET, 2.0, 3, 0, "r:lb", "lb")),
-    "leaky_nodelay": (lambda: ref.LeakyBucket(2.0, 3, True),
+    "leaky_nodelay": (lambda ref: ref.LeakyBucket(2.0, 3, True),
                       rs.Check(rs.LEAKY_BUCKET, 2.0, 3, 1, "r:lbn", "lbn")),
 }
 
@@ -55,15 +56,19 @@ def same(got, want):
         assert a == b, (got, want)
 
 
+IMPLS = {"cython": ext.ratelimit, "reference": reference}
+
+
+@pytest.mark.parametrize("impl", sorted(IMPLS))
 @pytest.mark.parametrize("algo", sorted(ALGOS))
-def test_lua_matches_reference_on_a_timeline(redis_server, algo):
+def test_lua_matches_reference_on_a_timeline(redis_server, algo, impl):
     make, check = ALGOS[algo]
     rng = random.Random(algo)
     now, events = 1000.0, []
     for _ in range(60):
         now += rng.choice((0.0, 0.0, 0.05, 0.3, 0.5, 1.0, 2.5, 7.0))
         events.append((now, rng.choice((1, 1, 1, 2, 3))))
-    limiter = make()
+    limiter = make(IMPLS[impl])
     want = [limiter.check("k", now, cost) for now, cost in events]
     got = run(replay(redis_server, check, events))
     for g, w in zip(got, want, strict=True):
@@ -81,7 +86,7 @@ def test_lua_matches_reference_hypothesis(redis_session, algo, steps):
     for dt, cost in steps:
         now += dt
         events.append((now, cost))
-    limiter = make()
+    limiter = make(reference)
     want = [limiter.check("k", now, cost) for now, cost in events]
     for g, w in zip(run(replay(redis_session, check, events)), want, strict=True):
         same(g, w)
