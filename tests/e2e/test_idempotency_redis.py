@@ -39,15 +39,16 @@ def test_exactly_once_200_keys_10_copies_over_two_proxies(tmp_path, redis_server
                 k, copy = job
                 r = post(ports[copy % 2], key=b'"order-%d"' % k, body=b"amount=%d" % k,
                          timeout=25)
-                return k, r.status, r.body
+                return k, r.status, r.body, r.header(b"idempotent-replayed")
 
             # The 10 copies of a key are queued together, so they are in flight at once.
             jobs = [(k, copy) for k in range(200) for copy in range(10)]
             with ThreadPoolExecutor(32) as pool:
                 results = list(pool.map(send, jobs, timeout=50))
     assert ledger.executed == 200
+    assert sum(replayed is None for *_, replayed in results) == 200
     answers = {}
-    for k, status, body in results:
+    for k, status, body, _ in results:
         answers.setdefault(k, set()).add((status, body))
     assert len(answers) == 200
     for k, seen in answers.items():
