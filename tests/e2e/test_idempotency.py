@@ -258,3 +258,17 @@ def test_protected_post_is_retried_on_the_next_server(store):
             assert [post(proxy.port, key=b"k%d" % i).status for i in range(2)] == [201, 201]
         with InProcessProxy(text) as proxy:
             assert 502 in [post(proxy.port, key=None).status for i in range(2)]
+
+
+def test_memory_records_survive_a_reload():
+    ledger = Ledger()
+    with Origin(ledger) as origin:
+        text = config(origin, 'store = "memory"\n')
+        with InProcessProxy(text) as proxy:
+            first = post(proxy.port)
+            proxy.swap(text.replace('access_log = "off"', 'access_log = "off"\n'
+                                    'keepalive_requests = 50'))
+            assert post(proxy.port).body == first.body
+            proxy.swap(config(origin, 'store = "memory"\nmemory_size = "1m"\n'))
+            assert post(proxy.port).header(b"idempotent-replayed") is None  # a new store
+    assert ledger.executed == 2

@@ -139,3 +139,23 @@ breaker_cooldown = "500ms"
             assert post(proxy.port, key=b'"after"', path="/strict/pay").header(
                 b"idempotent-replayed") == b"true"
     assert executed == 2 + 4  # the strict route sent nothing upstream without Redis
+
+
+def test_redis_lost_while_a_request_is_in_flight(own_redis):
+    # The claim was taken, then Redis goes away before the answer can be stored: the client
+    # still gets its answer, nothing waits on Redis beyond its timeout, and the key is not
+    # replayed from nowhere.
+    ledger = Ledger(delay=0.4)
+    with Origin(ledger) as origin:
+        text = redis_config(origin, own_redis.url, "required = true\n").replace(
+            f'url = "{own_redis.url}"', f'url = "{own_redis.url}"\ntimeout = "200ms"')
+        with InProcessProxy(text) as proxy:
+            with ThreadPoolExecutor(1) as pool:
+                first = pool.submit(post, proxy.port)
+                assert wait_until(lambda: ledger.executed == 1)
+                own_redis.stop()
+                start = time.monotonic()
+                assert first.result(5).status == 201
+                assert time.monotonic() - start < 2
+            assert_error(post(proxy.port), 503, "store_unavailable")
+            assert ledger.executed == 1
