@@ -252,6 +252,10 @@ cdef class Exchange:
         if self.content_length is not None and self.content_length > limit:
             raise BodyTooLarge(limit)
         if not self.body_done:
+            if self.expect is not None and self.version == "1.1":
+                # The client waits for this before sending the body (RFC 9110 §10.1.1).
+                self.proto.transport.write(_CONTINUE)
+                self.expect = None
             self.body_limit = limit
             self.body_waiter = self.proto.worker.loop.create_future()
             # Reading may have paused at PENDING_LIMIT: this body is wanted whole.
