@@ -11,7 +11,8 @@ edgeproxy worker per system:
 
 and two key patterns: `fresh` (a new key per request: claim, upstream, store) and `replay`
 (one key for every request: after the first, each is a stored answer and never reaches the
-origin). wrk, the origin and Redis share core 0; every edgeproxy gets core 1, and its CPU time
+origin; `concurrent = "wait"`, so the first burst of copies waits for the first answer
+instead of getting 409). wrk, the origin and Redis share core 0; every edgeproxy gets core 1, and its CPU time
 is measured, so "req/s per proxy core" compares what each variant costs per request. Rounds
 interleave the systems; tables report medians. Results go to stdout and
 bench/results/idempotency-latest.md. Every process started here is killed at exit.
@@ -85,7 +86,8 @@ http {{
 def edgeproxy_conf(port: int, origin_port: int, system: str, redis_port: int) -> str:
     section = ""
     if system != "plain":
-        section = f'[routes.idempotency]\nstore = "{system}"\n'
+        # wait: the first burst of replay-mode copies waits for the first answer, not 409
+        section = f'[routes.idempotency]\nstore = "{system}"\nconcurrent = "wait"\n'
     if system == "redis":
         section += f'\n[redis]\nurl = "redis://{HOST}:{redis_port}/0"\n'
     return f"""

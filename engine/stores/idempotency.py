@@ -111,10 +111,9 @@ class MemoryStore:
             return IN_FLIGHT, c.until - now
         rec = self._done.get(key, now)
         if rec is not None:
-            fp, stored = rec
-            if fp != fingerprint:
+            if rec[0] != fingerprint:
                 return MISMATCH, None
-            return DONE, stored
+            return DONE, Stored(rec[1], list(rec[2]), rec[3])
         self._claims[key] = _Claim(fingerprint, owner, now + lease)
         return CLAIMED, None
 
@@ -125,7 +124,11 @@ class MemoryStore:
             return False
         del self._claims[key]
         if stored is not None:
-            self._done.set(key, (c.fingerprint, stored), stored.size(), self.clock(), ttl)
+            # A tuple of bytes and ints: the cycle collector stops tracking it, so a large
+            # store does not lengthen every full collection (a Stored object would stay
+            # tracked).
+            rec = (c.fingerprint, stored.status, tuple(stored.headers), stored.body)
+            self._done.set(key, rec, stored.size(), self.clock(), ttl)
         self._wake(c)
         return True
 
@@ -150,7 +153,7 @@ class MemoryStore:
         if c is not None:
             return IN_FLIGHT, c.fingerprint, None
         rec = self._done.get(key, now)
-        return None if rec is None else (DONE, rec[0], rec[1])
+        return None if rec is None else (DONE, rec[0], Stored(rec[1], list(rec[2]), rec[3]))
 
     async def wait(self, key, timeout: float, attempt: int) -> None:
         """Return when the claim on ``key`` ends (settled or lease expired) or after
