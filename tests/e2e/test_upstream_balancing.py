@@ -180,3 +180,44 @@ def test_least_conn_prefers_the_idle_server():
         assert set(got) == {b"%d" % (1 - busy)}
         # Both idle again: they share.
         assert set(answers(p.port, 4, "/fast")) == {b"0", b"1"}
+
+
+@pytest.mark.parametrize("balancer", ["round_robin", "least_conn", "ip_hash", "hash",
+                                      "random_two"])
+def test_every_balancer_skips_a_server_marked_down(balancer):
+    with Fleet(3) as f:
+        servers = f.servers()
+        servers[1] = servers[1].replace("}", ", down = true}")
+        with InProcessProxy(upstreams_config(servers, f'balancer = "{balancer}"\n'
+                                                      'hash_key = ["header:X-K"]')) as p:
+            with Conn(p.port) as c:
+                for k in range(60):
+                    r = c.request("GET", "/", headers=[(b"X-K", b"%d" % k)])
+                    assert r.status == 200 and r.body != b"1"
+            assert f.counts()[1] == 0
+
+
+def test_a_full_server_is_skipped_max_conns():
+    release = threading.Event()
+
+    def handler(i, req):
+        if req.url == b"/slow":
+            release.wait(5)
+        return ok(b"%d" % i)
+
+    with Fleet(2, handler) as f, InProcessProxy(upstreams_config(
+            f.servers(extra=", max_conns = 1"))) as p:
+        with Conn(p.port) as s0, Conn(p.port) as s1:
+            s0.send(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
+            s1.send(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
+            deadline = time.monotonic() + 5
+            while sum(f.counts()) < 2 and time.monotonic() < deadline:
+                time.sleep(0.005)
+            assert f.counts() == [1, 1]
+            # Both full: nothing may take the request.
+            with Conn(p.port) as c:
+                r = c.request("GET", "/fast")
+                assert r.status == 503, (r.status, r.body)
+            release.set()
+            assert {s0.response().status, s1.response().status} == {200}
+        assert set(answers(p.port, 4, "/fast")) == {b"0", b"1"}
