@@ -104,11 +104,20 @@ class Worker:
 
     @staticmethod
     def _interval(runtime) -> float:
+        """The sweep's period: a quarter of the shortest timeout or period it serves (the
+        worker's clock, health checks and circuit cool-downs advance with it)."""
         s = runtime.settings
-        shortest = min(s.client_header_timeout, s.client_body_timeout, s.keepalive_timeout,
-                       s.send_timeout, *(u.connect_timeout for u in runtime.upstreams.values()),
-                       *(u.read_timeout for u in runtime.upstreams.values()))
-        return max(0.02, min(1.0, shortest / 4))
+        periods = [s.client_header_timeout, s.client_body_timeout, s.keepalive_timeout,
+                   s.send_timeout]
+        for up in runtime.config.upstreams:
+            periods += [up.connect_timeout, up.read_timeout]
+            periods += [srv.fail_timeout for srv in up.servers if srv.max_fails]
+            for part in (up.health_check, up.outlier_detection):
+                if part is not None:
+                    periods.append(part.interval)
+            if up.circuit_breaker is not None:
+                periods.append(up.circuit_breaker.cooldown)
+        return max(0.02, min(1.0, min(periods) / 4))
 
     async def start(self, sock: socket.socket):
         """Accept on ``sock`` (call again for more listening sockets)."""

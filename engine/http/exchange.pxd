@@ -46,6 +46,7 @@ cdef class Exchange:
     cdef bint attempting                # server.active counts this request now
     cdef int attempt_failure            # the failure bit the response status stands for
     cdef bint fell_back                 # went to the upstream's fallback upstream
+    cdef bint exhausted                 # a retry found no server left
     cdef public bint protected          # a claimed idempotency key makes a POST repeatable
     cdef public object consumer         # the authenticated caller (auth filters), or None
     cdef public object vars             # per-request state of filters: a dict, or None
@@ -95,7 +96,8 @@ cdef class Exchange:
     cdef int send_to(self, Server server) except -1
     cdef int unavailable(self) except -1
     cdef int end_attempt(self, int failure) except -1
-    cdef Server retry_target(self, int failure)
+    cdef Server retry_target(self, int failure, bint sent)
+    cdef int failed(self, str code) except -1
     cdef int retry(self, Server server) except -1
     cdef int ended(self) except -1
     cdef int connect(self) except -1

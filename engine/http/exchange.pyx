@@ -384,28 +384,43 @@ cdef class Exchange:
             upstream.circuit.record(ok, now)
         return 0
 
-    cdef Server retry_target(self, int failure):
+    cdef Server retry_target(self, int failure, bint sent):
         """The server to try next after ``failure``, or None when the request may not or
-        cannot be retried (nginx proxy_next_upstream rules)."""
+        cannot be retried (nginx proxy_next_upstream rules). ``sent``: the request reached
+        the server (else the connection was never made). ``exhausted`` is set when the
+        request could be retried but no server is left: the fallback's case."""
         cdef Upstream upstream = self.upstream
         cdef double now = self.proto.worker.now
         if (not failure & upstream.retry_mask or self.head_sent or self.finished
                 or self.body_streamed or self.tries >= upstream.tries
                 or now >= self.retry_until):
             return None
-        if self.method not in _IDEMPOTENT and not self.protected:
+        if sent and self.method not in _IDEMPOTENT and not self.protected:
             # A POST or PATCH the upstream may have acted on is never sent twice (nginx
             # 1.9.13 non_idempotent rule; RFC 9110 §9.2.2) unless a claimed idempotency key
-            # makes the repeat harmless.
+            # makes the repeat harmless. One that never got through may go elsewhere.
             return None
         if self.tried is None:
             self.tried = [self.server]
         else:
             self.tried.append(self.server)
         server = upstream.pick(self, now)
-        if server is None or not upstream.budget.allow(now):
+        if server is None:
+            self.exhausted = True
+            return None
+        if not upstream.budget.allow(now):
             return None
         return server
+
+    cdef int failed(self, str code) except -1:
+        """Answer for a failed attempt that is not retried: the fallback when the request
+        ran out of servers (nginx ``error_page 502 = @fallback``), else ``code``."""
+        cdef Upstream upstream = self.upstream
+        if self.exhausted and (upstream.fallback is not None or
+                               (upstream.fallback_to is not None and not self.fell_back)):
+            return self.unavailable()
+        self.respond(error_response(code, self.request_id.decode()))
+        return 0
 
     cdef int retry(self, Server server) except -1:
         self.retried = False  # a stale pooled connection of the next server may be retried
@@ -639,7 +654,7 @@ cdef class Exchange:
             out = _drop_named(out, named, True)
         if status_failure(status):
             failure = status_failure(status)
-            server = self.retry_target(failure)
+            server = self.retry_target(failure, True)
             if server is not None:
                 # The next server answers instead; this response is dropped unread.
                 self.end_attempt(failure)
@@ -722,14 +737,14 @@ cdef class Exchange:
             return 0
         if retry and not self.head_sent:
             # Connect refused or connection lost before a response: nginx "error".
-            server = self.retry_target(F_ERROR)
+            server = self.retry_target(F_ERROR, conn is not None)
             self.end_attempt(F_ERROR)
             if server is not None:
                 return self.retry(server)
         else:
             self.end_attempt(F_ERROR)
         if not self.head_sent:
-            self.respond(error_response(code, self.request_id.decode()))
+            self.failed(code)
         else:
             # Never let a truncated response look complete: drop the client connection.
             self.close_after = True
@@ -756,15 +771,16 @@ cdef class Exchange:
             self.connecting.cancel()
             self.connecting = None
             if self.attempting:  # (else it was a filter's wait)
-                server = self.retry_target(F_TIMEOUT)
+                server = self.retry_target(F_TIMEOUT, False)
                 self.end_attempt(F_TIMEOUT)
                 if server is not None:
                     return self.retry(server)
+                return self.failed("gateway_timeout")
             self.respond(error_response("gateway_timeout", self.request_id.decode()))
         elif self.conn is not None:
             server = None
             if self.body_done and not self.head_sent:
-                server = self.retry_target(F_TIMEOUT)
+                server = self.retry_target(F_TIMEOUT, True)
             self.end_attempt(F_TIMEOUT)
             self.drop_upstream()
             if server is not None:
@@ -778,7 +794,7 @@ cdef class Exchange:
                 # client_body_timeout); the upstream never got a whole request.
                 self.respond(error_response("request_timeout", self.request_id.decode()))
             else:
-                self.respond(error_response("gateway_timeout", self.request_id.decode()))
+                self.failed("gateway_timeout")
         else:
             self.close_after = True
             self.respond(error_response("request_timeout", self.request_id.decode()))

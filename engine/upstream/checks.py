@@ -28,7 +28,11 @@ def watch_upstreams(shared, upstream_cfgs, upstreams: dict) -> None:
     """Register the checkers and evaluators the upstreams' config asks for."""
     for cfg in upstream_cfgs:
         upstream = upstreams[cfg.name]
-        if cfg.health_check is not None:
+        if cfg.health_check is None:
+            # (Health outlives reloads: a verdict of checks no longer configured must go.)
+            for server in upstream.servers:
+                server.health.healthy = True
+        else:
             key = ("checker", cfg.name, cfg.health_check, tuple(s.url for s in cfg.servers))
             checker = shared.keep(key, lambda c=cfg.health_check: HealthChecker(c))
             checker.bind(upstream)
@@ -122,9 +126,10 @@ class OutlierEjector:
     def tick(self, worker, now: float) -> None:
         if now < self.due:
             return
-        if self.due:
-            self.evaluate(now)
+        first = not self.due
         self.due = now + self.cfg.interval
+        if not first:
+            self.evaluate(now)
 
     def evaluate(self, now: float) -> list:
         cfg = self.cfg
@@ -150,5 +155,5 @@ class OutlierEjector:
                 ejected_now += 1
                 out.append(s.url)
                 log_event("server_ejected", upstream=self.upstream.name, server=s.url,
-                          error_rate=round(rate, 3), seconds=cfg.ejection_time)
+                          error_rate=round(rate, 3), seconds=float(cfg.ejection_time))
         return out

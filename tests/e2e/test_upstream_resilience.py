@@ -335,8 +335,6 @@ def test_active_checks_take_a_server_out_and_bring_it_back(capfd):
         assert set(bodies(p.port, 4)) == {b"a", b"b"}
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: checks run on the worker's sweep, whose interval "
-                   "(engine/server.py Worker._interval) ignores health_check.interval")
 def test_active_checks_keep_their_interval_with_default_timeouts():
     """interval = "100ms" means about ten checks a second, whatever the timeouts."""
     hits = []
@@ -361,9 +359,7 @@ def test_active_checks_keep_their_interval_with_default_timeouts():
 
 @pytest.mark.parametrize("ejection", [
     "",
-    pytest.param('ejection_time = "20s"', marks=pytest.mark.xfail(
-        strict=True, reason="BUG: a configured ejection_time (a Duration) breaks log_event "
-                            "(orjson TypeError), so server_ejected is never logged")),
+    'ejection_time = "20s"',
 ])
 def test_outlier_ejection_stops_traffic_to_the_failing_server(capfd, ejection):
     with Origins(3, {2: 500}) as o, InProcessProxy(config(
@@ -428,8 +424,6 @@ def test_static_fallback_once_failing_servers_are_marked_down():
         assert all(r.header(b"x-fallback") == b"static" for r in rs[1:])
 
 
-@pytest.mark.xfail(strict=True, reason="BUG?: a request whose retries ran out of servers "
-                   "gets 502, not the configured fallback")
 def test_fallback_answers_the_request_that_found_every_server_failing():
     with InProcessProxy(config(
             [f'"http://127.0.0.1:{closed_port()}"', f'"http://127.0.0.1:{closed_port()}"'],
@@ -491,9 +485,6 @@ def test_reload_keeps_a_failed_servers_state():
             assert o.switches[1].hits == 1
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: Health (kept by upstream, url, max_fails, "
-                   "fail_timeout, circuit_breaker) keeps healthy = False when the reload "
-                   "removes health_check, and nothing ever sets it back")
 def test_reload_without_health_checks_brings_unhealthy_servers_back(capfd):
     with Origins(2, {1: "unhealthy"}) as o:
         urls = [f'"{u}"' for u in o.urls]

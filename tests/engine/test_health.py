@@ -324,8 +324,6 @@ def test_max_ejected_caps_the_servers_out_at_once():
     assert e.evaluate(30.0) == [up.servers[2].url]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a configured ejection_time is a Duration, which "
-                   "orjson cannot serialize: log_event raises TypeError inside evaluate")
 def test_configured_ejection_time_is_logged_and_every_outlier_is_ejected(capfd):
     up, e = ejector(4, min_requests=10, factor=2.0, min_error_rate=0.2, max_ejected=0.5,
                     ejection_time="10s")
