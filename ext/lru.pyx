@@ -24,13 +24,24 @@ from libc.math cimport INFINITY
 
 @cython.final
 @cython.freelist(64)
+@cython.no_gc
 cdef class _Entry:
+    # Not tracked by the cycle collector: a cache of 100k+ entries would lengthen every full
+    # collection (tens of ms). The cache breaks the list's cycles itself (clear, __dealloc__);
+    # so values must not refer back to their cache.
     pass
 
 
 @cython.final
+@cython.no_gc_clear  # __dealloc__ needs _root to unlink the entries
 cdef class LruCache:
     """Byte-bounded LRU cache with per-item TTL; see the module docstring."""
+
+    def __dealloc__(self):
+        if self._root is not None:
+            self.clear()
+            self._root.prev = None
+            self._root.next = None
 
     def __cinit__(self, Py_ssize_t max_bytes, Py_ssize_t max_entries=0):
         if max_bytes <= 0:
