@@ -246,8 +246,25 @@ def test_response_headers_are_replayed_minus_hop_by_hop(store):
 
 
 def test_protected_post_is_retried_on_the_next_server(store):
-    # ctx.protected: a POST whose key this proxy holds may go to the next server after a
-    # connect failure; without a key it may not (nginx's non_idempotent rule).
+    # ctx.protected: a POST whose key this proxy holds may go to the next server after the
+    # first one got it and failed (a 502); without a key it may not (nginx's non_idempotent
+    # rule), so the client sees that 502.
+    ledger = Ledger()
+    failing = Ledger(plan={n: ok(b"bad gateway", 502) for n in range(1, 100)})
+    with Origin(ledger) as origin, Origin(failing) as bad:
+        text = config(origin, store).replace(
+            f'servers = ["{origin.url}"]', f'servers = ["{bad.url}", "{origin.url}"]')
+        with InProcessProxy(text) as proxy:
+            assert [post(proxy.port, key=b"k%d" % i).status for i in range(4)] == [201] * 4
+            assert failing.executed == 2  # round robin sent two of them to the bad one first
+        with InProcessProxy(text) as proxy:
+            assert sorted(post(proxy.port, key=None).status for i in range(4)) == [
+                201, 201, 502, 502]
+    assert ledger.executed == 6
+
+
+def test_post_whose_connection_was_refused_goes_to_the_next_server(store):
+    # Nothing reached the refusing server, so even a keyless POST may go elsewhere (nginx).
     from tests.support.origin import closed_port
     ledger = Ledger()
     with Origin(ledger) as origin:
@@ -255,9 +272,8 @@ def test_protected_post_is_retried_on_the_next_server(store):
             f'servers = ["{origin.url}"]',
             f'servers = ["http://127.0.0.1:{closed_port()}", "{origin.url}"]')
         with InProcessProxy(text) as proxy:
-            assert [post(proxy.port, key=b"k%d" % i).status for i in range(2)] == [201, 201]
-        with InProcessProxy(text) as proxy:
-            assert 502 in [post(proxy.port, key=None).status for i in range(2)]
+            assert [post(proxy.port, key=k).status for k in (b"k1", None, None)] == [201] * 3
+    assert ledger.executed == 3
 
 
 def test_memory_records_survive_a_reload():
