@@ -289,6 +289,9 @@ class Filter(FilterBase):
                     ctx.vars = {}
                 ctx.vars["idempotency"] = claimed
                 ctx.protected = True
+                # A client that gives up mid-request will retry: the answer it left behind
+                # must be there for the retry, so the engine reads it to the end anyway.
+                ctx.finish_upstream = True
                 ctx.capture_response(self.max_response)
                 ctx.add_finish_hook(self._finish)
                 return None
@@ -330,13 +333,16 @@ class Filter(FilterBase):
     def _finish(self, ctx):
         claimed = ctx.vars["idempotency"]
         status = ctx.status
-        if status in self.release:
+        if status in self.release or (not ctx.response_complete and not ctx.t_upstream):
+            # "Nothing happened": a status that says so, or the request never reached the
+            # upstream (the client left while it was being claimed or connected).
             self.store.settle(claimed.key, claimed.owner, None, 0.0)
-        elif status == 0 or not ctx.response_complete:
-            # The client left, or the response was cut: the upstream may have executed the
-            # request and we do not hold its answer. The claim stays until its lease ends, so
-            # a quick retry gets 409 rather than a second execution it cannot tell from the
-            # first; after the lease the key runs again.
+        elif not ctx.response_complete:
+            # The response was cut (the upstream died or timed out mid-body): the upstream
+            # may have executed the request and we do not hold its answer. The claim stays
+            # until its lease ends, so a quick retry gets 409 rather than a second execution
+            # it cannot tell from the first; after the lease the key runs again. (A client
+            # that merely left does not land here: finish_upstream reads the answer anyway.)
             return
         else:
             stored = Stored(status, claimed.headers or [], ctx.captured)

@@ -48,6 +48,7 @@ cdef class Exchange:
     cdef bint fell_back                 # went to the upstream's fallback upstream
     cdef bint exhausted                 # a retry found no server left
     cdef public bint protected          # a claimed idempotency key makes a POST repeatable
+    cdef public bint finish_upstream    # read the response to the end even if the client goes
     cdef public object consumer         # the authenticated caller (auth filters), or None
     cdef public object vars             # per-request state of filters: a dict, or None
     cdef public list finish_hooks

@@ -92,6 +92,37 @@ class _Rejected(Exception):
     """Raised from a parser callback after the request was answered with an error."""
 
 
+class _Void:
+    """The transport of a client that went away while its exchange goes on: writes vanish."""
+
+    def write(self, data):
+        pass
+
+    def writelines(self, data):
+        pass
+
+    def close(self):
+        pass
+
+    def abort(self):
+        pass
+
+    def pause_reading(self):
+        pass
+
+    def resume_reading(self):
+        pass
+
+    def is_closing(self):
+        return True
+
+    def get_extra_info(self, name, default=None):
+        return default
+
+
+_VOID = _Void()
+
+
 @cython.final
 cdef class ClientProtocol:
     def __init__(self, worker):
@@ -197,12 +228,20 @@ cdef class ClientProtocol:
     def connection_lost(self, exc):
         cdef Exchange ex
         self.closed = True
-        self.worker.conns.discard(self)
         tunnel = self.tunnel
         if tunnel is not None:
             self.tunnel = None
             tunnel.close()
         ex = self.active
+        if (ex is not None and not ex.finished and ex.finish_upstream and ex.conn is not None
+                and ex.body_done and ex.upgrade is None):
+            # The upstream has the whole request and its answer is wanted (an idempotency
+            # record): read it to the end into the void, like nginx proxy_ignore_client_abort.
+            # The connection stays in worker.conns so its deadline still bounds the wait.
+            self.transport = _VOID
+            self.write_paused = False
+            return
+        self.worker.conns.discard(self)
         if ex is not None and not ex.finished:
             ex.finished = True  # nobody to answer: release upstream resources
             if ex.connecting is not None:
@@ -453,6 +492,11 @@ cdef class ClientProtocol:
 
     cdef int exchange_finished(self, object ex) except -1:
         self.account(ex)
+        if self.closed:
+            # (an exchange finished after its client left: see connection_lost)
+            self.active = None
+            self.worker.conns.discard(self)
+            return 0
         if self.active is not ex:
             return 0
         self.active = None

@@ -215,6 +215,24 @@ def test_claim_of_a_vanished_client_expires_with_its_lease(store):
         assert ledger.executed == 2
 
 
+def test_answer_of_a_vanished_client_is_kept_for_its_retry(store):
+    # The client gives up while the upstream works; the proxy reads the answer anyway
+    # (finish_upstream), so the client's retry is a replay, not a second execution.
+    ledger = Ledger(delay=0.3)
+    with Setup(store, handler=ledger) as (_, port):
+        s = socket.create_connection(("127.0.0.1", port), 2)
+        s.sendall(b"POST /pay HTTP/1.1\r\nHost: t\r\nIdempotency-Key: %s\r\n"
+                  b"Content-Length: 9\r\n\r\namount=10" % KEY)
+        assert wait_until(lambda: ledger.executed == 1)
+        s.close()
+        assert_error(post(port), 409, "idempotency_conflict")  # still running
+        assert wait_until(lambda: post(port).status == 201, timeout=5, step=0.05)
+        r = post(port)
+        assert r.header(b"idempotent-replayed") == b"true"
+        assert r.body.startswith(b'{"charge": 1,')
+    assert ledger.executed == 1
+
+
 def test_ttl_expiry_forgets_the_answer(store):
     with Setup(store, 'ttl = "300ms"\n') as (ledger, port):
         first = post(port)

@@ -89,6 +89,8 @@ class Ctx:
         self.status = 0
         self.response_complete = False
         self.captured = None
+        self.finish_upstream = False
+        self.t_upstream = 0.0  # when the request was sent upstream; 0: never
 
     async def read_body(self, limit):
         from engine.http.exchange import BodyTooLarge
@@ -106,6 +108,7 @@ class Ctx:
                complete=True):
         """What the exchange does after upstream answered: response hook, then finish."""
         from engine.http.messages import Response
+        self.t_upstream = 1.0
         for f in self.filters:
             f.on_response(self, Response(status, list(headers), None))
         self.status = status
@@ -234,12 +237,23 @@ def test_release_list_is_configurable():
     assert run(f, Ctx()).body == b"boom"  # 500 stored and replayed (Stripe v1 style)
 
 
-def test_client_gone_keeps_the_claim_until_the_lease():
+def test_response_cut_keeps_the_claim_until_the_lease():
     f = make_filter()
     first = Ctx()
     run(f, first)
-    first.answer(0, complete=False)
+    assert first.finish_upstream  # the engine reads the answer even if the client leaves
+    first.answer(200, complete=False)
     error(run(f, Ctx()), 409, "idempotency_conflict")
+
+
+def test_client_gone_before_the_request_was_sent_releases_the_key():
+    f = make_filter()
+    first = Ctx()
+    run(f, first)
+    first.status = 499  # what the engine records for a client that left
+    for fn in first.finish_hooks:
+        fn(first)
+    assert run(f, Ctx()) is None  # claimed again: goes upstream
 
 
 def test_response_too_large_to_store_is_not_replayed_but_not_rerun():
