@@ -89,8 +89,8 @@ class Config:
     pattern: str = key(r"[A-Za-z0-9_.:~+/=-]+", "regular expression the whole key must "
                                                 "match", check=_pattern)
     ttl: Duration = key(86400.0, "how long a completed response is kept and replayed")
-    lease: Duration = key(60.0, "how long a claim holds a key when its request never finishes "
-                                "(proxy crash); keep it above the upstream's longest answer")
+    lease: Duration = key(60.0, "how long a claim outlives a proxy that crashed mid-request "
+                                "(a running request renews it every lease/3)")
     concurrent: str = key("reject", 'a duplicate of a request in flight: "reject" (409) or '
                                     '"wait" for its answer', choices=("reject", "wait"))
     max_wait: Duration = key(10.0, 'longest wait of a duplicate with concurrent = "wait"; '
@@ -166,7 +166,7 @@ class Filter(FilterBase):
     __slots__ = ("methods", "lheader", "required", "bare_ok", "min_length", "max_length",
                  "pattern", "ttl", "lease", "wait", "max_wait", "retry_after", "max_body",
                  "max_response", "release", "fp_headers", "caller", "route", "store",
-                 "reject_on_error", "too_large")
+                 "reject_on_error", "too_large", "live", "renew_due")
     PHASE = IDEMPOTENCY
     HAS_RESPONSE_HOOK = True
 
@@ -205,6 +205,12 @@ class Filter(FilterBase):
             self.store = shared.keep(("idempotency", route_cfg.name, cfg.memory_size),
                                      lambda: MemoryStore(cfg.memory_size))
             shared.periodic.append(self.store.sweep)
+        # Claims this worker holds, renewed while their requests run: a lease bounds a
+        # crashed proxy's claim, not a slow upstream's (a long request must not lose its key
+        # to a duplicate mid-flight).
+        self.live = shared.keep(("idempotency-live", route_cfg.name), dict)
+        self.renew_due = 0.0
+        shared.periodic.append(self._renew)
 
     # -- request
 
@@ -285,6 +291,7 @@ class Filter(FilterBase):
                 return None  # on_store_error = "pass": served unprotected
             if kind == CLAIMED:
                 claimed = _Claimed(rkey, owner)
+                self.live[claimed] = None
                 if ctx.vars is None:
                     ctx.vars = {}
                 ctx.vars["idempotency"] = claimed
@@ -330,8 +337,16 @@ class Filter(FilterBase):
             if claimed is not None:
                 claimed.headers = [h for h in resp.headers if h[0].lower() not in _NOT_STORED]
 
+    def _renew(self, worker, now: float) -> None:
+        if now < self.renew_due:
+            return
+        self.renew_due = now + self.lease / 3
+        for claimed in self.live:
+            self.store.renew(claimed.key, claimed.owner, self.lease)
+
     def _finish(self, ctx):
         claimed = ctx.vars["idempotency"]
+        self.live.pop(claimed, None)
         status = ctx.status
         if status in self.release or (not ctx.response_complete and not ctx.t_upstream):
             # "Nothing happened": a status that says so, or the request never reached the

@@ -132,6 +132,12 @@ class MemoryStore:
         self._wake(c)
         return True
 
+    def renew(self, key, owner: bytes, lease: float) -> None:
+        """Extend the claim ``owner`` holds to ``lease`` seconds from now."""
+        c = self._claims.get(key)
+        if c is not None and c.owner == owner:
+            c.until = self.clock() + lease
+
     @staticmethod
     def _wake(c: _Claim) -> None:
         if c.done is not None and not c.done.done():
@@ -221,6 +227,13 @@ redis.call('DEL', KEYS[1])
 return 1
 """
 
+_RENEW = """
+local m = redis.call('HMGET', KEYS[1], 'state', 'owner')
+if m[1] ~= 'p' or m[2] ~= ARGV[1] then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
 _LOOKUP = """
 local m = redis.call('HMGET', KEYS[1], 'state', 'fp', 'status', 'headers', 'blen')
 if not m[1] then return false end
@@ -284,6 +297,14 @@ class RedisStore:
         """Complete or release in the background (called from an exchange's finish)."""
         coro = self.complete(key, owner, stored, ttl) if stored is not None \
             else self.release(key, owner)
+        self._background(coro, key)
+
+    def renew(self, key, owner: bytes, lease: float) -> None:
+        """Extend the claim ``owner`` holds (in the background; a failure leaves the old
+        lease, which is what a crashed proxy leaves too)."""
+        self._background(self.redis.run(_RENEW, self._keys(key), [owner, _ms(lease)]), key)
+
+    def _background(self, coro, key) -> None:
         task = asyncio.get_running_loop().create_task(self._settle(coro, key))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)

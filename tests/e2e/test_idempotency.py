@@ -60,12 +60,12 @@ def store(request):
     return 'store = "redis"\n', f'\n[redis]\nurl = "{url}"\n'
 
 
-def config(origin, store, section="", server="", route=""):
+def config(origin, store, section="", server="", route="", upstream=""):
     if isinstance(store, tuple):
         store, redis = store
     else:
         redis = ""
-    return proxy_config(origin.url, server=server, route=route,
+    return proxy_config(origin.url, server=server, route=route, upstream=upstream,
                         extra="[routes.idempotency]\n" + store + section + redis)
 
 
@@ -199,17 +199,19 @@ def test_4xx_is_stored_and_replayed(store):
         assert ledger.executed == 1
 
 
-def test_claim_of_a_vanished_client_expires_with_its_lease(store):
-    # The first request's client leaves while the upstream still works on it: the outcome is
-    # unknown, so the key stays claimed (409) until the lease ends, then runs again.
+def test_claim_of_a_vanished_client_lasts_as_long_as_its_request(store):
+    # The client leaves while the upstream hangs: the proxy still waits for the answer (up to
+    # read_timeout), so the key stays claimed (409) meanwhile; the timeout's 504 means nothing
+    # happened, which releases the key, and the retry runs.
     plan = {1: (b"", "hang")}
-    with Setup(store, 'lease = "400ms"\n', handler=Ledger(plan=plan)) as (ledger, port):
+    with Setup(store, 'lease = "200ms"\n', handler=Ledger(plan=plan),
+               upstream='read_timeout = "600ms"') as (ledger, port):
         s = socket.create_connection(("127.0.0.1", port), 2)
         s.sendall(b"POST /pay HTTP/1.1\r\nHost: t\r\nIdempotency-Key: %s\r\n"
                   b"Content-Length: 9\r\n\r\namount=10" % KEY)
         assert wait_until(lambda: ledger.executed == 1)
         s.close()
-        time.sleep(0.05)
+        time.sleep(0.3)  # past the lease: renewed, since the request still runs
         assert_error(post(port), 409, "idempotency_conflict")
         assert wait_until(lambda: post(port).status == 201, timeout=5, step=0.05)
         assert ledger.executed == 2
@@ -230,6 +232,22 @@ def test_answer_of_a_vanished_client_is_kept_for_its_retry(store):
         r = post(port)
         assert r.header(b"idempotent-replayed") == b"true"
         assert r.body.startswith(b'{"charge": 1,')
+    assert ledger.executed == 1
+
+
+def test_a_running_request_keeps_its_claim_past_the_lease(store):
+    # The lease bounds a crashed proxy's claim; a slow upstream's claim is renewed, so a
+    # duplicate arriving after the lease still finds it in flight (not a second execution).
+    ledger = Ledger(delay=1.0)
+    with Setup(store, 'lease = "300ms"\n', handler=ledger) as (_, port):
+        with Conn(port, 5) as c:
+            c.send(b"POST /pay HTTP/1.1\r\nHost: t\r\nIdempotency-Key: %s\r\n"
+                   b"Content-Length: 9\r\n\r\namount=10" % KEY)
+            assert wait_until(lambda: ledger.executed == 1)
+            time.sleep(0.6)  # two leases
+            assert_error(post(port), 409, "idempotency_conflict")
+            assert c.response().status == 201
+        assert post(port).header(b"idempotent-replayed") == b"true"
     assert ledger.executed == 1
 
 
