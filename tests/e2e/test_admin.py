@@ -5,10 +5,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
+from tests.support.e2e import wait_until
 from tests.support.cli import CliProxy
 from tests.support.client import Conn
 from tests.support.origin import Origin
@@ -39,15 +39,6 @@ paths = ["/healthz"]
 body = "ok"
 {admin}
 """
-
-
-def wait_for(predicate, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def families(text: str) -> dict:
@@ -100,17 +91,17 @@ def test_status_routes_and_upstreams_describe_the_running_proxy(tmp_path):
         assert status["listen"] == f"127.0.0.1:{p.port}"
         assert status["generation"] == 1 and status["last_reload"] is None
         assert status["uptime_seconds"] >= 0 and status["version"]
-        assert wait_for(lambda: all(w["state"] == "serving" for w in
+        assert wait_until(lambda: all(w["state"] == "serving" for w in
                                     p.admin("GET", "/status")[1]["workers"]))
         assert len(p.admin("GET", "/status")[1]["workers"]) == 2
         _, routes = p.admin("GET", "/routes")
         assert [r["name"] for r in routes["routes"]] == ["api", "health"]
         assert routes["routes"][1]["filters"] == ["static"]
-        assert wait_for(lambda: p.admin("GET", "/routes")[1]["routes"][0]["requests"] == 1)
+        assert wait_until(lambda: p.admin("GET", "/routes")[1]["routes"][0]["requests"] == 1)
         _, ups = p.admin("GET", "/upstreams")
         server = ups["upstreams"][0]["servers"][0]
         assert server["url"] == origin.url and server["weight"] == 1
-        assert wait_for(lambda: p.admin("GET", "/upstreams")[1]["upstreams"][0]["servers"][0]
+        assert wait_until(lambda: p.admin("GET", "/upstreams")[1]["upstreams"][0]["servers"][0]
                         ["idle"] == 1)  # the pooled keep-alive connection
 
 
@@ -138,7 +129,7 @@ def test_metrics_count_real_traffic_across_two_workers(tmp_path):
             _, text = p.admin("GET", "/metrics")
             return value(families(text), "edgeproxy_requests")
 
-        assert wait_for(lambda: requests_total() == 40, 10)
+        assert wait_until(lambda: requests_total() == 40, 10)
         _, status = p.admin("GET", "/status")
         per_worker = [w["requests"] for w in status["workers"]]
         assert sum(per_worker) == 40 and all(n > 0 for n in per_worker), per_worker
@@ -176,15 +167,15 @@ def test_counters_survive_a_worker_crash_and_it_is_counted(tmp_path):
         def metrics():
             return families(p.admin("GET", "/metrics")[1])
 
-        assert wait_for(lambda: value(metrics(), "edgeproxy_requests") == 10)
+        assert wait_until(lambda: value(metrics(), "edgeproxy_requests") == 10)
         _, status = p.admin("GET", "/status")
         victim = next(w["pid"] for w in status["workers"] if w["requests"])
         os.kill(victim, signal.SIGKILL)
-        assert wait_for(lambda: value(metrics(), "edgeproxy_worker_restarts") == 1)
+        assert wait_until(lambda: value(metrics(), "edgeproxy_worker_restarts") == 1)
         assert value(metrics(), "edgeproxy_requests") == 10  # its counts were kept
         with Conn(p.port) as c:
             assert c.request("GET", "/api/y").status == 200
-        assert wait_for(lambda: value(metrics(), "edgeproxy_requests") == 11)
+        assert wait_until(lambda: value(metrics(), "edgeproxy_requests") == 11)
 
 
 def test_admin_can_be_disabled(tmp_path):

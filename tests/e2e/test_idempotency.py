@@ -11,7 +11,7 @@ import time
 import pytest
 
 from tests.support.client import Conn
-from tests.support.e2e import assert_error, proxy_config
+from tests.support.e2e import assert_error, proxy_config, wait_until
 from tests.support.origin import Origin, ok
 from tests.support.proxy import InProcessProxy
 
@@ -41,15 +41,6 @@ def post(port, key=KEY, body=b"amount=10", path="/pay", headers=(), timeout=5.0)
     hs = [(b"Idempotency-Key", key)] if key is not None else []
     with Conn(port, timeout) as c:
         return c.request("POST", path, headers=hs + list(headers), body=body)
-
-
-def wait_until(cond, timeout=5.0, step=0.01):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(step)
-    return False
 
 
 @pytest.fixture(params=["memory", "redis"])

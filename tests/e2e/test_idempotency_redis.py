@@ -8,9 +8,9 @@ import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from tests.e2e.test_idempotency import KEY, Ledger, post, wait_until
+from tests.e2e.test_idempotency import KEY, Ledger, post
 from tests.support.cli import CliProxy
-from tests.support.e2e import assert_error, proxy_config
+from tests.support.e2e import assert_error, proxy_config, wait_until
 from tests.support.origin import Origin
 from tests.support.proxy import InProcessProxy
 

@@ -6,6 +6,7 @@ import socket
 import threading
 import time
 
+from tests.support.e2e import wait_until
 from tests.support.cli import CliProxy
 from tests.support.client import Conn
 from tests.support.origin import Origin, closed_port, ok
@@ -50,15 +51,6 @@ upstream = "app"
 """
 
 
-def wait_for(predicate, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def get(port: int, path: str = "/") -> bytes:
     with Conn(port) as c:
         return c.request("GET", path).body
@@ -75,7 +67,7 @@ def test_sighup_reloads_every_worker(tmp_path):
         assert get(p.port) == b"one"
         p.write_config(static_config("two"))
         p.proc.send_signal(signal.SIGHUP)
-        assert wait_for(lambda: all_workers_at(p, 2))
+        assert wait_until(lambda: all_workers_at(p, 2))
         # fresh connections spread over both workers: every one answers from the new config
         assert {get(p.port) for _ in range(20)} == {b"two"}
         _, status = p.admin("GET", "/status")
@@ -88,7 +80,7 @@ def test_a_changed_file_is_picked_up_by_the_watch(tmp_path):
     with CliProxy(tmp_path, static_config("one", watch=True)) as p:
         assert get(p.port) == b"one"
         p.write_config(static_config("two", watch=True))
-        assert wait_for(lambda: all_workers_at(p, 2))
+        assert wait_until(lambda: all_workers_at(p, 2))
         assert {get(p.port) for _ in range(10)} == {b"two"}
         _, status = p.admin("GET", "/status")
         assert status["last_reload"]["trigger"] == "file change"
@@ -188,7 +180,7 @@ def test_a_changed_upstream_gets_a_fresh_pool(tmp_path):
         assert get(p.port, "/b") == b"/b"
         assert origin.connections == 2
         # the old pool is released: its idle connection is closed
-        assert wait_for(lambda: len(origin.open) == 1, 5)
+        assert wait_until(lambda: len(origin.open) == 1, 5)
 
 
 def test_a_request_in_flight_finishes_on_its_snapshot(tmp_path):
@@ -205,7 +197,7 @@ def test_a_request_in_flight_finishes_on_its_snapshot(tmp_path):
 
         t = threading.Thread(target=client)
         t.start()
-        assert wait_for(lambda: origin.connections == 1, 5)
+        assert wait_until(lambda: origin.connections == 1, 5)
         # The new config drops the route the request is using.
         p.write_config(static_config("gone", workers=1))
         assert p.admin("POST", "/reload")[1]["result"] == "ok"
@@ -232,7 +224,7 @@ def test_listener_change_starts_new_workers_and_drains_the_old(tmp_path):
 
         t = threading.Thread(target=client)
         t.start()
-        assert wait_for(lambda: origin.connections == 1, 5)
+        assert wait_until(lambda: origin.connections == 1, 5)
         p.write_config(proxy_config(origin.url, workers=2,
                                     server=f'listen = "127.0.0.1:{new_port}"'))
         code, reloaded = p.admin("POST", "/reload")
@@ -243,7 +235,7 @@ def test_listener_change_starts_new_workers_and_drains_the_old(tmp_path):
         assert len(serving) == 2 and not {w["pid"] for w in serving} & set(old_pids)
         t.join(10)
         assert result["resp"].body == b"old worker finished"  # drained, not cut
-        assert wait_for(lambda: all(w["state"] == "serving"
+        assert wait_until(lambda: all(w["state"] == "serving"
                                     for w in p.admin("GET", "/status")[1]["workers"]))
         with socket.socket() as s:  # the old listener is gone with its workers
             assert s.connect_ex(("127.0.0.1", old_port)) != 0
@@ -276,7 +268,7 @@ def test_worker_count_changes_refuse_no_connection(tmp_path):
                 p.write_config(static_config(f"{workers} workers", workers=workers))
                 code, result = p.admin("POST", "/reload")
                 assert code == 200 and result["workers_pending"] == []
-                assert wait_for(lambda n=workers: [w["state"] for w in p.admin(
+                assert wait_until(lambda n=workers: [w["state"] for w in p.admin(
                     "GET", "/status")[1]["workers"]] == ["serving"] * n)
         finally:
             stop.set()

@@ -6,28 +6,10 @@ import time
 
 import pytest
 
+from tests.support.e2e import servers_config
 from tests.support.client import Conn
 from tests.support.origin import Origin, ok
 from tests.support.proxy import InProcessProxy
-
-
-def upstreams_config(servers: list[str], upstream: str = "", extra: str = "") -> str:
-    """One upstream "app" of ``servers`` (TOML inline tables or strings) behind a catch-all
-    route."""
-    return f"""
-[server]
-access_log = "off"
-
-[[upstreams]]
-name = "app"
-servers = [{", ".join(servers)}]
-{upstream}
-
-[[routes]]
-name = "all"
-upstream = "app"
-{extra}
-"""
 
 
 class Fleet:
@@ -79,7 +61,7 @@ def answers(port: int, n: int, path: str = "/", headers=()) -> list[bytes]:
 @pytest.mark.parametrize("balancer,n", [("round_robin", 600), ("least_conn", 600),
                                         ("random_two", 3000)])
 def test_weights_3_2_1(balancer, n):
-    with Fleet(3) as f, InProcessProxy(upstreams_config(
+    with Fleet(3) as f, InProcessProxy(servers_config(
             f.servers([3, 2, 1]), f'balancer = "{balancer}"')) as p:
         got = answers(p.port, n)
         shares = [got.count(b"%d" % i) / n for i in range(3)]
@@ -90,13 +72,13 @@ def test_weights_3_2_1(balancer, n):
 
 def test_round_robin_interleaves_exactly():
     # Smooth weighted round robin (nginx): weights 5,1,1 give a a b a c a a, every cycle.
-    with Fleet(3) as f, InProcessProxy(upstreams_config(f.servers([5, 1, 1]))) as p:
+    with Fleet(3) as f, InProcessProxy(servers_config(f.servers([5, 1, 1]))) as p:
         got = b"".join(answers(p.port, 21))
         assert got == b"0010200" * 3
 
 
 def test_ip_hash_sends_one_client_network_to_one_server():
-    with Fleet(4) as f, InProcessProxy(upstreams_config(
+    with Fleet(4) as f, InProcessProxy(servers_config(
             f.servers(), 'balancer = "ip_hash"')) as p:
         got = set()
         for _ in range(20):  # new connections: stickiness is by address, not connection
@@ -106,7 +88,7 @@ def test_ip_hash_sends_one_client_network_to_one_server():
 
 
 def test_hash_on_a_header_is_sticky_per_value_and_spreads_values():
-    with Fleet(4) as f, InProcessProxy(upstreams_config(
+    with Fleet(4) as f, InProcessProxy(servers_config(
             f.servers(), 'balancer = "hash"\nhash_key = ["header:X-User"]')) as p:
         owner = {}
         with Conn(p.port) as c:
@@ -138,7 +120,7 @@ def test_adding_a_server_remaps_keys(consistent):
     keys = 1000
     with Fleet(5) as f:
         def config(n):
-            return upstreams_config(
+            return servers_config(
                 f.servers()[:n], f'balancer = "hash"\nhash_key = ["header:X-Key"]\n'
                                  f'consistent = {str(consistent).lower()}')
 
@@ -166,7 +148,7 @@ def test_least_conn_prefers_the_idle_server():
             release.wait(5)
         return ok(b"%d" % i)
 
-    with Fleet(2, handler) as f, InProcessProxy(upstreams_config(
+    with Fleet(2, handler) as f, InProcessProxy(servers_config(
             f.servers(), 'balancer = "least_conn"')) as p:
         with Conn(p.port) as slow:
             slow.send(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
@@ -188,7 +170,7 @@ def test_every_balancer_skips_a_server_marked_down(balancer):
     with Fleet(3) as f:
         servers = f.servers()
         servers[1] = servers[1].replace("}", ", down = true}")
-        with InProcessProxy(upstreams_config(servers, f'balancer = "{balancer}"\n'
+        with InProcessProxy(servers_config(servers, f'balancer = "{balancer}"\n'
                                                       'hash_key = ["header:X-K"]')) as p:
             with Conn(p.port) as c:
                 for k in range(60):
@@ -205,7 +187,7 @@ def test_a_full_server_is_skipped_max_conns():
             release.wait(5)
         return ok(b"%d" % i)
 
-    with Fleet(2, handler) as f, InProcessProxy(upstreams_config(
+    with Fleet(2, handler) as f, InProcessProxy(servers_config(
             f.servers(extra=", max_conns = 1"))) as p:
         with Conn(p.port) as s0, Conn(p.port) as s1:
             s0.send(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")

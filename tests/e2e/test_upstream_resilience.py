@@ -14,28 +14,11 @@ import time
 import pytest
 
 from tests.support.client import Conn
-from tests.support.e2e import assert_error
+from tests.support.e2e import assert_error, servers_config, wait_until
 from tests.support.origin import Origin, closed_port, ok
 from tests.support.proxy import InProcessProxy
 
 FINE_CLOCK = 'connect_timeout = "200ms"'
-
-
-def config(servers: list[str], upstream: str = "", extra: str = "") -> str:
-    return f"""
-[server]
-access_log = "off"
-
-[[upstreams]]
-name = "app"
-servers = [{", ".join(servers)}]
-{upstream}
-
-[[routes]]
-name = "all"
-upstream = "app"
-{extra}
-"""
 
 
 def entry(url: str, extra: str = "") -> str:
@@ -106,23 +89,14 @@ def bodies(port: int, n: int) -> list[bytes]:
     return out
 
 
-def poll(cond, timeout: float = 5.0, step: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(step)
-    return False
-
-
 # -- retries
 
 
 def test_gets_survive_one_of_three_servers_dying_mid_load():
-    with Origins(3) as o, InProcessProxy(config([f'"{u}"' for u in o.urls])) as p:
+    with Origins(3) as o, InProcessProxy(servers_config([f'"{u}"' for u in o.urls])) as p:
         dying = o.origins[1]
         stopper = threading.Thread(
-            target=lambda: poll(lambda: o.switches[1].hits >= 50) and dying.__exit__(None))
+            target=lambda: wait_until(lambda: o.switches[1].hits >= 50) and dying.__exit__(None))
         stopper.start()
         statuses = []
         for _ in range(3):
@@ -138,7 +112,7 @@ def test_gets_survive_one_of_three_servers_dying_mid_load():
 
 def test_post_without_a_key_is_never_sent_twice():
     with Origins(2, {0: "reset", 1: "reset"}) as o, InProcessProxy(
-            config([entry(u, "max_fails = 0") for u in o.urls])) as p:
+            servers_config([entry(u, "max_fails = 0") for u in o.urls])) as p:
         with Conn(p.port) as c:
             assert_error(c.request("POST", "/pay", body=b"amount=1"), 502, "bad_gateway")
         assert sum(o.hits()) == 1
@@ -150,7 +124,7 @@ def test_post_without_a_key_is_never_sent_twice():
 
 def test_post_answered_503_is_relayed_not_retried():
     with Origins(2, {0: 503, 1: 503}) as o, InProcessProxy(
-            config([f'"{u}"' for u in o.urls])) as p:
+            servers_config([f'"{u}"' for u in o.urls])) as p:
         with Conn(p.port) as c:
             r = c.request("POST", "/pay", body=b"x")
         assert r.status == 503 and r.body.endswith(b"failed")
@@ -159,7 +133,7 @@ def test_post_answered_503_is_relayed_not_retried():
 
 def test_503_from_one_server_is_retried_on_another():
     # (A budget of 1: a third of the requests are retried, above the default 20 %.)
-    with Origins(3, {1: 503}) as o, InProcessProxy(config(
+    with Origins(3, {1: 503}) as o, InProcessProxy(servers_config(
             [f'"{u}"' for u in o.urls], "[upstreams.retry]\nbudget = 1.0")) as p:
         got = bodies(p.port, 30)
         assert set(got) == {b"a", b"c"}
@@ -168,7 +142,7 @@ def test_503_from_one_server_is_retried_on_another():
 
 @pytest.mark.parametrize("tries,attempts", [(1, 1), (2, 2), (3, 3), (10, 4)])
 def test_tries_bound_the_attempts(tries, attempts):
-    with Origins(4, {i: 502 for i in range(4)}) as o, InProcessProxy(config(
+    with Origins(4, {i: 502 for i in range(4)}) as o, InProcessProxy(servers_config(
             [f'"{u}"' for u in o.urls], f"[upstreams.retry]\ntries = {tries}")) as p:
         with Conn(p.port) as c:
             r = c.request("GET", "/")
@@ -177,16 +151,16 @@ def test_tries_bound_the_attempts(tries, attempts):
 
 
 def test_retry_on_lists_what_is_retried():
-    with Origins(2, {0: 500}) as o, InProcessProxy(config(
+    with Origins(2, {0: 500}) as o, InProcessProxy(servers_config(
             [f'"{u}"' for u in o.urls], '[upstreams.retry]\non = ["http_500"]\nbudget = 1.0')) as p:
         assert set(bodies(p.port, 10)) == {b"b"}
-    with Origins(2, {0: 503}) as o, InProcessProxy(config(
+    with Origins(2, {0: 503}) as o, InProcessProxy(servers_config(
             [f'"{u}"' for u in o.urls], '[upstreams.retry]\non = ["error"]')) as p:
         assert {r.status for r in get_all(p.port, 10)} == {200, 503}
 
 
 def test_exhausted_retry_budget_relays_the_failure():
-    with Origins(2, {0: 503}) as o, InProcessProxy(config(
+    with Origins(2, {0: 503}) as o, InProcessProxy(servers_config(
             [f'"{u}"' for u in o.urls],
             "[upstreams.retry]\nbudget = 0.0\nmin_retries = 2")) as p:
         statuses = [r.status for r in get_all(p.port, 20)]
@@ -206,7 +180,7 @@ def reset_on_head(req, transport):
 def test_whole_body_is_retried_streamed_body_is_not():
     b = Switch(b"b")
     with Origin(lambda req: ok(), on_head=reset_on_head) as a, Origin(b) as bo:
-        cfg = config([f'"{a.url}"', f'"{bo.url}"'])
+        cfg = servers_config([f'"{a.url}"', f'"{bo.url}"'])
         # The body arrived whole before the upstream connection: it is kept and resent.
         with InProcessProxy(cfg) as p, Conn(p.port) as c:
             r = c.request("PUT", "/doc", body=b"0123456789")
@@ -222,7 +196,7 @@ def test_whole_body_is_retried_streamed_body_is_not():
 def test_post_with_a_claimed_idempotency_key_is_retried():
     with Origins(3, {0: 502}) as o:
         o.origins[1].__exit__(None)  # refuses connections
-        with InProcessProxy(config(
+        with InProcessProxy(servers_config(
                 [f'"{u}"' for u in o.urls], extra="[routes.idempotency]\nstore = \"memory\"")) as p:
             for i in range(4):
                 with Conn(p.port) as c:
@@ -242,7 +216,7 @@ def test_post_with_a_claimed_idempotency_key_is_retried():
 
 
 def test_max_fails_take_a_server_out_for_fail_timeout_then_it_comes_back():
-    with Origins(2, {1: "reset"}) as o, InProcessProxy(config(
+    with Origins(2, {1: "reset"}) as o, InProcessProxy(servers_config(
             [entry(o.urls[0]), entry(o.urls[1], 'max_fails = 2, fail_timeout = "300ms"')],
             FINE_CLOCK)) as p:
         with Conn(p.port) as c:
@@ -254,13 +228,13 @@ def test_max_fails_take_a_server_out_for_fail_timeout_then_it_comes_back():
             for _ in range(10):
                 assert c.request("GET", "/").body == b"a"
             assert o.switches[1].hits == 2
-            assert poll(lambda: c.request("GET", "/").body == b"b", 3.0)
+            assert wait_until(lambda: c.request("GET", "/").body == b"b", 3.0)
             assert time.monotonic() - t_down >= 0.2
 
 
 def test_single_server_is_never_marked_down():
     # nginx: max_fails is ignored when the upstream has one server.
-    with Origins(1, {0: "reset"}) as o, InProcessProxy(config(
+    with Origins(1, {0: "reset"}) as o, InProcessProxy(servers_config(
             [entry(o.urls[0], 'max_fails = 1, fail_timeout = "30s"')])) as p:
         for _ in range(3):
             with Conn(p.port) as c:
@@ -273,7 +247,7 @@ def test_single_server_is_never_marked_down():
 
 
 def test_server_circuit_opens_then_a_probe_closes_it():
-    with Origins(2, {1: "reset"}) as o, InProcessProxy(config(
+    with Origins(2, {1: "reset"}) as o, InProcessProxy(servers_config(
             [entry(u, "max_fails = 0") for u in o.urls],
             FINE_CLOCK + '\n[upstreams.circuit_breaker]\nconsecutive_failures = 3\n'
                          'cooldown = "300ms"\nfailure_rate = 0.0')) as p:
@@ -284,14 +258,14 @@ def test_server_circuit_opens_then_a_probe_closes_it():
             for _ in range(10):
                 assert c.request("GET", "/").body == b"a"
             assert o.switches[1].hits == 3
-            assert poll(lambda: c.request("GET", "/").body == b"b", 3.0)
+            assert wait_until(lambda: c.request("GET", "/").body == b"b", 3.0)
             # Closed again: b is back in the rotation.
             got = [c.request("GET", "/").body for _ in range(10)]
             assert got.count(b"b") == 5
 
 
 def test_open_upstream_circuit_answers_at_once():
-    with Origins(2, {0: "hang", 1: "hang"}) as o, InProcessProxy(config(
+    with Origins(2, {0: "hang", 1: "hang"}) as o, InProcessProxy(servers_config(
             [entry(u, "max_fails = 0") for u in o.urls],
             'read_timeout = "500ms"\n[upstreams.circuit_breaker]\nconsecutive_failures = 2\n'
             'cooldown = "20s"')) as p:
@@ -320,18 +294,18 @@ def stderr_of(capfd, sink: list) -> str:
 
 
 def test_active_checks_take_a_server_out_and_bring_it_back(capfd):
-    with Origins(2) as o, InProcessProxy(config(
+    with Origins(2) as o, InProcessProxy(servers_config(
             [f'"{u}"' for u in o.urls],
             FINE_CLOCK + '\n[upstreams.health_check]\npath = "/health"\ninterval = "100ms"\n'
             'timeout = "500ms"\nunhealthy_threshold = 2\nhealthy_threshold = 2')) as p:
         err = []
         assert set(bodies(p.port, 4)) == {b"a", b"b"}
         o.switches[1].fault = "unhealthy"  # /health answers 500; requests still work
-        assert poll(lambda: '"server_unhealthy"' in stderr_of(capfd, err), 3.0)
+        assert wait_until(lambda: '"server_unhealthy"' in stderr_of(capfd, err), 3.0)
         assert o.urls[1] in "".join(err)
         assert set(bodies(p.port, 20)) == {b"a"}
         o.switches[1].fault = None
-        assert poll(lambda: '"server_healthy"' in stderr_of(capfd, err), 3.0)
+        assert wait_until(lambda: '"server_healthy"' in stderr_of(capfd, err), 3.0)
         assert set(bodies(p.port, 4)) == {b"a", b"b"}
 
 
@@ -344,7 +318,7 @@ def test_active_checks_keep_their_interval_with_default_timeouts():
             hits.append(time.monotonic())
         return ok()
 
-    with Origin(handler) as a, Origin(handler) as b, InProcessProxy(config(
+    with Origin(handler) as a, Origin(handler) as b, InProcessProxy(servers_config(
             [f'"{a.url}"', f'"{b.url}"'],
             '[upstreams.health_check]\npath = "/health"\ninterval = "100ms"')):
         time.sleep(0.2)
@@ -362,7 +336,7 @@ def test_active_checks_keep_their_interval_with_default_timeouts():
     'ejection_time = "20s"',
 ])
 def test_outlier_ejection_stops_traffic_to_the_failing_server(capfd, ejection):
-    with Origins(3, {2: 500}) as o, InProcessProxy(config(
+    with Origins(3, {2: 500}) as o, InProcessProxy(servers_config(
             [entry(u, "max_fails = 0") for u in o.urls],
             FINE_CLOCK + '\nfail_on = ["error", "timeout", "http_500"]\n'
             '[upstreams.outlier_detection]\ninterval = "200ms"\nmin_requests = 5\n'
@@ -371,7 +345,7 @@ def test_outlier_ejection_stops_traffic_to_the_failing_server(capfd, ejection):
             before = o.switches[2].hits
             get_all(p.port, 30)
             return o.switches[2].hits == before
-        assert poll(quiet, 5.0)
+        assert wait_until(quiet, 5.0)
         assert {r.status for r in get_all(p.port, 30)} == {200}
         err = capfd.readouterr().err
         assert '"server_ejected"' in err and o.urls[2] in err
@@ -381,7 +355,7 @@ def test_outlier_ejection_stops_traffic_to_the_failing_server(capfd, ejection):
 
 
 def test_backup_takes_over_only_when_no_primary_is_available():
-    with Origins(3) as o, InProcessProxy(config(
+    with Origins(3) as o, InProcessProxy(servers_config(
             [entry(o.urls[0], 'fail_timeout = "300ms"'), entry(o.urls[1], 'fail_timeout = "300ms"'),
              entry(o.urls[2], "backup = true")], FINE_CLOCK)) as p:
         assert set(bodies(p.port, 10)) == {b"a", b"b"}
@@ -393,7 +367,7 @@ def test_backup_takes_over_only_when_no_primary_is_available():
         # They recover: after fail_timeout the backup is idle again.
         o.switches[0].fault = o.switches[1].fault = None
         with Conn(p.port) as c:
-            assert poll(lambda: c.request("GET", "/").body != b"c", 3.0)
+            assert wait_until(lambda: c.request("GET", "/").body != b"c", 3.0)
         time.sleep(0.4)
         assert set(bodies(p.port, 10)) == {b"a", b"b"}
 
@@ -407,7 +381,7 @@ headers = {X-Fallback = "static"}
 
 
 def test_static_fallback_when_every_server_is_down():
-    with InProcessProxy(config(
+    with InProcessProxy(servers_config(
             [entry(f"http://127.0.0.1:{closed_port()}", "down = true")], FALLBACK)) as p:
         for r in get_all(p.port, 3):
             assert (r.status, r.body) == (200, b'{"degraded": true}')
@@ -416,7 +390,7 @@ def test_static_fallback_when_every_server_is_down():
 
 
 def test_static_fallback_once_failing_servers_are_marked_down():
-    with InProcessProxy(config(
+    with InProcessProxy(servers_config(
             [f'"http://127.0.0.1:{closed_port()}"', f'"http://127.0.0.1:{closed_port()}"'],
             FALLBACK)) as p:
         rs = get_all(p.port, 5)
@@ -425,7 +399,7 @@ def test_static_fallback_once_failing_servers_are_marked_down():
 
 
 def test_fallback_answers_the_request_that_found_every_server_failing():
-    with InProcessProxy(config(
+    with InProcessProxy(servers_config(
             [f'"http://127.0.0.1:{closed_port()}"', f'"http://127.0.0.1:{closed_port()}"'],
             FALLBACK)) as p:
         r = get_all(p.port, 1)[0]
@@ -434,7 +408,7 @@ def test_fallback_answers_the_request_that_found_every_server_failing():
 
 def test_fallback_upstream_takes_the_request():
     spare = Switch(b"spare")
-    with Origin(spare) as so, InProcessProxy(config(
+    with Origin(spare) as so, InProcessProxy(servers_config(
             [entry(f"http://127.0.0.1:{closed_port()}", "down = true")],
             '[upstreams.fallback]\nupstream = "spare"',
             f'[[upstreams]]\nname = "spare"\nservers = ["{so.url}"]\n')) as p:
@@ -445,7 +419,7 @@ def test_fallback_upstream_takes_the_request():
 
 
 def test_503_with_retry_after_when_nothing_is_available():
-    with InProcessProxy(config(
+    with InProcessProxy(servers_config(
             [entry(f"http://127.0.0.1:{closed_port()}", 'fail_timeout = "5s"'),
              entry(f"http://127.0.0.1:{closed_port()}", 'fail_timeout = "5s"')])) as p:
         with Conn(p.port) as c:
@@ -456,7 +430,7 @@ def test_503_with_retry_after_when_nothing_is_available():
 
 
 def test_timeout_is_retried_on_the_next_server():
-    with Origins(2, {0: "hang"}) as o, InProcessProxy(config(
+    with Origins(2, {0: "hang"}) as o, InProcessProxy(servers_config(
             [f'"{u}"' for u in o.urls], 'read_timeout = "300ms"')) as p:
         with Conn(p.port) as c:
             r = c.request("GET", "/")
@@ -474,12 +448,12 @@ HEALTH_CHECK = ('\n[upstreams.health_check]\npath = "/health"\ninterval = "100ms
 def test_reload_keeps_a_failed_servers_state():
     with Origins(2, {1: "reset"}) as o:
         servers = [entry(u, 'fail_timeout = "30s"') for u in o.urls]
-        with InProcessProxy(config(servers)) as p:
+        with InProcessProxy(servers_config(servers)) as p:
             assert set(bodies(p.port, 4)) == {b"a"}
             assert o.switches[1].hits == 1
             o.switches[1].fault = None
             # An unrelated change: the upstream's config is the same, so is b's state.
-            p.swap(config(servers, extra='[[routes]]\nname = "other"\npaths = ["/other"]\n'
+            p.swap(servers_config(servers, extra='[[routes]]\nname = "other"\npaths = ["/other"]\n'
                                          'upstream = "app"'))
             assert set(bodies(p.port, 4)) == {b"a"}
             assert o.switches[1].hits == 1
@@ -488,8 +462,8 @@ def test_reload_keeps_a_failed_servers_state():
 def test_reload_without_health_checks_brings_unhealthy_servers_back(capfd):
     with Origins(2, {1: "unhealthy"}) as o:
         urls = [f'"{u}"' for u in o.urls]
-        with InProcessProxy(config(urls, FINE_CLOCK + HEALTH_CHECK)) as p:
+        with InProcessProxy(servers_config(urls, FINE_CLOCK + HEALTH_CHECK)) as p:
             err = []
-            assert poll(lambda: '"server_unhealthy"' in stderr_of(capfd, err), 3.0)
-            p.swap(config(urls, FINE_CLOCK))  # no more active checks
+            assert wait_until(lambda: '"server_unhealthy"' in stderr_of(capfd, err), 3.0)
+            p.swap(servers_config(urls, FINE_CLOCK))  # no more active checks
             assert set(bodies(p.port, 4)) == {b"a", b"b"}

@@ -1,6 +1,38 @@
-"""Shared pieces of the HTTP end-to-end suites: a config builder and response assertions."""
+"""Shared pieces of the HTTP end-to-end suites: config builders, response assertions and a
+bounded wait."""
+
+import time
 
 from tests.support.client import Conn, Response
+
+
+def wait_until(cond, timeout: float = 10.0, step: float = 0.02) -> bool:
+    """Poll ``cond`` until it is true or ``timeout`` seconds pass; whether it came true."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(step)
+    return False
+
+
+def servers_config(servers: list[str], upstream: str = "", extra: str = "") -> str:
+    """One upstream "app" of ``servers`` (TOML strings or inline tables) behind a catch-all
+    route "all"; ``upstream`` lines go in the upstream table, ``extra`` after the route."""
+    return f"""
+[server]
+access_log = "off"
+
+[[upstreams]]
+name = "app"
+servers = [{", ".join(servers)}]
+{upstream}
+
+[[routes]]
+name = "all"
+upstream = "app"
+{extra}
+"""
 
 
 def proxy_config(origin_url: str, *, server: str = "", upstream: str = "", route: str = "",
