@@ -185,8 +185,9 @@ class RedisStore:
     def key(self, *parts: str) -> str:
         """A namespaced key. ``parts[0]`` goes in a hash tag, so every key of one limit or
         one idempotency record lands on the same Redis Cluster slot."""
-        first, rest = parts[0], parts[1:]
-        return self.prefix + "{" + first + "}" + "".join(":" + p for p in rest)
+        if len(parts) == 1:
+            return self.prefix + "{" + parts[0] + "}"
+        return self.prefix + "{" + parts[0] + "}:" + ":".join(parts[1:])
 
     @property
     def is_open(self) -> bool:

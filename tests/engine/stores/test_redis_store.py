@@ -329,6 +329,13 @@ def test_close_fails_the_calls_in_flight_and_the_store_can_be_used_again(redis_s
     run(main)
 
 
+def test_key_puts_the_first_part_in_a_hash_tag():
+    store = store_for("redis://127.0.0.1:1/0")
+    assert store.key("rl:r:l:1.2.3.4") == "t:{rl:r:l:1.2.3.4}"
+    assert store.key("idem:k", "m") == "t:{idem:k}:m"
+    assert store.key("rl:r", "a:b", "c") == "t:{rl:r}:a:b:c"
+
+
 @pytest.mark.parametrize("url, want", [
     ("redis://127.0.0.1:6380/2", ("127.0.0.1", 6380, None, 2, None, None)),
     ("redis://localhost", ("localhost", 6379, None, 0, None, None)),
