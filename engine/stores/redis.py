@@ -94,7 +94,7 @@ class _Connection(asyncio.Protocol):
         self.transport = transport
 
     def connection_lost(self, exc):
-        self._fail(StoreUnavailable(f"redis connection lost: {exc or 'closed by the server'}"))
+        self._fail(f"redis connection lost: {exc or 'closed by the server'}")
 
     def data_received(self, data):
         reader = self.reader
@@ -108,7 +108,7 @@ class _Connection(asyncio.Protocol):
                     fut.set_result(reply)
                 reply = reader.gets()
         except (hiredis.ProtocolError, IndexError) as exc:  # garbage, or a reply nobody sent
-            self.abort(StoreUnavailable(f"redis protocol error: {exc!r}"))
+            self.abort(f"redis protocol error: {exc!r}")
 
     def send(self, command: bytes, fut, deadline: float) -> None:
         if self.lost:
@@ -137,7 +137,7 @@ class _Connection(asyncio.Protocol):
         now = self.loop.time()
         pending = self.pending
         if pending and pending[0][1] <= now:
-            self.abort(StoreUnavailable("redis timeout"))
+            self.abort("redis timeout")
             return
         soonest = None
         for fut, deadline in pending:
@@ -150,12 +150,13 @@ class _Connection(asyncio.Protocol):
         if soonest is not None:
             self.timer = self.loop.call_at(soonest, self._expire)
 
-    def abort(self, exc) -> None:
-        self._fail(exc)
+    def abort(self, why: str) -> None:
+        self._fail(why)
         if self.transport is not None:
             self.transport.abort()
 
-    def _fail(self, exc) -> None:
+    def _fail(self, why: str) -> None:
+        # An exception each: one shared by many tasks would gather every task's traceback.
         self.lost = True
         if self.timer is not None:
             self.timer.cancel()
@@ -164,7 +165,7 @@ class _Connection(asyncio.Protocol):
         pending, self.pending = self.pending, deque()
         for fut, _ in pending:
             if not fut.done():
-                fut.set_exception(exc)
+                fut.set_exception(StoreUnavailable(why))
 
 
 class RedisStore:
@@ -244,7 +245,7 @@ class RedisStore:
     async def close(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None and not conn.lost:
-            conn.abort(StoreUnavailable("redis store closed"))
+            conn.abort("redis store closed")
         task, self._connecting = self._connecting, None
         if task is not None and not task.done():
             task.cancel()
@@ -267,6 +268,8 @@ class RedisStore:
                 return await asyncio.shield(task)
         except TimeoutError:
             raise StoreUnavailable("redis connect timeout") from None
+        except StoreUnavailable as exc:  # the shared task's: a copy per caller
+            raise exc.__class__(*exc.args) from None
         except asyncio.CancelledError:
             if task.cancelled() and not asyncio.current_task().cancelling():
                 raise StoreUnavailable("redis store closed") from None  # close() meanwhile
@@ -297,7 +300,7 @@ class RedisStore:
                         raise StoreError(f"redis {command[0]}: {reply.args[0]}")
         except (OSError, TimeoutError, asyncio.CancelledError, StoreUnavailable) as exc:
             if conn is not None:
-                conn.abort(StoreUnavailable("redis connect failed"))
+                conn.abort("redis connect failed")
             if not isinstance(exc, (OSError, TimeoutError)):
                 raise
             raise StoreUnavailable(f"redis connect: {exc.__class__.__name__}: {exc}") from None
