@@ -38,8 +38,9 @@ from tests.support.redis import RedisServer  # noqa: E402
 class RedisPyStore:
     """The store as it was before the rewrite (git 92d36f7), kept for comparison."""
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, max_connections: int = 64):
         self.cfg = cfg
+        self.max_connections = max_connections
         self.prefix = cfg.prefix
         self._client = None
         self._failures = 0
@@ -52,7 +53,7 @@ class RedisPyStore:
             cfg = self.cfg
             self._client = aioredis.Redis.from_url(
                 cfg.url, socket_timeout=cfg.timeout, socket_connect_timeout=cfg.timeout,
-                max_connections=cfg.max_connections, retry_on_timeout=False)
+                max_connections=self.max_connections, retry_on_timeout=False)
         return self._client
 
     @property
@@ -115,10 +116,12 @@ async def measure(store, conc: int, duration: float) -> tuple[float, float]:
 
 
 async def one(variant: str, url: str, conc: int, duration: float):
-    # max_connections above the concurrency: redis-py's pool raises MaxConnectionsError
-    # past it (the lean store uses one connection whatever the setting).
-    cfg = RedisConfig(url=url, prefix="bench:", timeout=2.0, max_connections=conc + 10)
+    cfg = RedisConfig(url=url, prefix="bench:", timeout=2.0)
     store = VARIANTS[variant](cfg)
+    if variant == "redis-py":
+        # above the concurrency: redis-py's pool raises MaxConnectionsError past it (the
+        # lean store uses one connection)
+        store.max_connections = conc + 10
     try:
         return await measure(store, conc, duration)
     finally:

@@ -327,20 +327,20 @@ class AdminConfig:
 
 
 def _check_redis_url(value: str) -> str:
-    parts = urlsplit(value)
-    if parts.scheme not in ("redis", "rediss", "unix"):
-        raise ValueError(f'expected a redis://, rediss:// or unix:// URL, got "{value}"')
+    from engine.stores.redis import parse_url
+    parse_url(value)  # ValueError: rediss:// (no TLS), a non-numeric db, unknown ?options
     return value
 
 
 @dataclass(frozen=True)
 class RedisConfig:
-    url: str = key("redis://127.0.0.1:6379/0", "the Redis server shared by workers and "
-                                               "edgeproxy instances", check=_check_redis_url)
+    url: str = key("redis://127.0.0.1:6379/0", "redis://[user:password@]host[:port][/db] or "
+                                               "unix:///path[?db=N] of the Redis server shared "
+                                               "by workers and edgeproxy instances (no TLS)",
+                   check=_check_redis_url)
     prefix: str = key("edgeproxy:", "prefix of every key edgeproxy writes")
     timeout: Duration = key(0.25, "longest wait for one Redis command (connect included); "
                                   "then the feature's on_store_error policy applies")
-    max_connections: int = key(64, "connections per worker", min=1, max=10000)
     breaker_failures: int = key(3, "consecutive Redis failures that open the breaker "
                                    "(calls then fail at once, without waiting)", min=1)
     breaker_cooldown: Duration = key(2.0, "how long the breaker stays open before one call "
