@@ -84,6 +84,17 @@ rename = { "ETag" = "X-Origin-ETag" }
 """,
         client_headers=("X-Client-Trace: bench-0001",),
     ),
+    GatewayFilter(
+        "rate_limit",
+        route_toml="""
+[[routes.rate_limit.limits]]
+name = "per-ip"
+algorithm = "sliding_counter"
+limit = 100000000
+window = "1m"
+key = ["ip"]
+""",
+    ),
 )
 
 

@@ -12,6 +12,7 @@ A key spec is a list of parts, each one of:
 A request that lacks any part has no key (``None``): the feature's fallback applies.
 """
 
+from operator import attrgetter
 from urllib.parse import parse_qsl
 
 PLAIN = ("ip", "route", "consumer", "path")
@@ -93,6 +94,8 @@ def _part(part: str):
 def compile_key(parts: tuple):
     """``fn(ctx) -> str | None``: the parts joined by "|" (a part's own "|" is escaped so two
     different part lists never join to the same key)."""
+    if tuple(parts) == ("ip",):
+        return attrgetter("client_ip")  # the common case, already a str: one C call
     getters = [_part(p) for p in parts]
     if len(getters) == 1:
         getter = getters[0]

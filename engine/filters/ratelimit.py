@@ -200,6 +200,8 @@ class Config:
 def _key_getter(parts: tuple, fallback: str):
     """fn(ctx) -> str key, None (skip this check) or _REFUSE."""
     get = compile_key(parts)
+    if tuple(parts) == ("ip",):
+        return get  # every request has an address: no fallback needed
     if fallback == "ip":
         return lambda ctx: get(ctx) or "ip:" + ctx.client_ip
     if fallback == "shared":
@@ -217,7 +219,8 @@ def _sf_string(name: str) -> bytes:
 
 
 class _Limit:
-    __slots__ = ("name", "sf", "keyfn", "cost", "table", "check", "limit", "window")
+    __slots__ = ("name", "sf", "keyfn", "cost", "table", "check", "limit", "window",
+                 "limit_bytes")
 
     def __init__(self, route: str, cfg: LimitConfig, shared, memory: bool):
         self.name = cfg.name
@@ -239,6 +242,7 @@ class _Limit:
         table_cls = _TABLES[algo]
         if algo not in WINDOWED:
             self.window = self.limit / cfg.rate
+        self.limit_bytes = b"%d" % self.limit
         self.table = None
         if memory:
             if table_cls in (TokenBucket, LeakyBucket):
@@ -530,6 +534,18 @@ class Filter(FilterBase):
             return
         results, quota, div = state
         h = resp.headers
+        if quota is None and div == 1 and len(results) == 1:
+            # One limit (the usual route): its own figures, without the search below.
+            lim, remaining, reset, wait, verdict = results[0]
+            t = _seconds(wait if verdict == 0 else reset)
+            if self.classic:
+                h.append((b"X-RateLimit-Limit", lim.limit_bytes))
+                h.append((b"X-RateLimit-Remaining", b"%d" % remaining))
+                h.append((b"X-RateLimit-Reset", t))
+            if self.ietf:
+                h.append((b"RateLimit-Policy", self.policy))
+                h.append((b"RateLimit", lim.sf + b";r=%d;t=" % remaining + t))
+            return
         best = None  # the limit closest to exhaustion: lowest remaining, then longest reset
         for lim, remaining, reset, wait, verdict in results:
             r = remaining // div
