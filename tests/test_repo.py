@@ -37,3 +37,14 @@ def test_ruff_is_clean():
     result = subprocess.run([ruff, "check", "engine", "tests", "bench", "setup.py"],
                             cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_package_is_listed_for_installation():
+    """`pip install .` (the README's first command) ships only the packages pyproject lists."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+                 ["packages"])
+    found = {str(p.parent.relative_to(ROOT)).replace("/", ".")
+             for top in ("engine", "ext") for p in (ROOT / top).rglob("__init__.py")}
+    assert found <= listed, f"missing from pyproject packages: {sorted(found - listed)}"
