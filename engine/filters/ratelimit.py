@@ -16,6 +16,7 @@ by every worker and every edgeproxy host; ``on_store_error`` decides when Redis 
 
 import asyncio
 import math
+import re
 import time
 from dataclasses import dataclass
 
@@ -47,8 +48,8 @@ _CODES = {"fixed_window": rstore.FIXED_WINDOW, "sliding_log": rstore.SLIDING_LOG
 
 
 def _check_name(value: str) -> str:
-    # Policy names go into RateLimit-Policy as sf-strings (draft-11 §3): printable ASCII,
-    # and we keep out the two characters that would need escaping.
+    # Policy names go into RateLimit-Policy as sf-tokens or sf-strings (draft-11 §3,
+    # RFC 8941 §3.3.3): printable ASCII, without the two characters a string would escape.
     if not value or not all(" " <= c <= "~" and c not in '"\\' for c in value):
         raise ValueError(f'"{value}" must be printable ASCII without quotes or backslashes')
     return value
@@ -214,7 +215,15 @@ def _key_getter(parts: tuple, fallback: str):
 _REFUSE = "\0refuse"  # no key part yields it: parts are joined text from the request
 
 
-def _sf_string(name: str) -> bytes:
+_SF_TOKEN = re.compile(r"[A-Za-z*][A-Za-z0-9!#$%&'*+\-.^_`|~:/]*")
+
+
+def _sf_item(name: str) -> bytes:
+    """A policy name as a Structured Field bare item (RFC 8941 §3.3): a Token, as the
+    draft's examples write them (``default;q=100;w=60``), or a String when the name is not
+    a valid Token (names are checked to need no escaping)."""
+    if _SF_TOKEN.fullmatch(name):
+        return name.encode()
     return b'"' + name.encode() + b'"'
 
 
@@ -224,7 +233,7 @@ class _Limit:
 
     def __init__(self, route: str, cfg: LimitConfig, shared, memory: bool):
         self.name = cfg.name
-        self.sf = _sf_string(cfg.name)
+        self.sf = _sf_item(cfg.name)
         self.keyfn = _key_getter(cfg.key, cfg.fallback)
         self.cost = cfg.cost
         algo = cfg.algorithm
@@ -258,7 +267,7 @@ class _Tier:
         self.name = cfg.name
         # (period, cap, sf name, header suffix); a 0 cap is no cap
         self.caps = tuple((p, cap, sf, suffix) for p, cap, sf, suffix in (
-            (DAY, cfg.daily, b'"daily"', b"Day"), (MONTH, cfg.monthly, b'"monthly"', b"Month"))
+            (DAY, cfg.daily, b"daily", b"Day"), (MONTH, cfg.monthly, b"monthly", b"Month"))
             if cap)
         self.checks = tuple(rstore.Check(rstore.CALENDAR, cap, p, 0, f"{route}:quota:{p}",
                                          "quota") for p, cap, _, _ in self.caps)
