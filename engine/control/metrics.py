@@ -46,6 +46,8 @@ def worker_snapshot(worker) -> dict:
         "routes": {name or "": st.to_dict() for name, st in worker.route_stats.items()},
         "servers": servers,
         "upstreams": upstreams,
+        "events": [[family, route, counts]
+                   for family, route, counts in worker.runtime.shared.counters()],
     }
 
 
@@ -88,8 +90,13 @@ class Totals:
         # state, requests, failures]
         self.servers: dict[tuple[str, str], list[int]] = {}
         self.upstreams: dict[str, list[int]] = {}  # name -> [retries, worst circuit state]
+        self.events: dict[tuple[str, str, str], int] = {}  # (family, route, event) -> n
 
     def add_counters(self, snap: dict) -> None:
+        for family, route, counts in snap.get("events", ()):
+            for event, n in counts.items():
+                key = (family, route, event)
+                self.events[key] = self.events.get(key, 0) + n
         for name, st in snap["routes"].items():
             mine = self.routes.get(name)
             if mine is None:
@@ -122,10 +129,21 @@ class Totals:
             acc[1] = max(acc[1], circuit)
 
     def add(self, totals: "Totals") -> None:
-        self.add_counters({"routes": totals.routes})
+        self.add_counters({"routes": totals.routes, "events": [
+            [family, route, {event: n}] for (family, route, event), n in totals.events.items()]})
 
     def requests_by_route(self) -> dict[str, int]:
         return {name: sum(st["requests"]) for name, st in self.routes.items()}
+
+
+# Filter event counters (Shared.counter): family -> (metric, label of the event, help).
+EVENT_FAMILIES = {
+    "ratelimit": ("edgeproxy_ratelimit_rejections_total", "reason",
+                  "Requests a rate limit, quota or connection limit refused, by reason."),
+    "idempotency": ("edgeproxy_idempotency_requests_total", "outcome",
+                    "Requests with an Idempotency-Key, by outcome (claimed, replayed, "
+                    "conflict, mismatch, invalid, missing, store_error)."),
+}
 
 
 # -- Prometheus text exposition format 0.0.4 --------------------------------------------------
@@ -256,6 +274,12 @@ def render(totals: Totals, control: dict) -> str:
                "Worst state of the upstream's own circuit: 0 closed, 1 open, 2 half-open.")
     for name, (_, circuit) in upstreams:
         out.sample("edgeproxy_upstream_circuit_state", circuit, (("upstream", name),))
+
+    for family, (metric, label, help_text) in EVENT_FAMILIES.items():
+        out.family(metric, "counter", help_text)
+        for (fam, route, event), n in sorted(totals.events.items()):
+            if fam == family:
+                out.sample(metric, n, (("route", route), (label, event)))
 
     out.family("edgeproxy_workers", "gauge", "Worker processes serving (draining not counted).")
     out.sample("edgeproxy_workers", control["workers"])

@@ -76,6 +76,16 @@ class Shared:
             from engine.stores.redis import RedisStore
             self.redis = self.keep(("redis", cfg.redis), lambda: RedisStore(cfg.redis))
 
+    def counter(self, family: str, route: str) -> dict:
+        """A filter's event counts (name -> n) for the metrics, kept across reloads."""
+        return self.keep(("counter", family, route), dict)
+
+    def counters(self):
+        """(family, route, counts) of every counter: what /metrics exports."""
+        for key, counts in self.items.items():
+            if key[0] == "counter":
+                yield key[1], key[2], counts
+
     def keep(self, key, factory):
         obj = self.items.get(key)
         if obj is None:

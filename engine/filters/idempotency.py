@@ -166,7 +166,7 @@ class Filter(FilterBase):
     __slots__ = ("methods", "lheader", "required", "bare_ok", "min_length", "max_length",
                  "pattern", "ttl", "lease", "wait", "max_wait", "retry_after", "max_body",
                  "max_response", "release", "fp_headers", "caller", "route", "store",
-                 "reject_on_error", "too_large", "live", "renew_due")
+                 "reject_on_error", "too_large", "live", "renew_due", "events")
     PHASE = IDEMPOTENCY
     HAS_RESPONSE_HOOK = True
 
@@ -209,6 +209,7 @@ class Filter(FilterBase):
         # crashed proxy's claim, not a slow upstream's (a long request must not lose its key
         # to a duplicate mid-flight).
         self.live = shared.keep(("idempotency-live", route_cfg.name), dict)
+        self.events = shared.counter("idempotency", route_cfg.name)
         self.renew_due = 0.0
         shared.periodic.append(self._renew)
 
@@ -220,6 +221,7 @@ class Filter(FilterBase):
         values = [v for n, v in ctx.headers if n.lower() == self.lheader]
         if not values:
             if self.required:
+                self._count("missing")
                 return error_response(
                     "idempotency_key_missing", ctx.request_id.decode(),
                     f"this route requires an {self.cfg.header} header: a unique string per "
@@ -239,6 +241,7 @@ class Filter(FilterBase):
         return self._claim(ctx, k)
 
     def _invalid(self, ctx, message):
+        self._count("invalid")
         return error_response("idempotency_key_invalid", ctx.request_id.decode(), message)
 
     def record_key(self, ctx, idem_key: str) -> str:
@@ -284,12 +287,14 @@ class Filter(FilterBase):
             try:
                 kind, detail = await store.claim(rkey, fp, owner, self.lease)
             except StoreUnavailable:
+                self._count("store_error")
                 if self.reject_on_error:
                     return error_response("store_unavailable", rid,
                                           "the idempotency store is unreachable; retry later",
                                           self.retry_after)
                 return None  # on_store_error = "pass": served unprotected
             if kind == CLAIMED:
+                self._count("claimed")
                 claimed = _Claimed(rkey, owner)
                 self.live[claimed] = None
                 if ctx.vars is None:
@@ -305,6 +310,7 @@ class Filter(FilterBase):
             if kind == DONE:
                 return self._replay(ctx, detail)
             if kind == MISMATCH:
+                self._count("mismatch")
                 return error_response("idempotency_mismatch", rid,
                                       f"this {self.cfg.header} was already used for a "
                                       "request with a different method, path, query or body")
@@ -317,15 +323,21 @@ class Filter(FilterBase):
                     await store.wait(rkey, deadline - now, attempt)
                     attempt += 1
                     continue
+            self._count("conflict")
             return error_response("idempotency_conflict", rid, None, self.retry_after)
+
+    def _count(self, outcome: str) -> None:
+        self.events[outcome] = self.events.get(outcome, 0) + 1
 
     def _replay(self, ctx, stored: Stored):
         if stored.body is None:
+            self._count("conflict")
             return error_response(
                 "idempotency_conflict", ctx.request_id.decode(),
                 f"the request with this {self.cfg.header} was executed (status "
                 f"{stored.status}) but its response exceeded {self.max_response} bytes and "
                 "was not kept, so it cannot be replayed")
+        self._count("replayed")
         return Response(stored.status, stored.headers + [_REPLAYED], stored.body)
 
     # -- response

@@ -285,7 +285,7 @@ class Filter(FilterBase):
     __slots__ = ("limits", "simple", "redis", "deny", "quota", "tiers", "default_tier",
                  "tier_of", "tier_key", "quota_key", "quota_table", "quota_cost", "monitor",
                  "conn_key", "conn_max", "conn_ttl", "slots", "conn_check", "clock",
-                 "policy", "ietf", "classic", "quota_headers", "route")
+                 "policy", "ietf", "classic", "quota_headers", "route", "events")
     PHASE = RATE_LIMIT
     HAS_RESPONSE_HOOK = True
 
@@ -332,6 +332,7 @@ class Filter(FilterBase):
                 self.slots = shared.keep(("ratelimit-conn", route, c), SlotTable)
         self.simple = (memory and len(self.limits) == 1 and q is None and c is None
                        and self.monitor is None)
+        self.events = shared.counter("ratelimit", route)
         self.ietf = cfg.ratelimit_headers
         self.classic = cfg.x_ratelimit_headers
         self.quota_headers = cfg.quota_headers
@@ -523,8 +524,8 @@ class Filter(FilterBase):
             ctx.vars = {}
         ctx.vars["ratelimit"] = (results, quota, div)
 
-    @staticmethod
-    def _refused(ctx, code: str, wait: float, message: str | None = None):
+    def _refused(self, ctx, code: str, wait: float, message: str | None = None):
+        self.events[code] = self.events.get(code, 0) + 1
         headers = None
         if wait != math.inf:
             # RFC 9110 §10.2.3: delay-seconds, a whole number; rounded up so a client that
@@ -533,6 +534,7 @@ class Filter(FilterBase):
         return error_response(code, ctx.request_id.decode(), message, headers)
 
     def _refuse_keyless(self, ctx):
+        self.events["no_key"] = self.events.get("no_key", 0) + 1
         return error_response("rate_limited", ctx.request_id.decode(),
                               "the request lacks the fields this route's limits count by")
 

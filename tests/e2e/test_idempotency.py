@@ -315,3 +315,14 @@ def test_memory_records_survive_a_reload():
             proxy.swap(config(origin, 'store = "memory"\nmemory_size = "1m"\n'))
             assert post(proxy.port).header(b"idempotent-replayed") is None  # a new store
     assert ledger.executed == 2
+
+
+def test_outcomes_are_counted_for_the_metrics():
+    from engine.control.metrics import worker_snapshot
+    ledger = Ledger()
+    with Origin(ledger) as origin, InProcessProxy(config(origin, 'store = "memory"\n')) as p:
+        assert post(p.port).status == 201
+        assert post(p.port).header(b"idempotent-replayed") == b"true"
+        assert post(p.port, body=b"other").status == 422
+        events = p.call(lambda: worker_snapshot(p.worker)["events"])
+    assert ["idempotency", "all", {"claimed": 1, "replayed": 1, "mismatch": 1}] in events

@@ -5,6 +5,7 @@ by two edgeproxy processes, and Redis dying and coming back under both store-err
 import asyncio
 import time
 
+from engine.control.metrics import worker_snapshot
 from tests.support.cli import CliProxy
 from tests.support.client import Conn
 from tests.support.e2e import assert_error, proxy_config
@@ -51,6 +52,8 @@ def test_429_json_retry_after_and_headers_closest_to_exhaustion():
         assert r.header(b"ratelimit") == b'per-second;r=0;t=%d' % retry
         assert r.header(b"x-ratelimit-remaining") == b"0"
         assert len(origin.requests) == 3
+        events = p.call(lambda: worker_snapshot(p.worker)["events"])
+        assert ["ratelimit", "all", {"rate_limited": 1}] in events  # /metrics counts it
 
 
 def test_connection_limit_with_a_slow_origin():

@@ -26,7 +26,7 @@ def samples(fams: dict, family: str, name: str | None = None) -> dict:
             if name is None or s.name == name}
 
 
-def snapshot(route_counts: dict, connections=0, servers=()) -> dict:
+def snapshot(route_counts: dict, connections=0, servers=(), events=()) -> dict:
     """A worker snapshot with ``route -> [(method, status, duration, upstream, in, out)]``."""
     routes = {}
     for route, requests in route_counts.items():
@@ -37,7 +37,7 @@ def snapshot(route_counts: dict, connections=0, servers=()) -> dict:
         routes[route] = st.to_dict()
     return {"pid": 1, "time": 0.0, "generation": 1, "draining": False,
             "connections": connections, "routes": routes, "servers": list(servers),
-            "upstreams": {"app": (2, 1)}}
+            "upstreams": {"app": (2, 1)}, "events": list(events)}
 
 
 @pytest.mark.parametrize("seconds, bucket", [
@@ -143,3 +143,23 @@ def test_label_values_are_escaped():
     fams = families(render(totals, CONTROL))
     assert {s.labels["route"] for s in fams["edgeproxy_requests"].samples} == {
         'we"ird\\name\n'}
+
+
+def test_filter_events_are_summed_with_retired_workers_and_exported():
+    live = snapshot({}, events=[["ratelimit", "api", {"rate_limited": 3, "quota_exceeded": 1}],
+                                ["idempotency", "pay", {"claimed": 5, "replayed": 2}]])
+    gone = snapshot({}, events=[["ratelimit", "api", {"rate_limited": 4}]])
+    retired = Totals()
+    retired.add_counters(gone)
+    totals = Totals()
+    totals.add_counters(live)
+    totals.add(retired)
+    fams = families(render(totals, CONTROL))
+    assert samples(fams, "edgeproxy_ratelimit_rejections") == {
+        (("reason", "quota_exceeded"), ("route", "api")): 1,
+        (("reason", "rate_limited"), ("route", "api")): 7,
+    }
+    assert samples(fams, "edgeproxy_idempotency_requests") == {
+        (("outcome", "claimed"), ("route", "pay")): 5,
+        (("outcome", "replayed"), ("route", "pay")): 2,
+    }
