@@ -433,6 +433,8 @@ cdef class Exchange:
         return 0
 
     async def _connect(self, server):
+        # Cancelled (timeout, client gone): whoever cancels this task ends the attempt and
+        # may already have started the next one, so a cancelled task touches nothing.
         loop = self.proto.worker.loop
         try:
             _, conn = await loop.create_connection(
@@ -442,11 +444,6 @@ cdef class Exchange:
             if not self.finished:
                 self.upstream_failed(None, "bad_gateway", True)
             return
-        except asyncio.CancelledError:
-            self.connecting = None
-            if self.attempting:
-                self.end_attempt(-1)
-            raise
         self.connecting = None
         if self.finished:
             (<Pool?>server.pool).release(conn, self.proto.worker.now)
