@@ -8,7 +8,7 @@ import time
 from engine.control.metrics import worker_snapshot
 from tests.support.cli import CliProxy
 from tests.support.client import Conn
-from tests.support.e2e import assert_error, proxy_config
+from tests.support.e2e import assert_error, proxy_config, wait_until
 from tests.support.origin import Origin, ok
 from tests.support.proxy import InProcessProxy
 
@@ -209,3 +209,17 @@ window = "1h"
                 break
             time.sleep(0.1)
         assert statuses == [200, 200, 429]  # a fresh Redis: the limit counts from zero
+
+
+def test_a_reload_that_changes_redis_closes_the_old_connection(redis_server):
+    section = TWO_LIMITS.replace("[routes.rate_limit]", '[routes.rate_limit]\nstore = "redis"')
+    with Origin() as origin:
+        text = proxy_config(origin.url, extra=section + redis_table(redis_server.url))
+        with InProcessProxy(text) as p, Conn(p.port) as c:
+            assert c.request("GET", "/").status == 200
+            old = p.worker.runtime.shared.redis
+            assert p.call(lambda: old._conn is not None)  # connected by that request
+            p.swap(text.replace('timeout = "200ms"', 'timeout = "300ms"'))
+            assert p.worker.runtime.shared.redis is not old
+            assert wait_until(lambda: p.call(lambda: old._conn is None), 2)
+            assert c.request("GET", "/").status == 200  # the new store connects
