@@ -326,3 +326,33 @@ def test_outcomes_are_counted_for_the_metrics():
         assert post(p.port, body=b"other").status == 422
         events = p.call(lambda: worker_snapshot(p.worker)["events"])
     assert ["idempotency", "all", {"claimed": 1, "replayed": 1, "mismatch": 1}] in events
+
+
+def test_chunked_body_is_fingerprinted_and_sent_with_its_length(store):
+    # The filter reads the whole body (its digest is the fingerprint); the upstream then
+    # gets it in one piece with a Content-Length (RFC 9112 §6.3: either framing is fine).
+    seen = []
+
+    def handler(req):
+        seen.append((req.header(b"content-length"), req.header(b"transfer-encoding"), req.body))
+        return ok(b"done", 201)
+
+    with Setup(store, handler=handler) as (_, port):
+        chunked = (b"POST /pay HTTP/1.1\r\nHost: t\r\nIdempotency-Key: %s\r\n"
+                   b"Transfer-Encoding: chunked\r\n\r\n4\r\nab=1\r\n5\r\n&cd=2\r\n0\r\n\r\n" % KEY)
+        for _ in range(2):
+            with Conn(port) as c:
+                c.send(chunked)
+                assert c.response().status == 201
+        assert_error(post(port, body=b"ab=1&cd=3"), 422, "idempotency_mismatch")
+    assert seen == [(b"9", None, b"ab=1&cd=2")]  # the copy was a replay
+
+
+def test_expect_100_continue_gets_its_interim_answer_before_the_body_is_read(store):
+    with Setup(store) as (ledger, port), Conn(port) as c:
+        c.send(b"POST /pay HTTP/1.1\r\nHost: t\r\nIdempotency-Key: %s\r\n"
+               b"Expect: 100-continue\r\nContent-Length: 9\r\n\r\n" % KEY)
+        assert c.response().status == 100  # RFC 9110 §10.1.1: the client waits for this
+        c.send(b"amount=10")
+        assert c.response().status == 201
+    assert ledger.executed == 1
