@@ -101,6 +101,15 @@ class Worker:
         self._stats_due = 0.0
         self._tick_handle = None
         self.tick_interval = self._interval(runtime)
+        self.background = set()  # tasks spawned for background work, held until done
+
+    def spawn(self, coro):
+        """Run ``coro`` as a background task of this worker (the loop itself keeps only a
+        weak reference to a task)."""
+        task = self.loop.create_task(coro)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+        return task
 
     @staticmethod
     def _interval(runtime) -> float:
@@ -168,7 +177,7 @@ class Worker:
             previous, self.access_log = self.access_log, open_access_log(dest)
             if previous is not None:
                 previous.close()
-        old.release_unused(runtime)
+        old.release_unused(runtime, self.spawn)
 
     def next_request_id(self) -> bytes:
         self._rid_n += 1

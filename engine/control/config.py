@@ -276,8 +276,9 @@ class UpstreamConfig:
                                    "what counts as a server failure for max_fails, circuit "
                                    "breakers and outlier ejection (nginx counts error and "
                                    'timeout; add e.g. "http_503")', check=_check_failures)
-    retry: RetryConfig = key(RetryConfig(), "next-upstream retries (never for a POST/PATCH "
-                                            "unless an idempotency key protects it)")
+    retry: RetryConfig = key(RetryConfig(), "next-upstream retries (a POST/PATCH that reached "
+                                            "a server: only with a claimed idempotency key, "
+                                            "after a 502/503/504)")
     circuit_breaker: CircuitConfig | None = key(None, "per server and per upstream circuit "
                                                       "breakers (off when absent)")
     health_check: HealthCheckConfig | None = key(None, "active HTTP health checks (off when "

@@ -77,6 +77,14 @@ def read_snapshots(rundir: str) -> dict[int, dict]:
     return out
 
 
+# Circuit states as exported (0 closed, 1 open, 2 half-open), worst first when workers differ.
+_SEVERITY = {0: 0, 2: 1, 1: 2}
+
+
+def _worse(a: int, b: int) -> int:
+    return a if _SEVERITY[a] >= _SEVERITY[b] else b
+
+
 class Totals:
     """Counters summed over snapshots (gauges are summed only over live workers)."""
 
@@ -120,13 +128,13 @@ class Totals:
             acc[0] += active
             acc[1] += idle
             acc[2] += available
-            acc[3] = max(acc[3], circuit)
+            acc[3] = _worse(acc[3], circuit)
             acc[4] += requests
             acc[5] += failures
         for name, (retries, circuit) in snap.get("upstreams", {}).items():
             acc = self.upstreams.setdefault(name, [0, 0])
             acc[0] += retries
-            acc[1] = max(acc[1], circuit)
+            acc[1] = _worse(acc[1], circuit)
 
     def add(self, totals: "Totals") -> None:
         self.add_counters({"routes": totals.routes, "events": [

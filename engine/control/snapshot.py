@@ -5,7 +5,6 @@ reload builds a new one off to the side and swaps one reference. Keep-alive pool
 keyed by stable names, carried over when the upstream's config is unchanged.
 """
 
-import asyncio
 import ipaddress
 import re
 
@@ -20,8 +19,6 @@ except ImportError as exc:  # no pure-Python fallback (STYLE.md rule 7)
     raise ImportError(
         f"edgeproxy's Cython extensions are not built ({exc}); run `pip install .` "
         "or `python setup.py build_ext --inplace`") from None
-
-_closing: set = set()  # close() tasks of stores a reload dropped
 
 _PARAM_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\*?\}|\*$")
 
@@ -182,21 +179,16 @@ class Runtime:
                 self.routes.append(route)
                 self.router.add(route, list(route_cfg.hosts) or None, pattern, methods)
 
-    def release_unused(self, newer) -> None:
-        """Close pools and Redis connections the newer snapshot no longer uses."""
+    def release_unused(self, newer, spawn) -> None:
+        """Close pools and Redis connections the newer snapshot no longer uses (``spawn``
+        runs a coroutine in the background: the worker's)."""
         kept = {id(p) for p in newer.pools.values()}
         for pool in self.pools.values():
             if id(pool) not in kept:
                 pool.close()
         redis = self.shared.redis
         if redis is not None and redis is not newer.shared.redis:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                return  # (a snapshot never served: nothing was connected)
-            task = loop.create_task(redis.close())
-            _closing.add(task)  # (held until done: the loop keeps only a weak reference)
-            task.add_done_callback(_closing.discard)
+            spawn(redis.close())
 
 
 def check_routes(cfg, errors: list) -> None:

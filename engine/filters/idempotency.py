@@ -10,26 +10,32 @@ the -07 working-group text) and the behaviour payment APIs made familiar (Stripe
   the same key. More than one Idempotency-Key field is malformed (draft §2.1).
 - Missing on a route that requires it: 400; malformed: 400 (draft §2.7).
 - First request: the key is claimed atomically, the request goes upstream with
-  ``ctx.protected`` set (so the upstream layer may retry it on the next server), and the final
-  response (status, headers as relayed, body) is stored with the request fingerprint.
+  ``ctx.protected`` set (so the upstream layer may send it to the next server when one
+  answers 502/503/504), and the final response (status, headers as relayed, body) is stored
+  with the request fingerprint.
 - Same key, same fingerprint, completed: the stored response is replayed with
   ``Idempotent-Replayed: true``, success or error alike (draft §2.6); upstream is not called.
 - Same key while the first is in flight: 409 with Retry-After (draft §2.6, §2.7), or with
   ``concurrent = "wait"`` the duplicate waits up to ``max_wait`` for the first and replays it.
 - Same key, different fingerprint: 422 (draft §2.7). The fingerprint (draft §2.4) is a digest
   of method, path, query, ``fingerprint_headers`` and the request body.
-- Statuses in ``release`` (default 429 and 5xx: the proxy's own 502/503/504 for connect
-  failures and timeouts included) mean nothing happened: the claim is dropped, not stored, so
-  the client's retry runs (as Stripe does for requests that never began executing).
+- Statuses in ``release`` (default 429 and 5xx) mean nothing happened: the claim is dropped,
+  not stored, so the client's retry runs (as Stripe does for requests that never began
+  executing). The proxy's own 502/503/504 release it only when the request never reached an
+  upstream (connect failure or timeout, no server available); after it did (a read timeout, a
+  connection lost mid-request) the outcome is unknown, and the claim is kept until its lease
+  ends rather than inviting a second execution.
 - Records are looked up by a digest of route, caller and key (draft §4, composite key):
   a caller cannot read another caller's responses by guessing its key.
 """
 
+import asyncio
 import hashlib
 import os
 import re
 import time
 from dataclasses import dataclass
+from functools import partial
 
 from engine.chain.filter import IDEMPOTENCY, Filter as FilterBase
 from engine.chain.keys import check_key_spec, compile_key
@@ -154,12 +160,13 @@ def parse_key(raw: bytes, bare_ok: bool) -> str | None:
 class _Claimed:
     """One claimed request's record handle, kept in ``ctx.vars``."""
 
-    __slots__ = ("key", "owner", "headers")
+    __slots__ = ("key", "owner", "headers", "proxy_made")
 
     def __init__(self, key, owner):
         self.key = key
         self.owner = owner
         self.headers = None
+        self.proxy_made = False  # the answer is the proxy's own, not the upstream's
 
 
 class Filter(FilterBase):
@@ -284,8 +291,14 @@ class Filter(FilterBase):
         deadline = None
         attempt = 0
         while True:
+            claim = asyncio.ensure_future(store.claim(rkey, fp, owner, self.lease))
             try:
-                kind, detail = await store.claim(rkey, fp, owner, self.lease)
+                # Shielded: if this request is cancelled (its client left) while Redis runs
+                # the claim, the claim still lands, and _abandon gives the key back.
+                kind, detail = await asyncio.shield(claim)
+            except asyncio.CancelledError:
+                claim.add_done_callback(partial(self._abandon, rkey, owner))
+                raise
             except StoreUnavailable:
                 self._count("store_error")
                 if self.reject_on_error:
@@ -326,6 +339,10 @@ class Filter(FilterBase):
             self._count("conflict")
             return error_response("idempotency_conflict", rid, None, self.retry_after)
 
+    def _abandon(self, rkey, owner, claim) -> None:
+        if not claim.cancelled() and claim.exception() is None and claim.result()[0] == CLAIMED:
+            self.store.settle(rkey, owner, None, 0.0)
+
     def _count(self, outcome: str) -> None:
         self.events[outcome] = self.events.get(outcome, 0) + 1
 
@@ -348,6 +365,7 @@ class Filter(FilterBase):
             claimed = vars_.get("idempotency")
             if claimed is not None:
                 claimed.headers = [h for h in resp.headers if h[0].lower() not in _NOT_STORED]
+                claimed.proxy_made = resp.body is not None
 
     def _renew(self, worker, now: float) -> None:
         if now < self.renew_due:
@@ -360,16 +378,19 @@ class Filter(FilterBase):
         claimed = ctx.vars["idempotency"]
         self.live.pop(claimed, None)
         status = ctx.status
-        if status in self.release or (not ctx.response_complete and not ctx.t_upstream):
-            # "Nothing happened": a status that says so, or the request never reached the
-            # upstream (the client left while it was being claimed or connected).
+        reached = ctx.t_upstream != 0  # the request was sent to an upstream
+        if not reached or (status in self.release and ctx.response_complete
+                           and not claimed.proxy_made):
+            # "Nothing happened": the request never reached an upstream (no server, connect
+            # failure, the client left first), or the upstream said so itself (a 5xx, 429).
             self.store.settle(claimed.key, claimed.owner, None, 0.0)
-        elif not ctx.response_complete:
-            # The response was cut (the upstream died or timed out mid-body): the upstream
-            # may have executed the request and we do not hold its answer. The claim stays
-            # until its lease ends, so a quick retry gets 409 rather than a second execution
-            # it cannot tell from the first; after the lease the key runs again. (A client
-            # that merely left does not land here: finish_upstream reads the answer anyway.)
+        elif not ctx.response_complete or claimed.proxy_made:
+            # The upstream got the request but we hold no answer of its: the response was
+            # cut, or the proxy answered for it (read timeout, connection lost). It may have
+            # executed the request, so the claim stays until its lease ends: a quick retry
+            # gets 409 rather than a second execution it cannot tell from the first; after
+            # the lease the key runs again. (A client that merely left does not land here:
+            # finish_upstream reads the answer anyway.)
             return
         else:
             stored = Stored(status, claimed.headers or [], ctx.captured)

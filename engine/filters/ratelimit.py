@@ -16,6 +16,7 @@ by every worker and every edgeproxy host; ``on_store_error`` decides when Redis 
 
 import asyncio
 import math
+import os
 import re
 import time
 from dataclasses import dataclass
@@ -469,7 +470,9 @@ class Filter(FilterBase):
             checks.append(self.conn_check)
             keys.append(conn)
             costs.append(1)
-            slot_id = ctx.request_id.decode()
+            # Our own id, never the client's X-Request-ID: copies of one id would share a
+            # slot and pass the limit.
+            slot_id = os.urandom(8).hex()
         if not checks:
             return None
         store = self.redis
@@ -514,7 +517,7 @@ class Filter(FilterBase):
             except StoreUnavailable:
                 pass  # the slot lapses after slot_ttl
 
-        return lambda ctx: ctx.proto.worker.loop.create_task(release())
+        return lambda ctx: ctx.proto.worker.spawn(release())
 
     # -- answers and headers
 

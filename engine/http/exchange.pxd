@@ -44,6 +44,8 @@ cdef class Exchange:
     cdef public int tries               # attempts made (servers sent to)
     cdef public double retry_until      # no new attempt after this (retry.timeout)
     cdef bint attempting                # server.active counts this request now
+    cdef unsigned long long server_probe    # circuit probe tokens of the attempt (Circuit)
+    cdef unsigned long long upstream_probe
     cdef int attempt_failure            # the failure bit the response status stands for
     cdef bint fell_back                 # went to the upstream's fallback upstream
     cdef bint exhausted                 # a retry found no server left

@@ -22,7 +22,7 @@ from engine.http.stats cimport monotonic
 from engine.upstream.connection cimport UpstreamConnection
 from engine.upstream.pool cimport Pool
 from engine.upstream.upstream cimport (
-    F_ERROR, F_TIMEOUT, Server, Upstream, status_failure,
+    F_ERROR, F_HTTP_502, F_HTTP_503, F_HTTP_504, F_TIMEOUT, Server, Upstream, status_failure,
 )
 
 from engine.errors import error_response
@@ -50,6 +50,8 @@ cdef bytes _CHUNK_END = CHUNK_END
 cdef bytes _CONTINUE = CONTINUE
 cdef frozenset _IDEMPOTENT = IDEMPOTENT
 cdef bytes _HEAD = b"HEAD"
+# Failures after which a request protected by an idempotency key may go to the next server.
+cdef int _PROTECTED_RETRY = F_HTTP_502 | F_HTTP_503 | F_HTTP_504
 cdef object _Response = Response
 
 # Response headers the proxy re-frames or replaces rather than relays.
@@ -233,18 +235,21 @@ cdef class Exchange:
     async def _await_filter(self, coro, Py_ssize_t next_index):
         try:
             answer = await coro
+            self.connecting = None
+            if self.finished:
+                return
+            if answer is not None:
+                self.respond(answer)
+            else:
+                self.run_filters(next_index)
         except asyncio.CancelledError:
             raise
         except Exception:
+            # Ours, not the client's: a logged 500, as for a synchronous chain
+            # (ClientProtocol._internal_error), never a request left hanging.
             traceback.print_exc()
-            answer = error_response("internal_error", self.request_id.decode())
-        self.connecting = None
-        if self.finished:
-            return
-        if answer is not None:
-            self.respond(answer)
-        else:
-            self.run_filters(next_index)
+            self.connecting = None
+            self.proto._internal_error()
 
     async def read_body(self, Py_ssize_t limit):
         """The whole request body (for a filter that must see it: an idempotency
@@ -331,10 +336,11 @@ cdef class Exchange:
         self.attempting = True
         self.attempt_failure = 0
         server.active += 1
+        self.server_probe = self.upstream_probe = 0
         if server.health is not None:
-            server.health.begin(now)
+            self.server_probe = server.health.begin(now)
         if self.upstream.circuit is not None:
-            self.upstream.circuit.begin(now)
+            self.upstream_probe = self.upstream.circuit.begin(now)
         conn = server.pool.acquire()
         if conn is not None:
             return self.attach(conn)
@@ -345,8 +351,11 @@ cdef class Exchange:
         503 with Retry-After (RFC 9110 §15.6.4, §10.2.3)."""
         cdef Upstream upstream = self.upstream
         if upstream.fallback_to is not None and not self.fell_back:
+            # The fallback upstream gets its own tries, retry time and budget.
             self.fell_back = True
             self.tried = None
+            self.tries = 0
+            self.exhausted = False
             return self.proxy(upstream.fallback_to)
         fallback = upstream.fallback
         if fallback is not None:
@@ -372,16 +381,16 @@ cdef class Exchange:
         server.active -= 1
         if failure < 0:
             if server.health is not None:
-                server.health.cancel()
+                server.health.cancel(self.server_probe)
             if upstream.circuit is not None:
-                upstream.circuit.cancel()
+                upstream.circuit.cancel(self.upstream_probe)
             return 0
         now = self.proto.worker.now
         ok = not (failure & upstream.fail_mask)
         if server.health is not None:
-            server.health.record(ok, now)
+            server.health.record(ok, now, self.server_probe)
         if upstream.circuit is not None:
-            upstream.circuit.record(ok, now)
+            upstream.circuit.record(ok, now, self.upstream_probe)
         return 0
 
     cdef Server retry_target(self, int failure, bint sent):
@@ -395,10 +404,13 @@ cdef class Exchange:
                 or self.body_streamed or self.tries >= upstream.tries
                 or now >= self.retry_until):
             return None
-        if sent and self.method not in _IDEMPOTENT and not self.protected:
+        if sent and self.method not in _IDEMPOTENT and not (
+                self.protected and failure & _PROTECTED_RETRY):
             # A POST or PATCH the upstream may have acted on is never sent twice (nginx
-            # 1.9.13 non_idempotent rule; RFC 9110 §9.2.2) unless a claimed idempotency key
-            # makes the repeat harmless. One that never got through may go elsewhere.
+            # 1.9.13 non_idempotent rule; RFC 9110 §9.2.2). One that never got through may
+            # go elsewhere. A claimed idempotency key adds only the answers in which the
+            # upstream itself says it did not act (502/503/504): after a timeout or a lost
+            # connection the outcome is unknown, and a second server would run it again.
             return None
         if self.tried is None:
             self.tried = [self.server]
@@ -666,6 +678,9 @@ cdef class Exchange:
                 return False
             out.append(b"Connection")
             out.append(b"upgrade")
+            # The server answered: that is the attempt's verdict, now, not when the tunnel
+            # closes hours later (a half-open circuit's probe must not be held that long).
+            self.end_attempt(0)
             self._write_head(None, 101, out, True, reason, None, False, None, True)
             return True
         no_body = status == 204 or status == 304 or self.method == _HEAD
@@ -723,7 +738,7 @@ cdef class Exchange:
             self.server.pool.active -= 1
             if (retry and conn.requests > 1 and not self.head_sent and not self.body_streamed
                     and not self.retried and not self.finished
-                    and (self.method in _IDEMPOTENT or self.protected)
+                    and self.method in _IDEMPOTENT
                     and (self.body_done or not self.body_received)):
                 # The keep-alive connection was closed by the server as we reused it
                 # (RFC 9112 §9.3.1): resend once on a fresh one, but only an idempotent
@@ -767,12 +782,18 @@ cdef class Exchange:
         if self.connecting is not None:
             self.connecting.cancel()
             self.connecting = None
-            if self.attempting:  # (else it was a filter's wait)
+            if self.attempting:
                 server = self.retry_target(F_TIMEOUT, False)
                 self.end_attempt(F_TIMEOUT)
                 if server is not None:
                     return self.retry(server)
                 return self.failed("gateway_timeout")
+            if self.body_waiter is not None:
+                # A filter waited for the body the client stopped sending (nginx
+                # client_body_timeout): the client's fault, and no upstream was asked.
+                self.close_after = True
+                self.respond(error_response("request_timeout", self.request_id.decode()))
+                return 0
             self.respond(error_response("gateway_timeout", self.request_id.decode()))
         elif self.conn is not None:
             server = None
@@ -822,7 +843,6 @@ cdef class Exchange:
         if self.conn is not None:
             self.conn = None
             self.server.pool.active -= 1
-        self.end_attempt(0)
         self.close_after = True
         self.proto.close()
         return self.finish()

@@ -239,7 +239,11 @@ cdef class ClientProtocol:
             # record): read it to the end into the void, like nginx proxy_ignore_client_abort.
             # The connection stays in worker.conns so its deadline still bounds the wait.
             self.transport = _VOID
-            self.write_paused = False
+            if self.write_paused:
+                # The client's full buffer had paused the upstream: nothing waits on it now.
+                self.write_paused = False
+                ex.conn.transport.resume_reading()
+            self.deadline = <double>self.worker.now + ex.upstream.read_timeout
             return
         self.worker.conns.discard(self)
         if ex is not None and not ex.finished:
@@ -447,7 +451,7 @@ cdef class ClientProtocol:
         ex.body_received += PyBytes_GET_SIZE(body)
         if ex.route is not None and ex.body_received > ex.route.max_body_size:
             self._body_too_large(ex)
-        if self.active is ex and ex.conn is not None:
+        if self.active is ex and (ex.conn is not None or ex.body_waiter is not None):
             # Waiting on the client's body: the timeout is between two reads. (While the
             # upstream connects, its connect_timeout runs instead; a queued request's body
             # leaves the deadline of the one being answered alone.)

@@ -66,7 +66,7 @@ class HealthChecker:
             if now >= self.due.get(server.url, 0.0):
                 self.due[server.url] = now + self.cfg.interval
                 self.running.add(server.url)
-                worker.loop.create_task(self._check(server))
+                worker.spawn(self._check(server))
 
     async def _check(self, server) -> None:
         try:

@@ -26,9 +26,9 @@ cdef class Circuit:
     cdef int idx
 
     cpdef bint admits(self, double now) except -1
-    cpdef begin(self, double now)
-    cpdef cancel(self)
-    cpdef record(self, bint ok, double now)
+    cpdef unsigned long long begin(self, double now)
+    cpdef cancel(self, unsigned long long token)
+    cpdef record(self, bint ok, double now, unsigned long long token=*)
     cpdef double retry_after(self, double now)
     cdef void _roll(self, double now) noexcept
     cdef void _open(self, double now) noexcept
@@ -51,9 +51,9 @@ cdef class Health:
     cdef public unsigned long long total_failures
 
     cpdef bint available(self, double now) except -1
-    cpdef begin(self, double now)
-    cpdef cancel(self)
-    cpdef record(self, bint ok, double now)
+    cpdef unsigned long long begin(self, double now)
+    cpdef cancel(self, unsigned long long token)
+    cpdef record(self, bint ok, double now, unsigned long long token=*)
     cpdef double available_in(self, double now)
 
 

@@ -61,24 +61,29 @@ cdef class Circuit:
             return now >= self.opened_at + self.cooldown
         return self.probes_out < self.probes
 
-    cpdef begin(self, double now):
-        """A request was sent: in half-open it is one of the probes."""
+    cpdef unsigned long long begin(self, double now):
+        """A request was sent. In half-open it is one of the probes: the token returned
+        (the opening it probes, > 0) goes back with its outcome; 0 for any other request."""
         if self.state == OPEN and now >= self.opened_at + self.cooldown:
             self.state = HALF_OPEN
             self.probes_out = 0
             self.probe_ok = 0
         if self.state == HALF_OPEN:
             self.probes_out += 1
+            return self.opened
+        return 0
 
-    cpdef cancel(self):
+    cpdef cancel(self, unsigned long long token):
         """A request that began ended with no verdict (its client went away)."""
-        if self.state == HALF_OPEN and self.probes_out > 0:
+        if self.state == HALF_OPEN and token == self.opened and self.probes_out > 0:
             self.probes_out -= 1
 
-    cpdef record(self, bint ok, double now):
+    cpdef record(self, bint ok, double now, unsigned long long token=0):
         cdef long long total = 0, failed = 0
         cdef int i
         if self.state == HALF_OPEN:
+            if token != self.opened:
+                return  # sent before this half-open spell: not one of its probes
             if not ok:
                 self._open(now)
                 return
@@ -144,15 +149,17 @@ cdef class Health:
             return False
         return self.circuit is None or self.circuit.admits(now)
 
-    cpdef begin(self, double now):
+    cpdef unsigned long long begin(self, double now):
+        """A request was sent to the server; returns its circuit probe token (Circuit)."""
         if self.circuit is not None:
-            self.circuit.begin(now)
+            return self.circuit.begin(now)
+        return 0
 
-    cpdef cancel(self):
+    cpdef cancel(self, unsigned long long token):
         if self.circuit is not None:
-            self.circuit.cancel()
+            self.circuit.cancel(token)
 
-    cpdef record(self, bint ok, double now):
+    cpdef record(self, bint ok, double now, unsigned long long token=0):
         """The outcome of one request (nginx: a failure is what proxy_next_upstream counts)."""
         self.requests += 1
         self.total_requests += 1
@@ -172,7 +179,7 @@ cdef class Health:
         else:
             self.fails = 0
         if self.circuit is not None:
-            self.circuit.record(ok, now)
+            self.circuit.record(ok, now, token)
 
     cpdef double available_in(self, double now):
         """Seconds until this server may be available again (for Retry-After); 0 if now."""

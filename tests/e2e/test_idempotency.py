@@ -356,3 +356,66 @@ def test_expect_100_continue_gets_its_interim_answer_before_the_body_is_read(sto
         c.send(b"amount=10")
         assert c.response().status == 201
     assert ledger.executed == 1
+
+
+def test_proxy_made_timeout_after_the_request_reached_the_upstream_keeps_the_claim(store):
+    # A 504 for a read timeout means "unknown", not "nothing happened": the upstream had the
+    # request. The retry gets 409 until the lease ends, not a second execution.
+    ledger = Ledger(plan={1: (ok(b"late", 201), 1.0)})  # the first answer comes too late
+    with Setup(store, 'lease = "600ms"\n', handler=ledger,
+               upstream='read_timeout = "300ms"\n[upstreams.retry]\ntries = 1') as (_, port):
+        assert_error(post(port), 504, "gateway_timeout")
+        assert_error(post(port), 409, "idempotency_conflict")
+        assert ledger.executed == 1
+        assert wait_until(lambda: post(port).status == 201, timeout=5, step=0.1)
+    assert ledger.executed == 2  # after the lease: at least once, never twice at once
+
+
+def test_slow_but_steady_body_keeps_the_wait_alive_and_a_stalled_one_is_408(store):
+    with Setup(store, server='client_body_timeout = "500ms"') as (ledger, port):
+        with Conn(port, 10) as c:
+            c.send(b"POST /pay HTTP/1.1\r\nHost: t\r\nIdempotency-Key: %s\r\n"
+                   b"Content-Length: 6\r\n\r\n" % KEY)
+            for byte in b"amount":  # 1.8 s in all, each gap under the timeout
+                time.sleep(0.3)
+                c.send(bytes([byte]))
+            assert c.response().status == 201
+        with Conn(port, 10) as c:
+            c.send(b"POST /pay HTTP/1.1\r\nHost: t\r\nIdempotency-Key: k2\r\n"
+                   b"Content-Length: 6\r\n\r\nam")
+            assert_error(c.response(), 408, "request_timeout")
+    assert ledger.executed == 1
+
+
+def test_answer_of_a_client_that_left_while_the_proxy_held_back_the_upstream_is_kept(store):
+    # The client stops reading a large answer (the proxy pauses the upstream), then leaves:
+    # the proxy must resume and read the answer to its end, and store it.
+    big = b"x" * (8 << 20)
+    ledger = Ledger(plan={1: ok(big, 201)})
+    with Setup(store, 'max_response_size = "16m"\n', handler=ledger,
+               server='send_timeout = "2s"') as (_, port):
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.connect(("127.0.0.1", port))
+        s.sendall(b"POST /pay HTTP/1.1\r\nHost: t\r\nIdempotency-Key: %s\r\n"
+                  b"Content-Length: 9\r\n\r\namount=10" % KEY)
+        time.sleep(0.3)  # buffers fill, the upstream is paused
+        s.close()
+        assert wait_until(lambda: post(port, timeout=10).header(b"idempotent-replayed") == b"true",
+                          timeout=5, step=0.1)
+        assert post(port, timeout=10).body == big
+    assert ledger.executed == 1
+
+
+@pytest.mark.parametrize("first", [(b"", "hang"), (b"", "reset")], ids=["timeout", "reset"])
+def test_protected_post_is_not_sent_to_a_second_server_after_an_unknown_outcome(store, first):
+    # Only an answer in which the upstream says it did not act (502/503/504) lets a keyed
+    # POST go on; after a timeout or a connection lost mid-request it may have run.
+    failing = Ledger(plan={1: first})
+    ledger = Ledger()
+    with Origin(failing) as bad, Origin(ledger) as origin:
+        text = config(origin, store, upstream='read_timeout = "300ms"').replace(
+            f'servers = ["{origin.url}"]', f'servers = ["{bad.url}", "{origin.url}"]')
+        with InProcessProxy(text) as proxy:
+            assert post(proxy.port).status in (502, 504)
+    assert failing.executed == 1 and ledger.executed == 0

@@ -223,3 +223,20 @@ def test_a_reload_that_changes_redis_closes_the_old_connection(redis_server):
             assert p.worker.runtime.shared.redis is not old
             assert wait_until(lambda: p.call(lambda: old._conn is None), 2)
             assert c.request("GET", "/").status == 200  # the new store connects
+
+
+def test_redis_connection_limit_cannot_be_shared_by_reusing_a_request_id(redis_server):
+    # Slots are the proxy's own ids: copies of one client X-Request-ID still count apart.
+    extra = ('[routes.rate_limit]\nstore = "redis"\n[routes.rate_limit.connections]\nmax = 2\n'
+             + redis_table(redis_server.url))
+    with Origin(lambda req: (ok(b"slow"), 0.5)) as origin, \
+            InProcessProxy(proxy_config(origin.url, extra=extra)) as p:
+        conns = [Conn(p.port) for _ in range(5)]
+        try:
+            for c in conns:
+                c.send(b"GET /slow HTTP/1.1\r\nHost: t\r\nX-Request-ID: same-id\r\n\r\n")
+            statuses = sorted(c.response().status for c in conns)
+        finally:
+            for c in conns:
+                c.sock.close()
+    assert statuses == [200, 200, 429, 429, 429]

@@ -22,14 +22,12 @@ from tests.support.origin import Origin, closed_port, ok
 
 def fail(c, n, now):
     for _ in range(n):
-        c.begin(now)
-        c.record(False, now)
+        c.record(False, now, c.begin(now))
 
 
 def succeed(c, n, now):
     for _ in range(n):
-        c.begin(now)
-        c.record(True, now)
+        c.record(True, now, c.begin(now))
 
 
 def test_circuit_opens_after_consecutive_failures():
@@ -59,8 +57,7 @@ def test_consecutive_zero_is_off():
 def test_circuit_opens_on_failure_rate_only_with_min_requests():
     c = Circuit(consecutive=0, rate=0.5, min_requests=10, window=10.0)
     for i in range(9):  # ok, fail, ok, ...: 4 of 9 failed, and too few requests anyway
-        c.begin(1.0)
-        c.record(i % 2 == 0, 1.0)
+        c.record(i % 2 == 0, 1.0, c.begin(1.0))
     assert c.state == CLOSED
     fail(c, 1, 1.0)  # 10 requests, 5 failed: 50 %
     assert c.state == OPEN
@@ -95,16 +92,15 @@ def test_open_circuit_goes_half_open_after_cooldown_and_closes_on_a_good_probe()
     assert c.retry_after(12.0) == pytest.approx(3.0)
     assert c.admits(15.0) and c.retry_after(15.0) == 0.0
     assert c.state == OPEN  # admits() has no side effect
-    c.begin(15.0)
+    probe = c.begin(15.0)
     assert c.state == HALF_OPEN and c.state_name == "half_open"
     assert not c.admits(15.0)  # the one probe is out
-    c.record(True, 15.1)
+    c.record(True, 15.1, probe)
     assert c.state == CLOSED and c.admits(15.1)
     # Closed afresh: the old failures do not count towards the next opening.
     c2 = Circuit(consecutive=2, rate=0.0, cooldown=5.0)
     fail(c2, 2, 0.0)
-    c2.begin(5.0)
-    c2.record(True, 5.0)
+    c2.record(True, 5.0, c2.begin(5.0))
     fail(c2, 1, 5.0)
     assert c2.state == CLOSED
 
@@ -112,8 +108,7 @@ def test_open_circuit_goes_half_open_after_cooldown_and_closes_on_a_good_probe()
 def test_half_open_failure_reopens_for_another_cooldown():
     c = Circuit(consecutive=1, rate=0.0, cooldown=5.0)
     fail(c, 1, 0.0)
-    c.begin(6.0)
-    c.record(False, 6.0)
+    c.record(False, 6.0, c.begin(6.0))
     assert c.state == OPEN and c.opened == 2 and c.opened_at == 6.0
     assert not c.admits(10.9) and c.admits(11.0)
 
@@ -121,34 +116,53 @@ def test_half_open_failure_reopens_for_another_cooldown():
 def test_half_open_needs_every_probe_to_succeed():
     c = Circuit(consecutive=1, rate=0.0, cooldown=1.0, probes=3)
     fail(c, 1, 0.0)
+    probes = []
     for _ in range(3):
         assert c.admits(1.0)
-        c.begin(1.0)
+        probes.append(c.begin(1.0))
     assert c.state == HALF_OPEN and not c.admits(1.0)
-    c.record(True, 1.0)
-    c.record(True, 1.0)
+    c.record(True, 1.0, probes[0])
+    c.record(True, 1.0, probes[1])
     assert c.state == HALF_OPEN
-    c.record(True, 1.0)
+    c.record(True, 1.0, probes[2])
     assert c.state == CLOSED
 
 
 def test_cancelled_probe_frees_its_slot():
     c = Circuit(consecutive=1, rate=0.0, cooldown=1.0, probes=1)
     fail(c, 1, 0.0)
-    c.begin(1.0)
+    probe = c.begin(1.0)
     assert not c.admits(1.0)
-    c.cancel()  # the client went away: no verdict
+    c.cancel(probe)  # the client went away: no verdict
     assert c.state == HALF_OPEN and c.admits(1.0)
-    c.cancel()  # nothing out: no negative count
+    c.cancel(probe)  # nothing out: no negative count
     c.begin(1.0)
     assert not c.admits(1.0)
+
+
+def test_only_the_current_spell_s_probes_count_in_half_open():
+    c = Circuit(consecutive=1, rate=0.0, cooldown=1.0, probes=1)
+    old = c.begin(0.0)  # sent while closed (token 0)
+    fail(c, 1, 0.0)  # opens
+    probe = c.begin(1.0)
+    c.record(True, 1.5, old)  # the old request's success is not the probe's
+    c.cancel(old)  # nor does it free the probe's slot
+    assert c.state == HALF_OPEN and not c.admits(1.5)
+    c.record(False, 2.0, probe)  # the probe fails: open again, a new spell
+    late = probe
+    probe = c.begin(3.0)
+    assert probe != late
+    c.record(True, 3.0, late)  # the previous spell's probe reports late: ignored
+    assert c.state == HALF_OPEN
+    c.record(True, 3.0, probe)
+    assert c.state == CLOSED
 
 
 def test_outcome_of_a_request_admitted_before_opening_is_ignored():
     c = Circuit(consecutive=2, rate=0.0, cooldown=5.0)
-    c.begin(0.0)  # in flight while the circuit opens
+    token = c.begin(0.0)  # in flight while the circuit opens
     fail(c, 2, 0.0)
-    c.record(True, 1.0)
+    c.record(True, 1.0, token)
     assert c.state == OPEN and c.opened_at == 0.0
 
 
@@ -203,14 +217,13 @@ def test_unhealthy_and_ejected_servers_are_unavailable():
 def test_server_circuit_makes_it_unavailable():
     h = Health(max_fails=0, circuit=Circuit(consecutive=2, rate=0.0, cooldown=3.0))
     for _ in range(2):
-        h.begin(1.0)
-        h.record(False, 1.0)
+        h.record(False, 1.0, h.begin(1.0))
     assert not h.available(1.0)
     assert h.available_in(1.0) == pytest.approx(3.0)
     assert h.available(4.0)
-    h.begin(4.0)  # the probe
-    assert not h.available(4.0)
-    h.cancel()
+    probe = h.begin(4.0)
+    assert probe and not h.available(4.0)
+    h.cancel(probe)
     assert h.available(4.0)
 
 
@@ -428,7 +441,8 @@ def test_checker_tick_checks_each_server_once_per_interval(capfd):
         return ok(b"", 500)
 
     async def run(c, up):
-        worker = types.SimpleNamespace(loop=asyncio.get_running_loop())
+        loop = asyncio.get_running_loop()
+        worker = types.SimpleNamespace(loop=loop, spawn=loop.create_task)
         c.tick(worker, 0.0)
         c.tick(worker, 0.05)  # running or not due: nothing more
         for _ in range(100):

@@ -261,6 +261,7 @@ def test_response_too_large_to_store_is_not_replayed_but_not_rerun():
     first = Ctx()
     run(f, first)
     first.status, first.response_complete, first.captured = 200, True, None
+    first.t_upstream = 1.0  # it reached the upstream
     for fn in first.finish_hooks:
         fn(first)
     err = error(run(f, Ctx()), 409, "idempotency_conflict")
