@@ -87,8 +87,6 @@ class MemoryStore:
     record TTL; claims in flight live apart in a dict (bounded by the requests this worker
     holds open), so memory pressure can evict old answers but never a live claim."""
 
-    is_local = True
-
     def __init__(self, max_bytes: int, clock=time.monotonic):
         self.clock = clock
         self._done = LruCache(max_bytes)
@@ -153,7 +151,8 @@ class MemoryStore:
         return self.settle(key, owner, None, 0.0)
 
     async def lookup(self, key):
-        """(state, fingerprint, Stored or None) or None; for tests and the admin view."""
+        """(state, fingerprint, Stored or None) or None: what the record holds, without
+        claiming it (inspection; the tests read records through it)."""
         now = self.clock()
         c = self._get_claim(key, now)
         if c is not None:
@@ -249,8 +248,6 @@ class RedisStore:
     """Records in the shared Redis (engine.stores.redis.RedisStore, ``shared.redis``).
     Every call may raise engine.stores.redis.StoreUnavailable; the filter applies its
     ``on_store_error`` policy."""
-
-    is_local = False
 
     def __init__(self, redis):
         self.redis = redis
