@@ -476,6 +476,12 @@ class Filter(FilterBase):
         if not checks:
             return None
         store = self.redis
+        if slot_id is not None:
+            # Registered before the call: a client that leaves while Redis decides still
+            # gives its slot back (the release follows the decision on the one pipelined
+            # connection; for a refused request it removes nothing).
+            ctx.add_finish_hook(self._release_hook(store, checks[-1], conn, slot_id,
+                                                   len(checks) == 1))
         try:
             out = await rstore.decide(store, checks, keys, costs,
                                       self.clock() if self.clock is not None else None,
@@ -499,9 +505,6 @@ class Filter(FilterBase):
             code = ("rate_limited" if i < n else "too_many_connections"
                     if checks[i] is self.conn_check else "quota_exceeded")
             return self._refused(ctx, code, wait)
-        if slot_id is not None:
-            ctx.add_finish_hook(self._release_hook(store, checks[-1], conn, slot_id,
-                                                   len(checks) == 1))
         wait = max(r[3] for r in out)
         if wait > 0:
             await asyncio.sleep(wait)

@@ -49,6 +49,7 @@ cdef class Exchange:
     cdef int attempt_failure            # the failure bit the response status stands for
     cdef bint fell_back                 # went to the upstream's fallback upstream
     cdef bint exhausted                 # a retry found no server left
+    cdef bint tunnel_held               # a tunnel counts in server.active until it ends
     cdef public bint protected          # a claimed idempotency key makes a POST repeatable
     cdef public bint finish_upstream    # read the response to the end even if the client goes
     cdef public object consumer         # the authenticated caller (auth filters), or None

@@ -295,6 +295,9 @@ cdef class Exchange:
         """The exchange is over (called once, by ClientProtocol.account)."""
         if self.attempting:
             self.end_attempt(-1)
+        if self.tunnel_held:
+            self.tunnel_held = False
+            self.server.active -= 1
         if self.capture is not None:
             if self.response_complete and self.capture_size <= self.capture_limit:
                 self.captured = b"".join(self.capture)
@@ -680,7 +683,10 @@ cdef class Exchange:
             out.append(b"upgrade")
             # The server answered: that is the attempt's verdict, now, not when the tunnel
             # closes hours later (a half-open circuit's probe must not be held that long).
+            # The tunnel still occupies the server (max_conns, least_conn) until it ends.
             self.end_attempt(0)
+            self.server.active += 1
+            self.tunnel_held = True
             self._write_head(None, 101, out, True, reason, None, False, None, True)
             return True
         no_body = status == 204 or status == 304 or self.method == _HEAD

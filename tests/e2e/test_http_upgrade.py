@@ -5,7 +5,7 @@ closes."""
 import time
 
 from tests.support.client import Conn
-from tests.support.e2e import assert_error, proxy_config
+from tests.support.e2e import assert_error, proxy_config, servers_config, wait_until
 from tests.support.origin import Origin, closed_port, ok
 from tests.support.proxy import InProcessProxy
 
@@ -133,3 +133,18 @@ def test_upgrade_header_without_connection_upgrade_is_a_plain_request():
         assert r.status == 200 and r.body == b"/plain"
         assert origin.requests[0].header(b"upgrade") is None
         assert c.request("GET", "/again").status == 200
+
+
+def test_an_open_tunnel_occupies_its_server_until_it_closes():
+    # max_conns counts tunnels too; the attempt's verdict is given at 101 all the same.
+    with Origin() as o, InProcessProxy(servers_config(
+            [f'{{ url = "{o.url}", max_conns = 1 }}'])) as p:
+        def active():
+            return p.call(lambda: [s.active for s in p.worker.runtime.upstreams["app"].servers])
+        with Conn(p.port) as c1, Conn(p.port) as c2:
+            c1.send(UPGRADE)
+            assert c1.response().status == 101
+            assert active() == [1]
+            c2.send(UPGRADE)
+            assert_error(c2.response(), 503, "upstream_unavailable")
+        assert wait_until(lambda: active() == [0], 5)
