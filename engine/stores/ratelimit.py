@@ -289,13 +289,14 @@ def period_bounds(now: float, period: int) -> tuple[float, float]:
 class Check:
     """One check of a decision: which script function, its params and how a key is named."""
 
-    __slots__ = ("code", "p1", "p2", "p3", "tag", "name")
+    __slots__ = ("code", "p1", "p2", "p3", "tag", "name", "args")
 
     def __init__(self, code: str, p1, p2, p3, tag: str, name: str):
         self.code = code
         self.p1, self.p2, self.p3 = p1, p2, p3
         self.tag = tag      # the limit's identity: "route:limit"
         self.name = name
+        self.args = [code, str(p1), str(p2), str(p3)]  # the script arguments, made once
 
 
 async def decide(store, checks: list, keys: list, costs: list, now, extra: str = "") -> list:
@@ -307,8 +308,8 @@ async def decide(store, checks: list, keys: list, costs: list, now, extra: str =
     single = len(checks) == 1
     for c, k, cost in zip(checks, keys, costs, strict=True):
         rkeys.append(redis_key(store, c, k, single))
-        args += [c.code, str(c.p1), str(c.p2), str(c.p3), str(cost),
-                 extra if c.code == SLOT else ""]
+        args += c.args
+        args += (str(cost), extra if c.code == SLOT else "")
     flat = await store.run(DECIDE, rkeys, args)
     return [(int(flat[i]), int(flat[i + 1]), float(flat[i + 2]), float(flat[i + 3]))
             for i in range(0, len(flat), 4)]
