@@ -125,6 +125,22 @@ def random_hex(nbytes: int) -> bytes:
     return chunk.hex().encode()
 
 
+_PCT = re.compile(r"%([0-9A-Fa-f]{2})")
+_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+
+
+def _pct(m: re.Match) -> str:
+    octet = int(m.group(1), 16)
+    return chr(octet) if octet in _UNRESERVED else "%" + m.group(1).upper()
+
+
+def normalize_percent(path: str) -> str:
+    """RFC 3986 §6.2.2.1-2: percent-encoded unreserved characters decoded, other hex digits
+    uppercased. So "/api/%2e%2e/admin" is "/api/../admin" before dot-segment removal, and
+    routes as "/admin" (as nginx does), not as a path under "/api/"; "%2F" stays encoded."""
+    return _PCT.sub(_pct, path)
+
+
 def remove_dot_segments(path: str) -> str:
     """RFC 3986 §5.2.4, so "/public/../admin" routes (and is forwarded) as "/admin"."""
     out: list[str] = []

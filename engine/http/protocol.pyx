@@ -32,7 +32,7 @@ from engine.http.framing import (
     H_CONNECTION, H_CONTENT_LENGTH, H_EXPECT, H_FORWARDED, H_HOST, H_REQUEST_ID,
     H_FORWARDED_7239, H_TRACEPARENT, H_TRACESTATE, parse_traceparent, random_hex,
     H_TRANSFER_ENCODING, H_UPGRADE, H_XFF, REQUEST_KINDS, connection_tokens, host_for_routing,
-    remove_dot_segments, split_target, transfer_codings, valid_host,
+    normalize_percent, remove_dot_segments, split_target, transfer_codings, valid_host,
 )
 
 cdef extern from "Python.h":
@@ -426,6 +426,8 @@ cdef class ClientProtocol:
             if not valid_host(authority):
                 self._reject(ex, "bad_host")
         path_str = path.decode("latin-1")
+        if "%" in path_str:
+            path_str = normalize_percent(path_str)
         if "/." in path_str:
             path_str = remove_dot_segments(path_str)
         ex.path = path_str

@@ -93,6 +93,10 @@ def env():
     pytest.param("GET", "/anything", "b.example.com", "b", b"/anything", id="exact-host"),
     pytest.param("GET", "/x", "www.b.example.org:8080", "b", b"/x", id="wildcard-host-port"),
     pytest.param("GET", "/api/../users/7", "test", "a", b"/v2/accounts/7", id="dot-segments"),
+    pytest.param("GET", "/api/%2e%2E/users/7", "test", "a", b"/v2/accounts/7",
+                 id="percent-encoded-dot-segments"),
+    pytest.param("GET", "/api/%7euser/a%2fb%3a", "test", "a", b"/~user/a%2Fb%3A",
+                 id="percent-normalised"),
 ])
 def test_route_selection_and_upstream_path(env, method, path, host, origin, upstream_path):
     proxy, a, b = env
