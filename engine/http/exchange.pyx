@@ -827,11 +827,13 @@ cdef class Exchange:
     # -- tunnel (after a relayed 101)
 
     cdef int tunnel_to_client(self, bytes data) except -1:
+        cdef ClientProtocol proto = self.proto
         if self.out is not None:
             self.out.append(data)  # behind the 101 head still waiting in ``out``
         else:
-            self.proto.transport.write(data)
+            proto.transport.write(data)
         self.bytes_out += len(data)
+        proto.deadline = <double>proto.worker.now + self.upstream.read_timeout
         return 0
 
     cdef int drop_upstream(self) except -1:

@@ -29,6 +29,7 @@ cdef class ClientProtocol:
     cdef public bint in_head
     cdef public bint broken
     cdef public UpstreamConnection tunnel
+    cdef double tunnel_timeout          # an idle tunnel closes after this (upstream read_timeout)
     cdef public bint closed
     cdef public bint write_paused
     cdef readonly object settings       # engine.control.snapshot.Settings (see _use_settings)

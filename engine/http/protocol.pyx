@@ -186,6 +186,7 @@ cdef class ClientProtocol:
         cdef Py_ssize_t received
         if self.tunnel is not None:
             self.tunnel.transport.write(data)
+            self.deadline = <double>self.worker.now + self.tunnel_timeout
             return
         if self.broken or self.lingering:
             return
@@ -272,7 +273,7 @@ cdef class ClientProtocol:
             self.deadline = <double>self.worker.now + ex.upstream.read_timeout
         elif self.tunnel is not None:
             self.tunnel.transport.resume_reading()
-            self.deadline = 0.0
+            self.deadline = <double>self.worker.now + self.tunnel_timeout
         elif ex is None and not self.in_head:
             self.deadline = <double>self.worker.now + self.keepalive_timeout
 
@@ -665,7 +666,9 @@ cdef class ClientProtocol:
         ex.tunnel_pending = None
         if pending:
             conn.transport.write(b"".join(pending))
-        self.deadline = 0.0
+        # nginx closes a tunnel nothing crossed for proxy_read_timeout; so do we, either way.
+        self.tunnel_timeout = ex.upstream.read_timeout
+        self.deadline = <double>self.worker.now + self.tunnel_timeout
         return self.resume_reading_for(0xFF)
 
     # -- flow control and closing

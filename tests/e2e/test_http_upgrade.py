@@ -148,3 +148,21 @@ def test_an_open_tunnel_occupies_its_server_until_it_closes():
             c2.send(UPGRADE)
             assert_error(c2.response(), 503, "upstream_unavailable")
         assert wait_until(lambda: active() == [0], 5)
+
+
+def test_idle_tunnel_closes_after_the_read_timeout_and_a_busy_one_stays():
+    # nginx proxy_read_timeout: a tunnel nothing crossed for read_timeout is closed.
+    config = proxy_config("{url}", upstream='read_timeout = "400ms"')
+    with Origin() as origin, InProcessProxy(config.replace("{url}", origin.url)) as proxy:
+        with Conn(proxy.port) as busy, Conn(proxy.port) as idle:
+            for c in (busy, idle):
+                c.send(UPGRADE)
+                assert c.response().status == 101
+            for _ in range(6):  # 1.2 s of traffic, each gap under the timeout
+                time.sleep(0.2)
+                busy.send(b"tick")
+                assert recv_exactly(busy, 4) == b"tick"
+            assert idle.closed(2.0)
+            busy.send(b"alive")
+            assert recv_exactly(busy, 5) == b"alive"
+        assert wait_until(lambda: pool_active(proxy) == [0], 5)
