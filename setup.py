@@ -19,15 +19,17 @@ EXT_MODULES = [
     "ext.router",
     "ext.ratelimit",
     "ext.hashring",
-    # The data plane's hot path (engine/http, engine/upstream): cdef classes that call each
-    # other at the C level.
-    "engine.http.stats",
+    # The data plane's hot path: cdef classes that call each other at the C level, listed
+    # in import order (wire -> upstream -> chain -> http, DESIGN.md).
+    "engine.wire.h1",
     "engine.upstream.pool",
     "engine.upstream.health",
     "engine.upstream.balancer",
     "engine.upstream.upstream",
     "engine.upstream.connection",
-    "engine.http.exchange",
+    "engine.upstream.call",
+    "engine.chain.context",
+    "engine.http.stats",
     "engine.http.protocol",
 ]
 

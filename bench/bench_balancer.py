@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from types import SimpleNamespace  # noqa: E402
 
+from engine.chain.keys import compile_key  # noqa: E402
 from engine.upstream.balancer import BALANCERS  # noqa: E402
 from engine.upstream.pool import Pool  # noqa: E402
 from engine.upstream.upstream import Server  # noqa: E402
@@ -94,7 +95,7 @@ KINDS = {
 def bench_pick(kind, n, budget_ns):
     name, consistent = KINDS[kind]
     cfg = SimpleNamespace(balancer=name, hash_key=("header:X-User",), consistent=consistent)
-    b = BALANCERS[name](servers(n), cfg)
+    b = BALANCERS[name](servers(n), cfg, compile_key(cfg.hash_key))
     pick = b.pick
 
     def run():

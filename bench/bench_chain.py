@@ -19,10 +19,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine.chain.filter import compile_chain  # noqa: E402
 from engine.control.config import parse  # noqa: E402
-from engine.control.schema import build  # noqa: E402
+from engine.chain.schema import build  # noqa: E402
 from engine.control.snapshot import Runtime  # noqa: E402
 from engine.filters import headers  # noqa: E402
-from engine.http.messages import Response  # noqa: E402
+from engine.errors import Response  # noqa: E402
 
 REPEATS = 5
 TARGET_NS = 200_000_000  # each timed run aims for ~0.2 s ...

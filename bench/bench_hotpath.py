@@ -20,7 +20,7 @@ import time
 from engine.control.config import parse
 from engine.control.snapshot import Runtime
 from engine.http.protocol import ClientProtocol
-from engine.server import Worker
+from engine.control.worker import Worker
 from engine.upstream.connection import UpstreamConnection
 
 CONFIG = """

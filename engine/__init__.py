@@ -1,3 +1,3 @@
 """edgeproxy: an edge reverse proxy and API gateway (import name ``engine``)."""
 
-__version__ = "0.1.0"
+from engine.control import VERSION as __version__  # noqa: F401

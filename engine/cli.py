@@ -5,7 +5,7 @@ import argparse
 import sys
 
 from engine import __version__
-from engine.control.schema import ConfigError
+from engine.chain.schema import ConfigError
 
 
 def main(argv=None) -> int:
@@ -21,7 +21,7 @@ def main(argv=None) -> int:
 
     if args.command == "reference":
         from engine.control.config import Config
-        from engine.control.schema import reference_markdown
+        from engine.chain.schema import reference_markdown
 
         print("\n".join(reference_markdown(Config, "")))
         return 0

@@ -1,4 +1,5 @@
-"""The catalog of every response the proxy itself produces.
+"""The catalog of every response the proxy itself produces, and the Response type filters
+see and make.
 
 Each answer is JSON: {"error": {"status", "code", "message", "request_id"}} (DESIGN.md). The data
 plane looks an error up here by code and returns it; it never formats its own.
@@ -6,9 +7,8 @@ plane looks an error up here by code and returns it; it never formats its own.
 
 import orjson
 
-from engine.http.messages import Response
-
-# code -> (status, default message)
+# code -> (status, default message): the proxy's own answers; filter modules add theirs
+# (their ERRORS) when the registry loads them.
 CATALOG: dict[str, tuple[int, str]] = {
     "bad_request": (400, "the request is malformed"),
     "bad_framing": (400, "the request's message framing is ambiguous or invalid"),
@@ -20,9 +20,6 @@ CATALOG: dict[str, tuple[int, str]] = {
     "body_too_large": (413, "the request body exceeds the route's limit"),
     "uri_too_long": (414, "the request line is too long"),
     "expectation_failed": (417, "the only expectation the proxy meets is 100-continue"),
-    "rate_limited": (429, "the request exceeds the route's rate limit"),
-    "quota_exceeded": (429, "the request exceeds the caller's quota"),
-    "too_many_connections": (429, "the caller has too many requests in flight"),
     "headers_too_large": (431, "the request header section is too large"),
     "not_implemented": (501, "the request uses a transfer coding the proxy does not implement"),
     "version_not_supported": (505, "only HTTP/1.0 and HTTP/1.1 are supported"),
@@ -30,14 +27,33 @@ CATALOG: dict[str, tuple[int, str]] = {
     "bad_gateway": (502, "the upstream server failed or sent an invalid response"),
     "upstream_unavailable": (503, "no upstream server is available"),
     "gateway_timeout": (504, "the upstream server did not answer in time"),
-    "idempotency_key_missing": (400, "this route requires an Idempotency-Key header"),
-    "idempotency_key_invalid": (400, "the Idempotency-Key header is malformed"),
-    "idempotency_conflict": (409, "a request with this Idempotency-Key is still in progress"),
-    "idempotency_mismatch": (422, "this Idempotency-Key was already used for a different request"),
     "store_unavailable": (503, "the state store this route depends on is unavailable"),
 }
 
 JSON = b"application/json"
+
+
+def register(codes: dict) -> None:
+    """Add a filter module's ERRORS (engine/filters/__init__.py calls this once per module)."""
+    for code, entry in codes.items():
+        if CATALOG.get(code, entry) != entry:
+            raise ValueError(f'error code "{code}" is registered twice, differently')
+        CATALOG[code] = entry
+
+
+class Response:
+    """A response head plus, for answers the proxy makes itself, the whole body.
+
+    For a response streamed from an upstream, ``body`` is None and filters may only edit
+    ``status`` and ``headers`` (a list of (name, value) bytes pairs, original case).
+    """
+
+    __slots__ = ("status", "headers", "body")
+
+    def __init__(self, status: int, headers: list, body: bytes | None = b""):
+        self.status = status
+        self.headers = headers
+        self.body = body
 
 
 def error_response(code: str, request_id: str, message: str | None = None,

@@ -12,7 +12,7 @@ ROOT = Path(__file__).parents[1]
 
 def test_readme_config_reference_is_generated_from_the_schema():
     from engine.control.config import Config
-    from engine.control.schema import reference_markdown
+    from engine.chain.schema import reference_markdown
 
     readme = (ROOT / "README.md").read_text()
     start = readme.index("<!-- reference:begin -->") + len("<!-- reference:begin -->")

@@ -1,1 +1,4 @@
-"""Control plane: config schema and loading, Runtime snapshots, worker supervision."""
+"""Control plane: config loading, Runtime snapshots, listeners, workers and their supervision,
+the admin API."""
+
+VERSION = "0.1.0"

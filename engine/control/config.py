@@ -10,11 +10,10 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from engine.chain.keys import check_key_spec
-from engine.control.schema import (
-    REQUIRED, ConfigError, Duration, Size, build, join, key, suggest,
+from engine.chain.schema import (
+    REQUIRED, TOKEN_RE, ConfigError, Duration, Size, build, check_header_name, check_header_value,
+    join, key, suggest,
 )
-
-_TOKEN_RE = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -82,21 +81,9 @@ def _check_hosts(values: tuple) -> tuple:
 
 def _check_methods(values: tuple) -> tuple:
     for v in values:
-        if not _TOKEN_RE.match(v) or v != v.upper():
+        if not TOKEN_RE.match(v) or v != v.upper():
             raise ValueError(f'"{v}" is not an uppercase HTTP method token')
     return values
-
-
-def check_header_name(name: str) -> str:
-    if not _TOKEN_RE.match(name):
-        raise ValueError(f'"{name}" is not a valid header name')
-    return name
-
-
-def check_header_value(value: str) -> str:
-    if any(c in value for c in "\r\n\x00"):
-        raise ValueError("header values must not contain CR, LF or NUL")
-    return value
 
 
 @dataclass(frozen=True)
@@ -295,6 +282,19 @@ def _filter_sections():
     return {name: module.Config for name, module in FILTERS.items()}
 
 
+def _server_wide_sections():
+    from engine.filters import FILTERS
+    return {name: module.Config for name, module in FILTERS.items()
+            if module.Filter.SERVER_WIDE}
+
+
+@dataclass(frozen=True)
+class FiltersConfig:
+    """Filter sections every route runs (and requests no route takes): [filters.<name>]."""
+    EXTRA_SECTIONS = staticmethod(_server_wide_sections)
+    sections: tuple = ()
+
+
 @dataclass(frozen=True)
 class RouteConfig:
     EXTRA_SECTIONS = staticmethod(_filter_sections)
@@ -360,6 +360,10 @@ class Config:
     server: ServerConfig = key(ServerConfig(), "the listener, limits and timeouts")
     upstreams: tuple[UpstreamConfig, ...] = key((), "upstream server groups")
     routes: tuple[RouteConfig, ...] = key((), "routes, matched by host, path and method")
+    filters: FiltersConfig = key(FiltersConfig(), "filters for every route and for requests no "
+                                                  "route takes, e.g. [filters.headers]; a "
+                                                  "route's own section of the same name "
+                                                  "replaces it")
     admin: AdminConfig = key(AdminConfig(), "the admin API listener (separate from server.listen)")
     redis: RedisConfig | None = key(None, 'the Redis store, for features with store = "redis"')
     demo: DemoConfig | None = key(None, "DEMO ONLY: start built-in origins (shipped config.toml)")
@@ -390,7 +394,7 @@ def load(path: str) -> Config:
 
 
 def _cross_check(cfg: Config, errors: list) -> None:
-    from engine.control.snapshot import check_routes
+    from engine.control.snapshot import check_routes, route_sections
 
     admin = cfg.admin
     if admin.enabled and not admin.token:
@@ -430,6 +434,7 @@ def _cross_check(cfg: Config, errors: list) -> None:
             errors.append((join(path, "name"), f'duplicate route name "{route.name}"'))
         route_names.add(route.name)
         answers = any(name == "static" for name, _ in route.sections)
+        sections = route_sections(route, cfg)
         if route.upstream is None and not answers:
             errors.append((path, 'needs an upstream or a [routes.static] answer'))
         elif route.upstream is not None and route.upstream not in names:
@@ -437,7 +442,7 @@ def _cross_check(cfg: Config, errors: list) -> None:
                            + suggest(route.upstream, names)))
         if not route.paths:
             errors.append((join(path, "paths"), "needs at least one path pattern"))
-        for name, section in route.sections:
+        for name, section in sections:
             if getattr(section, "store", None) == "redis" and cfg.redis is None:
                 errors.append((join(join(path, name), "store"),
                                'is "redis" but the config has no [redis] table'))

@@ -144,14 +144,14 @@ class Totals:
         return {name: sum(st["requests"]) for name, st in self.routes.items()}
 
 
-# Filter event counters (Shared.counter): family -> (metric, label of the event, help).
-EVENT_FAMILIES = {
-    "ratelimit": ("edgeproxy_ratelimit_rejections_total", "reason",
-                  "Requests a rate limit, quota or connection limit refused, by reason."),
-    "idempotency": ("edgeproxy_idempotency_requests_total", "outcome",
-                    "Requests with an Idempotency-Key, by outcome (claimed, replayed, "
-                    "conflict, mismatch, invalid, missing, store_error)."),
-}
+def _event_families() -> dict:
+    """Filter event counters (Shared.counter), as each filter module declares them in its
+    METRICS: family -> (metric, label of the event, help)."""
+    from engine.filters import FILTERS
+    out = {}
+    for module in FILTERS.values():
+        out.update(getattr(module, "METRICS", {}))
+    return out
 
 
 # -- Prometheus text exposition format 0.0.4 --------------------------------------------------
@@ -283,7 +283,7 @@ def render(totals: Totals, control: dict) -> str:
     for name, (_, circuit) in upstreams:
         out.sample("edgeproxy_upstream_circuit_state", circuit, (("upstream", name),))
 
-    for family, (metric, label, help_text) in EVENT_FAMILIES.items():
+    for family, (metric, label, help_text) in _event_families().items():
         out.family(metric, "counter", help_text)
         for (fam, route, event), n in sorted(totals.events.items()):
             if fam == family:

@@ -18,7 +18,7 @@ import sys
 import orjson
 
 from engine.control.config import parse
-from engine.control.schema import ConfigError
+from engine.chain.schema import ConfigError
 
 PUBLISHED = "config.json"  # in the run directory: {"generation", "source", "text"}
 

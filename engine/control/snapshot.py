@@ -8,10 +8,12 @@ keyed by stable names, carried over when the upstream's config is unchanged.
 import ipaddress
 import re
 
-from engine.chain.filter import compile_chain
-from engine.http.framing import TRACING_MODES
+from engine.chain.context import Chain
+from engine.chain.keys import compile_key
+from engine.filters import FILTERS
 from engine.upstream.checks import watch_upstreams
 from engine.upstream.upstream import Upstream
+from engine.wire.framing import TRACING_MODES
 
 try:
     from ext.router import Router
@@ -71,6 +73,7 @@ class Shared:
         self.items = {}
         self._previous = previous.items if previous is not None else {}
         self.periodic = []
+        self.periods = []  # seconds: the sweep must run at least this often (Build.periodic)
         self.redis = None
         if cfg.redis is not None:
             from engine.stores.redis import RedisStore
@@ -96,12 +99,53 @@ class Shared:
         return obj
 
 
+class Build:
+    """What a filter is built with (engine.chain.filter.Filter): the route it serves, the
+    root config (consumers, say), and the snapshot's Shared state."""
+
+    __slots__ = ("route", "route_cfg", "config", "shared")
+
+    # The route name of the chain that serves requests no route takes.
+    NO_ROUTE = "*"
+
+    def __init__(self, route_cfg, config, shared):
+        self.route_cfg = route_cfg  # None for the no-route chain
+        self.route = route_cfg.name if route_cfg is not None else self.NO_ROUTE
+        self.config = config
+        self.shared = shared
+
+    def keep(self, key, factory):
+        return self.shared.keep(key, factory)
+
+    def periodic(self, fn, period: float | None = None) -> None:
+        """``fn(worker, now)`` on every sweep of the worker (never per request); ``period``:
+        how often it must run at least, which shortens the sweep's interval."""
+        self.shared.periodic.append(fn)
+        if period is not None:
+            self.shared.periods.append(period)
+
+    def counter(self, family: str) -> dict:
+        return self.shared.counter(family, self.route)
+
+
+def route_sections(route_cfg, cfg) -> list:
+    """(name, section) of the filters a route runs: the server-wide ones ([filters]) merged
+    with its own, its own replacing a server-wide section of the same name (nginx-style
+    inheritance)."""
+    own = dict(route_cfg.sections)
+    return [(n, c) for n, c in cfg.filters.sections if n not in own] + list(route_cfg.sections)
+
+
+def compile_chain(sections, build) -> Chain:
+    return Chain([FILTERS[name].Filter(section, build) for name, section in sections])
+
+
 class CompiledRoute:
     """One route pattern as the router returns it: the route's chain plus how this pattern
     maps the request path to the upstream path."""
 
-    __slots__ = ("name", "upstream", "max_body_size", "request_filters", "response_filters",
-                 "strip", "rewrite", "pattern", "stats")
+    __slots__ = ("name", "upstream", "max_body_size", "chain", "strip", "rewrite", "pattern",
+                 "stats")
 
     def __init__(self, cfg, pattern, upstream, max_body_size, chain):
         self.name = cfg.name
@@ -109,7 +153,7 @@ class CompiledRoute:
         self.stats = None  # the serving worker's RouteStats for this route name
         self.upstream = upstream
         self.max_body_size = max_body_size or (1 << 62)
-        self.request_filters, self.response_filters = chain
+        self.chain = chain
         self.strip = 0
         if cfg.strip_prefix:
             m = _PARAM_RE.search(pattern)
@@ -161,15 +205,20 @@ class Runtime:
         self.pools = {}
         self.upstreams = {}
         for up_cfg in cfg.upstreams:
-            self.upstreams[up_cfg.name] = Upstream(up_cfg, old_pools, self.pools, self.shared)
+            key = compile_key(tuple(up_cfg.hash_key)) if up_cfg.balancer == "hash" else None
+            self.upstreams[up_cfg.name] = Upstream(up_cfg, old_pools, self.pools, self.shared,
+                                                   key)
         for upstream in self.upstreams.values():
             if upstream.fallback_name is not None:
                 upstream.fallback_to = self.upstreams[upstream.fallback_name]
         watch_upstreams(self.shared, cfg.upstreams, self.upstreams)
         self.router = Router()
         self.routes = []
+        # Requests no route takes (404, 405, a malformed request) run the server-wide filters.
+        self.server_chain = compile_chain(cfg.filters.sections, Build(None, cfg, self.shared))
         for route_cfg in cfg.routes:
-            chain = compile_chain(route_cfg, self.shared)
+            chain = compile_chain(route_sections(route_cfg, cfg),
+                                  Build(route_cfg, cfg, self.shared))
             upstream = self.upstreams.get(route_cfg.upstream) if route_cfg.upstream else None
             max_body = (route_cfg.max_body_size if route_cfg.max_body_size is not None
                         else cfg.server.max_body_size)

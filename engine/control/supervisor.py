@@ -33,11 +33,11 @@ import tempfile
 import threading
 import time
 
-from engine import __version__
+from engine.control import VERSION
 from engine.control.config import parse_listen
 from engine.control.metrics import STATS_FILE, Totals, read_snapshots
 from engine.control.reload import FileWatch, digest_of, load_candidate, publish
-from engine.control.schema import ConfigError
+from engine.chain.schema import ConfigError
 from engine.control.snapshot import Runtime
 
 
@@ -161,7 +161,7 @@ class Supervisor:
         return pid
 
     def _start_worker(self, index: int) -> None:
-        from engine.server import run_worker
+        from engine.control.worker import run_worker
 
         count = worker_count(self.cfg.server.workers)
         socks = [s for k, s in enumerate(self.listeners) if k % count == index]
@@ -436,7 +436,7 @@ class Supervisor:
     def control_figures(self) -> dict:
         last = self.last_reload
         return {
-            "version": __version__, "started": self.started, "workers": len(self.workers),
+            "version": VERSION, "started": self.started, "workers": len(self.workers),
             "worker_restarts": self.worker_restarts, "reloads": dict(self.reloads),
             "last_reload_ok": 0 if last is not None and last["result"] == "failed" else 1,
             "generation": self.generation,
@@ -460,7 +460,7 @@ class Supervisor:
                 "reported": snap["time"] if snap else None,
             })
         return {
-            "version": __version__,
+            "version": VERSION,
             "pid": os.getpid(),
             "started": self.started,
             "uptime_seconds": round(time.time() - self.started, 3),

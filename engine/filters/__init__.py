@@ -1,16 +1,19 @@
 """The filter registry: config section name -> filter module. The only registry there is.
 
-A filter module has a fixed shape: ``Config`` (a frozen dataclass built from the route's section
-of that name) and ``Filter`` (a chain.filter.Filter subclass with a PHASE rank).
+A filter module has a fixed shape (engine/chain/filter.py): ``Config``, ``Filter``, and
+optionally ``ERRORS`` and ``METRICS``. Adding a filter is one module and one line below.
 """
 
-from engine.filters import headers, static
-from engine.filters import idempotency
-from engine.filters import ratelimit
+from engine.errors import register as _register_errors
+from engine.filters import headers, idempotency, ratelimit, response_time, static
 
 FILTERS = {
     "headers": headers,
     "idempotency": idempotency,
     "rate_limit": ratelimit,
+    "response_time": response_time,
     "static": static,
 }
+
+for _module in FILTERS.values():
+    _register_errors(getattr(_module, "ERRORS", {}))

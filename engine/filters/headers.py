@@ -7,9 +7,8 @@ upstream is set with the upstream's ``host`` key.
 from dataclasses import dataclass
 
 from engine.chain.filter import TRANSFORM, Filter as FilterBase
-from engine.control.config import check_header_name, check_header_value
-from engine.control.schema import key
-from engine.http.framing import HOP_BY_HOP
+from engine.chain.schema import check_header_name, check_header_value, key
+from engine.wire.framing import HOP_BY_HOP
 
 # Set by the proxy itself (framing, forwarding, correlation): a transform would duplicate them.
 _RESERVED = HOP_BY_HOP | {
@@ -84,10 +83,9 @@ class _CompiledOps:
 class Filter(FilterBase):
     __slots__ = ("request", "response")
     PHASE = TRANSFORM
-    HAS_RESPONSE_HOOK = True
 
-    def __init__(self, cfg: Config, route_cfg, shared):
-        super().__init__(cfg, route_cfg, shared)
+    def __init__(self, cfg: Config, build):
+        super().__init__(cfg, build)
         self.request = _CompiledOps(cfg.request) if cfg.request else None
         self.response = _CompiledOps(cfg.response) if cfg.response else None
 

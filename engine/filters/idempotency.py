@@ -37,15 +37,27 @@ import time
 from dataclasses import dataclass
 from functools import partial
 
-from engine.chain.filter import IDEMPOTENCY, Filter as FilterBase
+from engine.chain.filter import IDEMPOTENCY, STREAM, Filter as FilterBase
 from engine.chain.keys import check_key_spec, compile_key
-from engine.control.config import check_header_name
-from engine.control.schema import Duration, Size, key
+from engine.chain.schema import Duration, Size, check_header_name, key
 from engine.errors import error_response
-from engine.http.messages import Response
+from engine.errors import Response
 from engine.stores.idempotency import (
     CLAIMED, DONE, MISMATCH, MemoryStore, RedisStore, Stored)
 from engine.stores.redis import StoreUnavailable
+
+ERRORS = {
+    "idempotency_key_missing": (400, "this route requires an Idempotency-Key header"),
+    "idempotency_key_invalid": (400, "the Idempotency-Key header is malformed"),
+    "idempotency_conflict": (409, "a request with this Idempotency-Key is still in progress"),
+    "idempotency_mismatch": (422, "this Idempotency-Key was already used for a different "
+                                  "request"),
+}
+METRICS = {
+    "idempotency": ("edgeproxy_idempotency_requests_total", "outcome",
+                    "Requests with an Idempotency-Key, by outcome (claimed, replayed, "
+                    "conflict, mismatch, invalid, missing, store_error)."),
+}
 
 _SF_UNESCAPED = re.compile(r"[\x20\x21\x23-\x5b\x5d-\x7e]*")
 _REPLAYED = (b"Idempotent-Replayed", b"true")
@@ -160,12 +172,13 @@ def parse_key(raw: bytes, bare_ok: bool) -> str | None:
 class _Claimed:
     """One claimed request's record handle, kept in ``ctx.vars``."""
 
-    __slots__ = ("key", "owner", "headers", "proxy_made")
+    __slots__ = ("key", "owner", "headers", "body", "proxy_made")
 
     def __init__(self, key, owner):
         self.key = key
         self.owner = owner
         self.headers = None
+        self.body = None  # the whole answer's body, when it was within max_response_size
         self.proxy_made = False  # the answer is the proxy's own, not the upstream's
 
 
@@ -175,14 +188,14 @@ class Filter(FilterBase):
                  "max_response", "release", "fp_headers", "caller", "route", "store",
                  "reject_on_error", "too_large", "live", "renew_due", "events")
     PHASE = IDEMPOTENCY
-    HAS_RESPONSE_HOOK = True
 
-    def __init__(self, cfg: Config, route_cfg, shared):
+    def __init__(self, cfg: Config, build):
         # Imported here, not at module level: the config schema imports this module, and the
         # data plane need not load for `edgeproxy check`.
-        from engine.http.exchange import BodyTooLarge
+        from engine.chain.context import BodyTooLarge
 
-        super().__init__(cfg, route_cfg, shared)
+        super().__init__(cfg, build)
+        shared = build.shared
         self.too_large = BodyTooLarge
         self.methods = frozenset(m.encode() for m in cfg.methods)
         self.lheader = cfg.header.lower().encode()
@@ -201,7 +214,7 @@ class Filter(FilterBase):
         self.release = frozenset(_statuses(cfg.release))
         self.fp_headers = tuple(h.lower().encode() for h in cfg.fingerprint_headers)
         self.caller = compile_key(cfg.caller) if cfg.caller else None
-        self.route = route_cfg.name.encode()
+        self.route = build.route.encode()
         self.reject_on_error = (cfg.on_store_error or
                                 ("reject" if cfg.required else "pass")) == "reject"
         if cfg.store == "redis":
@@ -209,16 +222,16 @@ class Filter(FilterBase):
                                      lambda: RedisStore(shared.redis))
         else:
             # One store per route and worker, kept across reloads while its size is unchanged.
-            self.store = shared.keep(("idempotency", route_cfg.name, cfg.memory_size),
+            self.store = shared.keep(("idempotency", build.route, cfg.memory_size),
                                      lambda: MemoryStore(cfg.memory_size))
             shared.periodic.append(self.store.sweep)
         # Claims this worker holds, renewed while their requests run: a lease bounds a
         # crashed proxy's claim, not a slow upstream's (a long request must not lose its key
         # to a duplicate mid-flight).
-        self.live = shared.keep(("idempotency-live", route_cfg.name), dict)
-        self.events = shared.counter("idempotency", route_cfg.name)
+        self.live = shared.keep(("idempotency-live", build.route), dict)
+        self.events = shared.counter("idempotency", build.route)
         self.renew_due = 0.0
-        shared.periodic.append(self._renew)
+        build.periodic(self._renew, self.lease)  # claims renewed every lease/3
 
     # -- request
 
@@ -317,8 +330,6 @@ class Filter(FilterBase):
                 # A client that gives up mid-request will retry: the answer it left behind
                 # must be there for the retry, so the engine reads it to the end anyway.
                 ctx.finish_upstream = True
-                ctx.capture_response(self.max_response)
-                ctx.add_finish_hook(self._finish)
                 return None
             if kind == DONE:
                 return self._replay(ctx, detail)
@@ -359,6 +370,11 @@ class Filter(FilterBase):
 
     # -- response
 
+    @property
+    def RESPONSE_BODY(self):  # noqa: N802 (the contract's name, per instance here)
+        # The answer is stored whole: a copy of the body streamed to the client.
+        return STREAM, self.max_response
+
     def on_response(self, ctx, resp):
         vars_ = ctx.vars
         if vars_ is not None:
@@ -367,6 +383,13 @@ class Filter(FilterBase):
                 claimed.headers = [h for h in resp.headers if h[0].lower() not in _NOT_STORED]
                 claimed.proxy_made = resp.body is not None
 
+    def on_response_body(self, ctx, body):
+        vars_ = ctx.vars
+        if vars_ is not None:
+            claimed = vars_.get("idempotency")
+            if claimed is not None:
+                claimed.body = body
+
     def _renew(self, worker, now: float) -> None:
         if now < self.renew_due:
             return
@@ -374,8 +397,11 @@ class Filter(FilterBase):
         for claimed in self.live:
             self.store.renew(claimed.key, claimed.owner, self.lease)
 
-    def _finish(self, ctx):
-        claimed = ctx.vars["idempotency"]
+    def on_log(self, ctx):
+        vars_ = ctx.vars
+        claimed = vars_.get("idempotency") if vars_ is not None else None
+        if claimed is None:
+            return
         self.live.pop(claimed, None)
         status = ctx.status
         reached = ctx.t_upstream != 0  # the request was sent to an upstream
@@ -393,7 +419,7 @@ class Filter(FilterBase):
             # finish_upstream reads the answer anyway.)
             return
         else:
-            stored = Stored(status, claimed.headers or [], ctx.captured)
+            stored = Stored(status, claimed.headers or [], claimed.body)
             self.store.settle(claimed.key, claimed.owner, stored, self.ttl)
 
 

@@ -23,12 +23,22 @@ from dataclasses import dataclass
 
 from engine.chain.filter import RATE_LIMIT, Filter as FilterBase
 from engine.chain.keys import check_key_spec, compile_key
-from engine.control.schema import REQUIRED, Duration
-from engine.control.schema import key as setting  # "key" is also a field name here
+from engine.chain.schema import REQUIRED, Duration
+from engine.chain.schema import key as setting  # "key" is also a field name here
 from engine.errors import error_response
 from engine.filters.ratelimit_state import DAY, MONTH, LoadMonitor, QuotaTable, SlotTable
 from engine.stores import ratelimit as rstore
 from engine.stores.redis import StoreUnavailable
+
+ERRORS = {
+    "rate_limited": (429, "the request exceeds the route's rate limit"),
+    "quota_exceeded": (429, "the request exceeds the caller's quota"),
+    "too_many_connections": (429, "the caller has too many requests in flight"),
+}
+METRICS = {
+    "ratelimit": ("edgeproxy_ratelimit_rejections_total", "reason",
+                  "Requests a rate limit, quota or connection limit refused, by reason."),
+}
 
 try:
     from ext.ratelimit import FixedWindow, LeakyBucket, SlidingCounter, SlidingLog, TokenBucket
@@ -288,11 +298,11 @@ class Filter(FilterBase):
                  "conn_key", "conn_max", "conn_ttl", "slots", "conn_check", "clock",
                  "policy", "ietf", "classic", "quota_headers", "route", "events")
     PHASE = RATE_LIMIT
-    HAS_RESPONSE_HOOK = True
 
-    def __init__(self, cfg: Config, route_cfg, shared):
-        super().__init__(cfg, route_cfg, shared)
-        route = route_cfg.name
+    def __init__(self, cfg: Config, build):
+        super().__init__(cfg, build)
+        shared = build.shared
+        route = build.route
         self.route = route
         memory = cfg.store == "memory"
         self.redis = None if memory else shared.redis
@@ -520,7 +530,7 @@ class Filter(FilterBase):
             except StoreUnavailable:
                 pass  # the slot lapses after slot_ttl
 
-        return lambda ctx: ctx.proto.worker.spawn(release())
+        return lambda ctx: ctx.worker.spawn(release())
 
     # -- answers and headers
 

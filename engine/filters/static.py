@@ -3,9 +3,9 @@
 from dataclasses import dataclass
 
 from engine.chain.filter import ANSWER, Filter as FilterBase
-from engine.control.schema import key
+from engine.chain.schema import key
 from engine.filters.headers import _pairs
-from engine.http.messages import Response
+from engine.errors import Response
 
 
 @dataclass(frozen=True)
@@ -19,9 +19,10 @@ class Config:
 class Filter(FilterBase):
     __slots__ = ("status", "headers", "body")
     PHASE = ANSWER
+    SERVER_WIDE = False  # it answers everything: server-wide, no route would be reached
 
-    def __init__(self, cfg: Config, route_cfg, shared):
-        super().__init__(cfg, route_cfg, shared)
+    def __init__(self, cfg: Config, build):
+        super().__init__(cfg, build)
         self.status = cfg.status
         self.body = cfg.body.encode()
         self.headers = [(b"Content-Type", cfg.content_type.encode())] + [

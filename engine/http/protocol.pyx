@@ -1,6 +1,8 @@
-"""ClientProtocol: one per client connection; httptools callbacks feed Exchanges.
+"""ClientProtocol: the HTTP/1.1 codec. One per client connection; httptools callbacks fill
+RequestContexts (engine/chain/context.pyx), and the context writes its answer back through the
+Stream methods here, which alone know HTTP/1.1 framing.
 
-Pipelined requests are parsed as they arrive but answered strictly in order: the exchange being
+Pipelined requests are parsed as they arrive but answered strictly in order: the request being
 answered is ``active``; later ones wait in ``queue`` and reading pauses until it drains.
 
 A cdef class cannot subclass asyncio.Protocol; uvloop and httptools only duck-type protocols, so
@@ -19,21 +21,28 @@ cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_GET_SIZE
 from libc.string cimport memchr, memcmp
 
-from engine.http._common cimport header_kind, is_lower, kind_table
+from cpython.bytes cimport PyBytes_FromFormat
+from cpython.list cimport PyList_GET_SIZE
 
-# pyx-level cimports: protocol.pxd cimports nothing of exchange.pxd (which cimports it).
-from engine.http.exchange cimport Exchange
-from engine.http.stats cimport RouteStats, monotonic
-from engine.upstream.connection cimport UpstreamConnection
+from engine.chain.context cimport (
+    PAUSE_BROKEN, PAUSE_PENDING, PAUSE_PIPELINE, RequestContext, Stream,
+)
+from engine.http.stats cimport RouteStats
+from engine.wire._common cimport (
+    WRITER_STACK, Writer, header_kind, is_lower, join_bytes, kind_table, monotonic, w_bytes,
+    w_field, w_free, w_init, w_put, w_raw,
+)
+from engine.wire.h1 cimport chunk
 
+from engine.chain.context import PENDING_LIMIT
 from engine.errors import error_response
-from engine.http.exchange import PENDING_LIMIT
-from engine.http.framing import (
+from engine.wire.framing import (
     H_CONNECTION, H_CONTENT_LENGTH, H_EXPECT, H_FORWARDED, H_HOST, H_REQUEST_ID,
     H_FORWARDED_7239, H_TRACEPARENT, H_TRACESTATE, parse_traceparent, random_hex,
     H_TRANSFER_ENCODING, H_UPGRADE, H_XFF, REQUEST_KINDS, connection_tokens, host_for_routing,
     normalize_percent, remove_dot_segments, split_target, transfer_codings, valid_host,
 )
+from engine.wire.framing import CHUNK_END, CONTINUE, STATUS_LINES
 
 cdef extern from "Python.h":
     const Py_ssize_t PY_SSIZE_T_MAX
@@ -62,6 +71,29 @@ cdef int K_TRACESTATE = H_TRACESTATE
 
 # REQUEST_KINDS by name length, looked up without .lower() (header_kind).
 cdef list _REQUEST_KINDS = kind_table(REQUEST_KINDS)
+
+cdef bytes _CHUNK_END = CHUNK_END
+cdef bytes _CONTINUE = CONTINUE
+cdef bytes _HEAD = b"HEAD"
+
+# b"%d" % status for 100..999, so a status line is joined, not formatted.
+cdef tuple _STATUS_CODES = tuple(b"%d" % s for s in range(1000))
+
+
+cdef inline int _status_line(Writer* w, int status, bytes reason) except -1:
+    # The HTTP/1.1 status line; the upstream's own reason phrase is kept when it sent one.
+    if reason and 100 <= status <= 999:
+        w_raw(w, "HTTP/1.1 ", 9)
+        w_put(w, _STATUS_CODES[status])
+        w_raw(w, " ", 1)
+        w_put(w, reason)
+        w_raw(w, "\r\n", 2)
+    elif reason:
+        w_put(w, b"HTTP/1.1 %d %s\r\n" % (status, reason))
+    else:
+        line = STATUS_LINES.get(status)
+        w_put(w, line if line is not None else b"HTTP/1.1 %d \r\n" % status)
+    return 0
 
 
 cdef inline bytes _strip_ows(bytes value):
@@ -124,9 +156,11 @@ _VOID = _Void()
 
 
 @cython.final
-cdef class ClientProtocol:
-    def __init__(self, worker):
+cdef class ClientProtocol(Stream):
+    def __init__(self, worker, listener=None):
         self.worker = worker
+        self.listener = listener
+        self.scheme = listener.scheme if listener is not None else b"http"
         self.transport = None
         self.parser = HttpRequestParser(self)
         self.peer_ip = ""
@@ -181,20 +215,20 @@ cdef class ClientProtocol:
         self.worker.conns.add(self)
 
     def data_received(self, data):
-        cdef Exchange ex
+        cdef RequestContext ex
         cdef bint in_head
         cdef Py_ssize_t received
         if self.tunnel is not None:
-            self.tunnel.transport.write(data)
+            self.tunnel.write(data)
             self.deadline = <double>self.worker.now + self.tunnel_timeout
             return
         if self.broken or self.lingering:
             return
         ex = self.ex
-        if ex is not None and ex.upgrade is not None and ex.tunnel_pending is not None:
-            ex.tunnel_pending.append(data)  # bytes after an upgrade request, before the 101
-            ex.tunnel_pending_size += PyBytes_GET_SIZE(data)
-            if ex.tunnel_pending_size >= PENDING_LIMIT:
+        if ex is not None and ex.upgrade is not None and self.tunnel_pending is not None:
+            self.tunnel_pending.append(data)  # bytes after an upgrade request, before the 101
+            self.tunnel_pending_size += PyBytes_GET_SIZE(data)
+            if self.tunnel_pending_size >= PENDING_LIMIT:
                 self.pause_reading_for(PAUSE_PENDING)  # start_tunnel resumes
             return
         in_head = self.in_head
@@ -227,52 +261,42 @@ cdef class ClientProtocol:
         return None  # asyncio.Protocol's default: the transport closes itself
 
     def connection_lost(self, exc):
-        cdef Exchange ex
+        cdef RequestContext ex
         self.closed = True
         tunnel = self.tunnel
         if tunnel is not None:
             self.tunnel = None
             tunnel.close()
         ex = self.active
-        if (ex is not None and not ex.finished and ex.finish_upstream and ex.conn is not None
-                and ex.body_done and ex.upgrade is None):
-            # The upstream has the whole request and its answer is wanted (an idempotency
-            # record): read it to the end into the void, like nginx proxy_ignore_client_abort.
-            # The connection stays in worker.conns so its deadline still bounds the wait.
-            self.transport = _VOID
-            if self.write_paused:
-                # The client's full buffer had paused the upstream: nothing waits on it now.
+        if ex is not None and not ex.finished:
+            if ex.client_gone():
+                # The request goes on into the void (see RequestContext.client_gone); the
+                # connection stays in worker.conns so its deadline still bounds the wait.
+                self.transport = _VOID
                 self.write_paused = False
-                ex.conn.transport.resume_reading()
-            self.deadline = <double>self.worker.now + ex.upstream.read_timeout
+                return
+            self.worker.conns.discard(self)
+            self.account(ex)
             return
         self.worker.conns.discard(self)
-        if ex is not None and not ex.finished:
-            ex.finished = True  # nobody to answer: release upstream resources
-            if ex.connecting is not None:
-                ex.connecting.cancel()
-            ex.drop_upstream()
-            ex.status = ex.status or 499
-            self.account(ex)
 
     def pause_writing(self):
-        cdef Exchange ex = self.active
+        cdef RequestContext ex = self.active
         self.write_paused = True
         self.deadline = <double>self.worker.now + self.send_timeout
-        if ex is not None and ex.conn is not None:
-            ex.conn.transport.pause_reading()
+        if ex is not None and ex.pause_upstream(True):
+            pass
         elif self.tunnel is not None:
-            self.tunnel.transport.pause_reading()
+            self.tunnel.pause_reading()
 
     def resume_writing(self):
-        cdef Exchange ex = self.active
+        cdef RequestContext ex = self.active
         self.write_paused = False
         # The send_timeout set by pause_writing gives way to what runs otherwise.
-        if ex is not None and ex.conn is not None:
-            ex.conn.transport.resume_reading()
-            self.deadline = <double>self.worker.now + ex.upstream.read_timeout
+        if ex is not None and ex.pause_upstream(False):
+            pass
         elif self.tunnel is not None:
-            self.tunnel.transport.resume_reading()
+            self.tunnel.resume_reading()
             self.deadline = <double>self.worker.now + self.tunnel_timeout
         elif ex is None and not self.in_head:
             self.deadline = <double>self.worker.now + self.keepalive_timeout
@@ -280,7 +304,7 @@ cdef class ClientProtocol:
     # -- httptools callbacks
 
     def on_message_begin(self):
-        cdef Exchange ex
+        cdef RequestContext ex
         if self.broken or self.closed:
             # An answer already decided to close (or linger): RFC 9112 §9.6, no request after
             # it is processed, even one that arrived in the same read.
@@ -288,27 +312,31 @@ cdef class ClientProtocol:
         rt = self.worker.runtime
         if rt is not self.rt:
             self._use_settings(rt)
-        self.ex = ex = Exchange.new(self, rt)
-        ex.line_http11 = self.next_http11  # (for the first message of the read only)
+        self.ex = ex = RequestContext.new(self, rt)
+        # The head being parsed: scratch state of this codec, not the context's.
+        self.line_http11 = self.next_http11  # (for the first message of the read only)
         self.next_http11 = False
+        self.url = b""
+        self.header_size = self.header_count = self.host_count = 0
+        self.te = self.expect = None
         self.between = False
         self.in_head = True
         if self.active is None:
             self.deadline = <double>self.worker.now + self.client_header_timeout
 
     def on_url(self, bytes url):
-        cdef Exchange ex = <Exchange?>self.ex
-        ex.url = ex.url + url if PyBytes_GET_SIZE(ex.url) else url
-        if PyBytes_GET_SIZE(ex.url) > self.max_request_line:
+        cdef RequestContext ex = <RequestContext?>self.ex
+        self.url = self.url + url if PyBytes_GET_SIZE(self.url) else url
+        if PyBytes_GET_SIZE(self.url) > self.max_request_line:
             self._reject(ex, "uri_too_long")
 
     def on_header(self, bytes name, bytes value):
-        cdef Exchange ex = <Exchange?>self.ex
+        cdef RequestContext ex = <RequestContext?>self.ex
         cdef int kind
-        ex.header_size += PyBytes_GET_SIZE(name) + PyBytes_GET_SIZE(value) + 4
-        ex.header_count += 1
+        self.header_size += PyBytes_GET_SIZE(name) + PyBytes_GET_SIZE(value) + 4
+        self.header_count += 1
         self.stalled = 0  # a field ended: only the one after it is unfinished
-        if ex.header_size > self.max_header_size or ex.header_count > self.max_header_count:
+        if self.header_size > self.max_header_size or self.header_count > self.max_header_count:
             if not self.in_head:
                 self._bad_request("headers_too_large")  # trailers count too
                 raise _Rejected("headers_too_large")
@@ -319,12 +347,12 @@ cdef class ClientProtocol:
         if kind == 0:
             ex.headers.append((name, value))
         elif kind == K_HOST:
-            ex.host_count += 1
+            self.host_count += 1
             ex.host = _strip_ows(value)
         elif kind == K_CONTENT_LENGTH:
             ex.content_length = int(value)  # llhttp allows digits only, and one field
         elif kind == K_TRANSFER_ENCODING:
-            ex.te = value if ex.te is None else ex.te + b", " + value
+            self.te = value if self.te is None else self.te + b", " + value
         elif kind == K_CONNECTION:
             if ex.connection is None:
                 ex.connection = [value]
@@ -336,7 +364,7 @@ cdef class ClientProtocol:
             if _request_id_ok(value):
                 ex.request_id = value
         elif kind == K_EXPECT:
-            ex.expect = value
+            self.expect = value
         elif kind == K_UPGRADE:
             ex.upgrade = value
         elif kind == K_FORWARDED:
@@ -359,7 +387,7 @@ cdef class ClientProtocol:
         # else H_HOP: dropped
 
     def on_headers_complete(self):
-        cdef Exchange ex = <Exchange?>self.ex
+        cdef RequestContext ex = <RequestContext?>self.ex
         cdef str version, path_str
         cdef bint keep_alive
         cdef bytes url, host, path, authority
@@ -369,7 +397,7 @@ cdef class ClientProtocol:
         parser = self.parser
         ex.method = parser.get_method()
         keep_alive = parser.should_keep_alive()
-        if ex.line_http11 and (keep_alive or ex.connection is not None):
+        if self.line_http11 and (keep_alive or ex.connection is not None):
             # (llhttp keeps an HTTP/1.1 request without Connection alive: a check for free)
             version = "1.1"
         else:
@@ -382,22 +410,25 @@ cdef class ClientProtocol:
         if version != "1.1" and version != "1.0":
             self._reject(ex, "version_not_supported")
         # RFC 9112 §3.2: exactly one Host, valid, in every HTTP/1.1 request.
-        if ex.host_count > 1 or (ex.host_count == 0 and version == "1.1"):
+        if self.host_count > 1 or (self.host_count == 0 and version == "1.1"):
             self._reject(ex, "bad_host")
-        if ex.expect is not None and ex.expect.strip(b" \t").lower() != b"100-continue":
-            self._reject(ex, "expectation_failed")  # RFC 9110 §10.1.1: the only expectation
+        if self.expect is not None:
+            if self.expect.strip(b" \t").lower() != b"100-continue":
+                self._reject(ex, "expectation_failed")  # RFC 9110 §10.1.1: the only one
+            # An HTTP/1.0 client never waits for 100 Continue (RFC 9110 §10.1.1).
+            ex.expect_continue = version == "1.1"
         host = ex.host
         if host is not None and host != self.host_ok:  # (a connection usually repeats one)
             if not valid_host(host):
                 self._reject(ex, "bad_host")
             self.host_ok = host
-        if ex.te is not None:
+        if self.te is not None:
             # RFC 9112 §6.1: Transfer-Encoding in HTTP/1.0 means faulty framing; chunked must
             # be the final coding (llhttp checks) and is the only one we implement.
             if version == "1.0":
                 self._reject(ex, "bad_framing")
-            if not is_lower(ex.te, "chunked", 7):  # (the usual value needs no splitting)
-                codings = transfer_codings(ex.te)
+            if not is_lower(self.te, "chunked", 7):  # (the usual value needs no splitting)
+                codings = transfer_codings(self.te)
                 if not codings or codings[len(codings) - 1] != b"chunked":
                     self._reject(ex, "bad_framing")
                 if len(codings) > 1:
@@ -405,7 +436,7 @@ cdef class ClientProtocol:
             ex.chunked = True
         else:
             ex.body_done = ex.content_length is None or ex.content_length == 0
-        url = ex.url
+        url = self.url
         p = PyBytes_AS_STRING(url)
         if PyBytes_GET_SIZE(url) and p[0] == b"/":
             # Origin-form, the common case of split_target, without the call.
@@ -450,11 +481,12 @@ cdef class ClientProtocol:
         self._dispatch(ex)
 
     def on_body(self, bytes body):
-        cdef Exchange ex = <Exchange?>self.ex
+        cdef RequestContext ex = <RequestContext?>self.ex
         ex.body_received += PyBytes_GET_SIZE(body)
         if ex.route is not None and ex.body_received > ex.route.max_body_size:
             self._body_too_large(ex)
-        if self.active is ex and (ex.conn is not None or ex.body_waiter is not None):
+        if self.active is ex and ((ex.call is not None and ex.call.conn is not None)
+                                  or ex.body_waiter is not None):
             # Waiting on the client's body: the timeout is between two reads. (While the
             # upstream connects, its connect_timeout runs instead; a queued request's body
             # leaves the deadline of the one being answered alone.)
@@ -462,7 +494,7 @@ cdef class ClientProtocol:
         ex.client_body(body)
 
     def on_message_complete(self):
-        cdef Exchange ex = <Exchange?>self.ex
+        cdef RequestContext ex = <RequestContext?>self.ex
         self.between = True
         if not ex.body_done:
             ex.client_body_end()
@@ -472,7 +504,7 @@ cdef class ClientProtocol:
     cdef int _dispatch(self, object ex) except -1:
         if self.active is None:
             self.active = ex
-            (<Exchange>ex).start()
+            (<RequestContext>ex).start()
         else:
             if self.queue is None:
                 self.queue = deque()
@@ -482,7 +514,7 @@ cdef class ClientProtocol:
 
     cdef int account(self, object exchange) except -1:
         """Count a finished request in its route's stats; the access log only when it is on."""
-        cdef Exchange ex = <Exchange>exchange
+        cdef RequestContext ex = <RequestContext>exchange
         cdef double now = monotonic()
         cdef double took = now - ex.t_start if ex.t_start else -1.0
         cdef double upstream_took = now - ex.t_upstream if ex.t_upstream else -1.0
@@ -497,7 +529,7 @@ cdef class ClientProtocol:
             self.worker.log_exchange(ex, took, upstream_took)
         return 0
 
-    cdef int exchange_finished(self, object ex) except -1:
+    cdef int exchange_finished(self, RequestContext ex) except -1:
         self.account(ex)
         if self.closed:
             # (an exchange finished after its client left: see connection_lost)
@@ -508,7 +540,7 @@ cdef class ClientProtocol:
             return 0
         self.active = None
         self.requests += 1
-        if (<Exchange>ex).close_after:
+        if (<RequestContext>ex).close_after:
             return self._close_after_response(ex)
         queue = self.queue
         if queue:
@@ -517,7 +549,7 @@ cdef class ClientProtocol:
             if not queue:
                 # The last queued request may still be sending its body: read it.
                 self.resume_reading_for(PAUSE_PIPELINE)
-            return (<Exchange?>nxt).start()
+            return (<RequestContext?>nxt).start()
         self.resume_reading_for(PAUSE_PIPELINE)
         if self.worker.draining and not self.in_head:
             self.close()
@@ -528,17 +560,117 @@ cdef class ClientProtocol:
         return 0
 
     cdef int _close_after_response(self, object ex) except -1:
-        if (<Exchange>ex).body_done and not self.broken:
+        if (<RequestContext>ex).body_done and not self.broken:
             self.close()
         else:
             self.linger()
         return 0
 
+    # -- Stream: writing the answer
+
+    cdef int write_head(self, RequestContext ctx, int status, bytes reason, list headers,
+                        bint flat, bytes content_length, bint no_body, bytes body,
+                        bint tunnel) except -1:
+        # ``headers`` holds (name, value) pairs, or is flat (name, value, ...) when ``flat``;
+        # ``body`` is a whole body to send with the head, or None (it follows).
+        cdef Py_ssize_t i
+        cdef Writer w
+        cdef char stack[WRITER_STACK]
+        cdef bytes data
+        self.chunked_out = False
+        w_init(&w, stack, WRITER_STACK)
+        try:
+            _status_line(&w, status, reason)
+            if flat:
+                for i in range(0, len(headers) - 1, 2):
+                    w_field(&w, headers[i], headers[i + 1])
+            else:
+                for name, value in headers:
+                    w_field(&w, name, value)
+            if tunnel:
+                pass
+            elif content_length is not None:
+                if not (status == 204 or status == 304) or no_body and ctx.method == _HEAD:
+                    w_field(&w, b"Content-Length", content_length)
+            elif not no_body:
+                if ctx.version == "1.1":
+                    w_put(&w, b"Transfer-Encoding: chunked\r\n")
+                    self.chunked_out = True
+                else:
+                    ctx.close_after = True  # close-delimited body for an HTTP/1.0 client
+            if not tunnel:
+                if ctx.upgrade is not None:
+                    # Answered without switching protocols: the client may already be sending
+                    # the new protocol, and llhttp parses nothing after an Upgrade request.
+                    ctx.close_after = True
+                if ctx.close_after or not ctx.keep_alive or self.worker.draining:
+                    ctx.close_after = True
+                    w_put(&w, b"Connection: close\r\n")
+                elif ctx.version == "1.0":
+                    w_put(&w, b"Connection: keep-alive\r\n")
+            w_put(&w, b"X-Request-ID: ")
+            w_put(&w, ctx.request_id)
+            w_raw(&w, "\r\n\r\n", 4)
+            # 1xx, 204 and 304 have no content, whatever a static route says (RFC 9110
+            # §15.3.5, §15.4.5; RFC 9112 §6.3 rule 1): bytes after the head would be read as
+            # the next response.
+            if body and not no_body and status >= 200 and status != 204 and status != 304:
+                w_put(&w, body)
+                ctx.bytes_out += PyBytes_GET_SIZE(body)
+            data = w_bytes(&w)
+        finally:
+            w_free(&w)
+        self._write(data)
+        return 0
+
+    cdef int write_body(self, RequestContext ctx, bytes data) except -1:
+        self._write(chunk(data) if self.chunked_out else data)
+        return 0
+
+    cdef int end_body(self, RequestContext ctx) except -1:
+        if self.chunked_out:
+            self.chunked_out = False
+            self._write(_CHUNK_END)
+        return 0
+
+    cdef int send_continue(self, RequestContext ctx) except -1:
+        if ctx.version == "1.1" and not self.closed:
+            self.transport.write(_CONTINUE)
+        return 0
+
+    cdef int _write(self, bytes data) except -1:
+        if self.out is not None:
+            self.out.append(data)
+        else:
+            self.transport.write(data)
+        return 0
+
+    cdef int begin_batch(self) except -1:
+        """Writes are gathered until end_batch: what one upstream read produced (a small
+        response's head and body) leaves in one send, not two."""
+        self.out = []
+        return 0
+
+    cdef int flush(self) except -1:
+        cdef list out = self.out
+        if out and not self.closed:
+            self.transport.write(join_bytes(out) if PyList_GET_SIZE(out) > 1 else out[0])
+            out.clear()
+        return 0
+
+    cdef int end_batch(self) except -1:
+        self.flush()
+        self.out = None
+        return 0
+
+    cdef int tunnel_write(self, bytes data) except -1:
+        return self._write(data)
+
     # -- errors
 
     cdef int _reject(self, object ex_, str code) except -1:
         """Answer ``ex`` with an error (in pipeline order), then stop reading."""
-        cdef Exchange ex = ex_
+        cdef RequestContext ex = ex_
         if not ex.request_id:
             ex.request_id = self.worker.next_request_id()  # rejected before the head ended
         ex.error = code
@@ -550,7 +682,7 @@ cdef class ClientProtocol:
         raise _Rejected(code)
 
     cdef int _body_too_large(self, object ex_) except -1:
-        cdef Exchange ex = ex_
+        cdef RequestContext ex = ex_
         ex.close_after = True
         if ex.finished:
             # Answered early (the upstream did not wait for the body); the rest was being
@@ -558,7 +690,8 @@ cdef class ClientProtocol:
             self.linger()
             raise _Rejected("body_too_large")
         if not ex.head_sent:
-            ex.drop_upstream()
+            if ex.call is not None:
+                ex.call.drop()
             ex.error = "body_too_large"
             if self.active is ex:
                 ex.respond(error_response("body_too_large", ex.request_id.decode()))
@@ -574,7 +707,7 @@ cdef class ClientProtocol:
             # not at fault. Log it and answer 500; the connection closes as for bad input.
             sys.stderr.write("edgeproxy: internal error while handling a request:\n"
                              + "".join(traceback.format_exception(cause)))
-            return self._internal_error()
+            return self.fail()
         if isinstance(exc, HttpParserInvalidURLError):
             code = "bad_target"
         else:
@@ -587,18 +720,20 @@ cdef class ClientProtocol:
                 code = "bad_request"
         return self._bad_request(code)
 
-    cdef int _internal_error(self) except -1:
+    cdef int fail(self) except -1:
         """Answer the request being handled with a 500 and close (nothing after it is
         trusted to be parsed right)."""
-        cdef Exchange ex = self.active if self.active is not None else self.ex
+        cdef RequestContext ex = self.active if self.active is not None else self.ex
         self.broken = True
         self.pause_reading_for(PAUSE_BROKEN)
         if ex is None or ex.finished or ex.head_sent:
             self.abort()
             return 0
-        if ex.connecting is not None:
-            ex.connecting.cancel()
-        ex.drop_upstream()
+        if ex.task is not None:
+            ex.task.cancel()
+            ex.task = None
+        if ex.call is not None:
+            ex.call.drop()
         if not ex.request_id:
             ex.request_id = self.worker.next_request_id()
         ex.close_after = True
@@ -610,14 +745,14 @@ cdef class ClientProtocol:
     cdef int _bad_request(self, str code) except -1:
         """The bytes being parsed are bad: answer ``code`` for the request they belong to
         (or the one after the last complete request), then close."""
-        cdef Exchange ex = self.ex
+        cdef RequestContext ex = self.ex
         self.broken = True
         self.pause_reading_for(PAUSE_BROKEN)
         if ex is None or ex.finished or ex.body_done:
             # The error is in bytes after ``ex``'s complete message.
             if ex is not None and not ex.keep_alive and not ex.finished:
                 return 0  # llhttp refuses data after "close" (RFC 9112 §9.6): answer ex alone
-            ex = Exchange.new(self, self.worker.runtime)
+            ex = RequestContext.new(self, self.worker.runtime)
         if not ex.request_id:
             ex.request_id = self.worker.next_request_id()
         if ex.head_sent:
@@ -626,9 +761,11 @@ cdef class ClientProtocol:
         ex.error = code
         ex.close_after = True
         if ex is self.active:
-            ex.drop_upstream()
-            if ex.connecting is not None:
-                ex.connecting.cancel()
+            if ex.call is not None:
+                ex.call.drop()
+            if ex.task is not None:
+                ex.task.cancel()
+                ex.task = None
             ex.respond(error_response(code, ex.request_id.decode()))
         elif self.queue is None or ex not in self.queue:
             self._dispatch(ex)
@@ -649,25 +786,22 @@ cdef class ClientProtocol:
     # -- upgrade / tunnel
 
     cdef int _upgrade_requested(self, bytes rest) except -1:
-        cdef Exchange ex = self.ex
+        cdef RequestContext ex = self.ex
         if ex is None or ex.upgrade is None or ex.finished:
             self.close()
             return 0
-        ex.tunnel_pending = [rest] if rest else []
+        self.tunnel_pending = [rest] if rest else []
         return 0
 
-    cdef int start_tunnel(self, object ex_, UpstreamConnection conn) except -1:
-        cdef Exchange ex = ex_
-        if conn is None:
-            raise TypeError("start_tunnel needs the upstream connection")
-        self.tunnel = conn
-        conn.tunnel = True
-        pending = ex.tunnel_pending
-        ex.tunnel_pending = None
+    cdef int start_tunnel(self, RequestContext ctx, object transport, double timeout) except -1:
+        # ``transport``: the upstream connection's, which the client's bytes now go to.
+        self.tunnel = transport
+        pending = self.tunnel_pending
+        self.tunnel_pending = None
         if pending:
-            conn.transport.write(b"".join(pending))
+            transport.write(b"".join(pending))
         # nginx closes a tunnel nothing crossed for proxy_read_timeout; so do we, either way.
-        self.tunnel_timeout = ex.upstream.read_timeout
+        self.tunnel_timeout = timeout
         self.deadline = <double>self.worker.now + self.tunnel_timeout
         return self.resume_reading_for(0xFF)
 
@@ -687,8 +821,8 @@ cdef class ClientProtocol:
         return 0
 
     cpdef timed_out(self):
-        cdef Exchange ex = self.active
-        cdef Exchange parsing = self.ex
+        cdef RequestContext ex = self.active
+        cdef RequestContext parsing = self.ex
         if self.lingering or self.tunnel is not None:
             self.abort()
         elif ex is not None:
@@ -698,7 +832,7 @@ cdef class ClientProtocol:
                 ex.timed_out()
         elif self.in_head or (parsing is not None and not parsing.body_done
                               and not parsing.finished):
-            ex = parsing if parsing is not None else Exchange.new(self, self.worker.runtime)
+            ex = parsing if parsing is not None else RequestContext.new(self, self.worker.runtime)
             if not ex.request_id:
                 ex.request_id = self.worker.next_request_id()
             ex.close_after = True

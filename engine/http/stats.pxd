@@ -1,16 +1,4 @@
 cimport cython
-from libc.time cimport timespec
-
-cdef extern from "<time.h>" nogil:
-    int clock_gettime(int clk_id, timespec *tp)
-    int CLOCK_MONOTONIC
-
-
-cdef inline double monotonic() noexcept nogil:
-    """Seconds on CLOCK_MONOTONIC (time.perf_counter's clock on Linux), without a Python call."""
-    cdef timespec ts
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return ts.tv_sec + ts.tv_nsec * 1e-9
 
 
 cdef enum:

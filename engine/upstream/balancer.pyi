@@ -8,7 +8,8 @@ class Balancer:
     """Picks one server of an upstream per request; subclasses override ``pick``."""
 
     servers: list[Server]
-    def __init__(self, servers: list[Server], cfg: object = None) -> None: ...
+    def __init__(self, servers: list[Server], cfg: object = None,
+                 key: object = None) -> None: ...
     def pick(self, ctx: object, now: float) -> Server | None: ...
 
 class RoundRobin(Balancer):

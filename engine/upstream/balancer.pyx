@@ -10,7 +10,7 @@ The engine, not the balancer, counts the picked server's ``active``.
 - ``least_conn``: fewest ``active / weight``; ties go round robin among the tied servers.
 - ``ip_hash``: the client's IPv4 /24 (first three octets) or whole IPv6 address, hashed as nginx
   does; a hashed server that is skipped gets a rehash, up to 20, then round robin.
-- ``hash``: ``cfg.hash_key`` (engine.chain.keys). ``consistent = false``: nginx's
+- ``hash``: ``cfg.hash_key`` (compiled by engine.chain.keys). ``consistent = false``: nginx's
   ``crc32 mod total weight`` with up to 20 rehashes, then round robin. ``consistent = true``:
   the ketama ring of ext.hashring, points from ``host "\\0" port`` as nginx builds them, so a
   server's keys stay put when others come and go; a skipped server hands its key to the next
@@ -31,7 +31,6 @@ from ext.hashring cimport CRC32_INIT, HashRing, crc32_of, crc32_update
 
 import os
 
-from engine.chain.keys import compile_key
 
 
 cdef extern from "Python.h":
@@ -79,7 +78,7 @@ cdef class Balancer:
     """The interface: ``pick(ctx, now)`` returns one of ``servers``, or None when none is
     available."""
 
-    def __init__(self, servers: list, cfg=None):
+    def __init__(self, servers: list, cfg=None, key=None):
         self.servers = servers
 
     cpdef object pick(self, object ctx, double now):
@@ -91,7 +90,7 @@ cdef class RoundRobin(Balancer):
     """Smooth weighted round robin, the interleaving nginx uses: weights 5,1,1 give
     a a b a c a a rather than five a's in a row."""
 
-    def __init__(self, servers: list, cfg=None):
+    def __init__(self, servers: list, cfg=None, key=None):
         cdef Py_ssize_t i
         _check_weights(servers)
         self.servers = servers
@@ -138,7 +137,7 @@ cdef class LeastConn(Balancer):
     """Fewest requests in flight per weight; ties broken by smooth weighted round robin
     among the tied servers (ngx_http_upstream_get_least_conn_peer)."""
 
-    def __init__(self, servers: list, cfg=None):
+    def __init__(self, servers: list, cfg=None, key=None):
         _check_weights(servers)
         self.servers = servers
         self.n = len(servers)
@@ -247,7 +246,7 @@ cdef Py_ssize_t _ip_bytes(object ip, unsigned char* out) except -1:
 cdef class IpHash(Balancer):
     """Sticky by client network: nginx ``ip_hash``."""
 
-    def __init__(self, servers: list, cfg=None):
+    def __init__(self, servers: list, cfg=None, key=None):
         _check_weights(servers)
         self.servers = servers
         self.n = len(servers)
@@ -280,12 +279,14 @@ cdef class IpHash(Balancer):
 cdef class Hash(Balancer):
     """Sticky by a request key: nginx ``hash $key`` and ``hash $key consistent``."""
 
-    def __init__(self, servers: list, cfg):
+    def __init__(self, servers: list, cfg, key):
+        # ``key``: fn(ctx) -> str | None, compiled from cfg.hash_key by the control plane
+        # (engine.chain.keys.compile_key; this package does not import the chain).
         cdef Py_ssize_t i, total
         _check_weights(servers)
         self.servers = servers
         self.n = len(servers)
-        self.key = compile_key(tuple(cfg.hash_key))
+        self.key = key
         self.consistent = bool(cfg.consistent)
         self.rr = RoundRobin(servers, cfg)
         self.seen = NULL
@@ -387,7 +388,7 @@ cdef class RandomTwo(Balancer):
     """Power of two choices: two distinct servers drawn by weight, the less loaded per weight
     wins (ties: the first drawn, so idle servers share by weight)."""
 
-    def __init__(self, servers: list, cfg=None):
+    def __init__(self, servers: list, cfg=None, key=None):
         _check_weights(servers)
         self.servers = servers
         self.n = len(servers)

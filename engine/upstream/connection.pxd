@@ -6,7 +6,7 @@ cdef class UpstreamConnection:
     cdef public object pool         # engine.upstream.pool.Pool
     cdef public object transport
     cdef public object parser       # httptools.HttpResponseParser
-    cdef public object exchange     # the engine.http.exchange.Exchange being answered, or None
+    cdef public object call         # the engine.upstream.call.UpstreamCall being answered, or None
     cdef public Py_ssize_t requests
     cdef public double idle_deadline
     cdef public list headers        # the response's fields, flat: [name, value, name, ...]
@@ -21,7 +21,7 @@ cdef class UpstreamConnection:
     cdef bint keep_alive            # ... and let the connection persist (RFC 9112 §9.3)
 
     cpdef bint usable(self) except -1
-    cpdef start(self, object exchange, bytes head, bint skip_body)
+    cpdef start(self, object call, bytes head, bint skip_body)
     cdef int _complete(self, object reusable=*) except -1
     cdef int _fail(self, object exc) except -1
     cpdef close(self)

@@ -1,7 +1,7 @@
 """One keep-alive connection to an upstream server, parsing its responses with httptools.
 
 The response head is parsed to find framing and to rewrite hop-by-hop headers; body bytes are
-handed to the exchange as they arrive and never re-serialised (only re-chunked when the client
+handed to the UpstreamCall as they arrive and never re-serialised (only re-chunked when the client
 side needs chunked framing).
 
 A cdef class cannot subclass asyncio.Protocol; uvloop and httptools only duck-type protocols, so
@@ -13,7 +13,7 @@ import httptools
 cimport cython
 
 # pyx-level cimport: connection.pxd cimports nothing, so the .pxd files have no cycle.
-from engine.http.exchange cimport Exchange
+from engine.upstream.call cimport UpstreamCall
 
 cdef object HttpResponseParser = httptools.HttpResponseParser
 cdef object HttpParserUpgrade = httptools.HttpParserUpgrade
@@ -31,7 +31,7 @@ cdef class UpstreamConnection:
         self.pool = pool
         self.transport = None
         self.parser = HttpResponseParser(self)
-        self.exchange = None
+        self.call = None
         self.requests = 0
         self.idle_deadline = 0.0
         self.headers = []
@@ -49,16 +49,16 @@ cdef class UpstreamConnection:
         self.transport = transport
 
     def data_received(self, data):
-        cdef Exchange ex
+        cdef UpstreamCall ex
         if self.tunnel:
-            (<Exchange?>self.exchange).tunnel_to_client(data)
+            (<UpstreamCall?>self.call).tunnel_data(data)
             return
-        if self.exchange is None:
+        if self.call is None:
             # An idle connection must not talk; whatever it says, it is not reusable.
             self.close()
             return
-        ex = <Exchange>self.exchange
-        ex.out = []
+        ex = <UpstreamCall>self.call
+        ex.read_started()  # what this read produces for the client leaves in one write
         try:
             self.parser.feed_data(data)
             if self.completed:
@@ -72,7 +72,7 @@ cdef class UpstreamConnection:
             rest = data[exc.args[0]:] if exc.args else b""
             self.tunnel = True
             if rest:
-                ex.tunnel_to_client(rest)
+                ex.tunnel_data(rest)
         except HttpParserCallbackError as exc:
             stop = self.stop
             self.stop = None
@@ -93,34 +93,33 @@ cdef class UpstreamConnection:
         except HttpParserError as exc:
             self._fail(exc)
         finally:
-            ex.flush()
-            ex.out = None
+            ex.read_done()
 
     def eof_received(self):
         return None  # asyncio.Protocol's default: the transport closes itself
 
     def connection_lost(self, exc):
-        cdef Exchange ex
+        cdef UpstreamCall ex
         self.lost = True
-        if self.exchange is None:
+        if self.call is None:
             self.pool.discard(self)
             return
-        ex = <Exchange>self.exchange
-        self.exchange = None
+        ex = <UpstreamCall>self.call
+        self.call = None
         if self.tunnel:
             ex.tunnel_closed()
-        elif self.head_done and ex.upstream_close_delimited:
+        elif self.head_done and ex.close_delimited:
             ex.upstream_complete(self, False)  # RFC 9112 §6.3 rule 8: EOF ends it
         else:
             ex.upstream_failed(self, "bad_gateway", True)
 
     def pause_writing(self):
-        if self.exchange is not None:
-            (<Exchange>self.exchange).upstream_write_paused(True)
+        if self.call is not None:
+            (<UpstreamCall>self.call).upstream_write_paused(True)
 
     def resume_writing(self):
-        if self.exchange is not None:
-            (<Exchange>self.exchange).upstream_write_paused(False)
+        if self.call is not None:
+            (<UpstreamCall>self.call).upstream_write_paused(False)
 
     # -- httptools callbacks
 
@@ -146,7 +145,7 @@ cdef class UpstreamConnection:
             self.reason = b""
             return
         self.head_done = True
-        if not (<Exchange?>self.exchange).upstream_head(self, status, self.reason, self.headers):
+        if not (<UpstreamCall?>self.call).upstream_head(self, status, self.reason, self.headers):
             self.stop = "abort"
             raise _StopParsing
         if self.skip_body and status != 101:
@@ -154,7 +153,7 @@ cdef class UpstreamConnection:
             raise _StopParsing
 
     def on_body(self, bytes body):
-        (<Exchange?>self.exchange).upstream_body(body)
+        (<UpstreamCall?>self.call).upstream_body(body)
 
     def on_message_complete(self):
         if self.head_done and not self.tunnel:
@@ -168,8 +167,8 @@ cdef class UpstreamConnection:
     cpdef bint usable(self) except -1:
         return not self.lost and not self.transport.is_closing()
 
-    cpdef start(self, object exchange, bytes head, bint skip_body):
-        self.exchange = exchange
+    cpdef start(self, object call, bytes head, bint skip_body):
+        self.call = call
         self.requests += 1
         self.headers = []
         self.reason = b""
@@ -178,22 +177,22 @@ cdef class UpstreamConnection:
         self.transport.write(head)
 
     cdef int _complete(self, object reusable=None) except -1:
-        cdef Exchange ex
-        if self.exchange is None:
+        cdef UpstreamCall ex
+        if self.call is None:
             return 0
-        ex = <Exchange>self.exchange
-        self.exchange = None
+        ex = <UpstreamCall>self.call
+        self.call = None
         if reusable is None:
             reusable = self.parser.should_keep_alive()
         ex.upstream_complete(self, reusable)
         return 0
 
     cdef int _fail(self, object exc) except -1:
-        ex = self.exchange
-        self.exchange = None
+        ex = self.call
+        self.call = None
         self.close()
         if ex is not None:
-            (<Exchange>ex).upstream_failed(self, "bad_gateway", False)  # it answered, badly
+            (<UpstreamCall>ex).upstream_failed(self, "bad_gateway", False)  # it answered, badly
         return 0
 
     cpdef close(self):
@@ -203,6 +202,6 @@ cdef class UpstreamConnection:
 
     cpdef abort(self):
         self.lost = True
-        self.exchange = None
+        self.call = None
         if self.transport is not None:
             self.transport.abort()

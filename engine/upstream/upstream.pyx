@@ -71,8 +71,8 @@ cdef class Server:
 
 @cython.final
 cdef class Upstream:
-    def __init__(self, cfg, old_pools: dict, new_pools: dict, shared=None):
-        from engine.http.messages import Response
+    def __init__(self, cfg, old_pools: dict, new_pools: dict, shared=None, key=None):
+        from engine.errors import Response
         from engine.upstream.balancer import BALANCERS  # (balancer cimports this module)
 
         self.name = cfg.name
@@ -99,8 +99,8 @@ cdef class Upstream:
                 shared.keep(health_key, health) if shared is not None else health()))
         primaries = [s for s in self.servers if not s.backup]
         backups = [s for s in self.servers if s.backup]
-        self.balancer = BALANCERS[cfg.balancer](primaries, cfg)
-        self.backup_balancer = BALANCERS[cfg.balancer](backups, cfg) if backups else None
+        self.balancer = BALANCERS[cfg.balancer](primaries, cfg, key)
+        self.backup_balancer = BALANCERS[cfg.balancer](backups, cfg, key) if backups else None
         self.host_header = cfg.host.encode() if cfg.host else None
         self.connect_timeout = cfg.connect_timeout
         self.send_timeout = cfg.send_timeout

@@ -108,8 +108,8 @@ def _proxy_buffered(proxy) -> int:
         ex = proto.active
         if ex is not None:
             total += ex.pending_size
-            if ex.conn is not None:
-                total += ex.conn.transport.get_write_buffer_size()
+            if ex.call is not None and ex.call.conn is not None:
+                total += ex.call.conn.transport.get_write_buffer_size()
     return total
 
 

@@ -3,6 +3,7 @@
 import socket
 import time
 
+from engine.chain.context import Chain
 from tests.support.client import Conn
 from tests.support.e2e import proxy_config
 from tests.support.origin import Origin, ok
@@ -105,7 +106,7 @@ def test_bytes_sent_before_a_101_are_bounded():
                 sent += s.send(chunk)
             except BlockingIOError:
                 time.sleep(0.05)
-        held = p.call(lambda: [sum(map(len, c.ex.tunnel_pending or ()))
+        held = p.call(lambda: [sum(map(len, c.tunnel_pending or ()))
                                if c.ex is not None else 0 for c in p.worker.conns])
         s.close()
     assert max(held) < 2 * 1024 * 1024, (sent, held)
@@ -113,14 +114,14 @@ def test_bytes_sent_before_a_101_are_bounded():
 
 def test_a_failing_filter_is_a_500_not_the_clients_fault(capfd):
     class Broken:
-        HAS_RESPONSE_HOOK = False
+        PHASE = 0
 
         def on_request(self, ctx):
             raise RuntimeError("filter bug")
 
     with Origin() as origin, InProcessProxy(proxy_config(origin.url)) as p:
         route = p.worker.runtime.routes[0]
-        p.call(setattr, route, "request_filters", (Broken(),))
+        p.call(setattr, route, "chain", Chain([Broken()]))
         with Conn(p.port) as c:
             r = c.request("GET", "/")
             assert r.status == 500 and r.json()["error"]["code"] == "internal_error"

@@ -93,7 +93,7 @@ recover_after = "1h"
 """
     with Origin() as origin, InProcessProxy(proxy_config(origin.url, extra=extra)) as p, \
             Conn(p.port) as c:
-        monitor = p.runtime.routes[0].request_filters[0].monitor
+        monitor = p.runtime.routes[0].chain.filters[0].monitor
         # A sweep that comes 0.5 s late (the loop was blocked) is an overloaded sample.
         p.call(lambda: monitor.observe(0.5, 0, p.worker.now))
         assert c.request("GET", "/").header(b"ratelimit-policy") == b'l;q=2;w=3600'

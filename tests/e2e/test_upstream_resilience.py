@@ -3,7 +3,7 @@ circuit breakers, active health checks, outlier ejection, backup servers and fal
 real origins on loopback that refuse, reset, hang or answer 5xx on cue.
 
 The worker's clock advances once per sweep, and the sweep interval is a quarter of the
-shortest timeout (engine/server.py). Tests that depend on short durations (fail_timeout,
+shortest timeout (engine/control/worker.py). Tests that depend on short durations (fail_timeout,
 cooldown, check intervals) set ``connect_timeout = "200ms"`` so the sweep runs every 50 ms;
 every wait is a bounded poll.
 """
@@ -269,12 +269,14 @@ def test_open_upstream_circuit_answers_at_once():
             [entry(u, "max_fails = 0") for u in o.urls],
             'read_timeout = "500ms"\n[upstreams.circuit_breaker]\nconsecutive_failures = 2\n'
             'cooldown = "20s"')) as p:
-        with Conn(p.port) as c:
-            t = time.monotonic()
-            assert_error(c.request("GET", "/"), 504, "gateway_timeout")
-            assert time.monotonic() - t >= 0.9  # a timed out, then b (one retry)
-        assert o.hits() == [1, 1]
-        # Each server failed once (its own breaker stays closed); the upstream's saw two.
+        for n in (1, 2):
+            with Conn(p.port) as c:
+                t = time.monotonic()
+                assert_error(c.request("GET", "/"), 504, "gateway_timeout")
+                assert time.monotonic() - t >= 0.9  # a timed out, then b (one retry)
+            assert o.hits() == [n, n]
+        # Each server failed twice, once per request: the servers' breakers count attempts,
+        # the upstream's counts what its clients got, two failed requests, and opens.
         with Conn(p.port) as c:
             t = time.monotonic()
             r = c.request("GET", "/")
@@ -282,7 +284,22 @@ def test_open_upstream_circuit_answers_at_once():
         err = assert_error(r, 503, "upstream_unavailable")
         assert took < 0.2, took
         assert 15 <= int(r.header(b"retry-after")) <= 20, err
-        assert o.hits() == [1, 1]
+        assert o.hits() == [2, 2]
+
+
+def test_retries_that_succeed_never_open_the_upstream_circuit():
+    # One of two servers resets every request; each is retried on the other and answered.
+    # The upstream-wide breaker judges those answers, not the failed attempts: it stays
+    # closed, where counting attempts would open it and refuse the healthy server's traffic.
+    with Origins(2, {0: "reset"}) as o, InProcessProxy(servers_config(
+            [entry(u, "max_fails = 0") for u in o.urls],
+            "[upstreams.circuit_breaker]\nconsecutive_failures = 2\ncooldown = \"20s\"")) as p:
+        with Conn(p.port) as c:
+            statuses = [c.request("GET", "/").status for _ in range(12)]
+        assert statuses == [200] * 12
+        # The failing server's own breaker opened after its two failures; the upstream's,
+        # counting attempts, would have opened too and refused the other ten requests.
+        assert o.hits()[0] == 2
 
 
 # -- active health checks

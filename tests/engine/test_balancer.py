@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from engine.upstream.balancer import (BALANCERS, Hash, IpHash, LeastConn, RandomTwo,
                                       RoundRobin)
+from engine.chain.keys import compile_key
 from engine.upstream.pool import Pool
 from engine.upstream.upstream import Server
 from ext.hashring import HashRing
@@ -45,7 +46,8 @@ def cfg(balancer="round_robin", key=("header:X-User",), consistent=False):
 
 
 def make(name, srv, **kw):
-    b = BALANCERS[name](srv, cfg(name, **kw))
+    c = cfg(name, **kw)
+    b = BALANCERS[name](srv, c, compile_key(tuple(c.hash_key)))
     if isinstance(b, RandomTwo):
         b.seed(1)
     return b

@@ -8,7 +8,7 @@ import uvloop
 from engine.control.config import parse
 from engine.control.demo import serve_origins
 from engine.control.snapshot import Runtime
-from engine.server import Worker, listen_socket
+from engine.control.worker import Worker, listen_socket
 
 
 class InProcessProxy:

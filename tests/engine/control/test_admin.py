@@ -9,7 +9,7 @@ import pytest
 from engine.control.admin import REDACTED, AdminServer, config_json
 from engine.control.config import parse
 from engine.control.metrics import Totals
-from engine.control.schema import ConfigError
+from engine.chain.schema import ConfigError
 
 TOKEN = "s3cret-token-0123456789"
 

@@ -3,7 +3,7 @@
 import pytest
 
 from engine.control.config import parse
-from engine.control.schema import ConfigError
+from engine.chain.schema import ConfigError
 
 BASE = """
 [[upstreams]]

@@ -8,7 +8,7 @@ import pytest
 from engine.control.reload import (
     FileWatch, apply_published, digest_of, load_candidate, publish,
 )
-from engine.control.schema import ConfigError
+from engine.chain.schema import ConfigError
 from tests.support.client import Conn
 from tests.support.proxy import InProcessProxy
 

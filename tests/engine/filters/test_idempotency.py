@@ -8,7 +8,7 @@ import orjson
 import pytest
 
 from engine.control.config import parse
-from engine.control.schema import ConfigError
+from engine.chain.schema import ConfigError
 from engine.filters.idempotency import parse_key
 
 KEY = b'"8e03978e-40d5-43e8-bc93-6894a57f9324"'
@@ -85,43 +85,37 @@ class Ctx:
         self.request_id = b"rid-1"
         self.vars = None
         self.protected = False
-        self.finish_hooks = []
         self.status = 0
         self.response_complete = False
-        self.captured = None
         self.finish_upstream = False
         self.t_upstream = 0.0  # when the request was sent upstream; 0: never
 
     async def read_body(self, limit):
-        from engine.http.exchange import BodyTooLarge
+        from engine.chain.context import BodyTooLarge
         if len(self.body) > limit:
             raise BodyTooLarge(limit)
         return self.body
 
-    def capture_response(self, limit):
-        self.capture_limit = limit
-
-    def add_finish_hook(self, fn):
-        self.finish_hooks.append(fn)
-
     def answer(self, status, body=b"ok", headers=((b"Content-Type", b"text/plain"),),
                complete=True):
-        """What the exchange does after upstream answered: response hook, then finish."""
-        from engine.http.messages import Response
+        """What the runner does after upstream answered (engine/chain/context.pyx): response
+        hook, body hook (the whole body, None if cut), then the log hook."""
+        from engine.errors import Response
         self.t_upstream = 1.0
         for f in self.filters:
             f.on_response(self, Response(status, list(headers), None))
         self.status = status
         self.response_complete = complete
-        self.captured = body if complete else None
-        for fn in self.finish_hooks:
-            fn(self)
+        for f in self.filters:
+            f.on_response_body(self, body if complete else None)
+        for f in self.filters:
+            f.on_log(self)
 
 
 def make_filter(section="", route="pay"):
     from engine.control.snapshot import Runtime
     rt = Runtime(parse(BASE.replace('name = "pay"', f'name = "{route}"') + section))
-    return rt.routes[0].request_filters[0]
+    return rt.routes[0].chain.filters[0]
 
 
 def run(f, ctx):
@@ -143,7 +137,7 @@ def test_other_methods_and_keyless_requests_pass_untouched():
     f = make_filter()
     assert run(f, Ctx(method=b"GET")) is None
     ctx = Ctx(key=None)
-    assert run(f, ctx) is None and not ctx.protected and not ctx.finish_hooks
+    assert run(f, ctx) is None and not ctx.protected and ctx.vars is None
 
 
 def test_required_key_missing_is_400_explaining_the_header():
@@ -172,7 +166,7 @@ def test_first_request_claims_and_is_protected_then_replays_exactly():
     f = make_filter()
     first = Ctx(body=b'{"amount": 10}')
     assert run(f, first) is None
-    assert first.protected and first.capture_limit == 1 << 20
+    assert first.protected and f.RESPONSE_BODY == ("stream", 1 << 20)
     first.answer(201, b'{"id": "ch_1"}', [(b"Content-Type", b"application/json"),
                                          (b"X-Request-ID", b"rid-1")])
     replay = run(f, Ctx(body=b'{"amount": 10}'))
@@ -251,8 +245,7 @@ def test_client_gone_before_the_request_was_sent_releases_the_key():
     first = Ctx()
     run(f, first)
     first.status = 499  # what the engine records for a client that left
-    for fn in first.finish_hooks:
-        fn(first)
+    f.on_log(first)
     assert run(f, Ctx()) is None  # claimed again: goes upstream
 
 
@@ -260,10 +253,10 @@ def test_response_too_large_to_store_is_not_replayed_but_not_rerun():
     f = make_filter('max_response_size = "4"')
     first = Ctx()
     run(f, first)
-    first.status, first.response_complete, first.captured = 200, True, None
+    first.status, first.response_complete = 200, True
     first.t_upstream = 1.0  # it reached the upstream
-    for fn in first.finish_hooks:
-        fn(first)
+    f.on_response_body(first, None)  # over max_response_size: the runner passes None
+    f.on_log(first)
     err = error(run(f, Ctx()), 409, "idempotency_conflict")
     assert "cannot be replayed" in err["message"]
 

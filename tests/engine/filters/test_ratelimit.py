@@ -9,10 +9,10 @@ import orjson
 import pytest
 
 from engine.control.config import parse
-from engine.control.schema import ConfigError
+from engine.chain.schema import ConfigError
 from engine.control.snapshot import Runtime
 from engine.filters.ratelimit_state import LoadMonitor, QuotaTable
-from engine.http.messages import Response
+from engine.errors import Response
 
 
 class Ctx:
@@ -57,7 +57,7 @@ def limit(name="l", algorithm="fixed_window", **kw) -> str:
 
 def build(section: str, previous=None):
     rt = Runtime(parse(config(section)), previous)
-    f = rt.routes[0].request_filters[0]
+    f = rt.routes[0].chain.filters[0]
     clock = {"now": 1000.0}
     f.clock = lambda: clock["now"]
     return f, clock, rt

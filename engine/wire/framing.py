@@ -188,3 +188,23 @@ def split_target(url: bytes) -> tuple[bytes | None, bytes, bytes]:
             return authority, rest, b""
         return authority, rest[:q], rest[q:]
     raise ValueError("request target is neither origin-form nor absolute-form")
+
+
+def _reason(status: int) -> bytes:
+    from http import HTTPStatus
+    try:
+        return HTTPStatus(status).phrase.encode()
+    except ValueError:
+        return b""
+
+
+# The HTTP/1.1 status line of every status code, with its registered reason phrase.
+STATUS_LINES: dict[int, bytes] = {
+    s: b"HTTP/1.1 %d %s\r\n" % (s, _reason(s)) for s in range(100, 600)
+}
+
+
+CHUNK_END = b"0\r\n\r\n"
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+# RFC 9110 §9.2.2: requests a client may repeat automatically (RFC 9112 §9.3.1.1).
+IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"))

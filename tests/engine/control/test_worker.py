@@ -170,7 +170,7 @@ def test_drain_still_answers_a_request_sent_on_an_idle_connection():
 def test_drain_closes_a_connection_that_stays_idle_after_a_grace():
     import asyncio
 
-    from engine.server import DRAIN_IDLE
+    from engine.control.worker import DRAIN_IDLE
 
     with InProcessProxy(STATIC) as proxy, Conn(proxy.port) as c:
         assert c.request("GET", "/").status == 200

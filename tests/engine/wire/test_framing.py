@@ -5,7 +5,7 @@ from urllib.parse import unquote
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.http.framing import normalize_percent, remove_dot_segments
+from engine.wire.framing import normalize_percent, remove_dot_segments
 
 
 def test_unreserved_escapes_are_decoded_and_the_rest_uppercased():

@@ -295,3 +295,19 @@ def _type_name(tp) -> str:
         return "table"
     return {Duration: "duration", Size: "size", str: "string", int: "integer",
             float: "number", bool: "boolean"}.get(tp, str(tp))
+
+
+# RFC 9110 §5.6.2 token: field names and methods.
+TOKEN_RE = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+
+
+def check_header_name(name: str) -> str:
+    if not TOKEN_RE.match(name):
+        raise ValueError(f'"{name}" is not a valid header name')
+    return name
+
+
+def check_header_value(value: str) -> str:
+    if any(c in value for c in "\r\n\x00"):
+        raise ValueError("header values must not contain CR, LF or NUL")
+    return value

@@ -1,5 +1,5 @@
 # Header-only helpers shared by the data plane's Cython modules (STYLE.md rule 2): inline, no
-# .pyx. cimport them as `from engine.http._common cimport ...`.
+# .pyx. cimport them as `from engine.wire._common cimport ...`.
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport (
@@ -8,6 +8,18 @@ from cpython.bytes cimport (
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.object cimport PyObject
 from libc.string cimport memcpy
+from libc.time cimport timespec
+
+cdef extern from "<time.h>" nogil:
+    int clock_gettime(int clk_id, timespec *tp)
+    int CLOCK_MONOTONIC
+
+
+cdef inline double monotonic() noexcept nogil:
+    """Seconds on CLOCK_MONOTONIC (time.perf_counter's clock on Linux), without a Python call."""
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return ts.tv_sec + ts.tv_nsec * 1e-9
 
 cdef extern from "Python.h":
     # Borrowed-reference views, so walking a list of bytes costs no reference counting.

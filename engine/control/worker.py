@@ -126,10 +126,7 @@ class Worker:
                     periods.append(part.interval)
             if up.circuit_breaker is not None:
                 periods.append(up.circuit_breaker.cooldown)
-        for route in runtime.config.routes:
-            for _, section in route.sections:
-                if getattr(section, "lease", None):
-                    periods.append(section.lease)  # idempotency claims renewed every lease/3
+        periods += runtime.shared.periods  # what filters' periodic work asked for
         return max(0.02, min(1.0, min(periods) / 4))
 
     async def start(self, sock: socket.socket):

@@ -1,0 +1,654 @@
+"""RequestContext: one request from its head to its answer, and the whole filter API.
+
+A codec (engine/http: HTTP/1.1) parses a request head into a RequestContext and calls
+``start`` when it is this request's turn. The runner here routes it, runs the chain's request
+hooks in phase order (any may answer), then hands it to an UpstreamCall, whose events come
+back here (the context is the call's Sink). Every answer, upstream or local (a filter's, an
+error, a 404), passes back through the response hooks before the codec writes it
+(``Stream.write_head``). Nothing here knows HTTP/1.1 framing: the codec does.
+"""
+
+import asyncio
+import traceback
+
+cimport cython
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromFormat, PyBytes_GET_SIZE
+
+from engine.upstream.call cimport Sink, UpstreamCall
+from engine.upstream.upstream cimport Upstream
+from engine.wire._common cimport (
+    WRITER_STACK, Writer, join_bytes, w_bytes, w_field, w_free, w_init, w_put, w_raw,
+)
+from engine.wire.h1 cimport drop_named, tokens
+
+from engine.errors import Response, error_response
+from engine.upstream.call import fetch as _fetch
+from engine.wire.framing import random_hex
+
+cdef extern from "Python.h":
+    const Py_ssize_t PY_SSIZE_T_MAX
+
+# Bytes of request body held while the upstream connection is being set up; past this the
+# client socket stops being read (back-pressure instead of buffering a whole upload).
+PENDING_LIMIT = 256 * 1024
+cdef Py_ssize_t _PENDING_LIMIT = PENDING_LIMIT
+
+cdef bytes _HEAD = b"HEAD"
+cdef object _Response = Response
+
+
+class BodyTooLarge(Exception):
+    """``read_body``: the request body is larger than the filter's limit."""
+
+
+cdef class Stream:
+    """Base of a codec's side of one request; the HTTP/1.1 ClientProtocol overrides all."""
+
+    cdef int write_head(self, RequestContext ctx, int status, bytes reason, list headers,
+                        bint flat, bytes content_length, bint no_body, bytes body,
+                        bint tunnel) except -1:
+        raise NotImplementedError
+
+    cdef int write_body(self, RequestContext ctx, bytes data) except -1:
+        raise NotImplementedError
+
+    cdef int end_body(self, RequestContext ctx) except -1:
+        return 0
+
+    cdef int send_continue(self, RequestContext ctx) except -1:
+        return 0
+
+    cdef int start_tunnel(self, RequestContext ctx, object transport,
+                          double timeout) except -1:
+        raise NotImplementedError
+
+    cdef int tunnel_write(self, bytes data) except -1:
+        raise NotImplementedError
+
+    cdef int begin_batch(self) except -1:
+        return 0
+
+    cdef int flush(self) except -1:
+        return 0
+
+    cdef int end_batch(self) except -1:
+        return 0
+
+    cdef str route_host(self, bytes host):
+        return "" if host is None else host.decode("latin-1")
+
+    cdef int exchange_finished(self, RequestContext ctx) except -1:
+        return 0
+
+    cdef int pause_reading_for(self, int reason) except -1:
+        return 0
+
+    cdef int resume_reading_for(self, int reason) except -1:
+        return 0
+
+    cdef int fail(self) except -1:
+        return 0
+
+    cpdef close(self):
+        pass
+
+    cpdef abort(self):
+        pass
+
+
+def _defines(obj, str name):
+    return getattr(type(obj), name, None) is not None
+
+
+@cython.final
+cdef class Chain:
+    """A route's filters compiled for the runner: each hook's bound methods in the order
+    they run, so a hook a filter does not define costs nothing per request."""
+
+    def __init__(self, filters):
+        cdef list body_needs
+        built = sorted(filters, key=lambda f: f.PHASE)
+        self.filters = tuple(built)
+        self.request = tuple([(i, f.on_request) for i, f in enumerate(built)
+                              if _defines(f, "on_request")])
+        self.response = tuple([(i, f.on_response) for i, f in enumerate(built)
+                               if _defines(f, "on_response")][::-1])
+        self.response_body = tuple([(i, f.on_response_body) for i, f in enumerate(built)
+                                    if _defines(f, "on_response_body")][::-1])
+        self.log = tuple([f.on_log for f in built if _defines(f, "on_log")])
+        body_needs = [f.RESPONSE_BODY for f in built if _defines(f, "on_response_body")]
+        self.body_limit = max([limit for _, limit in body_needs], default=0)
+        self.body_buffered = any([mode == "buffered" for mode, _ in body_needs])
+
+    def __len__(self):
+        return len(self.filters)
+
+
+@cython.final
+cdef class RequestContext(Sink):
+    @staticmethod
+    cdef RequestContext new(Stream stream, object rt):
+        cdef RequestContext ctx = RequestContext.__new__(RequestContext)
+        ctx.stream = stream
+        ctx.worker = stream.worker
+        ctx.rt = rt  # the snapshot this request keeps to the end (DESIGN.md)
+        ctx.method = b""
+        ctx.version = "1.1"
+        ctx.keep_alive = True
+        ctx.headers = []
+        ctx.request_id = b""
+        ctx.client_ip = stream.peer_ip
+        ctx.path = "/"
+        ctx.query = b""
+        # Everything else starts as None / 0 / False (see context.pxd).
+        return ctx
+
+    # -- the runner
+
+    cdef int start(self) except -1:
+        """Route, run the request hooks, then answer or go upstream."""
+        cdef Stream stream = self.stream
+        if self.error is not None:
+            return self.answer(self.error)  # a malformed request (see respond)
+        router = self.rt.router
+        host = stream.route_host(self.host)
+        route, extra = router.match(self.method, host, self.path)
+        if route is None:
+            if extra is None:
+                self.miss = "not_found"
+                self.chain = self.rt.server_chain
+            else:
+                # The path has a route, not for this method: that route's filters still run
+                # (a CORS preflight to a GET route is answered there), then 405.
+                self.miss = "method_not_allowed"
+                self.allow = extra
+                route = router.match(extra[0], host, self.path)[0]
+                self.route = route
+                self.chain = route.chain
+            return self.run_filters(0)
+        self.route = route
+        self.params = extra
+        self.chain = route.chain
+        self.upstream = route.upstream
+        if self.content_length is not None and self.content_length > route.max_body_size:
+            self.close_after = True
+            self.ran = PY_SSIZE_T_MAX
+            return self.answer("body_too_large")
+        return self.run_filters(0)
+
+    cdef int run_filters(self, Py_ssize_t first) except -1:
+        """Request hooks from ``first`` on, then the upstream (or the router's 404/405). A
+        hook that returns an awaitable is awaited in a task (``task``: cancelled when the
+        client goes or the deadline passes); the chain goes on from the next one after."""
+        cdef tuple hooks = self.chain.request
+        cdef Py_ssize_t i
+        cdef Stream stream
+        for i in range(first, len(hooks)):
+            entry = <tuple>hooks[i]
+            self.ran = <Py_ssize_t>entry[0] + 1
+            answer = entry[1](self)
+            if answer is not None:
+                if isinstance(answer, _Response):
+                    self.respond(answer)
+                    return 0
+                stream = self.stream
+                stream.deadline = <double>self.worker.now + stream.client_body_timeout
+                self.task = self.worker.loop.create_task(self._await_filter(answer, i + 1))
+                return 0
+        self.ran = PY_SSIZE_T_MAX  # the whole chain passed: every response hook runs
+        if self.miss is not None:
+            if self.allow is not None:
+                return self.answer(self.miss, [(b"Allow", b", ".join(self.allow))])
+            return self.answer(self.miss)
+        return self.proxy()
+
+    async def _await_filter(self, coro, Py_ssize_t next_index):
+        try:
+            answer = await coro
+            self.task = None
+            if self.finished:
+                return
+            if answer is not None:
+                self.respond(answer)
+            else:
+                self.run_filters(next_index)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # Ours, not the client's: a logged 500, as for a synchronous chain, never a
+            # request left hanging.
+            traceback.print_exc()
+            self.task = None
+            self.stream.fail()
+
+    cdef int proxy(self) except -1:
+        cdef UpstreamCall call
+        if not isinstance(self.upstream, Upstream):
+            self.upstream = self.rt.upstreams[self.upstream]  # a filter chose it by name
+        call = UpstreamCall.new(self, <Upstream>self.upstream)
+        return call.start()
+
+    cdef int answer(self, str code, list headers=None) except -1:
+        """Answer with the catalog's error ``code``."""
+        self.respond(error_response(code, self.request_id.decode(), headers=headers))
+        return 0
+
+    # -- the filter API beyond attributes
+
+    async def read_body(self, Py_ssize_t limit):
+        """The whole request body (for a filter that must see it: an idempotency
+        fingerprint). It is kept and then sent upstream with a Content-Length."""
+        cdef Stream stream = self.stream
+        if self.content_length is not None and self.content_length > limit:
+            raise BodyTooLarge(limit)
+        if not self.body_done:
+            if self.expect_continue:
+                # The client waits for this before sending the body (RFC 9110 §10.1.1).
+                stream.send_continue(self)
+                self.expect_continue = False
+            self.body_limit = limit
+            self.body_waiter = self.worker.loop.create_future()
+            # Reading may have paused at PENDING_LIMIT: this body is wanted whole.
+            stream.resume_reading_for(PAUSE_PENDING)
+            try:
+                await self.body_waiter
+            finally:
+                self.body_waiter = None
+        if self.pending_size > limit:
+            raise BodyTooLarge(limit)
+        if not self.pending:
+            return b""
+        if len(self.pending) > 1:
+            self.pending = [b"".join(self.pending)]
+        return self.pending[0]
+
+    def add_finish_hook(self, fn):
+        """``fn(self)`` once when this request ends, however it ends."""
+        if self.finish_hooks is None:
+            self.finish_hooks = [fn]
+        else:
+            self.finish_hooks.append(fn)
+
+    async def fetch(self, upstream, method, path, headers=(), body=None,
+                    Py_ssize_t max_body=1048576):
+        """A sub-request through ``upstream`` (a name or an Upstream) with its balancing,
+        pools, retries and breakers: the answer as a Response with the whole body (the
+        proxy's JSON 502/503/504 when no server answered). It carries this request's id."""
+        if not isinstance(upstream, Upstream):
+            upstream = self.rt.upstreams[upstream]
+        if isinstance(method, str):
+            method = method.encode()
+        if isinstance(path, str):
+            path = path.encode()
+        return await _fetch(self.worker, upstream, method, path, list(headers), body,
+                            self.request_id, max_body, None)
+
+    @property
+    def server(self):
+        """The upstream server that answered (or was being tried), or None."""
+        return self.call.server if self.call is not None else None
+
+    # -- the request body (from the codec)
+
+    cdef int client_body(self, bytes chunk) except -1:
+        cdef UpstreamCall call = self.call
+        if self.finished:
+            return 0  # answered already: the rest of the body is read and dropped
+        if call is not None and call.conn is not None:
+            return call.send_body(chunk)
+        if self.pending is None:
+            self.pending = []
+        self.pending.append(chunk)
+        self.pending_size += PyBytes_GET_SIZE(chunk)
+        if self.body_waiter is not None:
+            if self.pending_size > self.body_limit and not self.body_waiter.done():
+                self.body_waiter.set_result(None)  # read_body raises BodyTooLarge
+        elif self.pending_size >= _PENDING_LIMIT:
+            self.stream.pause_reading_for(PAUSE_PENDING)
+        return 0
+
+    cdef int client_body_end(self) except -1:
+        self.body_done = True
+        if self.body_waiter is not None and not self.body_waiter.done():
+            self.body_waiter.set_result(None)
+        if self.call is not None and not self.finished:
+            self.call.body_end()
+        return 0
+
+    # -- Sink: what the upstream call reports
+
+    cdef bytes request_head(self, UpstreamCall call):
+        """The request head sent upstream: hop-by-hop fields removed (RFC 9110 §7.6.1),
+        framing re-stated, X-Forwarded-*, X-Real-IP and X-Request-ID set."""
+        cdef Writer w
+        cdef char stack[WRITER_STACK]
+        cdef list headers = self.headers
+        cdef bytes host, peer
+        cdef Stream stream = self.stream
+        if self.expect_continue and not self.body_done:
+            # RFC 9110 §10.1.1: the proxy has accepted the request, so it asks for the body
+            # itself; Expect is not forwarded.
+            stream.send_continue(self)
+            self.expect_continue = False
+        host = call.upstream.host_header or self.host or call.server.authority
+        w_init(&w, stack, WRITER_STACK)
+        try:
+            w_put(&w, self.method)
+            w_raw(&w, " ", 1)
+            w_put(&w, self.route.target(self))
+            w_raw(&w, " HTTP/1.1\r\n", 11)
+            w_field(&w, b"Host", host)
+            if self.connection is not None:
+                # Fields named by Connection are hop-by-hop too (RFC 9110 §7.6.1).
+                headers = drop_named(headers, tokens(self.connection), False)
+            for name, value in headers:
+                w_field(&w, name, value)
+            if self.upgrade is not None:
+                w_field(&w, b"Upgrade", self.upgrade)
+                w_put(&w, b"Connection: upgrade\r\n")
+            if self.body_done and (self.chunked or self.content_length is not None):
+                # Whole body already here: state its length, as nginx does with buffered
+                # bodies.
+                w_put(&w, PyBytes_FromFormat("Content-Length: %zd\r\n", self.pending_size))
+            elif self.content_length is not None:
+                w_put(&w, b"Content-Length: %d\r\n" % self.content_length)
+            elif self.chunked:
+                w_put(&w, b"Transfer-Encoding: chunked\r\n")
+                call.chunked_up = True
+            peer = stream.peer_ip_bytes
+            w_put(&w, b"X-Forwarded-For: ")
+            if stream.trusted and self.xff:  # (an empty X-Forwarded-For adds no hop)
+                w_put(&w, self.xff)
+                w_raw(&w, ", ", 2)
+            w_put(&w, peer)
+            forwarded = self.forwarded
+            w_put(&w, b"\r\nX-Forwarded-Proto: ")
+            if forwarded is None:
+                w_put(&w, stream.scheme)
+                w_put(&w, b"\r\nX-Forwarded-Host: ")
+                w_put(&w, self.host or host)
+            else:
+                w_put(&w, forwarded.get(b"x-forwarded-proto", stream.scheme))
+                w_put(&w, b"\r\nX-Forwarded-Host: ")
+                w_put(&w, forwarded.get(b"x-forwarded-host", self.host or host))
+            w_put(&w, b"\r\nX-Real-IP: ")
+            # The peer's address unless a trusted proxy named the client.
+            w_put(&w, peer if self.client_ip is stream.peer_ip else self.client_ip.encode())
+            w_put(&w, b"\r\nX-Request-ID: ")
+            w_put(&w, self.request_id)
+            if self.trace_id is not None:
+                # This hop is a span of its own: same trace and flags, a new parent-id
+                # (W3C Trace Context §3.2, §4.3); tracestate goes on unchanged.
+                w_put(&w, b"\r\ntraceparent: 00-")
+                w_put(&w, self.trace_id)
+                w_raw(&w, "-", 1)
+                w_put(&w, random_hex(8))
+                w_raw(&w, "-", 1)
+                w_put(&w, self.trace_flags)
+                if self.tracestate:
+                    w_put(&w, b"\r\ntracestate: ")
+                    w_put(&w, self.tracestate)
+            w_raw(&w, "\r\n\r\n", 4)
+            return w_bytes(&w)
+        finally:
+            w_free(&w)
+
+    cdef int on_head(self, UpstreamCall call, int status, bytes reason, list fields,
+                     bytes content_length, bint no_body) except -1:
+        cdef Chain chain = self.chain
+        if status == 101:
+            fields.append(b"Connection")
+            fields.append(b"upgrade")
+            return self._head(None, 101, reason, fields, True, None, False, None, True)
+        if chain.body_limit and not no_body:
+            self.body_copy = []
+            if chain.body_buffered:
+                # Held until the body is in, so body hooks may edit it (and its length).
+                self.held = (status, reason, fields)
+                return 0
+        return self._head(None, status, reason, fields, True, content_length, no_body, None,
+                          False)
+
+    cdef int on_body(self, bytes chunk) except -1:
+        cdef list copy = self.body_copy
+        cdef Stream stream = self.stream
+        cdef tuple held
+        if copy is not None:
+            self.body_copy_size += PyBytes_GET_SIZE(chunk)
+            if self.body_copy_size <= self.chain.body_limit:
+                copy.append(chunk)
+                if self.held is not None:
+                    return 0
+            else:
+                # Over the cap: the body streams untouched from here; body hooks get None.
+                self.body_copy = None
+                held = self.held
+                if held is not None:
+                    self.held = None
+                    self._head(None, held[0], held[1], held[2], True, None, False, None,
+                               False)
+                    for part in copy:
+                        self.bytes_out += PyBytes_GET_SIZE(part)
+                        stream.write_body(self, part)
+        self.bytes_out += PyBytes_GET_SIZE(chunk)
+        stream.write_body(self, chunk)
+        stream.deadline = <double>self.worker.now + self.call.upstream.read_timeout
+        return 0
+
+    cdef int on_complete(self) except -1:
+        cdef tuple held = self.held
+        cdef list copy = self.body_copy
+        cdef bytes body
+        if held is not None:
+            self.held = None
+            self.body_copy = None
+            body = self._body_hooks(join_bytes(copy))
+            self._head(None, held[0], held[1], held[2], True, None, False, body, False)
+        else:
+            if self.chain.response_body and self.ran:
+                self._body_hooks(join_bytes(self.body_copy)
+                                 if self.body_copy is not None else None)
+                self.body_copy = None
+            self.stream.end_body(self)
+        self.response_complete = True
+        return self.finish()
+
+    cdef int on_answer(self, object resp) except -1:
+        self.respond(resp)
+        return 0
+
+    cdef int on_abort(self) except -1:
+        if self.held is not None:
+            # A buffered answer broke off before anything reached the client.
+            self.held = None
+            self.body_copy = None
+            self.close_after = True
+            return self.answer("bad_gateway")
+        # The answer broke off after its head went out: never let a truncated response
+        # look complete, the client connection is dropped.
+        self.close_after = True
+        self.stream.abort()
+        return self.finish()
+
+    cdef int on_tunnel(self, UpstreamCall call) except -1:
+        return self.stream.start_tunnel(self, call.conn.transport, call.upstream.read_timeout)
+
+    cdef int on_tunnel_data(self, bytes data) except -1:
+        self.bytes_out += PyBytes_GET_SIZE(data)
+        return self.stream.write_body(self, data)
+
+    cdef int on_tunnel_closed(self) except -1:
+        self.close_after = True
+        self.stream.close()
+        return self.finish()
+
+    cdef int set_deadline(self, double deadline) except -1:
+        self.stream.deadline = deadline
+        return 0
+
+    cdef int body_paused(self, bint paused) except -1:
+        cdef Stream stream = self.stream
+        if paused:
+            stream.pause_reading_for(PAUSE_UPSTREAM)
+        else:
+            stream.resume_reading_for(PAUSE_UPSTREAM | PAUSE_PENDING)
+            if not self.body_done:
+                stream.deadline = <double>self.worker.now + stream.client_body_timeout
+        return 0
+
+    cdef int read_started(self) except -1:
+        return self.stream.begin_batch()
+
+    cdef int read_done(self) except -1:
+        return self.stream.end_batch()
+
+    cdef bint reading_paused(self) except -1:
+        return self.stream.write_paused
+
+    # -- from the codec
+
+    cdef int timed_out(self) except -1:
+        """The connection's deadline passed while this request was being answered."""
+        if self.task is not None:
+            self.task.cancel()
+            self.task = None
+            if self.body_waiter is not None:
+                # A filter waited for the body the client stopped sending (nginx
+                # client_body_timeout): the client's fault, and no upstream was asked.
+                self.close_after = True
+                return self.answer("request_timeout")
+            return self.answer("gateway_timeout")
+        if self.call is not None and (self.call.connecting is not None
+                                      or self.call.conn is not None):
+            return self.call.timed_out()
+        self.close_after = True
+        return self.answer("request_timeout")
+
+    cdef bint client_gone(self) except -1:
+        """The client connection is gone. True when the request goes on without it: the
+        upstream has the whole request and its answer is wanted (an idempotency record),
+        so it is read to the end, like nginx proxy_ignore_client_abort."""
+        cdef UpstreamCall call = self.call
+        if self.finished:
+            return False
+        if (self.finish_upstream and call is not None and call.conn is not None
+                and self.body_done and self.upgrade is None):
+            if self.stream.write_paused:
+                call.pause_reading(False)  # nothing waits on the client's buffer now
+            self.stream.deadline = <double>self.worker.now + call.upstream.read_timeout
+            return True
+        self.finished = True  # nobody to answer: release upstream resources (ended)
+        if self.task is not None:
+            self.task.cancel()
+            self.task = None
+        if call is not None:
+            call.drop()
+        self.status = self.status or 499
+        return False
+
+    cdef int pause_upstream(self, bint paused) except -1:
+        """The client stopped (or resumed) reading our writes: so does the upstream's."""
+        cdef UpstreamCall call = self.call
+        if call is None or call.conn is None:
+            return 0
+        call.pause_reading(paused)
+        if not paused:
+            self.stream.deadline = <double>self.worker.now + call.upstream.read_timeout
+        return 1
+
+    cdef int ended(self) except -1:
+        """The request is over (called once, by the codec's accounting)."""
+        if self.call is not None:
+            self.call.ended()
+        hooks = self.finish_hooks
+        if hooks is not None:
+            self.finish_hooks = None
+            for fn in hooks:
+                try:
+                    fn(self)
+                except Exception:
+                    traceback.print_exc()
+        chain = self.chain
+        if chain is not None:
+            for fn in (<Chain>chain).log:
+                try:
+                    fn(self)
+                except Exception:
+                    traceback.print_exc()
+        return 0
+
+    # -- answering
+
+    cpdef respond(self, object resp):
+        """Answer with a response the proxy made (a filter's, or an error)."""
+        cdef bytes body
+        if self.stream is None:
+            raise TypeError("a RequestContext answers only once made by its codec")
+        if self.finished or self.head_sent:
+            return
+        if self.chain is None:
+            # Answered before routing (a malformed request, a timeout while the head
+            # arrived): every response hook of the server-wide chain sees the answer, so
+            # it carries CORS headers too, say.
+            self.chain = self.rt.server_chain
+            self.ran = PY_SSIZE_T_MAX
+        if not self.body_done:
+            # The rest of the request body is not read: close after answering.
+            self.close_after = True
+        self._head(resp, resp.status, None, resp.headers, False, None,
+                   self.method == _HEAD, resp.body or b"", False)
+        self.response_complete = True
+        self.finish()
+
+    cdef int _head(self, object resp, int status, bytes reason, list headers, bint flat,
+                   bytes content_length, bint no_body, bytes body, bint tunnel) except -1:
+        # Response hooks, then the codec writes the head (and ``body``, a whole body, when
+        # given). ``resp`` is the local answer (a Response with its body), or None for an
+        # upstream's head: then a Response without a body is made only when response hooks
+        # run. ``headers`` holds (name, value) pairs, or is flat (name, value, ...) when
+        # ``flat``.
+        cdef Py_ssize_t i
+        cdef Chain chain = self.chain
+        cdef bint local = resp is not None
+        if chain is not None and self.ran:
+            if chain.response:
+                if not local:
+                    if flat:
+                        headers = [(headers[i], headers[i + 1])
+                                   for i in range(0, len(headers) - 1, 2)]
+                    resp = _Response(status, headers, None)
+                for entry in chain.response:
+                    if <Py_ssize_t>(<tuple>entry)[0] < self.ran:
+                        (<tuple>entry)[1](self, resp)
+                status = resp.status
+                headers = resp.headers
+                flat = False
+                if local:
+                    body = resp.body or b""  # a hook may replace a local answer's body
+            if local and chain.response_body:
+                body = self._body_hooks(body)
+        if body is not None:
+            content_length = PyBytes_FromFormat("%zd", PyBytes_GET_SIZE(body))
+        self.status = status
+        self.head_sent = True
+        return self.stream.write_head(self, status, reason, headers, flat, content_length,
+                                      no_body, body, tunnel)
+
+    cdef object _body_hooks(self, object body):
+        # on_response_body of the filters that ran, in reverse: each gets the whole body
+        # (None when it was over the cap or is incomplete); on a buffered chain, a hook's
+        # returned bytes replace it.
+        cdef Chain chain = self.chain
+        for entry in chain.response_body:
+            if <Py_ssize_t>(<tuple>entry)[0] < self.ran:
+                result = (<tuple>entry)[1](self, body)
+                if result is not None and chain.body_buffered and body is not None:
+                    body = bytes(result)
+        return body
+
+    cdef int finish(self) except -1:
+        if self.finished:
+            return 0
+        self.stream.flush()
+        self.finished = True
+        return self.stream.exchange_finished(self)
