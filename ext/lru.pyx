@@ -119,6 +119,7 @@ cdef class LruCache:
     cpdef set(self, object key, object value, Py_ssize_t size, double now, double ttl=0.0):
         """Store value under key with its size in bytes; ttl <= 0 means no expiry."""
         cdef object found
+        cdef object old = None
         cdef _Entry e
         if size < 0:
             raise ValueError(f"size must be >= 0, got {size}")
@@ -131,14 +132,16 @@ cdef class LruCache:
             e = _Entry()
             e.key = key
             self._map[key] = e
+            lru_push_front(&self._root, &e.link)
         else:
             e = <_Entry>found
-            lru_unlink(&e.link)
+            lru_touch(&self._root, &e.link)
             self.size_bytes -= e.size
+            # Released on return, when the cache is whole again: its __del__ may call back in.
+            old = e.value
         e.value = value
         e.size = size
         e.expires_at = now + ttl if ttl > 0.0 else INFINITY
-        lru_push_front(&self._root, &e.link)
         self.size_bytes += size
         self._evict()
         return None

@@ -1,9 +1,9 @@
 """The recency list shared by ext.lru and ext.ratelimit (ext/_lrulist.pxd), seen through both.
 
 The list's links are raw pointers that own nothing: the table's dict is each entry's only
-owner. These cases pin what that promises: entries are freed by refcount the moment a table
-lets go of them, never by the cycle collector. Both implementations run, as everywhere in
-tests/ext.
+owner. These cases pin what that promises (entries are freed by refcount the moment a table
+lets go of them, never by the cycle collector) and that it holds when a value's finaliser
+calls back into its cache. Both implementations run, as everywhere in tests/ext.
 """
 
 import gc
@@ -44,7 +44,14 @@ def no_cycle_collector():
 
 
 class Value:
-    """A cache value that can be watched (weakref)."""
+    """A cache value that can be watched (weakref) and may act when released."""
+
+    def __init__(self, on_release=None):
+        self.on_release = on_release
+
+    def __del__(self):
+        if self.on_release is not None:
+            self.on_release()
 
 
 def test_both_tables_cimport_the_one_list():
@@ -101,3 +108,21 @@ def test_dropping_a_limiter_frees_every_key(rl, no_cycle_collector):
     del lim, k
     limiters.clear()
     assert [sys.getrefcount(k) for k in keys] == before
+
+
+def test_a_value_finaliser_may_call_back_into_its_cache(Lru):
+    cache = Lru(max_bytes=100, max_entries=3)
+    calls = []
+
+    def reenter():
+        calls.append((cache.get("a", 0.0), cache.get("b", 0.0)))
+
+    cache.set("a", Value(reenter), 1, 0.0)
+    cache.set("b", Value(), 1, 0.0)
+    cache.set("c", Value(), 1, 0.0)
+    cache.set("a", "new a", 1, 0.0)  # releases the first value while "a" is being replaced
+    assert len(calls) == 1
+    cache.set("d", "d", 1, 0.0)  # "b" was used in the finaliser, so "c" is the oldest
+    assert sorted(k for k in "abcd" if k in cache) == ["a", "b", "d"]
+    assert cache.get("a", 0.0) == "new a"
+    assert (len(cache), cache.size_bytes, cache.evictions) == (3, 3, 1)
