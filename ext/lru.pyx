@@ -21,27 +21,40 @@ Cython siblings `from ext.lru cimport LruCache` and call `get`/`set`/`pop`/`clea
 cimport cython
 from libc.math cimport INFINITY
 
+from ext._lrulist cimport (
+    LruLink, link_offset, lru_init, lru_oldest, lru_push_front, lru_touch, lru_unlink, node_at,
+)
+
 
 @cython.final
 @cython.freelist(64)
 @cython.no_gc
 cdef class _Entry:
     # Not tracked by the cycle collector: a cache of 100k+ entries would lengthen every full
-    # collection (tens of ms). The cache breaks the list's cycles itself (clear, __dealloc__);
-    # so values must not refer back to their cache.
+    # collection (tens of ms). The recency list holds no references (ext/_lrulist.pxd), so
+    # entries form no cycle of their own; values must still not refer back to their cache.
     pass
 
 
+cdef Py_ssize_t _LINK_OFFSET
+
+
+cdef Py_ssize_t _measure_link_offset() except -1:
+    cdef _Entry probe = _Entry()
+    return link_offset(probe, &probe.link)
+
+
+_LINK_OFFSET = _measure_link_offset()
+
+
+cdef inline _Entry _entry_at(LruLink* link):
+    return <_Entry>node_at(link, _LINK_OFFSET)
+
+
 @cython.final
-@cython.no_gc_clear  # __dealloc__ needs _root to unlink the entries
+@cython.no_gc_clear  # tp_clear would free the entries while _root still points at them
 cdef class LruCache:
     """Byte-bounded LRU cache with per-item TTL; see the module docstring."""
-
-    def __dealloc__(self):
-        if self._root is not None:
-            self.clear()
-            self._root.prev = None
-            self._root.next = None
 
     def __cinit__(self, Py_ssize_t max_bytes, Py_ssize_t max_entries=0):
         if max_bytes <= 0:
@@ -55,10 +68,7 @@ cdef class LruCache:
         self.misses = 0
         self.evictions = 0
         self._map = {}
-        root = _Entry()
-        root.prev = root
-        root.next = root
-        self._root = root
+        lru_init(&self._root)
 
     def __len__(self):
         return len(self._map)
@@ -70,36 +80,23 @@ cdef class LruCache:
         return (f"LruCache(max_bytes={self.max_bytes}, max_entries={self.max_entries}, "
                 f"len={len(self._map)}, size_bytes={self.size_bytes})")
 
-    cdef inline void _unlink(self, _Entry e) noexcept:
-        e.prev.next = e.next
-        e.next.prev = e.prev
-        # Break the links so a dropped entry is freed by refcount, not left to the cycle GC.
-        e.prev = None
-        e.next = None
-
-    cdef inline void _push_front(self, _Entry e) noexcept:
-        cdef _Entry root = self._root
-        e.prev = root
-        e.next = root.next
-        root.next.prev = e
-        root.next = e
-
     cdef int _remove(self, _Entry e) except -1:
+        # Every caller holds its own reference to e, so it outlives the dict's until unlinked.
         del self._map[e.key]
-        self._unlink(e)
+        lru_unlink(&e.link)
         self.size_bytes -= e.size
         return 0
 
     cdef int _evict(self) except -1:
         # Amortised: each insert evicts at most as many items as it (and earlier inserts) added.
-        cdef _Entry lru
+        cdef LruLink* oldest
         while self.size_bytes > self.max_bytes or (
             self.max_entries > 0 and len(self._map) > self.max_entries
         ):
-            lru = self._root.prev
-            if lru is self._root:
+            oldest = lru_oldest(&self._root)
+            if oldest is NULL:
                 break
-            self._remove(lru)
+            self._remove(_entry_at(oldest))
             self.evictions += 1
         return 0
 
@@ -116,14 +113,13 @@ cdef class LruCache:
             self.misses += 1
             return None
         self.hits += 1
-        if self._root.next is not e:
-            self._unlink(e)
-            self._push_front(e)
+        lru_touch(&self._root, &e.link)
         return e.value
 
     cpdef set(self, object key, object value, Py_ssize_t size, double now, double ttl=0.0):
         """Store value under key with its size in bytes; ttl <= 0 means no expiry."""
         cdef object found
+        cdef object old = None
         cdef _Entry e
         if size < 0:
             raise ValueError(f"size must be >= 0, got {size}")
@@ -136,14 +132,16 @@ cdef class LruCache:
             e = _Entry()
             e.key = key
             self._map[key] = e
+            lru_push_front(&self._root, &e.link)
         else:
             e = <_Entry>found
-            self._unlink(e)
+            lru_touch(&self._root, &e.link)
             self.size_bytes -= e.size
+            # Released on return, when the cache is whole again: its __del__ may call back in.
+            old = e.value
         e.value = value
         e.size = size
         e.expires_at = now + ttl if ttl > 0.0 else INFINITY
-        self._push_front(e)
         self.size_bytes += size
         self._evict()
         return None
@@ -158,16 +156,7 @@ cdef class LruCache:
 
     cpdef clear(self):
         """Drop every item; the hits/misses/evictions counters are kept."""
-        cdef _Entry root = self._root
-        cdef _Entry e = root.next
-        cdef _Entry nxt
-        while e is not root:
-            nxt = e.next
-            e.prev = None
-            e.next = None
-            e = nxt
-        root.prev = root
-        root.next = root
+        lru_init(&self._root)
         self._map.clear()
         self.size_bytes = 0
         return None

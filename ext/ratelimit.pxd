@@ -1,5 +1,7 @@
 cimport cython
 
+from ext._lrulist cimport LruLink
+
 # Verdicts at the C level; the module exposes them to Python as REJECT / ALLOW / DELAY.
 cdef enum:
     RL_REJECT = 0
@@ -15,11 +17,10 @@ ctypedef struct Decision:
 
 @cython.no_gc
 cdef class _Entry:
-    # One key's state, also a node of Limiter's circular doubly linked LRU list. Not GC
-    # tracked: the links are broken on removal and in Limiter.__dealloc__.
+    # One key's state, linked into Limiter's recency list. Not GC tracked: it holds only its
+    # str key (the list's links own nothing, see ext/_lrulist.pxd).
     cdef str key
-    cdef _Entry prev            # towards the most recently used end
-    cdef _Entry next            # towards the least recently used end
+    cdef LruLink link
 
 
 @cython.final
@@ -52,13 +53,13 @@ cdef class _LogEntry(_Entry):
 cdef class Limiter:
     # Base of every algorithm: the bounded key table. Subclasses implement _fresh/_step/_view.
     # Not GC tracked: it only refers to str keys and untracked entries, so it can never be
-    # part of a cycle, and __dealloc__ always runs with the ring intact to break it.
+    # part of a cycle.
     cdef readonly long limit
     cdef readonly double window
     cdef readonly Py_ssize_t max_keys
     cdef readonly unsigned long long evictions
-    cdef dict _map              # key -> _Entry
-    cdef _Entry _root           # sentinel: _root.next is MRU, _root.prev is LRU
+    cdef dict _map              # key -> _Entry, the entries' only owner
+    cdef LruLink _root          # the same entries, most recently checked first
     cdef _Entry _blank          # a fresh entry, read (never written) by peek of an absent key
 
     cdef int decide(self, str key, double now, long cost, Decision* out) except -1
@@ -71,8 +72,6 @@ cdef class Limiter:
     cdef int _step(self, _Entry e, double now, long cost, Decision* out) except -1
     cdef void _view(self, _Entry e, double now, Decision* out) noexcept
     cdef int _init_table(self, Py_ssize_t max_keys) except -1
-    cdef inline void _unlink(self, _Entry e) noexcept
-    cdef inline void _push_front(self, _Entry e) noexcept
 
 
 # Not final: Cython 3 refuses a final subclass that overrides pxd-declared cdef methods.

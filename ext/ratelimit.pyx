@@ -12,7 +12,7 @@ read once per request by the caller and non-decreasing per key.
   key peeks as a fresh one. `limit` is a fresh key's `remaining`, `window` the seconds that
   quota is per (`RateLimit-Policy: q=limit;w=window`).
 - At most `max_keys` keys: admitting a new key into a full table evicts the least recently
-  checked one (O(1): dict + intrusive linked list, as ext.lru).
+  checked one (O(1): dict + the intrusive list of ext/_lrulist.pxd, as ext.lru).
 
 Algorithms (`cost` units are requests):
 
@@ -40,6 +40,10 @@ from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.object cimport PyObject
 from libc.math cimport INFINITY, floor
 
+from ext._lrulist cimport (
+    LruLink, link_offset, lru_init, lru_oldest, lru_push_front, lru_touch, lru_unlink, node_at,
+)
+
 ALLOW = RL_ALLOW
 DELAY = RL_DELAY
 REJECT = RL_REJECT
@@ -60,6 +64,22 @@ cdef inline double _at_least(double x, double lo) noexcept:
 @cython.no_gc
 cdef class _Entry:
     pass
+
+
+cdef Py_ssize_t _LINK_OFFSET
+
+
+cdef Py_ssize_t _measure_link_offset() except -1:
+    # Subclasses add their fields after _Entry's, so one offset serves every entry type.
+    cdef _Entry probe = _Entry()
+    return link_offset(probe, &probe.link)
+
+
+_LINK_OFFSET = _measure_link_offset()
+
+
+cdef inline _Entry _entry_at(LruLink* link):
+    return <_Entry>node_at(link, _LINK_OFFSET)
 
 
 @cython.final
@@ -87,28 +107,9 @@ cdef class Limiter:
 
     def __cinit__(self, *args, **kwargs):
         self._map = {}
-        root = _Entry()
-        root.prev = root
-        root.next = root
-        self._root = root
+        lru_init(&self._root)
         self.max_keys = 1
         self.evictions = 0
-
-    def __dealloc__(self):
-        # Entries are not GC tracked, so the ring (a reference cycle) is broken by hand.
-        cdef _Entry root = self._root
-        cdef _Entry e
-        cdef _Entry nxt
-        if root is None:
-            return
-        e = root.next
-        while e is not root and e is not None:
-            nxt = e.next
-            e.prev = None
-            e.next = None
-            e = nxt
-        root.prev = None
-        root.next = None
 
     cdef int _init_table(self, Py_ssize_t max_keys) except -1:
         if max_keys < 1:
@@ -126,19 +127,6 @@ cdef class Limiter:
     def __repr__(self):
         return (f"{type(self).__name__}(limit={self.limit}, window={self.window}, "
                 f"max_keys={self.max_keys}, len={len(self._map)})")
-
-    cdef inline void _unlink(self, _Entry e) noexcept:
-        e.prev.next = e.next
-        e.next.prev = e.prev
-        e.prev = None
-        e.next = None
-
-    cdef inline void _push_front(self, _Entry e) noexcept:
-        cdef _Entry root = self._root
-        e.prev = root
-        e.next = root.next
-        root.next.prev = e
-        root.next = e
 
     cdef _Entry _fresh(self):
         raise TypeError("Limiter is abstract: use FixedWindow, SlidingLog, SlidingCounter, "
@@ -165,9 +153,7 @@ cdef class Limiter:
         found = PyDict_GetItem(self._map, key)
         if found is not NULL:
             e = <_Entry>found
-            if self._root.next is not e:
-                self._unlink(e)
-                self._push_front(e)
+            lru_touch(&self._root, &e.link)
             return self._step(e, now, cost, out)
         e = self._fresh()
         verdict = self._step(e, now, cost, out)
@@ -175,11 +161,12 @@ cdef class Limiter:
             return verdict
         e.key = key
         self._map[key] = e
-        self._push_front(e)
+        lru_push_front(&self._root, &e.link)
         if len(self._map) > self.max_keys:
-            lru = self._root.prev
+            # The local keeps the evicted entry alive until it is unlinked.
+            lru = _entry_at(lru_oldest(&self._root))
             del self._map[lru.key]
-            self._unlink(lru)
+            lru_unlink(&lru.link)
             self.evictions += 1
         return verdict
 
@@ -213,7 +200,7 @@ cdef class Limiter:
             return False
         e = <_Entry>found
         del self._map[key]
-        self._unlink(e)
+        lru_unlink(&e.link)
         return True
 
 

@@ -26,8 +26,8 @@ from engine.chain.keys import check_key_spec, compile_key
 from engine.chain.schema import REQUIRED, Duration
 from engine.chain.schema import key as setting  # "key" is also a field name here
 from engine.errors import error_response
-from engine.filters.ratelimit_state import DAY, MONTH, LoadMonitor, QuotaTable, SlotTable
 from engine.stores import ratelimit as rstore
+from engine.stores.ratelimit_memory import DAY, MONTH, LoadMonitor, QuotaTable, SlotTable
 from engine.stores.redis import StoreUnavailable
 
 ERRORS = {

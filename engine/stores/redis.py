@@ -5,8 +5,9 @@ config. Redis failing is a normal event: a call that errors or times out raises
 StoreUnavailable, and after ``breaker_failures`` of those in a row the breaker opens, so for
 ``breaker_cooldown`` seconds calls fail at once instead of each waiting out the timeout. The
 first call after the cool-down is the probe (the others keep failing at once while it runs):
-success closes the breaker, failure re-opens it. Each feature decides what an unavailable
-store means (its ``on_store_error`` policy).
+success closes the breaker, failure re-opens it. The breaker is the upstreams' own
+engine.upstream.health.Circuit (consecutive failures only, one probe). Each feature decides
+what an unavailable store means (its ``on_store_error`` policy).
 
 Why not redis-py: a rate-limited route made one EVALSHA per request, and redis-py's asyncio
 client spent most of the proxy's CPU on it (pool checkout and release, command packing in
@@ -27,6 +28,8 @@ from hashlib import sha1
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import hiredis
+
+from engine.upstream.health import CLOSED, Circuit
 
 
 class StoreUnavailable(Exception):
@@ -176,11 +179,10 @@ class RedisStore:
         self.prefix = cfg.prefix
         self._address = parse_url(cfg.url)
         self._timeout = cfg.timeout
-        self._trip = cfg.breaker_failures
         self._conn = None
         self._connecting = None
-        self._failures = 0
-        self._open_until = 0.0
+        self.breaker = Circuit(consecutive=cfg.breaker_failures, rate=0.0,
+                               cooldown=cfg.breaker_cooldown, probes=1)
         self._shas = {}  # Lua source -> its SHA1 hex, as EVALSHA wants it
 
     def key(self, *parts: str) -> str:
@@ -192,7 +194,14 @@ class RedisStore:
 
     @property
     def is_open(self) -> bool:
-        return self._failures >= self._trip and self.clock() < self._open_until
+        """Calls fail at once now: cooling down, or the probe is under way."""
+        return not self.breaker.admits(self.clock())
+
+    @property
+    def breaker_state(self) -> str:
+        """The breaker's state for operators: "closed", "open" or "half_open" (its probe is
+        under way). It stays "open" past the cool-down until a call comes to be the probe."""
+        return self.breaker.state_name
 
     async def run(self, source: str, keys: list, args: list):
         """Run a Lua script atomically and return its reply (bytes, int, list or None):
@@ -200,12 +209,14 @@ class RedisStore:
         SCRIPT FLUSH) costs one more EVAL. Calls of one worker run in the order they are
         made, but for that NOSCRIPT retry. Raises StoreUnavailable (StoreError for an error
         reply) within ``timeout``."""
-        if self._failures >= self._trip:
+        breaker = self.breaker
+        token = 0
+        if breaker.state != CLOSED:
             now = self.clock()
-            if now < self._open_until:
+            if not breaker.admits(now):
                 raise StoreUnavailable("redis breaker open")
-            # Half-open: this call probes; the rest fail at once until it answers.
-            self._open_until = now + self._timeout
+            # Past the cool-down: this call probes; the rest fail at once until it answers.
+            token = breaker.begin(now)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._timeout
         sha = self._shas.get(source)
@@ -234,12 +245,16 @@ class RedisStore:
                           fut, deadline)
                 reply = await fut
         except StoreUnavailable:
-            self._failed()
+            breaker.record(False, self.clock(), token)
+            raise
+        except BaseException:
+            # No verdict (the caller went away): a probe's slot is free for the next call.
+            breaker.cancel(token)
             raise
         if reply.__class__ is _ErrorReply:
-            self._failed()
+            breaker.record(False, self.clock(), token)
             raise StoreError(f"redis: {reply.args[0]}")
-        self._failures = 0
+        breaker.record(True, self.clock(), token)
         return reply
 
     async def close(self) -> None:
@@ -249,11 +264,6 @@ class RedisStore:
         task, self._connecting = self._connecting, None
         if task is not None and not task.done():
             task.cancel()
-
-    def _failed(self) -> None:
-        self._failures += 1
-        if self._failures >= self._trip:
-            self._open_until = self.clock() + self.cfg.breaker_cooldown
 
     async def _connect(self, loop, deadline: float) -> _Connection:
         # Callers arriving while a connect is under way share it, each bounded by its own

@@ -11,12 +11,11 @@ import pytest
 from engine.control.config import parse
 from engine.chain.schema import ConfigError
 from engine.control.snapshot import Runtime
-from engine.filters.ratelimit_state import LoadMonitor, QuotaTable
 from engine.errors import Response
 
 
 class Ctx:
-    """The request fields the filter reads (engine.http.exchange.Exchange has them all)."""
+    """The request fields the filter reads (engine.chain.context.RequestContext has them all)."""
 
     def __init__(self, ip="10.0.0.1", headers=(), query=b""):
         self.client_ip = ip
@@ -210,47 +209,6 @@ def test_quota_tier_from_a_header_part_and_default():
     assert [ask(f, Ctx(headers=plan))[0] for _ in range(6)] == [200] * 5 + [429]
     other = [(b"X-API-Key", b"b"), (b"X-Plan", b"gold")]  # unknown: the default (first) tier
     assert [ask(f, Ctx(headers=other))[0] for _ in range(3)] == [200, 200, 429]
-
-
-def test_quota_table_is_bounded():
-    t = QuotaTable(2)
-    for k in "abc":
-        t.add(k, 1, 0.0)
-    assert len(t) == 2 and t.evictions == 1 and t.peek("a", 1, 0.0)[0] == 0
-
-
-class Adaptive:
-    lag = 0.1
-    in_flight = 100
-    steps = (2, 4)
-    recover_ratio = 0.5
-    recover_after = 10.0
-
-
-def test_load_monitor_steps_up_and_recovers_with_hysteresis():
-    m = LoadMonitor(Adaptive)
-    assert m.observe(0.01, 10, 0.0) == 0
-    assert m.observe(0.2, 10, 1.0) == 1 and m.divisor == 2      # lag over
-    assert m.observe(0.01, 150, 2.0) == 2 and m.divisor == 4    # in-flight over
-    assert m.observe(0.5, 500, 3.0) == 2                        # at most the last step
-    assert m.observe(0.08, 10, 4.0) == 2   # between calm and overloaded: holds
-    assert m.observe(0.01, 10, 5.0) == 2   # calm starts
-    assert m.observe(0.08, 10, 10.0) == 2  # not calm any more: the calm period restarts
-    assert m.observe(0.01, 10, 11.0) == 2
-    assert m.observe(0.01, 10, 20.9) == 2
-    assert m.observe(0.01, 10, 21.0) == 1 and m.divisor == 2
-    assert m.observe(0.01, 10, 31.0) == 0 and m.divisor == 1
-
-
-def test_load_monitor_samples_lag_from_the_worker_sweep():
-    class Worker:
-        tick_interval = 1.0
-        conns = ()
-
-    m = LoadMonitor(Adaptive)
-    m.sample(Worker, 100.0)
-    m.sample(Worker, 101.5)  # the sweep came 0.5 s late: the loop was busy
-    assert m.last_lag == pytest.approx(0.5) and m.level == 1
 
 
 def test_adaptive_divides_every_limit_and_says_so_in_the_headers():

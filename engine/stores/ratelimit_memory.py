@@ -1,5 +1,7 @@
-"""Per-worker state of the rate-limit filter besides ext.ratelimit's tables: calendar quotas
-and connection slots in memory, and the load monitor behind adaptive limits.
+"""Rate-limit state in worker memory (``store = "memory"``), the twin of the Redis checks in
+engine.stores.ratelimit: calendar quotas (its CALENDAR check) and connection slots (SLOT);
+the limits themselves are ext.ratelimit's tables. Also the load monitor behind adaptive limits,
+per worker whatever the store.
 
 Every method takes ``now`` (STYLE.md rule 5): tests drive them with explicit numbers.
 """
