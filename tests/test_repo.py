@@ -48,3 +48,54 @@ def test_every_package_is_listed_for_installation():
     found = {str(p.parent.relative_to(ROOT)).replace("/", ".")
              for top in ("engine", "ext") for p in (ROOT / top).rglob("__init__.py")}
     assert found <= listed, f"missing from pyproject packages: {sorted(found - listed)}"
+
+
+def _imports_between_subpackages() -> dict:
+    """engine's subpackages -> those they import or cimport (engine/*.py modules count as
+    "engine"; engine/errors.py is the leaf everyone may use)."""
+    import re
+    pattern = re.compile(r"^\s*(?:from\s+(engine(?:\.\w+)*)\s+c?import|c?import\s+(engine(?:\.\w+)*))",
+                         re.M)
+
+    def node(module: str) -> str:
+        parts = module.split(".")
+        if len(parts) > 1 and (ROOT / "engine" / parts[1]).is_dir():
+            return "engine." + parts[1]
+        return "engine.errors" if parts[1:2] == ["errors"] else "engine"
+
+    edges: dict = {}
+    for path in (ROOT / "engine").rglob("*"):
+        if path.suffix not in (".py", ".pyx", ".pxd"):
+            continue
+        rel = path.relative_to(ROOT).with_suffix("")
+        src = node(".".join(rel.parts))
+        for a, b in pattern.findall(path.read_text()):
+            dst = node(a or b)
+            if dst != src:
+                edges.setdefault(src, set()).add(dst)
+    return edges
+
+
+def test_engine_subpackages_import_one_way():
+    """DESIGN.md: control -> filters -> chain -> {upstream, stores} -> wire/ext; the codec
+    (http) -> chain. A cycle, even through a lazy import, fails here."""
+    edges = _imports_between_subpackages()
+    state: dict = {}
+    path: list = []
+
+    def visit(n):
+        state[n] = "open"
+        path.append(n)
+        for m in sorted(edges.get(n, ())):
+            if state.get(m) == "open":
+                raise AssertionError("import cycle: " + " -> ".join(path[path.index(m):] + [m]))
+            if m not in state:
+                visit(m)
+        path.pop()
+        state[n] = "done"
+
+    for n in sorted(edges):
+        if n not in state:
+            visit(n)
+    assert "engine.filters" not in edges.get("engine.chain", ())
+    assert edges.get("engine.wire", set()) <= {"engine.errors"}  # a leaf

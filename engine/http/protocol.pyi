@@ -1,28 +1,21 @@
 from collections import deque
 
-from engine.http.exchange import Exchange
-from engine.upstream.connection import UpstreamConnection
+from engine.chain.context import RequestContext, Stream
 
-class ClientProtocol:
-    """One per client connection: an asyncio protocol (by duck typing) fed by httptools."""
+class ClientProtocol(Stream):
+    """The HTTP/1.1 codec, one per client connection: an asyncio protocol (by duck typing)
+    fed by httptools."""
 
-    worker: object
     transport: object
     parser: object
-    peer_ip: str
-    peer_ip_bytes: bytes
-    trusted: bool
-    ex: Exchange | None
-    active: Exchange | None
-    queue: deque[Exchange] | None
-    paused: int
-    deadline: float
+    ex: RequestContext | None
+    active: RequestContext | None
+    queue: deque[RequestContext] | None
     requests: int
+    tunnel_pending: list[bytes] | None
     in_head: bool
     broken: bool
-    tunnel: UpstreamConnection | None
-    closed: bool
-    write_paused: bool
+    tunnel: object | None
     lingering: bool
     host_key: tuple[bytes | None, str]
     stalled: int
@@ -41,14 +34,12 @@ class ClientProtocol:
     @property
     def client_header_timeout(self) -> float: ...
     @property
-    def client_body_timeout(self) -> float: ...
-    @property
     def keepalive_timeout(self) -> float: ...
     @property
     def send_timeout(self) -> float: ...
     @property
     def lingering_timeout(self) -> float: ...
-    def __init__(self, worker: object) -> None: ...
+    def __init__(self, worker: object, listener: object = ...) -> None: ...
     def connection_made(self, transport: object) -> None: ...
     def data_received(self, data: bytes) -> None: ...
     def eof_received(self) -> None: ...

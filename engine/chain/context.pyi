@@ -1,0 +1,89 @@
+from typing import Any, Awaitable
+
+from engine.errors import Response
+from engine.upstream.call import Sink, UpstreamCall
+from engine.upstream.upstream import Server, Upstream
+
+PENDING_LIMIT: int
+
+class BodyTooLarge(Exception): ...
+
+class Stream:
+    """The codec seam: the client connection a RequestContext answers on."""
+
+    worker: Any
+    listener: Any
+    peer_ip: str
+    peer_ip_bytes: bytes
+    trusted: bool
+    scheme: bytes
+    closed: bool
+    write_paused: bool
+    paused: int
+    deadline: float
+    client_body_timeout: float
+    def close(self) -> None: ...
+    def abort(self) -> None: ...
+
+class Chain:
+    """A route's compiled filters: each hook's bound methods in the order they run."""
+
+    request: tuple[tuple[int, Any], ...]
+    response: tuple[tuple[int, Any], ...]
+    response_body: tuple[tuple[int, Any], ...]
+    log: tuple[Any, ...]
+    filters: tuple[Any, ...]
+    body_limit: int
+    body_buffered: bool
+    def __init__(self, filters: list) -> None: ...
+    def __len__(self) -> int: ...
+
+class RequestContext(Sink):
+    """One request: the whole filter API (``ctx``)."""
+
+    stream: Stream
+    rt: Any
+    version: str
+    keep_alive: bool
+    headers: list[tuple[bytes, bytes]]
+    host: bytes | None
+    connection: list[bytes] | None
+    expect_continue: bool
+    xff: bytes | None
+    forwarded: dict[bytes, bytes] | None
+    traceparent: bytes | None
+    tracestate: bytes | None
+    trace_id: bytes | None
+    trace_flags: bytes | None
+    client_ip: str
+    path: str
+    query: bytes
+    route: Any
+    params: dict[str, str] | None
+    miss: str | None
+    allow: tuple[bytes, ...] | None
+    chain: Chain | None
+    upstream: Upstream | str | None
+    consumer: Any
+    vars: dict | None
+    finish_hooks: list | None
+    finish_upstream: bool
+    status: int
+    head_sent: bool
+    response_complete: bool
+    bytes_out: int
+    close_after: bool
+    error: str | None
+    ran: int
+    t_start: float
+    task: Any
+    body_waiter: Any
+    body_limit: int
+    @property
+    def server(self) -> Server | None: ...
+    def read_body(self, limit: int) -> Awaitable[bytes]: ...
+    def add_finish_hook(self, fn: Any) -> None: ...
+    def fetch(self, upstream: Upstream | str, method: bytes | str, path: bytes | str,
+              headers: Any = ..., body: bytes | None = ...,
+              max_body: int = ...) -> Awaitable[Response]: ...
+    def respond(self, resp: Response) -> None: ...
