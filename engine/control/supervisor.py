@@ -20,9 +20,11 @@ accepting as soon as the old workers start draining.
 
 Threads: the admin API runs in threads of this process, and this process forks. Admin threads
 never write to stderr and only take locks the forked child never touches; reloads, forks and
-reaping all happen on the main thread, which admin threads reach through ``self.inbox``.
+reaping all happen on the main thread, which admin threads reach through ``self.inbox`` (and
+``self.notes`` for what they have to log).
 """
 
+import collections
 import os
 import queue
 import shutil
@@ -80,6 +82,7 @@ class Supervisor:
         self.retired = Totals()  # counters of workers that exited
         self.stats_lock = threading.Lock()
         self.inbox: queue.Queue = queue.Queue()
+        self.notes: collections.deque = collections.deque()  # log lines from admin threads
         self.watch = None
         if self.config_path is not None and digest is None:
             try:
@@ -225,6 +228,8 @@ class Supervisor:
                 pass
             else:
                 reply(self.reload(trigger))
+            while self.notes:
+                log(self.notes.popleft())
             if self.hup:
                 self.hup = False
                 self.reload("SIGHUP")
@@ -397,6 +402,10 @@ class Supervisor:
         return dict(self.last_reload)
 
     # -- what the admin API asks (from its threads) ----------------------------------------
+
+    def log_soon(self, message: str) -> None:
+        """Have the main thread log ``message`` (admin threads never write to stderr)."""
+        self.notes.append(message)
 
     def request_reload(self, trigger: str, timeout: float) -> dict | None:
         """Have the main thread reload; wait for its result (None if it did not answer)."""
