@@ -145,3 +145,61 @@ def test_a_busy_port_is_refused_not_shared(tmp_path):
         assert b"cannot listen" in proxy.stderr and b"in use" in proxy.stderr
     finally:
         holder.close()
+
+
+# -- an unusable access-log path (issue 20) ------------------------------------------------------
+
+def _with_access_log(text: str, path) -> str:
+    return text.replace('access_log = "off"', f'access_log = "{path}"')
+
+
+def test_check_refuses_an_access_log_it_cannot_open_naming_key_path_and_error(tmp_path):
+    missing = tmp_path / "no-such-dir" / "access.log"
+    config = tmp_path / "c.toml"
+    for path, error in [(missing, b"No such file or directory"), (tmp_path, b"Is a directory")]:
+        config.write_text(_with_access_log(GOOD.format(workers=1, url="http://127.0.0.1:1"),
+                                           path))
+        result = check(config)
+        assert result.returncode == 1
+        assert (b'server.access_log: cannot open "%s" for appending: ' % str(path).encode()
+                + error) in result.stderr
+
+
+def test_run_refuses_an_access_log_it_cannot_open(tmp_path):
+    import subprocess
+    import sys
+
+    missing = tmp_path / "no-such-dir" / "access.log"
+    config = tmp_path / "c.toml"
+    config.write_text(_with_access_log(GOOD.format(workers=2, url="http://127.0.0.1:1"),
+                                       missing).replace("[server]", '[server]\nlisten = '
+                                                                    '"127.0.0.1:0"'))
+    result = subprocess.run([sys.executable, "-m", "engine", "run", "-c", str(config)],
+                            capture_output=True, timeout=30)
+    assert result.returncode == 1
+    assert b'server.access_log: cannot open "%s"' % str(missing).encode() in result.stderr
+    assert b"listening" not in result.stderr
+
+
+def test_a_reload_to_an_unusable_access_log_keeps_the_running_config(tmp_path):
+    log = tmp_path / "access.log"
+    good = _with_access_log(GOOD.format(workers=1, url="http://127.0.0.1:1"), log) + """
+[[routes]]
+name = "health"
+paths = ["/healthz"]
+[routes.static]
+body = "ok"
+"""
+    good = good.replace('upstream = "app"', 'upstream = "app"\npaths = ["/app/*"]')
+    with CliProxy(tmp_path, good) as p:
+        bad = _with_access_log(good.replace(f'"{log}"', '"off"'),
+                               tmp_path / "gone" / "access.log").replace('body = "ok"',
+                                                                         'body = "new"')
+        p.write_config(bad)
+        code, body = p.admin("POST", "/reload")
+        assert code == 422
+        assert body["error"]["errors"][0]["path"] == "server.access_log"
+        with Conn(p.port) as c:
+            assert c.request("GET", "/healthz").body == b"ok"
+        assert _wait_for(lambda: b'"path":"/healthz"' in log.read_bytes())
+        assert not (tmp_path / "gone").exists()
