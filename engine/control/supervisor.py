@@ -43,6 +43,15 @@ from engine.control.schema import ConfigError
 from engine.control.snapshot import Runtime
 
 
+# A worker that dies before it serves is restarted after BACKOFF_FIRST, doubling per failure
+# in a row up to BACKOFF_MAX; if no worker ever served and each failed STARTUP_TRIES times,
+# the supervisor exits 1 with the last error rather than loop (nothing would ever serve).
+BACKOFF_FIRST = 0.1
+BACKOFF_MAX = 10.0
+STARTUP_TRIES = 3
+WORKER_ERROR_FILE = "worker-{pid}.error"  # in the run directory: why a worker died
+
+
 def log(message: str) -> None:
     sys.stderr.write(f"edgeproxy[{os.getpid()}]: {message}\n")
     sys.stderr.flush()
@@ -79,6 +88,11 @@ class Supervisor:
         self.reloads = {"ok": 0, "failed": 0, "unchanged": 0}
         self.last_reload = None
         self.worker_restarts = 0
+        self.starting: dict[int, int] = {}  # pid -> index of workers not serving yet
+        self.start_failures: dict[int, int] = {}  # index -> startup failures in a row
+        self.restart_due: dict[int, float] = {}  # index -> when its back-off ends
+        self.announced = False  # "listening" is logged once a worker serves
+        self.last_worker_error = None
         self.retired = Totals()  # counters of workers that exited
         self.stats_lock = threading.Lock()
         self.inbox: queue.Queue = queue.Queue()
@@ -156,7 +170,15 @@ class Supervisor:
                         sock.close()
                 code = target()
             except BaseException as exc:  # a worker must report, then die
-                log(f"process failed: {exc!r}")
+                # str() of an OSError names its path; repr() does not.
+                error = f"{exc.__class__.__name__}: {exc}"
+                log(f"process failed: {error}")
+                if self.rundir is not None:
+                    try:
+                        with open(self._error_path(os.getpid()), "w") as f:
+                            f.write(error)
+                    except OSError:
+                        pass
             finally:
                 sys.stdout.flush()
                 sys.stderr.flush()
@@ -175,6 +197,7 @@ class Supervisor:
 
         pid = self._fork(target, socks)
         self.workers[pid] = index
+        self.starting[pid] = index
 
     # -- main loop -----------------------------------------------------------------------
 
@@ -218,7 +241,6 @@ class Supervisor:
         if self.admin is not None:
             self.admin.start()
             log(f"admin API on {self.admin.host}:{self.admin.port}")
-        log(f"listening on {self.host}:{self.port} with {count} worker(s)")
         self._set_watch()
         restarts: list[float] = []
         while not self.stopping:
@@ -240,8 +262,14 @@ class Supervisor:
                 self._fold(pid)
                 if pid in self.workers and not self.stopping:
                     index = self.workers.pop(pid)
-                    log(f"worker {pid} exited ({_describe(status)}); restarting")
                     self.worker_restarts += 1
+                    error = self._worker_error(pid)
+                    if self.starting.pop(pid, None) is not None:
+                        if self._startup_failed(pid, index, status, error):
+                            return self._shutdown(1)
+                        continue
+                    log(f"worker {pid} exited ({_describe(status)}"
+                        + (f": {error}" if error else "") + "); restarting")
                     now = time.monotonic()
                     restarts = [t for t in restarts if now - t < 10] + [now]
                     if len(restarts) > 10 * len(self.workers) + 10:
@@ -250,7 +278,61 @@ class Supervisor:
                 elif pid in self.retiring:
                     self.retiring.discard(pid)
                     log(f"old worker {pid} drained ({_describe(status)})")
+            self._started()
         return self._shutdown()
+
+    def _started(self) -> None:
+        """Note the workers that serve now (their first snapshot is out), start those whose
+        back-off ended, and log "listening" once every worker serves or has failed."""
+        for pid, index in list(self.starting.items()):
+            if os.path.exists(self._stats_path(pid)):
+                del self.starting[pid]
+                self.start_failures[index] = 0
+        now = time.monotonic()
+        for index, due in list(self.restart_due.items()):
+            if now >= due:
+                del self.restart_due[index]
+                self._start_worker(index)
+        # Once one worker serves and none is on its first try (a failing one is logged).
+        if not self.announced and len(self.starting) < len(self.workers) and all(
+                self.start_failures.get(index) for index in self.starting.values()):
+            self.announced = True
+            count = worker_count(self.cfg.server.workers)
+            log(f"listening on {self.host}:{self.port} with {count} worker(s)")
+
+    def _startup_failed(self, pid: int, index: int, status: int, error: str | None) -> bool:
+        """A worker died before it served: restart it after an exponential back-off, so a
+        fault that kills every start (a log directory gone) costs no CPU spin. True when no
+        worker ever served and each failed STARTUP_TRIES times: the supervisor gives up."""
+        failures = self.start_failures[index] = self.start_failures.get(index, 0) + 1
+        why = error or _describe(status)
+        self.last_worker_error = {"time": time.time(), "pid": pid, "index": index,
+                                  "message": why}
+        count = worker_count(self.cfg.server.workers)
+        if not self.announced and all(self.start_failures.get(i, 0) >= STARTUP_TRIES
+                                      for i in range(count)):
+            log(f"every worker failed at startup ({STARTUP_TRIES} tries each); "
+                f"last error: {why}")
+            return True
+        delay = min(BACKOFF_FIRST * 2 ** (failures - 1), BACKOFF_MAX)
+        self.restart_due[index] = time.monotonic() + delay
+        log(f"worker {pid} failed during startup ({_describe(status)}): {why}; "
+            f"restarting in {delay:g} s")
+        return False
+
+    def _error_path(self, pid: int) -> str:
+        return os.path.join(self.rundir, WORKER_ERROR_FILE.format(pid=pid))
+
+    def _worker_error(self, pid: int) -> str | None:
+        """The error an exited worker reported (and forget it)."""
+        path = self._error_path(pid)
+        try:
+            with open(path) as f:
+                error = f.read()
+            os.unlink(path)
+        except OSError:
+            return None
+        return error
 
     def _set_watch(self) -> None:
         if self.config_path is None or not self.cfg.server.watch_config:
@@ -481,12 +563,13 @@ class Supervisor:
             "last_reload": self.last_reload,
             "reloads": dict(self.reloads),
             "worker_restarts": self.worker_restarts,
+            "last_worker_error": self.last_worker_error,
             "workers": workers,
         }
 
     # -- stop ------------------------------------------------------------------------------
 
-    def _shutdown(self) -> int:
+    def _shutdown(self, code: int = 0) -> int:
         log("stopping: draining workers")
         if self.admin is not None:
             self.admin.stop()
@@ -505,11 +588,15 @@ class Supervisor:
                 self.retiring.discard(pid)
         for pid in list(self.workers) + list(self.retiring):
             _kill(pid, signal.SIGKILL)
+            try:
+                os.waitpid(pid, 0)  # gone, so it writes nothing into the run directory now
+            except ChildProcessError:
+                pass
         self._stop_demo()
         for sock in self.listeners:
             sock.close()
-        log("stopped")
-        return 0
+        log("stopped" if code == 0 else f"stopped (exit status {code})")
+        return code
 
     def _stop_demo(self) -> None:
         if self.demo_pid is not None:

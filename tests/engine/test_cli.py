@@ -203,3 +203,60 @@ body = "ok"
             assert c.request("GET", "/healthz").body == b"ok"
         assert _wait_for(lambda: b'"path":"/healthz"' in log.read_bytes())
         assert not (tmp_path / "gone").exists()
+
+
+# -- workers that fail at startup (issue 20) -------------------------------------------------------
+
+def test_a_worker_failing_at_startup_is_restarted_with_exponential_backoff(tmp_path):
+    """The access log's folder goes away while the proxy runs: each new worker dies opening
+    it, and is retried ever more slowly (not three times a second) until the folder is back."""
+    import re
+    import shutil
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    text = _with_access_log(GOOD.format(workers=1, url="http://127.0.0.1:1"),
+                            logs / "access.log") + '\n[[routes]]\nname = "h"\npaths = ["/h"]\n' \
+                                                   '[routes.static]\nbody = "ok"\n'
+    text = text.replace('upstream = "app"', 'upstream = "app"\npaths = ["/app/*"]')
+    with CliProxy(tmp_path, text) as p:
+        assert _wait_for(lambda: len(_children(p.proc.pid)) == 1)
+        shutil.rmtree(logs)
+        os.kill(_children(p.proc.pid)[0], 9)
+        assert p.wait_stderr(b"restarting in 0.4 s", 10)
+        failures = re.findall(rb"failed during startup \(status 1\): FileNotFoundError: "
+                              rb"\[Errno 2\] No such file or directory: '([^']+)'; "
+                              rb"restarting in ([\d.]+) s", p.read_stderr())
+        assert [delay for _, delay in failures[:3]] == [b"0.1", b"0.2", b"0.4"]
+        assert {path for path, _ in failures} == {str(logs / "access.log").encode()}
+        assert p.proc.poll() is None  # the supervisor keeps trying
+        status = p.admin("GET", "/status")[1]
+        assert str(logs / "access.log") in status["last_worker_error"]["message"]
+        logs.mkdir()
+        with Conn(p.port, timeout=10) as c:  # queued on the supervisor's socket meanwhile
+            assert c.request("GET", "/h").body == b"ok"
+        assert p.stop() == 0
+
+
+def test_when_every_worker_fails_at_startup_run_exits_1_with_the_last_error(tmp_path):
+    """A broken install (uvloop, which only workers import, fails to import): nothing could
+    ever serve, so the supervisor must not log "listening" over a crash loop."""
+    import subprocess
+    import sys
+
+    broken = tmp_path / "broken" / "uvloop"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text('raise ImportError("uvloop is broken on this host")\n')
+    config = tmp_path / "c.toml"
+    config.write_text(GOOD.format(workers=2, url="http://127.0.0.1:1").replace(
+        "[server]", '[server]\nlisten = "127.0.0.1:0"') + '\n[admin]\nlisten = "127.0.0.1:0"\n')
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "broken")}
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "engine", "run", "-c", str(config)],
+                            capture_output=True, timeout=30, env=env)
+    assert result.returncode == 1, result.stderr
+    assert (b"every worker failed at startup (3 tries each); last error: ImportError: "
+            b"uvloop is broken on this host") in result.stderr
+    assert b"listening" not in result.stderr
+    assert result.stderr.count(b"failed during startup") == 5  # the 6th ends it
+    assert time.monotonic() - started < 15
