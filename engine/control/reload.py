@@ -81,7 +81,8 @@ def probe_files(cfg) -> list:
     if dest in ("stdout", "stderr", "off"):
         return []
     try:
-        os.close(os.open(dest, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644))
+        # O_NONBLOCK: a FIFO nobody reads fails (ENXIO) instead of hanging `check`.
+        os.close(os.open(dest, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK, 0o644))
     except OSError as exc:
         return [("server.access_log", f'cannot open "{dest}" for appending: {exc.strerror} '
                                       f"(errno {exc.errno})")]

@@ -156,7 +156,10 @@ def _with_access_log(text: str, path) -> str:
 def test_check_refuses_an_access_log_it_cannot_open_naming_key_path_and_error(tmp_path):
     missing = tmp_path / "no-such-dir" / "access.log"
     config = tmp_path / "c.toml"
-    for path, error in [(missing, b"No such file or directory"), (tmp_path, b"Is a directory")]:
+    fifo = tmp_path / "nobody-reads"
+    os.mkfifo(fifo)
+    for path, error in [(missing, b"No such file or directory"), (tmp_path, b"Is a directory"),
+                        (fifo, b"No such device or address")]:
         config.write_text(_with_access_log(GOOD.format(workers=1, url="http://127.0.0.1:1"),
                                            path))
         result = check(config)
