@@ -41,6 +41,7 @@ from engine.control.metrics import STATS_FILE, Totals, read_snapshots
 from engine.control.reload import FileWatch, digest_of, load_candidate, publish
 from engine.control.schema import ConfigError
 from engine.control.snapshot import Runtime
+from engine.upstream.health import STATE_NAMES as CIRCUIT_STATES
 
 
 # A worker that dies before it serves is restarted after BACKOFF_FIRST, doubling per failure
@@ -535,6 +536,9 @@ class Supervisor:
 
     def status(self) -> dict:
         snaps = read_snapshots(self.rundir)
+        gauges = Totals()
+        for snap in snaps.values():
+            gauges.add_gauges(snap)
         workers = []
         current = dict(self.workers)
         for pid in sorted(set(current) | self.retiring):
@@ -549,6 +553,7 @@ class Supervisor:
                 "requests": sum(sum(r["requests"]) for r in snap["routes"].values())
                 if snap else None,
                 "reported": snap["time"] if snap else None,
+                "redis_breaker": _circuit_name(snap.get("redis_breaker") if snap else None),
             })
         return {
             "version": __version__,
@@ -564,6 +569,7 @@ class Supervisor:
             "reloads": dict(self.reloads),
             "worker_restarts": self.worker_restarts,
             "last_worker_error": self.last_worker_error,
+            "redis_breaker": _circuit_name(gauges.redis_breaker),
             "workers": workers,
         }
 
@@ -629,6 +635,10 @@ def _wait_listening(addresses, timeout: float) -> None:
                 break
             except OSError:
                 time.sleep(0.02)
+
+
+def _circuit_name(state: int | None) -> str | None:
+    return None if state is None else CIRCUIT_STATES[state]
 
 
 def _kill(pid: int, sig) -> None:

@@ -28,6 +28,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import hiredis
 
+from engine.stores.breaker_log import BreakerLog
+
 
 class StoreUnavailable(Exception):
     """Redis did not answer in time, errored, or its breaker is open."""
@@ -182,6 +184,8 @@ class RedisStore:
         self._failures = 0
         self._open_until = 0.0
         self._shas = {}  # Lua source -> its SHA1 hex, as EVALSHA wants it
+        host, port, path, db = self._address[:4]
+        self.breaker_log = BreakerLog(f"{path or f'{host}:{port}'}/{db}")
 
     def key(self, *parts: str) -> str:
         """A namespaced key. ``parts[0]`` goes in a hash tag, so every key of one limit or
@@ -233,12 +237,14 @@ class RedisStore:
                 conn.send(hiredis.pack_command(("EVAL", source, len(keys), *keys, *args)),
                           fut, deadline)
                 reply = await fut
-        except StoreUnavailable:
-            self._failed()
+        except StoreUnavailable as exc:
+            self._failed(str(exc))
             raise
         if reply.__class__ is _ErrorReply:
-            self._failed()
+            self._failed(reply.args[0])
             raise StoreError(f"redis: {reply.args[0]}")
+        if self._failures >= self._trip:
+            self._breaker_changed(False)
         self._failures = 0
         return reply
 
@@ -250,10 +256,24 @@ class RedisStore:
         if task is not None and not task.done():
             task.cancel()
 
-    def _failed(self) -> None:
+    def _failed(self, error: str) -> None:
         self._failures += 1
         if self._failures >= self._trip:
             self._open_until = self.clock() + self.cfg.breaker_cooldown
+            if self._failures == self._trip:
+                self._breaker_changed(True, error)
+
+    @property
+    def breaker_state(self) -> int:
+        """0 closed, 1 open, 2 half-open (a probe may go): engine.upstream.health's numbers."""
+        if self._failures < self._trip:
+            return 0
+        return 1 if self.clock() < self._open_until else 2
+
+    def _breaker_changed(self, opened: bool, error: str = "") -> None:
+        """Where the breaker opens (from closed) or closes: tell the operator, rate-bounded."""
+        self.breaker_log.changed(opened, self.clock(), error)
+        self.breaker_log.flush_later(asyncio.get_running_loop(), self.clock)
 
     async def _connect(self, loop, deadline: float) -> _Connection:
         # Callers arriving while a connect is under way share it, each bounded by its own
