@@ -116,9 +116,13 @@ class Supervisor:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         if probe and port:
             # SO_REUSEPORT would let a second edgeproxy join this port's group silently;
-            # a plain bind first makes a busy port an error, as nginx reports it.
+            # a bind without it first makes a busy port an error, as nginx reports it.
+            # SO_REUSEADDR still: it lets a port with TIME_WAIT connections (a proxy that
+            # just stopped) be bound, yet not one a live listener holds (Linux refuses
+            # SO_REUSEADDR against a socket in LISTEN).
             s = socket.socket(family, socket.SOCK_STREAM)
             try:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 s.bind((host, port))
             finally:
                 s.close()

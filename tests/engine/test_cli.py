@@ -263,3 +263,67 @@ def test_when_every_worker_fails_at_startup_run_exits_1_with_the_last_error(tmp_
     assert b"listening" not in result.stderr
     assert result.stderr.count(b"failed during startup") == 5  # the 6th ends it
     assert time.monotonic() - started < 15
+
+
+# -- restarts on the same port (issue 11) ----------------------------------------------------------
+
+def _time_wait_on(port: int) -> int:
+    """Connections in TIME_WAIT (state 06) whose local port is ``port``."""
+    count = 0
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            if state == "06" and int(local.split(":")[1], 16) == port:
+                count += 1
+    return count
+
+
+def _on_port(port: int) -> str:
+    return GOOD.format(workers=1, url="http://127.0.0.1:1").replace(
+        "[server]", f'[server]\nlisten = "127.0.0.1:{port}"') + \
+        '\n[[routes]]\nname = "h"\npaths = ["/h"]\n[routes.static]\nbody = "ok"\n'
+
+
+def test_a_restart_on_the_same_port_works_at_once_despite_time_wait(tmp_path):
+    """The proxy closed connections itself (Connection: close), so the stopped proxy's port
+    has TIME_WAIT entries for a minute; starting again must not wait that out (nginx sets
+    SO_REUSEADDR on its listeners for this)."""
+    text = GOOD.format(workers=1, url="http://127.0.0.1:1") + \
+        '\n[[routes]]\nname = "h"\npaths = ["/h"]\n[routes.static]\nbody = "ok"\n'
+    (tmp_path / "first").mkdir()
+    with CliProxy(tmp_path / "first", text) as p:
+        port = p.port
+        for _ in range(3):
+            with Conn(port) as c:
+                c.send(b"GET /h HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+                assert c.response().status == 200
+                assert c.closed(2.0)  # the proxy closed first: TIME_WAIT is on its side
+        assert p.stop() == 0
+    assert _time_wait_on(port) > 0
+    (tmp_path / "again").mkdir()
+    with CliProxy(tmp_path / "again", _on_port(port), start_timeout=5) as p, Conn(port) as c:
+        assert p.port == port
+        assert c.request("GET", "/h").body == b"ok"
+
+
+def test_a_second_live_instance_on_the_same_port_is_refused(tmp_path):
+    (tmp_path / "first").mkdir()
+    with CliProxy(tmp_path / "first", GOOD.format(workers=2, url="http://127.0.0.1:1") +
+                  '\n[[routes]]\nname = "h"\npaths = ["/h"]\n[routes.static]\nbody = "ok"\n'
+                  ) as first:
+        (tmp_path / "second").mkdir()
+        second = CliProxy(tmp_path / "second", _on_port(first.port), start_timeout=5)
+        try:
+            second.__enter__()
+            started = True
+        except RuntimeError:
+            started = False
+        finally:
+            second.__exit__(None, None, None)
+        assert not started
+        assert second.returncode == 1
+        assert b"cannot listen on 127.0.0.1:%d: Address already in use" % first.port \
+            in second.stderr
+        for _ in range(6):  # the first still has the port to itself
+            with Conn(first.port) as c:
+                assert c.request("GET", "/h").body == b"ok"
