@@ -47,6 +47,7 @@ from engine.control.config import check_header_name
 from engine.control.schema import Duration, Size, key
 from engine.errors import error_response
 from engine.http.messages import Response
+from engine.stores import STORE_ERROR_ALIASES, STORE_ERROR_POLICIES
 from engine.stores.idempotency import (
     CLAIMED, DONE, MISMATCH, MemoryStore, RedisStore, Stored)
 from engine.stores.redis import StoreUnavailable
@@ -123,9 +124,10 @@ class Config:
                                "instances)", choices=("memory", "redis"))
     memory_size: Size = key(64 << 20, "bytes of responses the memory store keeps per route "
                                       "and worker (LRU)", min=1)
-    on_store_error: str | None = key(None, 'Redis unreachable: "reject" (503) or "pass" '
-                                           '(unprotected); default reject when required, '
-                                           "else pass", choices=("reject", "pass"))
+    on_store_error: str | None = key(None, 'Redis unreachable: "deny" (503) or "allow" '
+                                           '(unprotected); default deny when required, '
+                                           "else allow", choices=STORE_ERROR_POLICIES,
+                                     aliases=STORE_ERROR_ALIASES)
 
 
 def parse_key(raw: bytes, bare_ok: bool) -> str | None:
@@ -208,7 +210,7 @@ class Filter(FilterBase):
         self.caller = compile_key(cfg.caller) if cfg.caller else None
         self.route = route_cfg.name.encode()
         self.reject_on_error = (cfg.on_store_error or
-                                ("reject" if cfg.required else "pass")) == "reject"
+                                ("deny" if cfg.required else "allow")) == "deny"
         if cfg.store == "redis":
             self.store = shared.keep(("idempotency", "redis", shared.redis),
                                      lambda: RedisStore(shared.redis))
@@ -310,7 +312,7 @@ class Filter(FilterBase):
                     return error_response("store_unavailable", rid,
                                           "the idempotency store is unreachable; retry later",
                                           self.retry_after)
-                return None  # on_store_error = "pass": served unprotected
+                return None  # on_store_error = "allow": served unprotected
             if kind == CLAIMED:
                 self._count("claimed")
                 claimed = _Claimed(rkey, owner)
