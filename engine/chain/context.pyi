@@ -1,7 +1,8 @@
-from typing import Any, Awaitable
+from typing import Any
+from collections.abc import Awaitable
 
 from engine.errors import Response
-from engine.upstream.call import Sink, UpstreamCall
+from engine.upstream.call import Sink
 from engine.upstream.upstream import Server, Upstream
 
 PENDING_LIMIT: int

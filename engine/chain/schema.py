@@ -28,10 +28,13 @@ _SIZE_RE = re.compile(r"^\s*(\d+)\s*([kKmMgG])?\s*$")
 _SIZE_UNITS = {None: 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3}
 
 
-def key(default=REQUIRED, doc="", *, min=None, max=None, choices=None, check=None):
+def key(default=REQUIRED, doc="", *, min=None, max=None, choices=None, aliases=None,
+        check=None):
     """A config key: its default, one-line description, bounds and an optional ``check``
-    (a function that returns the converted value or raises ValueError with the reason)."""
-    meta = {"doc": doc, "min": min, "max": max, "choices": choices, "check": check}
+    (a function that returns the converted value or raises ValueError with the reason).
+    ``aliases`` maps words still accepted to the choice they now spell (old names)."""
+    meta = {"doc": doc, "min": min, "max": max, "choices": choices, "aliases": aliases,
+            "check": check}
     return dataclasses.field(default=default, metadata=meta)
 
 
@@ -108,6 +111,9 @@ def convert(tp, value, path, errors, meta=None):
     if result is None or len(errors) > before or not meta:
         return result
     lo, hi, choices = meta.get("min"), meta.get("max"), meta.get("choices")
+    aliases = meta.get("aliases")
+    if aliases and result in aliases:
+        result = aliases[result]
     if lo is not None and result < lo:
         errors.append((path, f"must be at least {lo}, got {result!r}"))
     if hi is not None and result > hi:
@@ -256,6 +262,9 @@ def reference_markdown(cls, heading: str) -> list[str]:
             bounds.append(f"max {f.metadata['max']}")
         if f.metadata.get("choices"):
             bounds.append("one of " + ", ".join(f"`{c}`" for c in f.metadata["choices"]))
+        if f.metadata.get("aliases"):
+            bounds.append("also accepted: " + ", ".join(
+                f"`{old}` for `{new}`" for old, new in f.metadata["aliases"].items()))
         if bounds:
             doc += " (" + "; ".join(bounds) + ")"
         lines.append(f"| `{f.name}` | {_type_name(tp)} | {default} | {doc} |")

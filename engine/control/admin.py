@@ -12,46 +12,78 @@ refuses a non-loopback ``admin.listen`` without one.
 
 import dataclasses
 import hmac
+import os
 import re
 import socket
 import threading
 import time
+import traceback
 import typing
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
 from engine.control.config import parse_listen
+from engine.chain.schema import Duration, Size
+from engine.errors import CATALOG
 from engine.upstream.health import STATE_NAMES as CIRCUIT_STATES
 
 REDACTED = "<redacted>"
-_SECRET_RE = re.compile(r"(token|secret|password|passwd|credentials?|api_keys?|private_key)$")
+_SECRET_RE = re.compile(r"(token|secret|password|passwd|credentials?|api[_-]?keys?|private[_-]?key"
+                        r"|authorization|cookie)$", re.IGNORECASE)
 RELOAD_WAIT = 10.0  # POST /reload waits this long for every worker to apply the new config
 _NO_SUPERVISOR_REPLY = 30.0
 
 
 def config_json(obj, redact: bool = True):
-    """A config dataclass as plain JSON-able data; secret-looking keys are redacted."""
-    if not dataclasses.is_dataclass(obj):
-        if isinstance(obj, tuple):
-            return [config_json(v, redact) for v in obj]
+    """A config value as plain JSON data: durations in seconds, sizes in bytes, tables as
+    objects; secret-looking keys (and header names such as Authorization) redacted."""
+    if dataclasses.is_dataclass(obj):
+        out = {}
+        hints = typing.get_type_hints(type(obj))
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if f.name == "sections":
+                for name, section in value:
+                    out[name] = config_json(section, redact)
+            elif redact and value is not None and _SECRET_RE.search(f.name):
+                out[f.name] = REDACTED
+            elif dict in (typing.get_origin(hints[f.name]), *map(typing.get_origin,
+                                                                typing.get_args(hints[f.name]))):
+                # The schema keeps a table as (key, value) pairs, hashable like the rest.
+                out[f.name] = None if value is None else {
+                    k: REDACTED if redact and _SECRET_RE.search(k) else config_json(v, redact)
+                    for k, v in value}
+            else:
+                out[f.name] = config_json(value, redact)
+        return out
+    if isinstance(obj, tuple):
+        return [config_json(v, redact) for v in obj]
+    if type(obj) is str:
+        return _redact_userinfo(obj) if redact and "@" in obj else obj
+    # Before the subclasses: orjson refuses a float subclass (Duration) outright.
+    if isinstance(obj, bool) or obj is None or type(obj) in (int, float):
         return obj
-    out = {}
-    hints = typing.get_type_hints(type(obj))
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        if f.name == "sections":
-            for name, section in value:
-                out[name] = config_json(section, redact)
-            continue
-        if redact and value is not None and _SECRET_RE.search(f.name):
-            out[f.name] = REDACTED
-        elif typing.get_origin(hints[f.name]) is dict:
-            out[f.name] = {k: (REDACTED if redact and _SECRET_RE.search(k) else v)
-                           for k, v in value}
-        else:
-            out[f.name] = config_json(value, redact)
-    return out
+    if isinstance(obj, Duration):
+        return float(obj)
+    if isinstance(obj, Size):
+        return int(obj)
+    raise TypeError(f"config value of type {type(obj).__name__} has no JSON form")
+
+
+def _redact_userinfo(value: str) -> str:
+    """A URL's password (``redis://user:password@host``) redacted; other strings as they are."""
+    try:
+        parts = urlsplit(value)
+        password = parts.password
+    except ValueError:
+        return value
+    if not parts.scheme or password is None:
+        return value
+    user = parts.username or ""
+    netloc = f"{user}:{REDACTED}@{parts.netloc.rpartition('@')[2]}"
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 class AdminServer(ThreadingHTTPServer):
@@ -110,6 +142,7 @@ class AdminHandler(BaseHTTPRequestHandler):
         self._dispatch("HEAD")
 
     def _dispatch(self, method: str) -> None:
+        self.request_id = os.urandom(16).hex()  # as the data plane's: 32 hex digits
         length = self.headers.get("Content-Length")
         if length and length.isdigit() and int(length) <= 65536:
             self.rfile.read(int(length))  # bodies mean nothing here; keep the connection sane
@@ -134,8 +167,14 @@ class AdminHandler(BaseHTTPRequestHandler):
             return
         try:
             getattr(self, "handle_" + name)(sup)
-        except Exception as exc:  # the admin API reports; it must not kill the thread quietly
-            self._error(500, "internal_error", repr(exc))
+        except ConnectionError:
+            self.close_connection = True  # the client left mid-answer: nobody to tell
+        except Exception:  # the admin API reports; it must not kill the thread quietly
+            # The client gets the catalog's words and an id to quote; the exception text,
+            # which may name files and internals, goes with its traceback to the log only.
+            sup.log_soon(f"admin: {method} {path} failed (request_id {self.request_id}):\n"
+                         + traceback.format_exc().rstrip())
+            self._error(500, "internal_error", CATALOG["internal_error"][1])
 
     def _authorized(self, token: str) -> bool:
         given = self.headers.get("Authorization", "")
@@ -148,6 +187,7 @@ class AdminHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Request-ID", self.request_id)
         for name, value in headers:
             self.send_header(name, value)
         self.end_headers()
@@ -160,7 +200,8 @@ class AdminHandler(BaseHTTPRequestHandler):
 
     def _error(self, status: int, code: str, message: str, headers=(), **extra) -> None:
         body = orjson.dumps({"error": {"status": status, "code": code, "message": message,
-                                       **extra}}, option=orjson.OPT_INDENT_2) + b"\n"
+                                       "request_id": self.request_id, **extra}},
+                            option=orjson.OPT_INDENT_2) + b"\n"
         self._send(status, body, "application/json", headers)
 
     # -- endpoints -----------------------------------------------------------------------

@@ -37,6 +37,7 @@ def worker_snapshot(worker) -> dict:
                             int(s.available(now)), h.circuit.state if h.circuit else 0,
                             h.total_requests, h.total_failures))
         upstreams[up.name] = (up.budget.total, up.circuit.state if up.circuit else 0)
+    redis = worker.runtime.shared.redis
     return {
         "pid": os.getpid(),
         "time": time.time(),
@@ -46,6 +47,7 @@ def worker_snapshot(worker) -> dict:
         "routes": {name or "": st.to_dict() for name, st in worker.route_stats.items()},
         "servers": servers,
         "upstreams": upstreams,
+        "redis_breaker": redis.breaker.state if redis is not None else None,
         "events": [[family, route, counts]
                    for family, route, counts in worker.runtime.shared.counters()],
     }
@@ -99,6 +101,8 @@ class Totals:
         self.servers: dict[tuple[str, str], list[int]] = {}
         self.upstreams: dict[str, list[int]] = {}  # name -> [retries, worst circuit state]
         self.events: dict[tuple[str, str, str], int] = {}  # (family, route, event) -> n
+        self.redis_breaker = None  # worst state over workers; None: no worker uses Redis
+        self.redis_breaker_open = 0  # workers whose Redis breaker is open
 
     def add_counters(self, snap: dict) -> None:
         for family, route, counts in snap.get("events", ()):
@@ -131,6 +135,10 @@ class Totals:
             acc[3] = _worse(acc[3], circuit)
             acc[4] += requests
             acc[5] += failures
+        breaker = snap.get("redis_breaker")
+        if breaker is not None:
+            self.redis_breaker = _worse(self.redis_breaker or 0, breaker)
+            self.redis_breaker_open += breaker == 1
         for name, (retries, circuit) in snap.get("upstreams", {}).items():
             acc = self.upstreams.setdefault(name, [0, 0])
             acc[0] += retries
@@ -288,6 +296,15 @@ def render(totals: Totals, control: dict) -> str:
         for (fam, route, event), n in sorted(totals.events.items()):
             if fam == family:
                 out.sample(metric, n, (("route", route), (label, event)))
+
+    if totals.redis_breaker is not None:
+        out.family("edgeproxy_redis_breaker_state", "gauge",
+                   "Worst state of the workers' Redis breakers: 0 closed, 1 open (features "
+                   "apply on_store_error), 2 half-open.")
+        out.sample("edgeproxy_redis_breaker_state", totals.redis_breaker)
+        out.family("edgeproxy_redis_breaker_open_workers", "gauge",
+                   "Workers whose Redis breaker is open.")
+        out.sample("edgeproxy_redis_breaker_open_workers", totals.redis_breaker_open)
 
     out.family("edgeproxy_workers", "gauge", "Worker processes serving (draining not counted).")
     out.sample("edgeproxy_workers", control["workers"])

@@ -60,12 +60,33 @@ def load_candidate(path: str) -> Candidate:
         raise _with_digest(ConfigError([("", f"{path} is not UTF-8: {exc}")]), digest) from None
     try:
         cfg = parse(text, path)
+        problems = probe_files(cfg)
+        if problems:
+            raise ConfigError(problems)
         runtime = Runtime(cfg)  # compile too: what a worker would do must not fail there
     except ConfigError as exc:
         raise _with_digest(exc, digest) from None
     except Exception as exc:  # a compile bug must not take the supervisor down
         raise _with_digest(ConfigError([("", f"cannot compile: {exc!r}")]), digest) from None
     return Candidate(text, digest, cfg, runtime)
+
+
+def probe_files(cfg) -> list:
+    """(key_path, message) for each file the config names that cannot be opened now.
+
+    Opened as the workers will open them, creating a missing file as ``nginx -t`` does: a
+    path checked any other way could pass here and then kill every worker at start.
+    """
+    dest = cfg.server.access_log
+    if dest in ("stdout", "stderr", "off"):
+        return []
+    try:
+        # O_NONBLOCK: a FIFO nobody reads fails (ENXIO) instead of hanging `check`.
+        os.close(os.open(dest, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK, 0o644))
+    except OSError as exc:
+        return [("server.access_log", f'cannot open "{dest}" for appending: {exc.strerror} '
+                                      f"(errno {exc.errno})")]
+    return []
 
 
 def _with_digest(exc: ConfigError, digest):

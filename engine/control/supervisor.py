@@ -20,9 +20,11 @@ accepting as soon as the old workers start draining.
 
 Threads: the admin API runs in threads of this process, and this process forks. Admin threads
 never write to stderr and only take locks the forked child never touches; reloads, forks and
-reaping all happen on the main thread, which admin threads reach through ``self.inbox``.
+reaping all happen on the main thread, which admin threads reach through ``self.inbox`` (and
+``self.notes`` for what they have to log).
 """
 
+import collections
 import os
 import queue
 import shutil
@@ -39,6 +41,16 @@ from engine.control.metrics import STATS_FILE, Totals, read_snapshots
 from engine.control.reload import FileWatch, digest_of, load_candidate, publish
 from engine.chain.schema import ConfigError
 from engine.control.snapshot import Runtime
+from engine.upstream.health import STATE_NAMES as CIRCUIT_STATES
+
+
+# A worker that dies before it serves is restarted after BACKOFF_FIRST, doubling per failure
+# in a row up to BACKOFF_MAX; if no worker ever served and each failed STARTUP_TRIES times,
+# the supervisor exits 1 with the last error rather than loop (nothing would ever serve).
+BACKOFF_FIRST = 0.1
+BACKOFF_MAX = 10.0
+STARTUP_TRIES = 3
+WORKER_ERROR_FILE = "worker-{pid}.error"  # in the run directory: why a worker died
 
 
 def log(message: str) -> None:
@@ -77,9 +89,15 @@ class Supervisor:
         self.reloads = {"ok": 0, "failed": 0, "unchanged": 0}
         self.last_reload = None
         self.worker_restarts = 0
+        self.starting: dict[int, int] = {}  # pid -> index of workers not serving yet
+        self.start_failures: dict[int, int] = {}  # index -> startup failures in a row
+        self.restart_due: dict[int, float] = {}  # index -> when its back-off ends
+        self.announced = False  # "listening" is logged once a worker serves
+        self.last_worker_error = None
         self.retired = Totals()  # counters of workers that exited
         self.stats_lock = threading.Lock()
         self.inbox: queue.Queue = queue.Queue()
+        self.notes: collections.deque = collections.deque()  # log lines from admin threads
         self.watch = None
         if self.config_path is not None and digest is None:
             try:
@@ -98,9 +116,13 @@ class Supervisor:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         if probe and port:
             # SO_REUSEPORT would let a second edgeproxy join this port's group silently;
-            # a plain bind first makes a busy port an error, as nginx reports it.
+            # a bind without it first makes a busy port an error, as nginx reports it.
+            # SO_REUSEADDR still: it lets a port with TIME_WAIT connections (a proxy that
+            # just stopped) be bound, yet not one a live listener holds (Linux refuses
+            # SO_REUSEADDR against a socket in LISTEN).
             s = socket.socket(family, socket.SOCK_STREAM)
             try:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 s.bind((host, port))
             finally:
                 s.close()
@@ -153,7 +175,15 @@ class Supervisor:
                         sock.close()
                 code = target()
             except BaseException as exc:  # a worker must report, then die
-                log(f"process failed: {exc!r}")
+                # str() of an OSError names its path; repr() does not.
+                error = f"{exc.__class__.__name__}: {exc}"
+                log(f"process failed: {error}")
+                if self.rundir is not None:
+                    try:
+                        with open(self._error_path(os.getpid()), "w") as f:
+                            f.write(error)
+                    except OSError:
+                        pass
             finally:
                 sys.stdout.flush()
                 sys.stderr.flush()
@@ -172,6 +202,7 @@ class Supervisor:
 
         pid = self._fork(target, socks)
         self.workers[pid] = index
+        self.starting[pid] = index
 
     # -- main loop -----------------------------------------------------------------------
 
@@ -215,7 +246,6 @@ class Supervisor:
         if self.admin is not None:
             self.admin.start()
             log(f"admin API on {self.admin.host}:{self.admin.port}")
-        log(f"listening on {self.host}:{self.port} with {count} worker(s)")
         self._set_watch()
         restarts: list[float] = []
         while not self.stopping:
@@ -225,6 +255,8 @@ class Supervisor:
                 pass
             else:
                 reply(self.reload(trigger))
+            while self.notes:
+                log(self.notes.popleft())
             if self.hup:
                 self.hup = False
                 self.reload("SIGHUP")
@@ -235,8 +267,14 @@ class Supervisor:
                 self._fold(pid)
                 if pid in self.workers and not self.stopping:
                     index = self.workers.pop(pid)
-                    log(f"worker {pid} exited ({_describe(status)}); restarting")
                     self.worker_restarts += 1
+                    error = self._worker_error(pid)
+                    if self.starting.pop(pid, None) is not None:
+                        if self._startup_failed(pid, index, status, error):
+                            return self._shutdown(1)
+                        continue
+                    log(f"worker {pid} exited ({_describe(status)}"
+                        + (f": {error}" if error else "") + "); restarting")
                     now = time.monotonic()
                     restarts = [t for t in restarts if now - t < 10] + [now]
                     if len(restarts) > 10 * len(self.workers) + 10:
@@ -245,7 +283,61 @@ class Supervisor:
                 elif pid in self.retiring:
                     self.retiring.discard(pid)
                     log(f"old worker {pid} drained ({_describe(status)})")
+            self._started()
         return self._shutdown()
+
+    def _started(self) -> None:
+        """Note the workers that serve now (their first snapshot is out), start those whose
+        back-off ended, and log "listening" once every worker serves or has failed."""
+        for pid, index in list(self.starting.items()):
+            if os.path.exists(self._stats_path(pid)):
+                del self.starting[pid]
+                self.start_failures[index] = 0
+        now = time.monotonic()
+        for index, due in list(self.restart_due.items()):
+            if now >= due:
+                del self.restart_due[index]
+                self._start_worker(index)
+        # Once one worker serves and none is on its first try (a failing one is logged).
+        if not self.announced and len(self.starting) < len(self.workers) and all(
+                self.start_failures.get(index) for index in self.starting.values()):
+            self.announced = True
+            count = worker_count(self.cfg.server.workers)
+            log(f"listening on {self.host}:{self.port} with {count} worker(s)")
+
+    def _startup_failed(self, pid: int, index: int, status: int, error: str | None) -> bool:
+        """A worker died before it served: restart it after an exponential back-off, so a
+        fault that kills every start (a log directory gone) costs no CPU spin. True when no
+        worker ever served and each failed STARTUP_TRIES times: the supervisor gives up."""
+        failures = self.start_failures[index] = self.start_failures.get(index, 0) + 1
+        why = error or _describe(status)
+        self.last_worker_error = {"time": time.time(), "pid": pid, "index": index,
+                                  "message": why}
+        count = worker_count(self.cfg.server.workers)
+        if not self.announced and all(self.start_failures.get(i, 0) >= STARTUP_TRIES
+                                      for i in range(count)):
+            log(f"every worker failed at startup ({STARTUP_TRIES} tries each); "
+                f"last error: {why}")
+            return True
+        delay = min(BACKOFF_FIRST * 2 ** (failures - 1), BACKOFF_MAX)
+        self.restart_due[index] = time.monotonic() + delay
+        log(f"worker {pid} failed during startup ({_describe(status)}): {why}; "
+            f"restarting in {delay:g} s")
+        return False
+
+    def _error_path(self, pid: int) -> str:
+        return os.path.join(self.rundir, WORKER_ERROR_FILE.format(pid=pid))
+
+    def _worker_error(self, pid: int) -> str | None:
+        """The error an exited worker reported (and forget it)."""
+        path = self._error_path(pid)
+        try:
+            with open(path) as f:
+                error = f.read()
+            os.unlink(path)
+        except OSError:
+            return None
+        return error
 
     def _set_watch(self) -> None:
         if self.config_path is None or not self.cfg.server.watch_config:
@@ -398,6 +490,10 @@ class Supervisor:
 
     # -- what the admin API asks (from its threads) ----------------------------------------
 
+    def log_soon(self, message: str) -> None:
+        """Have the main thread log ``message`` (admin threads never write to stderr)."""
+        self.notes.append(message)
+
     def request_reload(self, trigger: str, timeout: float) -> dict | None:
         """Have the main thread reload; wait for its result (None if it did not answer)."""
         done = threading.Event()
@@ -444,6 +540,9 @@ class Supervisor:
 
     def status(self) -> dict:
         snaps = read_snapshots(self.rundir)
+        gauges = Totals()
+        for snap in snaps.values():
+            gauges.add_gauges(snap)
         workers = []
         current = dict(self.workers)
         for pid in sorted(set(current) | self.retiring):
@@ -458,6 +557,7 @@ class Supervisor:
                 "requests": sum(sum(r["requests"]) for r in snap["routes"].values())
                 if snap else None,
                 "reported": snap["time"] if snap else None,
+                "redis_breaker": _circuit_name(snap.get("redis_breaker") if snap else None),
             })
         return {
             "version": VERSION,
@@ -472,12 +572,14 @@ class Supervisor:
             "last_reload": self.last_reload,
             "reloads": dict(self.reloads),
             "worker_restarts": self.worker_restarts,
+            "last_worker_error": self.last_worker_error,
+            "redis_breaker": _circuit_name(gauges.redis_breaker),
             "workers": workers,
         }
 
     # -- stop ------------------------------------------------------------------------------
 
-    def _shutdown(self) -> int:
+    def _shutdown(self, code: int = 0) -> int:
         log("stopping: draining workers")
         if self.admin is not None:
             self.admin.stop()
@@ -496,11 +598,15 @@ class Supervisor:
                 self.retiring.discard(pid)
         for pid in list(self.workers) + list(self.retiring):
             _kill(pid, signal.SIGKILL)
+            try:
+                os.waitpid(pid, 0)  # gone, so it writes nothing into the run directory now
+            except ChildProcessError:
+                pass
         self._stop_demo()
         for sock in self.listeners:
             sock.close()
-        log("stopped")
-        return 0
+        log("stopped" if code == 0 else f"stopped (exit status {code})")
+        return code
 
     def _stop_demo(self) -> None:
         if self.demo_pid is not None:
@@ -533,6 +639,10 @@ def _wait_listening(addresses, timeout: float) -> None:
                 break
             except OSError:
                 time.sleep(0.02)
+
+
+def _circuit_name(state: int | None) -> str | None:
+    return None if state is None else CIRCUIT_STATES[state]
 
 
 def _kill(pid: int, sig) -> None:

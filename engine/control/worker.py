@@ -166,12 +166,15 @@ class Worker:
     def swap(self, runtime) -> None:
         """Serve new requests from ``runtime``; requests in flight keep theirs."""
         old = self.runtime
+        dest = runtime.config.server.access_log
+        reopen = dest != old.config.server.access_log
+        # First: a log that cannot be opened fails the swap before anything changed.
+        access_log = open_access_log(dest) if reopen else None
         self._attach_stats(runtime)
         self.runtime = runtime
         self.tick_interval = self._interval(runtime)
-        dest = runtime.config.server.access_log
-        if dest != old.config.server.access_log:
-            previous, self.access_log = self.access_log, open_access_log(dest)
+        if reopen:
+            previous, self.access_log = self.access_log, access_log
             if previous is not None:
                 previous.close()
         old.release_unused(runtime, self.spawn)

@@ -25,8 +25,12 @@ the -07 working-group text) and the behaviour payment APIs made familiar (Stripe
   upstream (connect failure or timeout, no server available); after it did (a read timeout, a
   connection lost mid-request) the outcome is unknown, and the claim is kept until its lease
   ends rather than inviting a second execution.
-- Records are looked up by a digest of route, caller and key (draft §4, composite key):
-  a caller cannot read another caller's responses by guessing its key.
+- Records are looked up by a digest of route, caller and key (draft §4, composite key).
+  The caller is the authenticated consumer, or what ``caller`` names; without either the
+  key alone, within the route: a retry from another address (a phone that changed networks,
+  a second load balancer, a NAT pool) is exactly the retry the key exists for, so scoping
+  by client address would execute it twice. Then a replay needs the key and an identical
+  request (the fingerprint); anything else with a used key gets 422.
 """
 
 import asyncio
@@ -42,6 +46,7 @@ from engine.chain.keys import check_key_spec, compile_key
 from engine.chain.schema import Duration, Size, check_header_name, key
 from engine.errors import error_response
 from engine.errors import Response
+from engine.stores import STORE_ERROR_ALIASES, STORE_ERROR_POLICIES
 from engine.stores.idempotency import (
     CLAIMED, DONE, MISMATCH, MemoryStore, RedisStore, Stored)
 from engine.stores.redis import StoreUnavailable
@@ -123,16 +128,18 @@ class Config:
                                                    "answer", check=_release)
     fingerprint_headers: tuple[str, ...] = key((), "request headers that are part of the "
                                                    "fingerprint", check=_headers)
-    caller: tuple[str, ...] = key((), "key parts naming the caller (engine.chain.keys, e.g. "
-                                      '["header:X-Api-Key"]); empty = the consumer, else the '
-                                      "client address", check=check_key_spec)
+    caller: tuple[str, ...] = key((), "key parts naming the caller, whose keys are kept apart "
+                                      '(e.g. ["header:X-Api-Key"], or ["ip"] for the client '
+                                      "address); empty = the authenticated consumer, else "
+                                      "none: the key alone, per route", check=check_key_spec)
     store: str = key("memory", '"memory" (this worker only) or "redis" (all workers and '
                                "instances)", choices=("memory", "redis"))
     memory_size: Size = key(64 << 20, "bytes of responses the memory store keeps per route "
                                       "and worker (LRU)", min=1)
-    on_store_error: str | None = key(None, 'Redis unreachable: "reject" (503) or "pass" '
-                                           '(unprotected); default reject when required, '
-                                           "else pass", choices=("reject", "pass"))
+    on_store_error: str | None = key(None, 'Redis unreachable: "deny" (503) or "allow" '
+                                           '(unprotected); default deny when required, '
+                                           "else allow", choices=STORE_ERROR_POLICIES,
+                                     aliases=STORE_ERROR_ALIASES)
 
 
 def parse_key(raw: bytes, bare_ok: bool) -> str | None:
@@ -216,7 +223,7 @@ class Filter(FilterBase):
         self.caller = compile_key(cfg.caller) if cfg.caller else None
         self.route = build.route.encode()
         self.reject_on_error = (cfg.on_store_error or
-                                ("reject" if cfg.required else "pass")) == "reject"
+                                ("deny" if cfg.required else "allow")) == "deny"
         if cfg.store == "redis":
             self.store = shared.keep(("idempotency", "redis", shared.redis),
                                      lambda: RedisStore(shared.redis))
@@ -272,7 +279,7 @@ class Filter(FilterBase):
         elif ctx.consumer is not None:
             who = "c:" + str(ctx.consumer)
         else:
-            who = "ip:" + ctx.client_ip
+            who = ""  # the route's key space (see the module docstring)
         h = hashlib.blake2b(digest_size=16)
         for part in (self.route, who.encode(), idem_key.encode()):
             h.update(b"%d:" % len(part))  # length-prefixed: no two splits digest alike
@@ -318,7 +325,7 @@ class Filter(FilterBase):
                     return error_response("store_unavailable", rid,
                                           "the idempotency store is unreachable; retry later",
                                           self.retry_after)
-                return None  # on_store_error = "pass": served unprotected
+                return None  # on_store_error = "allow": served unprotected
             if kind == CLAIMED:
                 self._count("claimed")
                 claimed = _Claimed(rkey, owner)

@@ -26,6 +26,7 @@ from engine.chain.keys import check_key_spec, compile_key
 from engine.chain.schema import REQUIRED, Duration
 from engine.chain.schema import key as setting  # "key" is also a field name here
 from engine.errors import error_response
+from engine.stores import STORE_ERROR_ALIASES, STORE_ERROR_POLICIES
 from engine.stores import ratelimit as rstore
 from engine.stores.ratelimit_memory import DAY, MONTH, LoadMonitor, QuotaTable, SlotTable
 from engine.stores.redis import StoreUnavailable
@@ -195,7 +196,8 @@ class Config:
     store: str = setting("memory", 'where counts live: "memory" (per worker) or "redis" (every '
                                "worker and host; needs [redis])", choices=("memory", "redis"))
     on_store_error: str = setting("allow", 'Redis down or slow: "allow" the request unlimited or '
-                                       '"deny" it with 429', choices=("allow", "deny"))
+                                       '"deny" it with 429', choices=STORE_ERROR_POLICIES,
+                                  aliases=STORE_ERROR_ALIASES)
     limits: tuple[LimitConfig, ...] = setting((), "the limits; all must pass",
                                           check=_check_limits)
     quota: QuotaConfig | None = setting(None, "daily and monthly quotas per key, by tier")

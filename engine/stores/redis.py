@@ -29,7 +29,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import hiredis
 
-from engine.upstream.health import CLOSED, Circuit
+from engine.stores.breaker_log import BreakerLog
+from engine.upstream.health import CLOSED, OPEN, Circuit
 
 
 class StoreUnavailable(Exception):
@@ -184,6 +185,8 @@ class RedisStore:
         self.breaker = Circuit(consecutive=cfg.breaker_failures, rate=0.0,
                                cooldown=cfg.breaker_cooldown, probes=1)
         self._shas = {}  # Lua source -> its SHA1 hex, as EVALSHA wants it
+        host, port, path, db = self._address[:4]
+        self.breaker_log = BreakerLog(f"{path or f'{host}:{port}'}/{db}")
 
     def key(self, *parts: str) -> str:
         """A namespaced key. ``parts[0]`` goes in a hash tag, so every key of one limit or
@@ -244,17 +247,17 @@ class RedisStore:
                 conn.send(hiredis.pack_command(("EVAL", source, len(keys), *keys, *args)),
                           fut, deadline)
                 reply = await fut
-        except StoreUnavailable:
-            breaker.record(False, self.clock(), token)
+        except StoreUnavailable as exc:
+            self._record(False, token, str(exc))
             raise
         except BaseException:
             # No verdict (the caller went away): a probe's slot is free for the next call.
             breaker.cancel(token)
             raise
         if reply.__class__ is _ErrorReply:
-            breaker.record(False, self.clock(), token)
+            self._record(False, token, reply.args[0])
             raise StoreError(f"redis: {reply.args[0]}")
-        breaker.record(True, self.clock(), token)
+        self._record(True, token)
         return reply
 
     async def close(self) -> None:
@@ -264,6 +267,15 @@ class RedisStore:
         task, self._connecting = self._connecting, None
         if task is not None and not task.done():
             task.cancel()
+
+    def _record(self, ok: bool, token, error: str = "") -> None:
+        breaker = self.breaker
+        was = breaker.state
+        breaker.record(ok, self.clock(), token)
+        if breaker.state != was and (breaker.state == CLOSED or was == CLOSED):
+            # Opened from closed, or closed again: tell the operator, rate-bounded.
+            self.breaker_log.changed(breaker.state == OPEN, self.clock(), error)
+            self.breaker_log.flush_later(asyncio.get_running_loop(), self.clock)
 
     async def _connect(self, loop, deadline: float) -> _Connection:
         # Callers arriving while a connect is under way share it, each bounded by its own

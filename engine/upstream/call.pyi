@@ -1,4 +1,5 @@
-from typing import Any, Awaitable
+from typing import Any
+from collections.abc import Awaitable
 
 from engine.errors import Response
 from engine.upstream.connection import UpstreamConnection

@@ -37,9 +37,9 @@ class Ledger:
         return (resp, self.delay) if self.delay else resp
 
 
-def post(port, key=KEY, body=b"amount=10", path="/pay", headers=(), timeout=5.0):
+def post(port, key=KEY, body=b"amount=10", path="/pay", headers=(), timeout=5.0, source=None):
     hs = [(b"Idempotency-Key", key)] if key is not None else []
-    with Conn(port, timeout) as c:
+    with Conn(port, timeout, source) as c:
         return c.request("POST", path, headers=hs + list(headers), body=body)
 
 
@@ -259,6 +259,30 @@ def test_callers_never_see_each_others_records(store):
         assert mallory.header(b"idempotent-replayed") is None
         assert mallory.body != alice.body
         assert post(port, headers=[(b"X-Api-Key", b"alice")]).body == alice.body
+        assert ledger.executed == 2
+
+
+def test_a_retry_from_another_address_replays_by_default(store):
+    """A phone that changed networks, a second load balancer, a NAT pool: the same key and
+    request from another client address is the retry the key is for (issue 11)."""
+    with Setup(store) as (ledger, port):
+        first = post(port, source="127.0.0.1")
+        again = post(port, source="127.0.0.2")
+        assert again.status == 201 and again.body == first.body
+        assert again.header(b"idempotent-replayed") == b"true"
+        assert ledger.executed == 1
+        # The key is not a free pass elsewhere: another request with it is refused.
+        assert_error(post(port, body=b"amount=99", source="127.0.0.2"), 422,
+                     "idempotency_mismatch")
+        assert ledger.executed == 1
+
+
+def test_caller_ip_keeps_scoping_keys_by_client_address(store):
+    with Setup(store, 'caller = ["ip"]\n') as (ledger, port):
+        first = post(port, source="127.0.0.1")
+        other = post(port, source="127.0.0.2")
+        assert other.header(b"idempotent-replayed") is None and other.body != first.body
+        assert post(port, source="127.0.0.1").body == first.body
         assert ledger.executed == 2
 
 

@@ -114,7 +114,7 @@ upstream = "app"
 
 [routes.idempotency]
 store = "redis"
-on_store_error = "pass"
+on_store_error = "allow"
 
 [redis]
 url = "{own_redis.url}"

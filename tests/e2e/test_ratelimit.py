@@ -240,3 +240,51 @@ def test_redis_connection_limit_cannot_be_shared_by_reusing_a_request_id(redis_s
             for c in conns:
                 c.sock.close()
     assert statuses == [200, 200, 429, 429, 429]
+
+
+def test_redis_going_down_and_up_is_logged_and_shown_in_status_and_metrics(tmp_path, own_redis):
+    """Under on_store_error = "allow" requests flow while Redis is down, so the operator must
+    hear it: a warning when the breaker opens, a line when it closes, the state in /status
+    and /metrics (issue 20)."""
+    import orjson
+
+    from tests.e2e.test_admin import families, value
+
+    extra = TWO_LIMITS.replace("[routes.rate_limit]", '[routes.rate_limit]\nstore = "redis"')
+    text = proxy_config("http://127.0.0.1:1", paths='["/none"]', extra=f"""
+[[routes]]
+name = "static"
+paths = ["/s"]
+[routes.static]
+body = "ok"
+{extra}""") + redis_table(own_redis.url, breaker_failures=2, breaker_cooldown='"3s"')
+
+    def breaker(p):
+        status = p.admin("GET", "/status")[1]
+        metrics = families(p.admin("GET", "/metrics")[1])
+        return (status["redis_breaker"], status["workers"][0]["redis_breaker"],
+                value(metrics, "edgeproxy_redis_breaker_state"),
+                value(metrics, "edgeproxy_redis_breaker_open_workers"))
+
+    def lines(p, event):
+        return [orjson.loads(ln) for ln in p.read_stderr().splitlines()
+                if ln.startswith(b"{") and event.encode() in ln]
+
+    with CliProxy(tmp_path, text) as p, Conn(p.port) as c:
+        assert c.request("GET", "/s").status == 200
+        assert wait_until(lambda: breaker(p) == ("closed", "closed", 0, 0))
+        own_redis.stop()
+        assert [c.request("GET", "/s").status for _ in range(4)] == [200] * 4  # allowed
+        assert wait_until(lambda: lines(p, "redis_breaker_open"))
+        opened = lines(p, "redis_breaker_open")
+        assert len(opened) == 1 and opened[0]["level"] == "warning"
+        assert opened[0]["redis"] == f"127.0.0.1:{own_redis.port}/0"
+        assert "on_store_error" in opened[0]["effect"] and opened[0]["error"]
+        assert wait_until(lambda: breaker(p) == ("open", "open", 1, 1))
+        own_redis.start()
+        assert wait_until(lambda: c.request("GET", "/s").status == 200
+                          and lines(p, "redis_breaker_closed"), 10, 0.2)
+        closed = lines(p, "redis_breaker_closed")
+        assert len(closed) == 1 and closed[0]["down_seconds"] >= 2.5
+        assert wait_until(lambda: breaker(p) == ("closed", "closed", 0, 0))
+        assert len(lines(p, "redis_breaker_open")) == 1  # failed probes did not log again

@@ -3,9 +3,11 @@
 import os
 import re
 import select
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 _LISTENING = re.compile(rb"listening on (\S+):(\d+) with (\d+) worker")
@@ -14,7 +16,13 @@ _ADMIN_TABLE = re.compile(r"^\[admin\]", re.M)
 
 
 class CliProxy:
-    """``with CliProxy(tmp_path, toml) as p: p.port``; SIGTERM and a bounded wait on exit."""
+    """``with CliProxy(tmp_path, toml) as p: p.port``; SIGTERM and a bounded wait on exit.
+
+    The proxy gets a TMPDIR of its own (``tmpdir``), where its supervisor makes its run
+    folder. On exit the folder goes: entirely when the proxy was killed (a crash leaves its
+    run folder, as it would anywhere), else only if empty, so a run folder a stopped proxy
+    failed to remove is left for the session's check (tests/conftest.py) to report.
+    """
 
     def __init__(self, tmp_path, config_text: str, start_timeout: float = 15.0):
         self.path = tmp_path / "edgeproxy.toml"
@@ -33,11 +41,14 @@ class CliProxy:
         self.token = None  # sent as a bearer token by ``admin()``
         self.stderr = b""
         self.returncode = None
+        self.tmpdir = None
 
     def __enter__(self):
+        self.tmpdir = tempfile.mkdtemp(prefix="cli-", dir=os.environ.get("TMPDIR"))
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "engine", "run", "-c", str(self.path)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+            env={**os.environ, "TMPDIR": self.tmpdir})
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             ready, _, _ = select.select([self.proc.stderr], [], [], 0.2)
@@ -54,7 +65,15 @@ class CliProxy:
                     time.sleep(0.2)  # workers bind right after the supervisor logs
                     return self
         self.stop()
+        self._cleanup()
         raise RuntimeError(f"edgeproxy did not start: {self.stderr.decode(errors='replace')}")
+
+    def run_dir(self) -> str | None:
+        """The supervisor's run folder (published config, worker snapshots), once made."""
+        for name in os.listdir(self.tmpdir):
+            if name.startswith("edgeproxy-"):
+                return os.path.join(self.tmpdir, name)
+        return None
 
     def read_stderr(self) -> bytes:
         while True:
@@ -121,10 +140,23 @@ class CliProxy:
     def __exit__(self, *exc):
         if self.returncode is None:
             self.stop()
+        self._cleanup()
+
+    def _cleanup(self) -> None:
         try:
             os.killpg(self.proc.pid, signal.SIGKILL)  # nothing may outlive the test
         except ProcessLookupError:
             pass
+        if self.tmpdir is None:
+            return
+        if self.proc.returncode is not None and self.proc.returncode < 0:
+            shutil.rmtree(self.tmpdir, ignore_errors=True)  # killed: nothing cleaned up
+        else:
+            try:
+                os.rmdir(self.tmpdir)
+            except OSError:
+                pass  # not empty: reported at the end of the session
+        self.tmpdir = None
 
 
 def check(config_path) -> subprocess.CompletedProcess:

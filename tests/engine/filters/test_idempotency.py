@@ -265,8 +265,14 @@ def test_body_over_the_fingerprint_limit_is_413():
     error(run(make_filter('max_body_size = "8"'), Ctx(body=b"x" * 9)), 413, "body_too_large")
 
 
-def test_callers_are_isolated_by_address_then_by_configured_header():
+def test_keys_are_per_route_by_default_per_address_or_header_when_configured():
     f = make_filter()
+    first = Ctx(ip="10.0.0.1")
+    run(f, first)
+    first.answer(200, b"charged")
+    assert run(f, Ctx(ip="10.0.0.2")).body == b"charged"  # a retry from a new address
+
+    f = make_filter('caller = ["ip"]')
     first = Ctx(ip="10.0.0.1")
     run(f, first)
     first.answer(200, b"secret")
@@ -313,6 +319,11 @@ def test_record_keys_differ_by_route_caller_and_key():
     f = make_filter()
     base = f.record_key(Ctx(), "k")
     assert base == f.record_key(Ctx(), "k")
-    assert base != f.record_key(Ctx(ip="10.0.0.2"), "k")
+    assert base == f.record_key(Ctx(ip="10.0.0.2"), "k")  # no caller: the address is no part
     assert base != f.record_key(Ctx(), "k2")
     assert base != make_filter(route="refund").record_key(Ctx(), "k")
+    alice, bob = Ctx(), Ctx()
+    alice.consumer, bob.consumer = "alice", "bob"
+    assert len({base, f.record_key(alice, "k"), f.record_key(bob, "k")}) == 3
+    by_ip = make_filter('caller = ["ip"]')
+    assert by_ip.record_key(Ctx(), "k") != by_ip.record_key(Ctx(ip="10.0.0.2"), "k")

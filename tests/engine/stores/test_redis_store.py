@@ -194,6 +194,40 @@ def test_failed_probe_reopens_the_breaker(own_redis):
     run(main)
 
 
+def test_breaker_transitions_are_logged_and_a_suppressed_one_is_paid_by_the_timer(
+        own_redis, capfd):
+    import orjson
+
+    from engine.stores.breaker_log import BreakerLog
+
+    async def main():
+        store = store_for(own_redis.url, breaker_failures=1, breaker_cooldown=0.05)
+        store.breaker_log = BreakerLog("r", interval=0.3, burst=2)
+        try:
+            assert store.breaker_state == "closed"
+            await asyncio.to_thread(own_redis.stop)
+            with pytest.raises(StoreUnavailable):
+                await store.run(ECHO, ["t:{n}"], ["a"])
+            assert store.breaker_state == "open"
+            await asyncio.sleep(0.06)
+            assert not store.is_open  # cooled down: the next call probes
+            await asyncio.to_thread(own_redis.start)
+            assert await store.run(ECHO, ["t:{n}"], ["a"]) == [b"a", 1]
+            assert store.breaker_state == "closed"
+            await asyncio.to_thread(own_redis.stop)
+            with pytest.raises(StoreUnavailable):
+                await store.run(ECHO, ["t:{n}"], ["b"])  # over the bound: owed, not logged
+            events = [orjson.loads(ln)["event"] for ln in capfd.readouterr().err.splitlines()]
+            assert events == ["redis_breaker_open", "redis_breaker_closed"]
+            await asyncio.sleep(0.4)  # the bucket refills; the loop timer logs the state
+            (line,) = [orjson.loads(ln) for ln in capfd.readouterr().err.splitlines()]
+            assert line["event"] == "redis_breaker_open"
+            assert line["transitions_not_logged"] == 1
+        finally:
+            await store.close()
+    run(main)
+
+
 @pytest.fixture
 def silent_server():
     """A TCP listener that accepts and never answers: a hung Redis."""
