@@ -49,8 +49,7 @@ def config_json(obj, redact: bool = True):
                     out[name] = config_json(section, redact)
             elif redact and value is not None and _SECRET_RE.search(f.name):
                 out[f.name] = REDACTED
-            elif dict in (typing.get_origin(hints[f.name]), *map(typing.get_origin,
-                                                                typing.get_args(hints[f.name]))):
+            elif _is_table(hints[f.name]):
                 # The schema keeps a table as (key, value) pairs, hashable like the rest.
                 out[f.name] = None if value is None else {
                     k: REDACTED if redact and _SECRET_RE.search(k) else config_json(v, redact)
@@ -70,6 +69,11 @@ def config_json(obj, redact: bool = True):
     if isinstance(obj, Size):
         return int(obj)
     raise TypeError(f"config value of type {type(obj).__name__} has no JSON form")
+
+
+def _is_table(tp) -> bool:
+    """``dict[str, str]``, alone or in a union with None."""
+    return any(typing.get_origin(t) is dict for t in (tp, *typing.get_args(tp)))
 
 
 def _redact_userinfo(value: str) -> str:

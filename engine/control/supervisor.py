@@ -461,6 +461,10 @@ class Supervisor:
             sock.listen(self.cfg.server.backlog)  # a backlog change applies to live sockets
         old = set(self.workers)
         self.workers = {}
+        # The new set starts every index itself; an old worker's pending restart must not.
+        self.restart_due.clear()
+        for pid in old:
+            self.starting.pop(pid, None)
         count = worker_count(self.cfg.server.workers)
         for i in range(count):
             self._start_worker(i)
