@@ -41,6 +41,7 @@ cdef class Router:
     cdef Py_ssize_t _wild_min   # shortest / longest wildcard suffix, to skip hopeless probes
     cdef Py_ssize_t _wild_max
     cdef Py_ssize_t _count
+    cpdef tuple match(self, bytes method, str host, str path)
     cdef tuple _candidates(self, _Tier tier, str path)
     cdef tuple _walk_tier(self, _Tier tier, str path)
     cdef int _walk(self, _Node node, str path, Py_ssize_t pos, list vals, list out) except -1

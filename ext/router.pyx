@@ -286,12 +286,14 @@ cdef class Router:
                 tier.cache.clear()
         self._count += 1
 
-    def match(self, bytes method not None, str host not None, str path not None):
+    cpdef tuple match(self, bytes method, str host, str path):
         """Return (route, params), (None, allowed_methods) for a 405, or (None, None)."""
         cdef Py_ssize_t n, i
         cdef object found
         cdef tuple cands, res
         cdef list pending = None
+        if method is None or host is None or path is None:
+            raise TypeError("match() takes bytes method, str host and str path, not None")
         if len(path) == 0 or path[0] != u"/":
             return _NO_MATCH
 

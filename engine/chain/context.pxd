@@ -62,6 +62,21 @@ cdef class Chain:
 
 
 @cython.final
+cdef class Route:
+    # One route pattern as the router returns it (compiled by engine/control/snapshot.py).
+    cdef readonly str name
+    cdef readonly str pattern
+    cdef public object upstream         # engine.upstream.upstream.Upstream, or None
+    cdef readonly long long max_body_size
+    cdef public Chain chain
+    cdef readonly Py_ssize_t strip      # chars of the path strip_prefix removes
+    cdef readonly list rewrite          # rewrite template: literals and "\0param" parts
+    cdef public object stats            # the serving worker's RouteStats for this route
+
+    cdef bytes target(self, RequestContext ctx)
+
+
+@cython.final
 cdef class RequestContext(Sink):
     # Every public attribute is the filter API (typed in context.pyi); the codec fills the
     # request head, the runner and the upstream call the rest.
@@ -82,12 +97,13 @@ cdef class RequestContext(Sink):
     cdef public str client_ip
     cdef public str path
     cdef public bytes query
-    cdef public object route            # CompiledRoute, or None (no route took it)
+    cdef public Route route             # or None: no route took it
     cdef public object params
     cdef public str miss                # why no route took it: "not_found", or
     cdef public tuple allow             # "method_not_allowed" with these methods
     cdef public Chain chain             # the route's filters, or the server-wide ones
     cdef public object upstream         # where the request goes: the route's, or a filter's pick
+    cdef public object server           # the server that answered last (set when it ended)
     cdef public object consumer         # the authenticated caller (auth filters), or None
     cdef public object vars             # per-request state of filters: a dict, or None
     cdef public list finish_hooks

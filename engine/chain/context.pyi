@@ -80,8 +80,7 @@ class RequestContext(Sink):
     task: Any
     body_waiter: Any
     body_limit: int
-    @property
-    def server(self) -> Server | None: ...
+    server: Server | None
     def read_body(self, limit: int) -> Awaitable[bytes]: ...
     def add_finish_hook(self, fn: Any) -> None: ...
     def fetch(self, upstream: Upstream | str, method: bytes | str, path: bytes | str,

@@ -20,6 +20,7 @@ from engine.wire._common cimport (
     WRITER_STACK, Writer, join_bytes, w_bytes, w_field, w_free, w_init, w_put, w_raw,
 )
 from engine.wire.h1 cimport drop_named, tokens
+from ext.router cimport Router
 
 from engine.errors import Response, error_response
 from engine.upstream.call import fetch as _fetch
@@ -125,6 +126,41 @@ cdef class Chain:
 
 
 @cython.final
+cdef class Route:
+    """One route pattern: its chain, its upstream, and how the request path becomes the
+    target sent upstream (``strip``: strip_prefix; ``rewrite``: a template)."""
+
+    def __init__(self, str name, str pattern, upstream, long long max_body_size, Chain chain,
+                 Py_ssize_t strip=0, list rewrite=None):
+        self.name = name
+        self.pattern = pattern
+        self.upstream = upstream
+        self.max_body_size = max_body_size
+        self.chain = chain
+        self.strip = strip
+        self.rewrite = rewrite
+
+    cdef bytes target(self, RequestContext ctx):
+        """The request target sent upstream: the (normalised) path, rewritten, plus the
+        query."""
+        cdef str path
+        if self.rewrite is not None:
+            params = ctx.params or {}
+            path = "".join([params.get(p[1:], "") if p[:1] == "\0" else p
+                            for p in self.rewrite])
+        elif self.strip:
+            path = ctx.path[self.strip:] or "/"
+            if path[0] != "/":
+                path = "/" + path
+        else:
+            path = ctx.path
+        return path.encode("latin-1") + ctx.query if ctx.query else path.encode("latin-1")
+
+    def __repr__(self):
+        return f"<Route {self.name} {self.pattern}>"
+
+
+@cython.final
 cdef class RequestContext(Sink):
     @staticmethod
     cdef RequestContext new(Stream stream, object rt):
@@ -148,6 +184,8 @@ cdef class RequestContext(Sink):
     cdef int start(self) except -1:
         """Route, run the request hooks, then answer or go upstream."""
         cdef Stream stream = self.stream
+        cdef Router router
+        cdef Route r
         if self.error is not None:
             return self.answer(self.error)  # a malformed request (see respond)
         router = self.rt.router
@@ -162,15 +200,15 @@ cdef class RequestContext(Sink):
                 # (a CORS preflight to a GET route is answered there), then 405.
                 self.miss = "method_not_allowed"
                 self.allow = extra
-                route = router.match(extra[0], host, self.path)[0]
-                self.route = route
-                self.chain = route.chain
+                self.route = <Route>router.match(extra[0], host, self.path)[0]
+                self.chain = self.route.chain
             return self.run_filters(0)
-        self.route = route
+        r = <Route>route
+        self.route = r
         self.params = extra
-        self.chain = route.chain
-        self.upstream = route.upstream
-        if self.content_length is not None and self.content_length > route.max_body_size:
+        self.chain = r.chain
+        self.upstream = r.upstream
+        if self.content_length is not None and self.content_length > r.max_body_size:
             self.close_after = True
             self.ran = PY_SSIZE_T_MAX
             return self.answer("body_too_large")
@@ -282,11 +320,6 @@ cdef class RequestContext(Sink):
             path = path.encode()
         return await _fetch(self.worker, upstream, method, path, list(headers), body,
                             self.request_id, max_body, None)
-
-    @property
-    def server(self):
-        """The upstream server that answered (or was being tried), or None."""
-        return self.call.server if self.call is not None else None
 
     # -- the request body (from the codec)
 
@@ -558,8 +591,13 @@ cdef class RequestContext(Sink):
 
     cdef int ended(self) except -1:
         """The request is over (called once, by the codec's accounting)."""
-        if self.call is not None:
-            self.call.ended()
+        cdef UpstreamCall call = self.call
+        if call is not None:
+            call.ended()
+            # The call refers to this context (its sink): letting go of it here frees both
+            # by reference counting, not by a garbage collection per few hundred requests.
+            self.server = call.server
+            self.call = None
         hooks = self.finish_hooks
         if hooks is not None:
             self.finish_hooks = None
@@ -569,7 +607,7 @@ cdef class RequestContext(Sink):
                 except Exception:
                     traceback.print_exc()
         chain = self.chain
-        if chain is not None:
+        if chain is not None and (<Chain>chain).log:
             for fn in (<Chain>chain).log:
                 try:
                     fn(self)

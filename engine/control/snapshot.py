@@ -8,7 +8,7 @@ keyed by stable names, carried over when the upstream's config is unchanged.
 import ipaddress
 import re
 
-from engine.chain.context import Chain
+from engine.chain.context import Chain, Route
 from engine.chain.keys import compile_key
 from engine.filters import FILTERS
 from engine.upstream.checks import watch_upstreams
@@ -140,39 +140,16 @@ def compile_chain(sections, build) -> Chain:
     return Chain([FILTERS[name].Filter(section, build) for name, section in sections])
 
 
-class CompiledRoute:
+def compile_route(cfg, pattern: str, upstream, max_body_size: int, chain: Chain) -> Route:
     """One route pattern as the router returns it: the route's chain plus how this pattern
     maps the request path to the upstream path."""
-
-    __slots__ = ("name", "upstream", "max_body_size", "chain", "strip", "rewrite", "pattern",
-                 "stats")
-
-    def __init__(self, cfg, pattern, upstream, max_body_size, chain):
-        self.name = cfg.name
-        self.pattern = pattern
-        self.stats = None  # the serving worker's RouteStats for this route name
-        self.upstream = upstream
-        self.max_body_size = max_body_size or (1 << 62)
-        self.chain = chain
-        self.strip = 0
-        if cfg.strip_prefix:
-            m = _PARAM_RE.search(pattern)
-            prefix = pattern[: m.start()] if m else pattern
-            self.strip = len(prefix.rstrip("/"))
-        self.rewrite = _compile_rewrite(cfg.rewrite) if cfg.rewrite else None
-
-    def target(self, ex) -> bytes:
-        """Request target sent upstream: the (normalised) path, rewritten, plus the query."""
-        if self.rewrite is not None:
-            params = ex.params or {}
-            path = "".join(params.get(p[1:], "") if p[:1] == "\0" else p for p in self.rewrite)
-        elif self.strip:
-            path = ex.path[self.strip:] or "/"
-            if path[0] != "/":
-                path = "/" + path
-        else:
-            path = ex.path
-        return path.encode("latin-1") + ex.query
+    strip = 0
+    if cfg.strip_prefix:
+        m = _PARAM_RE.search(pattern)
+        prefix = pattern[: m.start()] if m else pattern
+        strip = len(prefix.rstrip("/"))
+    rewrite = _compile_rewrite(cfg.rewrite) if cfg.rewrite else None
+    return Route(cfg.name, pattern, upstream, max_body_size or (1 << 62), chain, strip, rewrite)
 
 
 def _compile_rewrite(template: str) -> list[str]:
@@ -224,7 +201,7 @@ class Runtime:
                         else cfg.server.max_body_size)
             methods = frozenset(m.encode() for m in route_cfg.methods) or None
             for pattern in route_cfg.paths:
-                route = CompiledRoute(route_cfg, pattern, upstream, max_body, chain)
+                route = compile_route(route_cfg, pattern, upstream, max_body, chain)
                 self.routes.append(route)
                 self.router.add(route, list(route_cfg.hosts) or None, pattern, methods)
 

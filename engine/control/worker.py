@@ -16,7 +16,7 @@ import traceback
 import orjson
 
 from engine.control.metrics import worker_snapshot, write_json
-from engine.http.protocol import ClientProtocol
+from engine.http.protocol import ClientProtocol, RequestIds
 from engine.http.stats import RouteStats
 
 # How often a worker writes its counters for the admin API (also on reload and at exit).
@@ -90,8 +90,7 @@ class Worker:
         self.servers = []
         self.sockets = []
         self.access_log = open_access_log(runtime.config.server.access_log)
-        self._rid_prefix = os.urandom(6).hex().encode()
-        self._rid_n = 0
+        self.request_ids = RequestIds(os.urandom(6).hex().encode())
         # Counters by route name (None: requests no route matched); they outlive reloads.
         self.route_stats: dict[str | None, RouteStats] = {None: RouteStats()}
         self.unrouted_stats = self.route_stats[None]
@@ -180,8 +179,7 @@ class Worker:
         old.release_unused(runtime, self.spawn)
 
     def next_request_id(self) -> bytes:
-        self._rid_n += 1
-        return b"%s%020x" % (self._rid_prefix, self._rid_n)
+        return self.request_ids.next()
 
     def log_exchange(self, ex, took: float, upstream_took: float) -> None:
         """The access-log line of a finished request (the data plane counted it already)."""

@@ -4,10 +4,19 @@ from engine.chain.context cimport RequestContext, Stream
 
 
 @cython.final
+cdef class RequestIds:
+    cdef char buf[32]
+    cdef unsigned long long n
+
+    cpdef bytes next(self)
+
+
+@cython.final
 cdef class ClientProtocol(Stream):
     # Stream gives: worker, listener, peer_ip, peer_ip_bytes, trusted, scheme, closed,
     # write_paused, paused, deadline, client_body_timeout.
     cdef public object transport
+    cdef RequestIds ids                 # the worker's
     cdef public object parser           # httptools.HttpRequestParser
     cdef public RequestContext ex       # the request whose bytes are being parsed
     cdef public RequestContext active   # the request being answered

@@ -19,9 +19,9 @@ import httptools
 
 cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_GET_SIZE
-from libc.string cimport memchr, memcmp
+from libc.string cimport memchr, memcmp, memcpy
 
-from cpython.bytes cimport PyBytes_FromFormat
+from cpython.bytes cimport PyBytes_FromFormat, PyBytes_FromStringAndSize
 from cpython.list cimport PyList_GET_SIZE
 
 from engine.chain.context cimport (
@@ -120,6 +120,31 @@ cdef inline bint _line_is_http11(object data) noexcept:
     return end is not NULL and end - p >= 13 and memcmp(end - 10, b" HTTP/1.1\r", 10) == 0
 
 
+cdef const char* _HEX = b"0123456789abcdef"
+
+
+@cython.final
+cdef class RequestIds:
+    """The worker's request ids: a random per-process prefix (12 hex digits) and a counter
+    (20 hex digits), 32 in all, made without a Python call per request."""
+
+    def __init__(self, bytes prefix not None):
+        if len(prefix) != 12:
+            raise ValueError("the prefix is 12 hex digits")
+        memcpy(self.buf, PyBytes_AS_STRING(prefix), 12)
+        self.n = 0
+
+    cpdef bytes next(self):
+        cdef unsigned long long v
+        cdef int i
+        self.n += 1
+        v = self.n
+        for i in range(31, 11, -1):
+            self.buf[i] = _HEX[v & 15]
+            v >>= 4
+        return PyBytes_FromStringAndSize(self.buf, 32)
+
+
 class _Rejected(Exception):
     """Raised from a parser callback after the request was answered with an error."""
 
@@ -159,6 +184,7 @@ _VOID = _Void()
 cdef class ClientProtocol(Stream):
     def __init__(self, worker, listener=None):
         self.worker = worker
+        self.ids = worker.request_ids
         self.listener = listener
         self.scheme = listener.scheme if listener is not None else b"http"
         self.transport = None
@@ -405,7 +431,7 @@ cdef class ClientProtocol(Stream):
         ex.version = version
         ex.keep_alive = keep_alive and self.requests + 1 < self.keepalive_requests
         if not ex.request_id:
-            ex.request_id = self.worker.next_request_id()
+            ex.request_id = self.ids.next()
         ex.t_start = monotonic()
         if version != "1.1" and version != "1.0":
             self._reject(ex, "version_not_supported")
@@ -672,7 +698,7 @@ cdef class ClientProtocol(Stream):
         """Answer ``ex`` with an error (in pipeline order), then stop reading."""
         cdef RequestContext ex = ex_
         if not ex.request_id:
-            ex.request_id = self.worker.next_request_id()  # rejected before the head ended
+            ex.request_id = self.ids.next()  # rejected before the head ended
         ex.error = code
         ex.close_after = True
         self.broken = True
@@ -735,7 +761,7 @@ cdef class ClientProtocol(Stream):
         if ex.call is not None:
             ex.call.drop()
         if not ex.request_id:
-            ex.request_id = self.worker.next_request_id()
+            ex.request_id = self.ids.next()
         ex.close_after = True
         if self.active is None:
             self.active = ex
@@ -754,7 +780,7 @@ cdef class ClientProtocol(Stream):
                 return 0  # llhttp refuses data after "close" (RFC 9112 §9.6): answer ex alone
             ex = RequestContext.new(self, self.worker.runtime)
         if not ex.request_id:
-            ex.request_id = self.worker.next_request_id()
+            ex.request_id = self.ids.next()
         if ex.head_sent:
             self.abort()  # the response already started; the request was bad mid-body
             return 0
@@ -834,7 +860,7 @@ cdef class ClientProtocol(Stream):
                               and not parsing.finished):
             ex = parsing if parsing is not None else RequestContext.new(self, self.worker.runtime)
             if not ex.request_id:
-                ex.request_id = self.worker.next_request_id()
+                ex.request_id = self.ids.next()
             ex.close_after = True
             self.active = ex
             ex.respond(error_response("request_timeout", ex.request_id.decode()))
