@@ -1,6 +1,6 @@
 cimport cython
 
-from engine.upstream.call cimport Sink, UpstreamCall
+from engine.upstream.call cimport Clock, Sink, UpstreamCall
 
 # Why reading from the client is paused (bits of Stream.paused).
 cdef enum:
@@ -17,7 +17,8 @@ cdef class Stream:
     # The codec seam: what a request context needs of the client connection it answers on.
     # engine/http/protocol.pyx (HTTP/1.1) implements it; an HTTP/2 codec would too, one
     # Stream per h2 stream, and no filter would notice.
-    cdef public object worker           # engine.control.worker.Worker: clock, loop, log
+    cdef public object worker           # engine.control.worker.Worker: loop, log, sweep
+    cdef public Clock clock             # the worker's (worker.ticks)
     cdef public object listener         # engine.control.listeners.Listener accepted on
     cdef public str peer_ip
     cdef public bytes peer_ip_bytes
@@ -106,7 +107,6 @@ cdef class RequestContext(Sink):
     cdef public object server           # the server that answered last (set when it ended)
     cdef public object consumer         # the authenticated caller (auth filters), or None
     cdef public object vars             # per-request state of filters: a dict, or None
-    cdef public list finish_hooks
     cdef public bint finish_upstream    # read the response to the end even if the client goes
     cdef public int status
     cdef public bint head_sent

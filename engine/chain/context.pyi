@@ -67,7 +67,6 @@ class RequestContext(Sink):
     upstream: Upstream | str | None
     consumer: Any
     vars: dict | None
-    finish_hooks: list | None
     finish_upstream: bool
     status: int
     head_sent: bool
@@ -82,7 +81,6 @@ class RequestContext(Sink):
     body_limit: int
     server: Server | None
     def read_body(self, limit: int) -> Awaitable[bytes]: ...
-    def add_finish_hook(self, fn: Any) -> None: ...
     def fetch(self, upstream: Upstream | str, method: bytes | str, path: bytes | str,
               headers: Any = ..., body: bytes | None = ...,
               max_body: int = ...) -> Awaitable[Response]: ...

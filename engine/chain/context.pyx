@@ -167,6 +167,7 @@ cdef class RequestContext(Sink):
         cdef RequestContext ctx = RequestContext.__new__(RequestContext)
         ctx.stream = stream
         ctx.worker = stream.worker
+        ctx.clock = stream.clock
         ctx.rt = rt  # the snapshot this request keeps to the end (DESIGN.md)
         ctx.method = b""
         ctx.version = "1.1"
@@ -230,7 +231,7 @@ cdef class RequestContext(Sink):
                     self.respond(answer)
                     return 0
                 stream = self.stream
-                stream.deadline = <double>self.worker.now + stream.client_body_timeout
+                stream.deadline = <double>self.clock.now + stream.client_body_timeout
                 self.task = self.worker.loop.create_task(self._await_filter(answer, i + 1))
                 return 0
         self.ran = PY_SSIZE_T_MAX  # the whole chain passed: every response hook runs
@@ -299,13 +300,6 @@ cdef class RequestContext(Sink):
         if len(self.pending) > 1:
             self.pending = [b"".join(self.pending)]
         return self.pending[0]
-
-    def add_finish_hook(self, fn):
-        """``fn(self)`` once when this request ends, however it ends."""
-        if self.finish_hooks is None:
-            self.finish_hooks = [fn]
-        else:
-            self.finish_hooks.append(fn)
 
     async def fetch(self, upstream, method, path, headers=(), body=None,
                     Py_ssize_t max_body=1048576):
@@ -465,7 +459,7 @@ cdef class RequestContext(Sink):
                         stream.write_body(self, part)
         self.bytes_out += PyBytes_GET_SIZE(chunk)
         stream.write_body(self, chunk)
-        stream.deadline = <double>self.worker.now + self.call.upstream.read_timeout
+        stream.deadline = <double>self.clock.now + self.call.upstream.read_timeout
         return 0
 
     cdef int on_complete(self) except -1:
@@ -526,7 +520,7 @@ cdef class RequestContext(Sink):
         else:
             stream.resume_reading_for(PAUSE_UPSTREAM | PAUSE_PENDING)
             if not self.body_done:
-                stream.deadline = <double>self.worker.now + stream.client_body_timeout
+                stream.deadline = <double>self.clock.now + stream.client_body_timeout
         return 0
 
     cdef int read_started(self) except -1:
@@ -568,7 +562,7 @@ cdef class RequestContext(Sink):
                 and self.body_done and self.upgrade is None):
             if self.stream.write_paused:
                 call.pause_reading(False)  # nothing waits on the client's buffer now
-            self.stream.deadline = <double>self.worker.now + call.upstream.read_timeout
+            self.stream.deadline = <double>self.clock.now + call.upstream.read_timeout
             return True
         self.finished = True  # nobody to answer: release upstream resources (ended)
         if self.task is not None:
@@ -586,7 +580,7 @@ cdef class RequestContext(Sink):
             return 0
         call.pause_reading(paused)
         if not paused:
-            self.stream.deadline = <double>self.worker.now + call.upstream.read_timeout
+            self.stream.deadline = <double>self.clock.now + call.upstream.read_timeout
         return 1
 
     cdef int ended(self) except -1:
@@ -598,14 +592,6 @@ cdef class RequestContext(Sink):
             # by reference counting, not by a garbage collection per few hundred requests.
             self.server = call.server
             self.call = None
-        hooks = self.finish_hooks
-        if hooks is not None:
-            self.finish_hooks = None
-            for fn in hooks:
-                try:
-                    fn(self)
-                except Exception:
-                    traceback.print_exc()
         chain = self.chain
         if chain is not None and (<Chain>chain).log:
             for fn in (<Chain>chain).log:

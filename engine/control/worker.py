@@ -18,6 +18,7 @@ import orjson
 from engine.control.metrics import worker_snapshot, write_json
 from engine.http.protocol import ClientProtocol, RequestIds
 from engine.http.stats import RouteStats
+from engine.upstream.call import Clock
 
 # How often a worker writes its counters for the admin API (also on reload and at exit).
 STATS_INTERVAL = 1.0
@@ -83,7 +84,7 @@ class Worker:
         self.loop = loop or asyncio.get_event_loop()
         self.runtime = runtime
         self.conns = set()
-        self.now = self.loop.time()
+        self.ticks = Clock(self.loop.time())  # ``now``, read by the data plane in C
         self.clock = time.perf_counter
         self.draining = False
         self.server = None  # the first of ``servers``
@@ -101,6 +102,11 @@ class Worker:
         self._tick_handle = None
         self.tick_interval = self._interval(runtime)
         self.background = set()  # tasks spawned for background work, held until done
+
+    @property
+    def now(self) -> float:
+        """The worker's clock: loop time as of its last sweep."""
+        return self.ticks.now
 
     def spawn(self, coro):
         """Run ``coro`` as a background task of this worker (the loop itself keeps only a
@@ -202,7 +208,7 @@ class Worker:
         })
 
     def _tick(self) -> None:
-        now = self.now = self.loop.time()
+        now = self.ticks.now = self.loop.time()
         try:
             for conn in [c for c in self.conns if c.deadline and c.deadline <= now]:
                 try:

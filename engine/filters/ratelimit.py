@@ -455,7 +455,7 @@ class Filter(FilterBase):
             self.quota_table.add(quota[0], self.quota_cost, wall)
         if conn is not None:
             self.slots.acquire(conn)
-            ctx.add_finish_hook(lambda ctx, slots=self.slots, conn=conn: slots.release(conn))
+            _slot(ctx, conn)  # given back by on_log
         self._stash(ctx, results, (quota[1], quota_view) if quota else None, div)
         if wait_max > 0:
             return _sleep(wait_max)
@@ -489,11 +489,10 @@ class Filter(FilterBase):
             return None
         store = self.redis
         if slot_id is not None:
-            # Registered before the call: a client that leaves while Redis decides still
-            # gives its slot back (the release follows the decision on the one pipelined
+            # Noted before the call: a client that leaves while Redis decides still gives
+            # its slot back in on_log (the release follows the decision on the one pipelined
             # connection; for a refused request it removes nothing).
-            ctx.add_finish_hook(self._release_hook(store, checks[-1], conn, slot_id,
-                                                   len(checks) == 1))
+            _slot(ctx, (rstore.redis_key(store, checks[-1], conn, len(checks) == 1), slot_id))
         try:
             out = await rstore.decide(store, checks, keys, costs,
                                       self.clock() if self.clock is not None else None,
@@ -522,17 +521,22 @@ class Filter(FilterBase):
             await asyncio.sleep(wait)
         return None
 
-    @staticmethod
-    def _release_hook(store, check, conn, slot_id, single):
-        redis_key = rstore.redis_key(store, check, conn, single)
+    def on_log(self, ctx):
+        """The request ended, however: its connection-limit slot is given back."""
+        v = ctx.vars
+        slot = v.get("ratelimit-slot") if v is not None else None
+        if slot is None:
+            return
+        if self.redis is None:
+            self.slots.release(slot)
+        else:
+            ctx.worker.spawn(self._release(*slot))
 
-        async def release():
-            try:
-                await rstore.release(store, redis_key, slot_id)
-            except StoreUnavailable:
-                pass  # the slot lapses after slot_ttl
-
-        return lambda ctx: ctx.worker.spawn(release())
+    async def _release(self, redis_key, slot_id):
+        try:
+            await rstore.release(self.redis, redis_key, slot_id)
+        except StoreUnavailable:
+            pass  # the slot lapses after slot_ttl
 
     # -- answers and headers
 
@@ -625,3 +629,10 @@ async def _sleep(wait: float):
     """A DELAY verdict: hold the request (throttling), then let it through."""
     await asyncio.sleep(wait)
     return None
+
+
+def _slot(ctx, slot) -> None:
+    # The connection-limit slot this request holds: a key (memory) or (redis key, slot id).
+    if ctx.vars is None:
+        ctx.vars = {}
+    ctx.vars["ratelimit-slot"] = slot

@@ -184,6 +184,7 @@ _VOID = _Void()
 cdef class ClientProtocol(Stream):
     def __init__(self, worker, listener=None):
         self.worker = worker
+        self.clock = worker.ticks
         self.ids = worker.request_ids
         self.listener = listener
         self.scheme = listener.scheme if listener is not None else b"http"
@@ -237,7 +238,7 @@ cdef class ClientProtocol(Stream):
         self.peer_ip = ip
         self.peer_ip_bytes = ip.encode()
         self.trusted = self.settings.is_trusted(ip)
-        self.deadline = <double>self.worker.now + self.client_header_timeout
+        self.deadline = <double>self.clock.now + self.client_header_timeout
         self.worker.conns.add(self)
 
     def data_received(self, data):
@@ -246,7 +247,7 @@ cdef class ClientProtocol(Stream):
         cdef Py_ssize_t received
         if self.tunnel is not None:
             self.tunnel.write(data)
-            self.deadline = <double>self.worker.now + self.tunnel_timeout
+            self.deadline = <double>self.clock.now + self.tunnel_timeout
             return
         if self.broken or self.lingering:
             return
@@ -309,7 +310,7 @@ cdef class ClientProtocol(Stream):
     def pause_writing(self):
         cdef RequestContext ex = self.active
         self.write_paused = True
-        self.deadline = <double>self.worker.now + self.send_timeout
+        self.deadline = <double>self.clock.now + self.send_timeout
         if ex is not None and ex.pause_upstream(True):
             pass
         elif self.tunnel is not None:
@@ -323,9 +324,9 @@ cdef class ClientProtocol(Stream):
             pass
         elif self.tunnel is not None:
             self.tunnel.resume_reading()
-            self.deadline = <double>self.worker.now + self.tunnel_timeout
+            self.deadline = <double>self.clock.now + self.tunnel_timeout
         elif ex is None and not self.in_head:
-            self.deadline = <double>self.worker.now + self.keepalive_timeout
+            self.deadline = <double>self.clock.now + self.keepalive_timeout
 
     # -- httptools callbacks
 
@@ -348,7 +349,7 @@ cdef class ClientProtocol(Stream):
         self.between = False
         self.in_head = True
         if self.active is None:
-            self.deadline = <double>self.worker.now + self.client_header_timeout
+            self.deadline = <double>self.clock.now + self.client_header_timeout
 
     def on_url(self, bytes url):
         cdef RequestContext ex = <RequestContext?>self.ex
@@ -516,7 +517,7 @@ cdef class ClientProtocol(Stream):
             # Waiting on the client's body: the timeout is between two reads. (While the
             # upstream connects, its connect_timeout runs instead; a queued request's body
             # leaves the deadline of the one being answered alone.)
-            self.deadline = <double>self.worker.now + self.client_body_timeout
+            self.deadline = <double>self.clock.now + self.client_body_timeout
         ex.client_body(body)
 
     def on_message_complete(self):
@@ -580,9 +581,9 @@ cdef class ClientProtocol(Stream):
         if self.worker.draining and not self.in_head:
             self.close()
         elif self.in_head:
-            self.deadline = <double>self.worker.now + self.client_header_timeout
+            self.deadline = <double>self.clock.now + self.client_header_timeout
         else:
-            self.deadline = <double>self.worker.now + self.keepalive_timeout
+            self.deadline = <double>self.clock.now + self.keepalive_timeout
         return 0
 
     cdef int _close_after_response(self, object ex) except -1:
@@ -828,7 +829,7 @@ cdef class ClientProtocol(Stream):
             transport.write(b"".join(pending))
         # nginx closes a tunnel nothing crossed for proxy_read_timeout; so do we, either way.
         self.tunnel_timeout = timeout
-        self.deadline = <double>self.worker.now + self.tunnel_timeout
+        self.deadline = <double>self.clock.now + self.tunnel_timeout
         return self.resume_reading_for(0xFF)
 
     # -- flow control and closing
@@ -878,7 +879,7 @@ cdef class ClientProtocol(Stream):
         self.transport.resume_reading()
         if self.transport.can_write_eof():
             self.transport.write_eof()
-        self.deadline = <double>self.worker.now + self.lingering_timeout
+        self.deadline = <double>self.clock.now + self.lingering_timeout
 
     cpdef close(self):
         if not self.closed:

@@ -7,12 +7,20 @@ from engine.upstream.upstream cimport Server, Upstream
 cdef class UpstreamCall
 
 
+@cython.final
+cdef class Clock:
+    # The worker's coarse clock (loop time, advanced by its sweep), read at the C level by
+    # everything that sets a deadline on the hot path.
+    cdef public double now
+
+
 cdef class Sink:
     # The side an UpstreamCall serves: it holds the request (its head is written by
     # ``request_head``, its body arrives in ``pending`` until ``body_done``) and receives the
     # answer as events. The client's RequestContext is one (engine/chain/context.pyx); a
     # sub-request's buffer is another (FetchSink below).
-    cdef public object worker           # engine.control.worker.Worker: clock, loop
+    cdef public object worker           # engine.control.worker.Worker: its loop
+    cdef public Clock clock             # the worker's clock
     cdef public bytes method
     cdef public bytes request_id
     cdef public bytes upgrade           # the protocol asked for (Upgrade), or None

@@ -61,6 +61,14 @@ for _name in HOP_BY_HOP:
 cdef list _RESPONSE_KINDS = kind_table(RESPONSE_KINDS)
 
 
+@cython.final
+cdef class Clock:
+    """The worker's clock: ``now`` in loop seconds, set by the worker's sweep."""
+
+    def __init__(self, double now=0.0):
+        self.now = now
+
+
 cdef class Sink:
     """Base of what an UpstreamCall serves; every event is a C-level call. The defaults
     make a sink that ignores what it does not need."""
@@ -124,7 +132,7 @@ cdef class UpstreamCall:
         """Send the request to a server of ``upstream`` (or answer why not)."""
         cdef Upstream upstream = self.upstream
         cdef Server server
-        cdef double now = self.sink.worker.now
+        cdef double now = self.sink.clock.now
         if self.tries == 0:
             upstream.budget.request(now)
             self.retry_until = now + upstream.retry_timeout
@@ -143,7 +151,7 @@ cdef class UpstreamCall:
 
     cdef int send_to(self, Server server) except -1:
         """One attempt: ``server`` takes the request (a pooled connection or a new one)."""
-        cdef double now = self.sink.worker.now
+        cdef double now = self.sink.clock.now
         self.server = server
         self.tries += 1
         self.attempting = True
@@ -178,7 +186,7 @@ cdef class UpstreamCall:
             # (a copy: response filters edit the headers of what they answer)
             return sink.on_answer(_Response(fallback.status, list(fallback.headers),
                                             fallback.body))
-        seconds = upstream.available_in(<double>sink.worker.now)
+        seconds = upstream.available_in(<double>sink.clock.now)
         return sink.on_answer(error_response(
             "upstream_unavailable", sink.request_id.decode(),
             headers=[(b"Retry-After", b"%d" % max(1, <long>(seconds + 0.999)))]))
@@ -194,7 +202,7 @@ cdef class UpstreamCall:
             upstream.circuit.cancel(self.upstream_probe)
         else:
             upstream.circuit.record(not (self.failure & upstream.fail_mask),
-                                    self.sink.worker.now, self.upstream_probe)
+                                    self.sink.clock.now, self.upstream_probe)
         self.upstream_probe = 0
         return 0
 
@@ -211,7 +219,7 @@ cdef class UpstreamCall:
                 server.health.cancel(self.server_probe)
             else:
                 server.health.record(not (failure & self.upstream.fail_mask),
-                                     self.sink.worker.now, self.server_probe)
+                                     self.sink.clock.now, self.server_probe)
         return 0
 
     cdef Server retry_target(self, int failure, bint sent):
@@ -221,7 +229,7 @@ cdef class UpstreamCall:
         request could be retried but no server is left: the fallback's case."""
         cdef Upstream upstream = self.upstream
         cdef Sink sink = self.sink
-        cdef double now = sink.worker.now
+        cdef double now = sink.clock.now
         if (not failure & upstream.retry_mask or self.head_sent or sink.finished
                 or self.body_streamed or self.tries >= upstream.tries
                 or now >= self.retry_until):
@@ -263,7 +271,7 @@ cdef class UpstreamCall:
 
     cdef int connect(self) except -1:
         cdef Sink sink = self.sink
-        sink.set_deadline(<double>sink.worker.now + self.upstream.connect_timeout)
+        sink.set_deadline(<double>sink.clock.now + self.upstream.connect_timeout)
         self.connecting = sink.worker.loop.create_task(self._connect(self.server))
         return 0
 
@@ -281,7 +289,7 @@ cdef class UpstreamCall:
             return
         self.connecting = None
         if self.sink.finished:
-            (<Pool?>server.pool).release(conn, self.sink.worker.now)
+            (<Pool?>server.pool).release(conn, self.sink.clock.now)
             return
         self.attach(conn)
 
@@ -316,7 +324,7 @@ cdef class UpstreamCall:
         # Until the body is in, the wait is on the client (client_body_timeout, 408): the
         # sink knows that timeout; here it is the upstream's.
         if sink.body_done:
-            sink.set_deadline(<double>sink.worker.now + self.upstream.read_timeout)
+            sink.set_deadline(<double>sink.clock.now + self.upstream.read_timeout)
         else:
             sink.body_paused(False)
         conn.start(self, data, sink.method == _HEAD)
@@ -342,7 +350,7 @@ cdef class UpstreamCall:
         if self.conn is not None:
             if self.chunked_up:
                 self.conn.transport.write(_CHUNK_END)
-            sink.set_deadline(<double>sink.worker.now + self.upstream.read_timeout)
+            sink.set_deadline(<double>sink.clock.now + self.upstream.read_timeout)
         return 0
 
     # -- the upstream's answer (called by UpstreamConnection)
@@ -453,7 +461,7 @@ cdef class UpstreamCall:
         if reusable and sink.body_done and sink.upgrade is None:
             # A refused upgrade's connection is not reused: the upstream's parser may
             # already treat it as switched (llhttp pauses on every Upgrade request).
-            pool.release(conn, <double>sink.worker.now)
+            pool.release(conn, <double>sink.clock.now)
         else:
             conn.close()
         if self.write_paused:
@@ -503,10 +511,10 @@ cdef class UpstreamCall:
         if paused:
             # The upstream is not taking the body: its send_timeout runs, not the client's.
             sink.body_paused(True)
-            sink.set_deadline(<double>sink.worker.now + self.upstream.send_timeout)
+            sink.set_deadline(<double>sink.clock.now + self.upstream.send_timeout)
         elif sink.body_done:
             sink.body_paused(False)
-            sink.set_deadline(<double>sink.worker.now + self.upstream.read_timeout)
+            sink.set_deadline(<double>sink.clock.now + self.upstream.read_timeout)
         else:
             sink.body_paused(False)
         return 0
@@ -514,7 +522,7 @@ cdef class UpstreamCall:
     cdef int tunnel_data(self, bytes data) except -1:
         cdef Sink sink = self.sink
         sink.on_tunnel_data(data)
-        sink.set_deadline(<double>sink.worker.now + self.upstream.read_timeout)
+        sink.set_deadline(<double>sink.clock.now + self.upstream.read_timeout)
         return 0
 
     cdef int tunnel_closed(self) except -1:
@@ -606,6 +614,7 @@ cdef class FetchSink(Sink):
     def __init__(self, worker, bytes method, bytes target, list headers, bytes body,
                  bytes request_id, Py_ssize_t max_body, bytes host):
         self.worker = worker
+        self.clock = worker.ticks
         self.method = method
         self.target = target
         self.headers = [(n, v) for n, v in headers if n.lower() not in _FETCH_DROP]
