@@ -34,6 +34,7 @@ cdef class ClientProtocol(Stream):
     cdef bint between                   # the parser is between two messages
     cdef bint next_http11               # ... and the next one's request line ends "HTTP/1.1"
     cdef list out                       # writes gathered while an upstream read is handled
+    cdef Py_ssize_t out_size            # ... and their bytes
     cdef bint chunked_out               # the answer being written is chunked
 
     # The head being parsed (one at a time): scratch state the context never sees.

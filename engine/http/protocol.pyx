@@ -73,6 +73,9 @@ cdef int K_TRACESTATE = H_TRACESTATE
 cdef list _REQUEST_KINDS = kind_table(REQUEST_KINDS)
 
 cdef bytes _CHUNK_END = CHUNK_END
+# Gathered writes below this many bytes are joined into one (a copy is cheaper than a
+# writev's bookkeeping); above it they go out as a list of buffers.
+cdef Py_ssize_t _JOIN_MAX = 16384
 cdef bytes _CONTINUE = CONTINUE
 cdef bytes _HEAD = b"HEAD"
 
@@ -651,8 +654,14 @@ cdef class ClientProtocol(Stream):
         return 0
 
     cdef int write_body(self, RequestContext ctx, bytes data) except -1:
-        self._write(chunk(data) if self.chunked_out else data)
-        return 0
+        if not self.chunked_out:
+            return self._write(data)
+        if self.out is None or PyBytes_GET_SIZE(data) < _JOIN_MAX:
+            return self._write(chunk(data))
+        # Re-chunked without copying the data: size line, data, CRLF (RFC 9112 §7.1).
+        self._write(PyBytes_FromFormat("%zx\r\n", PyBytes_GET_SIZE(data)))
+        self._write(data)
+        return self._write(b"\r\n")
 
     cdef int end_body(self, RequestContext ctx) except -1:
         if self.chunked_out:
@@ -668,6 +677,7 @@ cdef class ClientProtocol(Stream):
     cdef int _write(self, bytes data) except -1:
         if self.out is not None:
             self.out.append(data)
+            self.out_size += PyBytes_GET_SIZE(data)
         else:
             self.transport.write(data)
         return 0
@@ -676,13 +686,22 @@ cdef class ClientProtocol(Stream):
         """Writes are gathered until end_batch: what one upstream read produced (a small
         response's head and body) leaves in one send, not two."""
         self.out = []
+        self.out_size = 0
         return 0
 
     cdef int flush(self) except -1:
         cdef list out = self.out
         if out and not self.closed:
-            self.transport.write(join_bytes(out) if PyList_GET_SIZE(out) > 1 else out[0])
+            if PyList_GET_SIZE(out) == 1:
+                self.transport.write(out[0])
+            elif self.out_size < _JOIN_MAX:
+                self.transport.write(join_bytes(out))
+            else:
+                # Large parts (a 64 KiB body) go out as they are, in one writev: joining
+                # would copy every byte once more.
+                self.transport.writelines(out)
             out.clear()
+            self.out_size = 0
         return 0
 
     cdef int end_batch(self) except -1:
