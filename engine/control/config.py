@@ -88,7 +88,9 @@ def _check_methods(values: tuple) -> tuple:
 
 @dataclass(frozen=True)
 class ServerConfig:
-    listen: str = key("0.0.0.0:8080", "address:port to accept client connections on",
+    listen: str = key("0.0.0.0:8080", "address:port to accept client connections on: the "
+                                      'shorthand for one plain-HTTP listener "default" '
+                                      "(not allowed together with [[listeners]])",
                       check=_check_listen)
     workers: int | str = key(1, 'worker processes sharing the port (SO_REUSEPORT); "auto" = '
                                 "one per core", check=_check_workers)
@@ -313,6 +315,17 @@ class RouteConfig:
     sections: tuple = ()
 
 
+@dataclass(frozen=True)
+class ListenerConfig:
+    name: str = key(REQUIRED, "unique name (admin API, logs)")
+    listen: str = key(REQUIRED, "address:port to accept client connections on",
+                      check=_check_listen)
+    forwarded_proto: str = key("http", "what X-Forwarded-Proto says upstream for requests "
+                                       'accepted here (unless a trusted proxy sent one): '
+                                       '"https" behind a TLS-terminating L4 balancer',
+                               choices=("http", "https"))
+
+
 def is_loopback(host: str) -> bool:
     return host == "localhost" or ipaddress.ip_address(host).is_loopback
 
@@ -358,13 +371,18 @@ class DemoConfig:
 @dataclass(frozen=True)
 class Config:
     server: ServerConfig = key(ServerConfig(), "the listener, limits and timeouts")
+    listeners: tuple[ListenerConfig, ...] = key((), "several listeners, each with its own "
+                                                    "address and X-Forwarded-Proto; replaces "
+                                                    "server.listen (which must then be left "
+                                                    "out)")
     upstreams: tuple[UpstreamConfig, ...] = key((), "upstream server groups")
     routes: tuple[RouteConfig, ...] = key((), "routes, matched by host, path and method")
     filters: FiltersConfig = key(FiltersConfig(), "filters for every route and for requests no "
                                                   "route takes, e.g. [filters.headers]; a "
                                                   "route's own section of the same name "
                                                   "replaces it")
-    admin: AdminConfig = key(AdminConfig(), "the admin API listener (separate from server.listen)")
+    admin: AdminConfig = key(AdminConfig(), "the admin API listener (separate from the "
+                                            "proxy's listeners)")
     redis: RedisConfig | None = key(None, 'the Redis store, for features with store = "redis"')
     demo: DemoConfig | None = key(None, "DEMO ONLY: start built-in origins (shipped config.toml)")
 
@@ -379,6 +397,7 @@ def parse(text: str, source: str = "config.toml") -> Config:
     cfg = build(Config, raw, "", errors)
     if cfg is not None:
         _cross_check(cfg, errors)
+        _check_listeners(cfg, raw, errors)
     if errors:
         raise ConfigError(errors)
     return cfg
@@ -454,3 +473,58 @@ def _cross_check(cfg: Config, errors: list) -> None:
                                f'{cfg.server.workers!r} a retry on another worker runs again; '
                                'use store = "redis" (and a [redis] table)'))
     check_routes(cfg, errors)
+
+
+def _check_listeners(cfg: Config, raw: dict, errors: list) -> None:
+    """One way to say where to listen, distinct names, addresses that can all be bound."""
+    if "listeners" in raw:
+        server = raw.get("server")
+        if isinstance(server, dict) and "listen" in server:
+            # Silently ignoring one of the two would leave a port unserved by surprise.
+            errors.append(("server.listen", "cannot be used together with [[listeners]]; "
+                                            "declare this address as a listener too"))
+        if not cfg.listeners and isinstance(raw["listeners"], list) and not raw["listeners"]:
+            errors.append(("listeners", "needs at least one listener (or leave it out and "
+                                        "use server.listen)"))
+    names: dict = {}
+    taken: list = []  # (path, listen, (host, port)) of the listeners so far
+    for i, entry in enumerate(cfg.listeners):
+        if entry is None:
+            continue
+        path = f"listeners[{i}]"
+        if entry.name in names:
+            errors.append((join(path, "name"), f'duplicate listener name "{entry.name}" '
+                                               f"(also listeners[{names[entry.name]}])"))
+        else:
+            names[entry.name] = i
+        address = parse_listen(entry.listen)
+        for other_path, other_listen, other in taken:
+            if _overlap(address, other):
+                errors.append((join(path, "listen"), f'"{entry.listen}" overlaps '
+                                                     f'{other_path} ("{other_listen}")'))
+                break
+        taken.append((join(path, "listen"), entry.listen, address))
+    admin = cfg.admin
+    if admin.enabled:
+        if not cfg.listeners:
+            taken = [("server.listen", cfg.server.listen, parse_listen(cfg.server.listen))]
+        for other_path, other_listen, other in taken:
+            if _overlap(parse_listen(admin.listen), other):
+                errors.append(("admin.listen", f'"{admin.listen}" overlaps {other_path} '
+                                               f'("{other_listen}")'))
+
+
+def _overlap(a: tuple[str, int], b: tuple[str, int]) -> bool:
+    """Whether two "host:port" addresses cannot both be bound (port 0 never clashes: each
+    bind gets a free port of its own)."""
+    (host_a, port_a), (host_b, port_b) = a, b
+    if port_a != port_b or not port_a:
+        return False
+    ip_a, ip_b = (ipaddress.ip_address("127.0.0.1" if h == "localhost" else h)
+                  for h in (host_a, host_b))
+    if ip_a == ip_b:
+        return True
+    # A wildcard address takes the port on every address of its family; "::" takes IPv4
+    # too while net.ipv6.bindv6only is 0 (Linux's default; ipv6(7)).
+    return any(x.is_unspecified and (x.version == y.version or x.version == 6)
+               for x, y in ((ip_a, ip_b), (ip_b, ip_a)))

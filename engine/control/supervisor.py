@@ -1,8 +1,9 @@
-"""The supervisor: binds the port, forks the workers (and demo origins), restarts crashed
+"""The supervisor: binds the listeners, forks the workers (and demo origins), restarts crashed
 workers, hot-reloads the config, serves the admin API, and on SIGTERM/SIGINT stops gracefully.
 
-The supervisor owns the listening sockets: one per worker, all bound to the same port with
-SO_REUSEPORT so the kernel spreads connections, and inherited by the workers through fork.
+The supervisor owns the listening sockets: per listener one per worker, all bound to the same
+address with SO_REUSEPORT so the kernel spreads connections, and inherited by the workers
+through fork; each worker accepts on its share of every listener's group.
 Because the supervisor keeps them open, a worker that exits (crash, drain) never takes a
 socket's queue of not-yet-accepted connections with it: its replacement accepts them. (A
 SO_REUSEPORT socket that is closed resets its queue unless net.ipv4.tcp_migrate_req is on.)
@@ -11,12 +12,14 @@ Reload (engine/control/reload.py): SIGHUP, a change of the config file, or POST 
 the main thread load, validate and compile the file. A bad config changes nothing: the error is
 logged with its key paths and kept for GET /status and the reload metric. A good one is
 published to the run directory and every worker gets SIGHUP and swaps its snapshot in place.
-A change of ``server.listen``, ``server.workers`` or ``server.backlog`` cannot be applied in a
-running worker: a new set of workers starts with the new listener, and once they all serve the
-old ones drain (SIGTERM, ``drain_timeout``) and exit. With the same address the new workers
-take over the same sockets (never fewer: after ``workers`` shrinks, a worker accepts on several),
-so no connection is refused; a new address gets new sockets and the old address stops
-accepting as soon as the old workers start draining.
+A change of the listeners (``server.listen`` or ``[[listeners]]``: added, removed, moved or
+given another ``forwarded_proto``), ``server.workers`` or ``server.backlog`` cannot be applied
+in a running worker: a new set of workers starts with the new listeners, and once they all
+serve the old ones drain (SIGTERM, ``drain_timeout``) and exit. An address bound before keeps
+its sockets and the new workers take them over (never fewer: after ``workers`` shrinks, a
+worker accepts on several), so no connection is refused; a new address gets new sockets, bound
+before anything else changes (a busy one refuses the reload), and an address no longer listed
+stops accepting as soon as the old workers start draining (engine/control/listeners.py).
 
 Threads: the admin API runs in threads of this process, and this process forks. Admin threads
 never write to stderr and only take locks the forked child never touches; reloads, forks and
@@ -37,6 +40,9 @@ import time
 
 from engine.control import VERSION
 from engine.control.config import parse_listen
+from engine.control.listeners import (
+    ListenError, bind_listeners, close_unshared, listeners_of, worker_pairs,
+)
 from engine.control.metrics import STATS_FILE, Totals, read_snapshots
 from engine.control.reload import FileWatch, digest_of, load_candidate, publish
 from engine.chain.schema import ConfigError
@@ -65,7 +71,7 @@ def worker_count(value) -> int:
 def listener_of(cfg) -> tuple:
     """What a running worker cannot change in place."""
     s = cfg.server
-    return (s.listen, worker_count(s.workers), s.backlog)
+    return (listeners_of(cfg), worker_count(s.workers), s.backlog)
 
 
 class Supervisor:
@@ -81,8 +87,7 @@ class Supervisor:
         self.demo_pid = None
         self.stopping = False
         self.hup = False
-        self.port = None
-        self.listeners: list[socket.socket] = []  # never fewer than the workers
+        self.bound: list = []  # engine.control.listeners.Bound per listener, config order
         self.admin = None
         self.rundir = None
         self.started = time.time()
@@ -109,48 +114,23 @@ class Supervisor:
 
     # -- listeners and processes ---------------------------------------------------------
 
-    @staticmethod
-    def _listeners(host: str, port: int, backlog: int, count: int, probe: bool) -> list:
-        """``count`` listening sockets in one SO_REUSEPORT group on host:port (port 0: the
-        first one picks the port for all)."""
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        if probe and port:
-            # SO_REUSEPORT would let a second edgeproxy join this port's group silently;
-            # a bind without it first makes a busy port an error, as nginx reports it.
-            # SO_REUSEADDR still: it lets a port with TIME_WAIT connections (a proxy that
-            # just stopped) be bound, yet not one a live listener holds (Linux refuses
-            # SO_REUSEADDR against a socket in LISTEN).
-            s = socket.socket(family, socket.SOCK_STREAM)
-            try:
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                s.bind((host, port))
-            finally:
-                s.close()
-        out = []
-        try:
-            for _ in range(count):
-                s = socket.socket(family, socket.SOCK_STREAM)
-                out.append(s)
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-                s.bind((host, port))
-                port = s.getsockname()[1]
-                s.listen(backlog)
-        except OSError:
-            for s in out:
-                s.close()
-            raise
-        return out
+    def _sockets(self) -> list:
+        return [sock for b in self.bound for sock in b.sockets]
 
     def _bind(self):
-        host, port = parse_listen(self.cfg.server.listen)
-        count = worker_count(self.cfg.server.workers)
         try:
-            self.listeners = self._listeners(host, port, self.cfg.server.backlog, count, True)
-        except OSError as exc:
-            raise SystemExit(f"edgeproxy: cannot listen on {host}:{port}: "
-                             f"{exc.strerror}") from None
-        self.host, self.port = host, self.listeners[0].getsockname()[1]
+            self.bound = bind_listeners(listeners_of(self.cfg), self.cfg.server.backlog,
+                                        worker_count(self.cfg.server.workers))
+        except ListenError as exc:
+            where = f" ({exc.path})" if self.cfg.listeners else ""
+            raise SystemExit(f"edgeproxy: {exc.message}{where}") from None
+
+    def _addresses(self) -> str:
+        """Where the proxy listens, for the log: "host:port", named when [[listeners]]
+        named them."""
+        if not self.cfg.listeners:
+            return ", ".join(b.address for b in self.bound)
+        return ", ".join(f"{b.address} ({b.listener.name})" for b in self.bound)
 
     def _start_admin(self, cfg):
         from engine.control.admin import AdminServer
@@ -170,7 +150,7 @@ class Supervisor:
                 signal.signal(signal.SIGHUP, signal.SIG_IGN)
                 if self.admin is not None:
                     self.admin.socket.close()  # the admin port belongs to the supervisor
-                for sock in self.listeners:
+                for sock in self._sockets():
                     if sock not in keep:  # else a closed address would still queue SYNs
                         sock.close()
                 code = target()
@@ -194,13 +174,13 @@ class Supervisor:
         from engine.control.worker import run_worker
 
         count = worker_count(self.cfg.server.workers)
-        socks = [s for k, s in enumerate(self.listeners) if k % count == index]
+        pairs = worker_pairs(self.bound, index, count)
         runtime, generation = self.runtime, self.generation
 
         def target():
-            return run_worker(runtime, socks, self.rundir, generation)
+            return run_worker(runtime, pairs, self.rundir, generation)
 
-        pid = self._fork(target, socks)
+        pid = self._fork(target, [sock for sock, _ in pairs])
         self.workers[pid] = index
         self.starting[pid] = index
 
@@ -228,7 +208,7 @@ class Supervisor:
             try:
                 self.admin = self._start_admin(self.cfg)
             except OSError as exc:
-                for sock in self.listeners:
+                for sock in self._sockets():
                     sock.close()
                 self._stop_demo()
                 raise SystemExit(f"edgeproxy: cannot listen on {self.cfg.admin.listen} "
@@ -303,7 +283,7 @@ class Supervisor:
                 self.start_failures.get(index) for index in self.starting.values()):
             self.announced = True
             count = worker_count(self.cfg.server.workers)
-            log(f"listening on {self.host}:{self.port} with {count} worker(s)")
+            log(f"listening on {self._addresses()} with {count} worker(s)")
 
     def _startup_failed(self, pid: int, index: int, status: int, error: str | None) -> bool:
         """A worker died before it served: restart it after an exponential back-off, so a
@@ -393,21 +373,13 @@ class Supervisor:
             return self._record(trigger, "unchanged", t0)
         errors = []
         relisten = listener_of(new) != listener_of(old)
-        listeners = None  # new sockets: for a new address, or more workers than sockets
-        new_address = False
+        bound = self.bound  # with new sockets: for a new address, or more workers
         if relisten:
-            host, port = parse_listen(new.server.listen)
-            count = worker_count(new.server.workers)
-            new_address = (host, port) != parse_listen(old.server.listen)
             try:
-                if new_address:
-                    listeners = self._listeners(host, port, new.server.backlog, count, True)
-                elif count > len(self.listeners):
-                    listeners = self._listeners(self.host, self.port, new.server.backlog,
-                                                count - len(self.listeners), False)
-            except OSError as exc:
-                errors.append(("server.listen", f"cannot listen on {host}:{port}: "
-                                                f"{exc.strerror}"))
+                bound = bind_listeners(listeners_of(new), new.server.backlog,
+                                       worker_count(new.server.workers), self.bound)
+            except ListenError as exc:
+                errors.append((exc.path, exc.message))
         admin = self.admin
         if (new.admin.enabled, new.admin.listen) != (old.admin.enabled, old.admin.listen):
             admin = None
@@ -418,8 +390,7 @@ class Supervisor:
                     errors.append(("admin.listen", f"cannot listen on {new.admin.listen}: "
                                                    f"{exc.strerror}"))
         if errors:
-            for sock in listeners or ():
-                sock.close()
+            close_unshared(bound, self.bound)
             if admin is not None and admin is not self.admin:
                 admin.server_close()
             return self._record(trigger, "failed", t0, errors)
@@ -439,25 +410,20 @@ class Supervisor:
                 # stops the accept loop, the handler thread still answers.
                 threading.Thread(target=previous.stop, daemon=True).start()
         if relisten:
-            self._relisten(listeners, new_address)
+            self._relisten(bound)
         else:
             for pid in self.workers:
                 _kill(pid, signal.SIGHUP)
         self._set_watch()
         return self._record(trigger, "ok", t0)
 
-    def _relisten(self, listeners, new_address: bool) -> None:
-        if new_address:
-            # The old workers keep their copies of the old sockets until they start to
-            # drain; the supervisor's go now so the new workers do not inherit them.
-            for sock in self.listeners:
-                sock.close()
-            self.listeners = listeners
-            self.host = parse_listen(self.cfg.server.listen)[0]
-            self.port = listeners[0].getsockname()[1]
-        elif listeners is not None:
-            self.listeners += listeners
-        for sock in self.listeners:
+    def _relisten(self, bound) -> None:
+        # The old workers keep their copies of the sockets of addresses no longer listed
+        # until they start to drain; the supervisor's go now so new workers do not inherit
+        # them.
+        close_unshared(self.bound, bound)
+        self.bound = bound
+        for sock in self._sockets():
             sock.listen(self.cfg.server.backlog)  # a backlog change applies to live sockets
         old = set(self.workers)
         self.workers = {}
@@ -470,7 +436,7 @@ class Supervisor:
             self._start_worker(i)
         self.retiring |= old
         self.retire_after = (old, time.monotonic() + 10.0)
-        log(f"listening on {self.host}:{self.port} with {count} worker(s); "
+        log(f"listening on {self._addresses()} with {count} worker(s); "
             f"old workers {sorted(old)} drain once the new ones serve")
 
     def _record(self, trigger: str, result: str, t0: float, errors=()) -> dict:
@@ -570,7 +536,11 @@ class Supervisor:
             "uptime_seconds": round(time.time() - self.started, 3),
             "config_file": self.config_path,
             "generation": self.generation,
-            "listen": f"{self.host}:{self.port}",
+            "listen": self.bound[0].address,  # the first listener's: older clients read it
+            "listeners": [{
+                "name": b.listener.name, "listen": b.listener.address, "address": b.address,
+                "forwarded_proto": b.listener.scheme.decode(), "sockets": len(b.sockets),
+            } for b in self.bound],
             "admin_listen": f"{self.admin.host}:{self.admin.port}" if self.admin else None,
             "watch_config": self.watch is not None,
             "last_reload": self.last_reload,
@@ -607,7 +577,7 @@ class Supervisor:
             except ChildProcessError:
                 pass
         self._stop_demo()
-        for sock in self.listeners:
+        for sock in self._sockets():
             sock.close()
         log("stopped" if code == 0 else f"stopped (exit status {code})")
         return code

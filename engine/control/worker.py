@@ -134,11 +134,12 @@ class Worker:
         periods += runtime.shared.periods  # what filters' periodic work asked for
         return max(0.02, min(1.0, min(periods) / 4))
 
-    async def start(self, sock: socket.socket):
-        """Accept on ``sock`` (call again for more listening sockets)."""
+    async def start(self, sock: socket.socket, listener=None):
+        """Accept on ``sock`` for ``listener`` (an engine.control.listeners.Listener; None:
+        plain HTTP). Call again for more listening sockets."""
         self.sockets.append(sock)
         server = await self.loop.create_server(
-            lambda: ClientProtocol(self), sock=sock,
+            lambda: ClientProtocol(self, listener), sock=sock,
             backlog=self.runtime.config.server.backlog)
         self.servers.append(server)
         if self.server is None:
@@ -276,9 +277,9 @@ class Worker:
             self.write_stats()  # the final counts, which the supervisor folds in when we exit
 
 
-def run_worker(runtime, socks, rundir: str | None = None, generation: int = 0) -> int:
-    """Process entry point of one worker: accept on ``socks`` (one listening socket or a
-    list) until SIGTERM/SIGINT, then drain; exit 0.
+def run_worker(runtime, pairs, rundir: str | None = None, generation: int = 0) -> int:
+    """Process entry point of one worker: accept on ``pairs`` ((listening socket, Listener)
+    each) until SIGTERM/SIGINT, then drain; exit 0.
 
     With a ``rundir`` (the supervisor's), SIGHUP applies the config the supervisor validated
     and published there, and the worker's counters are written there for the admin API.
@@ -302,8 +303,8 @@ def run_worker(runtime, socks, rundir: str | None = None, generation: int = 0) -
         loop.add_signal_handler(sig, on_signal)
 
     async def main():
-        for sock in (socks if isinstance(socks, list) else [socks]):
-            await worker.start(sock)
+        for sock, listener in pairs:
+            await worker.start(sock, listener)
         if rundir is not None:
             from engine.control.reload import apply_published
 

@@ -10,13 +10,17 @@ import sys
 import tempfile
 import time
 
-_LISTENING = re.compile(rb"listening on (\S+):(\d+) with (\d+) worker")
+_LISTENING = re.compile(rb"listening on (.+?) with (\d+) worker")
+_ADDRESS = re.compile(rb"(\S+):(\d+)(?: \(([^)]*)\))?")  # "host:port (name)", name optional
 _ADMIN = re.compile(rb"admin API on (\S+):(\d+)")
 _ADMIN_TABLE = re.compile(r"^\[admin\]", re.M)
 
 
 class CliProxy:
     """``with CliProxy(tmp_path, toml) as p: p.port``; SIGTERM and a bounded wait on exit.
+
+    ``port`` is the first listener's; ``ports`` maps each listener's name to its port (as
+    logged at start: "default" for ``server.listen``).
 
     The proxy gets a TMPDIR of its own (``tmpdir``), where its supervisor makes its run
     folder. On exit the folder goes: entirely when the proxy was killed (a crash leaves its
@@ -37,6 +41,7 @@ class CliProxy:
         self.start_timeout = start_timeout
         self.proc = None
         self.port = None
+        self.ports: dict[str, int] = {}
         self.admin_port = None
         self.token = None  # sent as a bearer token by ``admin()``
         self.stderr = b""
@@ -59,7 +64,10 @@ class CliProxy:
                 self.stderr += chunk
                 m = _LISTENING.search(self.stderr)
                 if m:
-                    self.port = int(m.group(2))
+                    for item in m.group(1).split(b", "):
+                        host, port, name = _ADDRESS.fullmatch(item).groups()
+                        self.ports[(name or b"default").decode()] = int(port)
+                    self.port = next(iter(self.ports.values()))
                     admin = _ADMIN.search(self.stderr)
                     self.admin_port = int(admin.group(2)) if admin else None
                     time.sleep(0.2)  # workers bind right after the supervisor logs

@@ -7,13 +7,15 @@ import uvloop
 
 from engine.control.config import parse
 from engine.control.demo import serve_origins
+from engine.control.listeners import listeners_of
 from engine.control.snapshot import Runtime
 from engine.control.worker import Worker, listen_socket
 
 
 class InProcessProxy:
-    """``with InProcessProxy(toml) as p: p.port``. The listen address is forced to
-    127.0.0.1:0 unless ``keep_listen``; the worker drains and stops on exit."""
+    """``with InProcessProxy(toml) as p: p.port``. The worker accepts on 127.0.0.1, on a free
+    port per listener (``ports``: name -> port; ``port`` is the first); the worker drains
+    and stops on exit. The config text gets those addresses unless ``keep_listen``."""
 
     def __init__(self, config_text: str, keep_listen: bool = False):
         if not keep_listen:
@@ -23,6 +25,7 @@ class InProcessProxy:
         self.loop = None
         self.worker = None
         self.port = None
+        self.ports: dict[str, int] = {}
         self._thread = None
         self._ready = threading.Event()
         self._stop = None
@@ -53,9 +56,11 @@ class InProcessProxy:
         if self.cfg.demo is not None:
             await serve_origins(self.cfg.demo.origins)
         self.worker = Worker(self.runtime)
-        sock = listen_socket("127.0.0.1", 0, 128, False)
-        self.port = sock.getsockname()[1]
-        await self.worker.start(sock)
+        for listener in listeners_of(self.cfg):
+            sock = listen_socket("127.0.0.1", 0, 128, False)
+            self.ports[listener.name] = sock.getsockname()[1]
+            await self.worker.start(sock, listener)
+        self.port = next(iter(self.ports.values()))
         self._ready.set()
         await self._stop
         await self.worker.drain(1.0)
@@ -93,6 +98,9 @@ class InProcessProxy:
 
 
 def _force_listen(text: str) -> str:
+    if "[[listeners]]" in text:  # each keeps its table, on a free port of 127.0.0.1
+        return "\n".join('listen = "127.0.0.1:0"' if ln.strip().startswith("listen =") else ln
+                         for ln in text.splitlines()) + "\n"
     lines = [ln for ln in text.splitlines() if not ln.strip().startswith("listen")]
     out = []
     inserted = False
