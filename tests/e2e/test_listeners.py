@@ -168,7 +168,9 @@ def test_a_reload_changing_forwarded_proto_keeps_the_port(tmp_path):
                               + 'forwarded_proto = "https"\n'))
         code, result = p.admin("POST", "/reload")
         assert code == 200 and result["workers_pending"] == []
-        assert proto_seen(origin, port) == b"https"
+        # An old worker may still accept a connection until its drain begins (it serves
+        # with the config it has): the new proto is the answer once they stopped.
+        assert wait_until(lambda: proto_seen(origin, port) == b"https", 5.0)
 
 
 def test_a_reload_with_a_busy_listener_address_is_refused_naming_it(tmp_path):
