@@ -2,8 +2,8 @@
 
     python bench/bench_chain.py
 
-Runs the chain the way engine/http/exchange.py does (request hooks in phase order counting
-``ran``, then the response hooks of the filters that ran, in reverse) on a context stub with 8
+Runs a compiled Chain the way the runner in engine/chain/context.pyx does (request hooks in
+phase order setting ``ran``, then the response hooks of the filters that ran, in reverse) on a context stub with 8
 request headers and a response with 8 headers. 0 and 1 filters come from a real config through
 parse() + Runtime; 5 filters go through the same chain compiler with five header-transform
 sections (a config file may hold one section per filter name, the compiler takes any number).
@@ -17,10 +17,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.chain.filter import compile_chain  # noqa: E402
-from engine.control.config import parse  # noqa: E402
 from engine.chain.schema import build  # noqa: E402
-from engine.control.snapshot import Runtime  # noqa: E402
+from engine.control.config import parse  # noqa: E402
+from engine.control.snapshot import Build, Runtime, Shared, compile_chain  # noqa: E402
 from engine.filters import headers  # noqa: E402
 from engine.errors import Response  # noqa: E402
 
@@ -79,7 +78,7 @@ FIVE_FILTERS = (
 
 
 class Ctx:
-    """What filters see of an Exchange: the request headers and the count of hooks run."""
+    """What filters see of a RequestContext: the request headers and the hooks run."""
 
     __slots__ = ("headers", "ran")
 
@@ -89,9 +88,8 @@ class Ctx:
 
 
 def route_chain(config_text: str) -> tuple[tuple, tuple]:
-    rt = Runtime(parse(config_text, "bench"))
-    route = rt.routes[0]
-    return route.request_filters, route.response_filters
+    chain = Runtime(parse(config_text, "bench")).routes[0].chain
+    return chain.request, chain.response
 
 
 def five_filter_chain() -> tuple[tuple, tuple]:
@@ -100,13 +98,15 @@ def five_filter_chain() -> tuple[tuple, tuple]:
                      for i, raw in enumerate(FIVE_FILTERS))
     if errors:
         raise SystemExit(f"bad filter config: {errors}")
-    route_cfg = parse(BASE, "bench").routes[0]
-    return compile_chain(dataclasses.replace(route_cfg, sections=sections))
+    cfg = parse(BASE, "bench")
+    route_cfg = dataclasses.replace(cfg.routes[0], sections=sections)
+    chain = compile_chain(sections, Build(route_cfg, cfg, Shared(cfg)))
+    return chain.request, chain.response
 
 
-def run(request_filters, response_filters, n: int) -> int:
-    """ns for ``n`` requests through the chain (the loop mirrors Exchange.start and
-    Exchange._write_head)."""
+def run(request_hooks, response_hooks, n: int) -> int:
+    """ns for ``n`` requests through the chain (the loop mirrors RequestContext.run_filters
+    and RequestContext._head)."""
     ctx = Ctx()
     resp = Response(200, RESPONSE_HEADERS, None)
     req_headers, resp_headers = REQUEST_HEADERS, RESPONSE_HEADERS
@@ -115,32 +115,32 @@ def run(request_filters, response_filters, n: int) -> int:
     for _ in range(n):
         ctx.headers = req_headers  # filters replace the list; each request starts afresh
         ctx.ran = 0
-        for f in request_filters:
-            ctx.ran += 1
-            if f.on_request(ctx) is not None:
+        for index, hook in request_hooks:
+            ctx.ran = index + 1
+            if hook(ctx) is not None:
                 break
         resp.headers = resp_headers
-        if response_filters and ctx.ran:
-            for index, f in response_filters:
+        if response_hooks and ctx.ran:
+            for index, hook in response_hooks:
                 if index < ctx.ran:
-                    f.on_response(ctx, resp)
+                    hook(ctx, resp)
     return clock() - t0
 
 
 def measure(chain) -> float:
     """Best ns per request over REPEATS runs, each sized to ~TARGET_NS."""
-    request_filters, response_filters = chain
-    run(request_filters, response_filters, 1000)  # warm up
-    probe = max(1, run(request_filters, response_filters, 10_000)) / 10_000
+    request_hooks, response_hooks = chain
+    run(request_hooks, response_hooks, 1000)  # warm up
+    probe = max(1, run(request_hooks, response_hooks, 10_000)) / 10_000
     n = max(1000, min(MAX_ITERATIONS, int(TARGET_NS / probe)))
-    return min(run(request_filters, response_filters, n) for _ in range(REPEATS)) / n
+    return min(run(request_hooks, response_hooks, n) for _ in range(REPEATS)) / n
 
 
 def check(chain, expect_request: int) -> None:
     """The chain really edits: the request headers change as the filters say."""
     ctx = Ctx()
-    for f in chain[0]:
-        f.on_request(ctx)
+    for _, hook in chain[0]:
+        hook(ctx)
     assert len(chain[0]) == expect_request, chain
     if expect_request:
         assert ctx.headers is not REQUEST_HEADERS and ctx.headers != REQUEST_HEADERS

@@ -22,6 +22,7 @@ from engine.wire._common cimport (
 from engine.wire.h1 cimport drop_named, tokens
 from ext.router cimport Router
 
+from engine.chain.filter import BUFFERED, STREAM
 from engine.errors import Response, error_response
 from engine.upstream.call import fetch as _fetch
 from engine.wire.framing import random_hex
@@ -118,6 +119,11 @@ cdef class Chain:
                                     if _defines(f, "on_response_body")][::-1])
         self.log = tuple([f.on_log for f in built if _defines(f, "on_log")])
         body_needs = [f.RESPONSE_BODY for f in built if _defines(f, "on_response_body")]
+        for need in body_needs:
+            if not (isinstance(need, tuple) and len(need) == 2 and need[0] in (STREAM, BUFFERED)
+                    and need[1] > 0):
+                raise TypeError("a filter with on_response_body declares RESPONSE_BODY = "
+                                f"(STREAM or BUFFERED, max bytes), not {need!r}")
         self.body_limit = max([limit for _, limit in body_needs], default=0)
         self.body_buffered = any([mode == "buffered" for mode, _ in body_needs])
 
