@@ -7,31 +7,9 @@ import asyncio
 import pytest
 import uvloop
 
-from engine.control.config import RedisConfig
-from engine.stores.redis import RedisStore, StoreError, StoreUnavailable
+from engine.stores.redis import StoreError, StoreUnavailable
 from engine.upstream.health import Circuit
-
-ECHO = "return {ARGV[1], redis.call('INCR', KEYS[1])}"
-FAIL = "return redis.error_reply('ERR nope')"
-# Holds Redis for ARGV[1] ms, so a call stays in flight that long.
-SPIN = """
-local t = redis.call('TIME')
-local stop = t[1] * 1000 + t[2] / 1000 + tonumber(ARGV[1])
-repeat t = redis.call('TIME') until t[1] * 1000 + t[2] / 1000 >= stop
-return 1
-"""
-
-
-class Clock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self):
-        return self.now
-
-
-def store_for(url, clock, **kw):
-    return RedisStore(RedisConfig(url=url, prefix="t:", **{"timeout": 0.5, **kw}), clock=clock)
+from tests.engine.stores.test_redis_store import ECHO, FAIL, SPIN, Clock, store_for
 
 
 def test_the_breaker_is_a_health_circuit_on_consecutive_failures_with_one_probe():
