@@ -19,9 +19,12 @@ cdef class UpstreamConnection:
                                     # or "unsolicited" (bytes after a complete response)
     cdef public bint completed      # the response ended in the read being parsed
     cdef bint keep_alive            # ... and let the connection persist (RFC 9112 §9.3)
+    cdef bytes head_bytes           # what arrived since the response began, until its head
+    cdef Py_ssize_t head_from       # where in it the head being parsed starts (after a 1xx)
 
     cpdef bint usable(self) except -1
     cpdef start(self, object call, bytes head, bint skip_body)
+    cdef bint _scan_head(self) except -1
     cdef int _complete(self, object reusable=*) except -1
     cdef int _fail(self, object exc) except -1
     cpdef close(self)

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from tests.support.client import Conn
+from tests.support.client import Conn, raw
 from tests.support.e2e import assert_error, proxy_config, read_response_or_reset
 from tests.support.origin import Origin, ok
 from tests.support.proxy import InProcessProxy
@@ -286,3 +286,27 @@ def test_slow_client_does_not_leave_the_pooled_connection_paused():
                 assert c.request("GET", "/small").body == b"small"
                 assert time.monotonic() - started < 1.5
         assert origin.connections == 1
+
+
+def test_a_head_split_across_reads_keeps_its_fields_reason_and_trimmed_values():
+    # The origin writes its head in pieces (30 ms apart, so they arrive as separate reads)
+    # that cut the status line, a field name and a value; the proxy splits the head itself
+    # once llhttp accepted it (engine/upstream/connection.pyx), so the pieces must be
+    # joined first. Field values lose surrounding whitespace (RFC 9110 §5.5); the origin's
+    # reason phrase is kept.
+    pieces = [b"HTTP/1.1 20", b"1 Made It\r\nX-Sp", b"lit:  \t one va", b"lue \t\r\nX-Empty:\r\n",
+              b"Content-Length: 4\r\n", b"\r\nbody"]
+
+    def write_slowly(req, transport):
+        for i, piece in enumerate(pieces):
+            origin.loop.call_later(0.03 * i, transport.write, piece)
+
+    with Origin(lambda req: b"", on_head=write_slowly) as origin, \
+            InProcessProxy(proxy_config(origin.url)) as proxy:
+        with Conn(proxy.port) as c:
+            r = c.request("GET", "/")
+            assert r.status == 201 and r.body == b"body"
+            assert r.header(b"x-split") == b"one value" and r.header(b"x-empty") == b""
+            assert c.request("GET", "/again").status == 201  # the connection stays in step
+        got = raw(proxy.port, b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        assert got.startswith(b"HTTP/1.1 201 Made It\r\n"), got[:40]
