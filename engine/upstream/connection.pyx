@@ -16,10 +16,6 @@ cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.string cimport memchr
 
-cdef extern from "<string.h>" nogil:
-    # glibc's (Python.h defines _GNU_SOURCE, which declares it)
-    void* memmem(const void* haystack, size_t n, const void* needle, size_t m)
-
 # pyx-level cimport: connection.pxd cimports nothing, so the .pxd files have no cycle.
 from engine.upstream.call cimport UpstreamCall
 
@@ -174,12 +170,11 @@ cdef class UpstreamConnection:
         # The head llhttp has just accepted, from ``head_bytes`` at ``head_from``: its reason
         # phrase and its fields, flat. llhttp checked the syntax (CRLF line ends, token
         # names with no space before the colon, no obs-fold, no CTLs), so the head is the
-        # bytes up to the first empty line. Field values lose their surrounding whitespace
+        # lines up to the first empty one. Field values lose their surrounding whitespace
         # (RFC 9110 §5.5). False if the bytes are not what llhttp accepted.
         cdef bytes head = self.head_bytes
-        cdef const char* base
         cdef const char* p
-        cdef const char* end
+        cdef const char* stop
         cdef const char* eol
         cdef const char* colon
         cdef const char* v
@@ -188,20 +183,23 @@ cdef class UpstreamConnection:
         cdef list fields = []
         if head is None:
             return False
-        base = PyBytes_AS_STRING(head)
-        p = base + self.head_from
-        end = <const char*>memmem(p, PyBytes_GET_SIZE(head) - self.head_from, b"\r\n\r\n", 4)
-        if end is NULL:
-            return False
+        p = PyBytes_AS_STRING(head) + self.head_from
+        stop = PyBytes_AS_STRING(head) + PyBytes_GET_SIZE(head)
         # Status line: HTTP-version SP status-code [SP reason-phrase] (RFC 9112 §4).
-        eol = <const char*>memchr(p, b"\r", end + 2 - p)
+        eol = <const char*>memchr(p, b"\r", stop - p)
+        if eol is NULL:
+            return False
         sp = <const char*>memchr(p, b" ", eol - p)
         if sp is NULL or eol - sp < 4:
             return False
         self.reason = PyBytes_FromStringAndSize(sp + 5, eol - sp - 5) if eol - sp > 5 else b""
         p = eol + 2
-        while p < end + 2:
-            eol = <const char*>memchr(p, b"\r", end + 2 - p)
+        while True:
+            eol = <const char*>memchr(p, b"\r", stop - p) if p < stop else NULL
+            if eol is NULL:
+                return False
+            if eol == p:
+                break  # the empty line that ends the head
             colon = <const char*>memchr(p, b":", eol - p)
             if colon is NULL or colon == p:
                 return False
@@ -215,7 +213,7 @@ cdef class UpstreamConnection:
             fields.append(PyBytes_FromStringAndSize(v, ve - v))
             p = eol + 2
         self.headers = fields
-        self.head_from = end + 4 - base
+        self.head_from = eol + 2 - PyBytes_AS_STRING(head)
         return True
 
     # -- exchange side
