@@ -45,6 +45,16 @@ remove = ["X-Debug"]
 add = { "X-Served-By" = "edgeproxy" }
 """
 
+# bench/vs_nginx.py's edgeproxy-gateway route: header edits both ways plus a rate limit.
+RATE_LIMIT = """
+[[routes.rate_limit.limits]]
+name = "per-ip"
+algorithm = "sliding_counter"
+limit = 100000000
+window = "1m"
+key = ["ip"]
+"""
+
 REQUEST = b"GET /x HTTP/1.1\r\nHost: 127.0.0.1:18080\r\nUser-Agent: wrk\r\nAccept: */*\r\n\r\n"
 RESPONSE = (b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Sat, 28 Nov 2026 06:00:00 GMT\r\n"
             b"Content-Type: text/plain\r\nContent-Length: 13\r\nConnection: keep-alive\r\n\r\n"
@@ -125,7 +135,8 @@ def main():
         pstats.Stats(prof).sort_stats("tottime").print_stats(20)
         return
     run(10_000, "")  # warm up
-    rows = [("pass-through", ""), ("header transforms", GATEWAY)]
+    rows = [("pass-through", ""), ("header transforms", GATEWAY), ("rate limit", RATE_LIMIT),
+            ("header transforms + rate limit", GATEWAY + RATE_LIMIT)]
     print("| route | user-space ns per request |\n|---|---|")
     for name, extra in rows:
         best = min(run(args.n, extra) for _ in range(3))
