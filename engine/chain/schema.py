@@ -2,7 +2,7 @@
 
 ``build(cls, raw, path, errors)`` validates a TOML table against a dataclass and returns the typed
 object, appending every (key_path, message) it finds to ``errors`` instead of stopping at the first.
-The README's config reference is generated from the same dataclasses (``reference_markdown``).
+docs/config-reference.md is generated from the same dataclasses (``reference_markdown``).
 """
 
 import dataclasses
