@@ -37,7 +37,6 @@ cdef class Stream:
     cdef int end_body(self, RequestContext ctx) except -1
     cdef int send_continue(self, RequestContext ctx) except -1
     cdef int start_tunnel(self, RequestContext ctx, object transport, double timeout) except -1
-    cdef int tunnel_write(self, bytes data) except -1
     cdef int begin_batch(self) except -1
     cdef int flush(self) except -1
     cdef int end_batch(self) except -1

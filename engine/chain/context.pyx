@@ -64,9 +64,6 @@ cdef class Stream:
                           double timeout) except -1:
         raise NotImplementedError
 
-    cdef int tunnel_write(self, bytes data) except -1:
-        raise NotImplementedError
-
     cdef int begin_batch(self) except -1:
         return 0
 
@@ -125,7 +122,7 @@ cdef class Chain:
                 raise TypeError("a filter with on_response_body declares RESPONSE_BODY = "
                                 f"(STREAM or BUFFERED, max bytes), not {need!r}")
         self.body_limit = max([limit for _, limit in body_needs], default=0)
-        self.body_buffered = any([mode == "buffered" for mode, _ in body_needs])
+        self.body_buffered = any([mode == BUFFERED for mode, _ in body_needs])
 
     def __len__(self):
         return len(self.filters)

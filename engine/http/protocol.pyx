@@ -709,9 +709,6 @@ cdef class ClientProtocol(Stream):
         self.out = None
         return 0
 
-    cdef int tunnel_write(self, bytes data) except -1:
-        return self._write(data)
-
     # -- errors
 
     cdef int _reject(self, object ex_, str code) except -1:
