@@ -106,6 +106,8 @@ cdef class RequestContext(Sink):
     cdef list body_copy                 # the response body kept for on_response_body
     cdef Py_ssize_t body_copy_size
     cdef tuple held                     # a buffered response's head, until its body is in
+    cdef list body_held                 # body bytes of the read being parsed, for the
+                                        # upstream (None: the end); see client_read_parsed
 
     @staticmethod
     cdef RequestContext new(Stream stream, object rt)
@@ -116,6 +118,7 @@ cdef class RequestContext(Sink):
     cdef int answer(self, str code, list headers=*) except -1
     cdef int client_body(self, bytes chunk) except -1
     cdef int client_body_end(self) except -1
+    cdef int client_read_parsed(self) except -1
     cdef int timed_out(self) except -1
     cdef bint client_gone(self) except -1
     cdef int pause_upstream(self, bint paused) except -1

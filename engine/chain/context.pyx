@@ -170,7 +170,8 @@ cdef class RequestContext(Sink):
         self.params = extra
         self.chain = route.chain
         self.upstream = route.upstream
-        if self.content_length is not None and self.content_length > route.max_body_size:
+        if ((self.content_length is not None and self.content_length > route.max_body_size)
+                or self.body_received > route.max_body_size):  # (arrived with the head)
             self.close_after = True
             self.ran = PY_SSIZE_T_MAX
             return self.answer("body_too_large")
@@ -295,7 +296,13 @@ cdef class RequestContext(Sink):
         if self.finished:
             return 0  # answered already: the rest of the body is read and dropped
         if call is not None and call.conn is not None:
-            return call.send_body(chunk)
+            # Held until the codec has parsed the whole read (client_read_parsed): a bad
+            # chunk later in it must find none of it sent (RFC 9112 §7.1).
+            if self.body_held is None:
+                self.body_held = [chunk]
+            else:
+                self.body_held.append(chunk)
+            return 0
         if self.pending is None:
             self.pending = []
         self.pending.append(chunk)
@@ -311,8 +318,32 @@ cdef class RequestContext(Sink):
         self.body_done = True
         if self.body_waiter is not None and not self.body_waiter.done():
             self.body_waiter.set_result(None)
-        if self.call is not None and not self.finished:
-            self.call.body_end()
+        if self.call is not None and self.call.conn is not None and not self.finished:
+            # The end goes upstream with the rest of the read (client_read_parsed).
+            if self.body_held is None:
+                self.body_held = [None]
+            else:
+                self.body_held.append(None)
+        return 0
+
+    cdef int client_read_parsed(self) except -1:
+        """The codec parsed the read that brought body bytes (or this request's message ended
+        before its bad bytes): they go upstream now, in one write."""
+        cdef list held = self.body_held
+        cdef UpstreamCall call = self.call
+        cdef bint end
+        if held is None:
+            return 0
+        self.body_held = None
+        if self.finished or call is None or call.conn is None:
+            return 0
+        end = held[len(held) - 1] is None
+        if end:
+            held.pop()
+        if held:
+            call.send_body(join_bytes(held) if len(held) > 1 else held[0])
+        if end:
+            call.body_end()
         return 0
 
     # -- Sink: what the upstream call reports

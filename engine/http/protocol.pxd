@@ -26,6 +26,8 @@ cdef class ClientProtocol(Stream):
     cdef bint next_http11               # ... and the next one's request line ends "HTTP/1.1"
     cdef list out                       # writes gathered while an upstream read is handled
     cdef bint chunked_out               # the answer being written is chunked
+    cdef bint parsing                   # inside parser.feed_data (see data_received)
+    cdef RequestContext starting        # dispatched during a read: starts once it parsed
 
     # The head being parsed (one at a time): scratch state the context never sees.
     cdef bytes url
@@ -53,11 +55,14 @@ cdef class ClientProtocol(Stream):
 
     cdef int _use_settings(self, object rt) except -1
     cdef int _dispatch(self, object ex) except -1
+    cdef int _start(self, RequestContext ex) except -1
+    cdef int _read_parsed(self, bint clean) except -1
     cdef int account(self, object exchange) except -1
     cdef int _close_after_response(self, object ex) except -1
     cdef int _reject(self, object ex, str code) except -1
     cdef int _body_too_large(self, object ex) except -1
     cdef int _parse_failed(self, object exc) except -1
+    cdef int _internal_error(self, object exc) except -1
     cdef int _bad_request(self, str code) except -1
     cdef int _upgrade_requested(self, bytes rest) except -1
     cdef int _write(self, bytes data) except -1

@@ -238,15 +238,25 @@ cdef class ClientProtocol(Stream):
             # ends " HTTP/1.1", the version is known without get_http_version (which formats
             # a new string per call, a tenth of this request's cost).
             self.next_http11 = _line_is_http11(data)
+        # The whole read is parsed before anything derived from it goes upstream (a request's
+        # start, its body bytes): a chunk-size overflow or a bare-LF chunk line later in the
+        # same read must find nothing sent (RFC 9112 §7.1, §2.2). See _read_parsed.
+        self.parsing = True
         try:
             self.parser.feed_data(data)
         except HttpParserUpgrade as exc:
+            self.parsing = False
             self._upgrade_requested(data[exc.args[0]:] if exc.args else b"")
+            self._read_parsed(True)
             return
         except HttpParserError as exc:
+            self.parsing = False
             if not self.broken and not self.closed:
                 self._parse_failed(exc)
+            self._read_parsed(False)
             return
+        self.parsing = False
+        self._read_parsed(True)
         if (ex is not None and self.ex is ex and self.in_head == in_head
                 and ex.body_received == received and not ex.body_done):
             # httptools holds an unfinished header field (head or trailers) in memory until
@@ -504,12 +514,38 @@ cdef class ClientProtocol(Stream):
     cdef int _dispatch(self, object ex) except -1:
         if self.active is None:
             self.active = ex
-            (<RequestContext>ex).start()
+            self._start(<RequestContext>ex)
         else:
             if self.queue is None:
                 self.queue = deque()
             self.queue.append(ex)
             self.pause_reading_for(PAUSE_PIPELINE)
+        return 0
+
+    cdef int _start(self, RequestContext ex) except -1:
+        if self.parsing:
+            self.starting = ex  # once the read that holds its head has parsed (_read_parsed)
+            return 0
+        return ex.start()
+
+    cdef int _read_parsed(self, bint clean) except -1:
+        # A read was parsed, ``clean``ly or up to an error (answered already): what it derived
+        # goes out now. After an error only a request whose message ended before the bad bytes
+        # does; the one they belong to was answered 400 and its upstream connection reset.
+        cdef RequestContext ex = self.active
+        if self.closed:
+            self.starting = None
+            return 0
+        if ex is not None and (clean or ex.body_done):
+            ex.client_read_parsed()
+        ex = self.starting
+        if ex is not None:
+            self.starting = None
+            if not ex.finished:
+                try:
+                    ex.start()
+                except Exception as exc:
+                    return self._internal_error(exc)  # (a filter's bug, say)
         return 0
 
     cdef int account(self, object exchange) except -1:
@@ -549,7 +585,7 @@ cdef class ClientProtocol(Stream):
             if not queue:
                 # The last queued request may still be sending its body: read it.
                 self.resume_reading_for(PAUSE_PIPELINE)
-            return (<RequestContext?>nxt).start()
+            return self._start(<RequestContext?>nxt)
         self.resume_reading_for(PAUSE_PIPELINE)
         if self.worker.draining and not self.in_head:
             self.close()
@@ -703,22 +739,25 @@ cdef class ClientProtocol(Stream):
         cause = exc.__context__
         if (isinstance(exc, HttpParserCallbackError) and cause is not None
                 and not isinstance(cause, _Rejected)):
-            # Our own code failed inside a parser callback (a filter, say): the client is
-            # not at fault. Log it and answer 500; the connection closes as for bad input.
-            sys.stderr.write("edgeproxy: internal error while handling a request:\n"
-                             + "".join(traceback.format_exception(cause)))
-            return self.fail()
+            return self._internal_error(cause)  # our own code failed inside a callback
         if isinstance(exc, HttpParserInvalidURLError):
             code = "bad_target"
         else:
-            msg = str(exc)
-            if "HTTP version" in msg:
+            msg = str(exc).lower()  # (llhttp's reasons: "Chunk size overflow", "... chunk size")
+            if "http version" in msg:
                 code = "version_not_supported"  # llhttp knows 0.9, 1.x and 2.0 only
-            elif "Content-Length" in msg or "Transfer-Encoding" in msg or "chunk" in msg:
+            elif "content-length" in msg or "transfer-encoding" in msg or "chunk" in msg:
                 code = "bad_framing"
             else:
                 code = "bad_request"
         return self._bad_request(code)
+
+    cdef int _internal_error(self, object exc) except -1:
+        # Our own code failed handling a request: the client is not at fault. Log it and
+        # answer 500; the connection closes as for bad input.
+        sys.stderr.write("edgeproxy: internal error while handling a request:\n"
+                         + "".join(traceback.format_exception(exc)))
+        return self.fail()
 
     cdef int fail(self) except -1:
         """Answer the request being handled with a 500 and close (nothing after it is

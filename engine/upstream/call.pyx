@@ -573,7 +573,13 @@ cdef class UpstreamCall:
         if conn is not None:
             self.conn = None
             self.server.pool.active -= 1
-            conn.abort()
+            if self.sink.body_done:
+                conn.abort()
+            else:
+                # The server holds a head and part of a body that will never be completed
+                # (RFC 9112 §7.1: a bad chunk, a 413, a client gone mid-body): a reset, so
+                # nothing can take it for a whole request.
+                conn.reset()
         if self.attempting:
             self.end_attempt(-1)
         return 0

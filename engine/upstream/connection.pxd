@@ -26,3 +26,4 @@ cdef class UpstreamConnection:
     cdef int _fail(self, object exc) except -1
     cpdef close(self)
     cpdef abort(self)
+    cpdef reset(self)

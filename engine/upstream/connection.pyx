@@ -8,6 +8,9 @@ A cdef class cannot subclass asyncio.Protocol; uvloop and httptools only duck-ty
 this class implements every method they call (eof_received included).
 """
 
+import socket
+import struct
+
 import httptools
 
 cimport cython
@@ -19,6 +22,7 @@ cdef object HttpResponseParser = httptools.HttpResponseParser
 cdef object HttpParserUpgrade = httptools.HttpParserUpgrade
 cdef object HttpParserCallbackError = httptools.HttpParserCallbackError
 cdef object HttpParserError = httptools.HttpParserError
+cdef bytes _LINGER_ZERO = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close sends a reset
 
 
 class _StopParsing(Exception):
@@ -205,3 +209,16 @@ cdef class UpstreamConnection:
         self.call = None
         if self.transport is not None:
             self.transport.abort()
+
+    cpdef reset(self):
+        """Abort with a TCP reset: the request on it is cut off (a bad body, a client gone
+        mid-body), and a reset cannot be taken for the end of a message, as a FIN after a
+        close-delimited or truncated body could."""
+        if self.transport is not None:
+            sock = self.transport.get_extra_info("socket")
+            if sock is not None:
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
+                except OSError:
+                    pass
+        self.abort()

@@ -3,7 +3,8 @@
 An Origin runs an asyncio server in its own thread. Its ``handler(request)`` returns what to do:
 raw response bytes, or a tuple (bytes, action) where action is "close", "reset", "hang" or
 "keep", or a number of seconds to wait before writing the bytes. Every request is recorded for
-assertions.
+assertions, and so are the raw bytes received and how each connection ended (``lost``: None
+for a close, ConnectionResetError for a reset).
 """
 
 import asyncio
@@ -54,6 +55,7 @@ class _OriginProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc):
         self.origin.open.discard(self)
+        self.origin.lost.append(exc)
 
     def data_received(self, data):
         self.origin.raw.append(data)
@@ -124,6 +126,7 @@ class Origin:
         self.on_head = on_head
         self.requests: list[Request] = []
         self.raw: list[bytes] = []
+        self.lost: list[BaseException | None] = []  # connection_lost's exc, per connection
         self.connections = 0
         self.open = set()
         self.port = None
