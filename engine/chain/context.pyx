@@ -171,7 +171,8 @@ cdef class RequestContext(Sink):
         self.chain = route.chain
         self.upstream = route.upstream
         if ((self.content_length is not None and self.content_length > route.max_body_size)
-                or self.body_received > route.max_body_size):  # (arrived with the head)
+                or (self.body_received  # (arrived with the head)
+                    and self.body_received > route.max_body_size)):
             self.close_after = True
             self.ran = PY_SSIZE_T_MAX
             return self.answer("body_too_large")
