@@ -85,7 +85,8 @@ cdef class RequestContext(Sink):
     cdef public object route            # CompiledRoute, or None (no route took it)
     cdef public object params
     cdef public str miss                # why no route took it: "not_found", or
-    cdef public tuple allow             # "method_not_allowed" with these methods
+    cdef public tuple allow             # "method_not_allowed" with these methods, or
+                                        # "server_options" (OPTIONS *, answered 200)
     cdef public Chain chain             # the route's filters, or the server-wide ones
     cdef public object upstream         # where the request goes: the route's, or a filter's pick
     cdef public object consumer         # the authenticated caller (auth filters), or None

@@ -61,7 +61,7 @@ class RequestContext(Sink):
     query: bytes
     route: Any
     params: dict[str, str] | None
-    miss: str | None
+    miss: str | None  # "not_found", "method_not_allowed", "server_options" (OPTIONS *)
     allow: tuple[bytes, ...] | None
     chain: Chain | None
     upstream: Upstream | str | None

@@ -155,7 +155,9 @@ cdef class RequestContext(Sink):
         route, extra = router.match(self.method, host, self.path)
         if route is None:
             if extra is None:
-                self.miss = "not_found"
+                # "OPTIONS *" asks about the server, which this gateway is to its clients
+                # (RFC 9110 §9.3.7, §3.7): answered here, after the server-wide filters.
+                self.miss = "server_options" if self.path == "*" else "not_found"
                 self.chain = self.rt.server_chain
             else:
                 # The path has a route, not for this method: that route's filters still run
@@ -201,6 +203,10 @@ cdef class RequestContext(Sink):
         if self.miss is not None:
             if self.allow is not None:
                 return self.answer(self.miss, [(b"Allow", b", ".join(self.allow))])
+            if self.miss == "server_options":
+                # RFC 9110 §9.3.7: no content, so "Content-Length: 0"
+                self.respond(_Response(200, [], b""))
+                return 0
             return self.answer(self.miss)
         return self.proxy()
 

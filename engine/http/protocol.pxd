@@ -24,6 +24,9 @@ cdef class ClientProtocol(Stream):
     cdef bytes host_ok                  # the last Host value that passed valid_host
     cdef bint between                   # the parser is between two messages
     cdef bint next_http11               # ... and the next one's request line ends "HTTP/1.1"
+    cdef bint next_scanned              # ... and _request_line saw its start
+    cdef bytes next_method              # ... an extension method llhttp sees as a placeholder
+    cdef bytes line_held                # the start of a request line, held until it ends
     cdef list out                       # writes gathered while an upstream read is handled
     cdef bint chunked_out               # the answer being written is chunked
     cdef bint parsing                   # inside parser.feed_data (see data_received)
@@ -37,6 +40,8 @@ cdef class ClientProtocol(Stream):
     cdef bytes te
     cdef bytes expect
     cdef bint line_http11               # its request line ended " HTTP/1.1"
+    cdef bint line_scanned              # _request_line saw its start (see _unparsed_method)
+    cdef bytes line_method              # its real method, when llhttp saw a placeholder
     cdef public list tunnel_pending     # bytes after an Upgrade request, before the 101
     cdef Py_ssize_t tunnel_pending_size
 
@@ -63,6 +68,9 @@ cdef class ClientProtocol(Stream):
     cdef int _body_too_large(self, object ex) except -1
     cdef int _parse_failed(self, object exc) except -1
     cdef int _internal_error(self, object exc) except -1
+    cdef object _request_line(self, bytes data)
+    cdef object _hold_line(self, bytes data)
+    cdef int _unparsed_method(self) except -1
     cdef int _bad_request(self, str code) except -1
     cdef int _upgrade_requested(self, bytes rest) except -1
     cdef int _write(self, bytes data) except -1

@@ -54,6 +54,7 @@ cdef object HttpParserUpgrade = httptools.HttpParserUpgrade
 cdef object HttpParserError = httptools.HttpParserError
 cdef object HttpParserCallbackError = httptools.HttpParserCallbackError
 cdef object HttpParserInvalidURLError = httptools.HttpParserInvalidURLError
+cdef object HttpParserInvalidMethodError = httptools.HttpParserInvalidMethodError
 
 # framing's header kinds as C ints (0: a field relayed as is).
 cdef int K_HOST = H_HOST
@@ -73,6 +74,17 @@ cdef int K_TRACESTATE = H_TRACESTATE
 cdef list _REQUEST_KINDS = kind_table(REQUEST_KINDS)
 
 cdef bytes _CHUNK_END = CHUNK_END
+cdef bytes _ASTERISK = b"*"
+cdef bytes _OPTIONS = b"OPTIONS"
+# What llhttp is shown in place of an extension method (see _request_line): a method it
+# knows that means nothing to its parsing (CONNECT would: it is never replaced).
+cdef bytes _PLACEHOLDER = b"GET"
+
+# RFC 9110 §5.6.2 tchar: the bytes of a token, such as a method (§9.1).
+cdef bint _TCHAR[256]
+for _c in range(256):
+    _TCHAR[_c] = (48 <= _c <= 57 or 65 <= _c <= 90 or 97 <= _c <= 122
+                  or _c in b"!#$%&'*+-.^_`|~")
 cdef bytes _CONTINUE = CONTINUE
 cdef bytes _HEAD = b"HEAD"
 
@@ -118,6 +130,22 @@ cdef inline bint _line_is_http11(object data) noexcept:
         return False  # (no method at the start, A-Z: a leading empty line, say)
     end = <const char*>memchr(p, b"\n", PyBytes_GET_SIZE(data))
     return end is not NULL and end - p >= 13 and memcmp(end - 10, b" HTTP/1.1\r", 10) == 0
+
+
+cdef inline bint _common_method(const char* p, Py_ssize_t n) noexcept:
+    # The methods llhttp is left to parse as they are; any other token reaches it as
+    # _PLACEHOLDER, so its fixed method list turns no valid method into a 400 (RFC 9110 §9.1).
+    if n == 3:
+        return memcmp(p, "GET", 3) == 0 or memcmp(p, "PUT", 3) == 0
+    if n == 4:
+        return memcmp(p, "POST", 4) == 0 or memcmp(p, "HEAD", 4) == 0
+    if n == 5:
+        return memcmp(p, "PATCH", 5) == 0
+    if n == 6:
+        return memcmp(p, "DELETE", 6) == 0
+    if n == 7:
+        return memcmp(p, "OPTIONS", 7) == 0 or memcmp(p, "CONNECT", 7) == 0
+    return False
 
 
 class _Rejected(Exception):
@@ -234,10 +262,16 @@ cdef class ClientProtocol(Stream):
         in_head = self.in_head
         received = ex.body_received if ex is not None else 0
         if self.between:
+            if self.line_held is not None:
+                data = self.line_held + data
+                self.line_held = None
             # A read that starts a message usually holds its whole request line: when that
             # ends " HTTP/1.1", the version is known without get_http_version (which formats
             # a new string per call, a tenth of this request's cost).
             self.next_http11 = _line_is_http11(data)
+            data = self._request_line(data)
+            if data is None:
+                return  # held until the line ends, or answered 400
         # The whole read is parsed before anything derived from it goes upstream (a request's
         # start, its body bytes): a chunk-size overflow or a bare-LF chunk line later in the
         # same read must find nothing sent (RFC 9112 §7.1, §2.2). See _read_parsed.
@@ -326,6 +360,10 @@ cdef class ClientProtocol(Stream):
         # The head being parsed: scratch state of this codec, not the context's.
         self.line_http11 = self.next_http11  # (for the first message of the read only)
         self.next_http11 = False
+        self.line_scanned = self.next_scanned
+        self.next_scanned = False
+        self.line_method = self.next_method
+        self.next_method = None
         self.url = b""
         self.header_size = self.header_count = self.host_count = 0
         self.te = self.expect = None
@@ -405,7 +443,7 @@ cdef class ClientProtocol(Stream):
         cdef const char* q
         self.in_head = False
         parser = self.parser
-        ex.method = parser.get_method()
+        ex.method = parser.get_method() if self.line_method is None else self.line_method
         keep_alive = parser.should_keep_alive()
         if self.line_http11 and (keep_alive or ex.connection is not None):
             # (llhttp keeps an HTTP/1.1 request without Connection alive: a check for free)
@@ -458,6 +496,11 @@ cdef class ClientProtocol(Stream):
             else:
                 path = url[:q - p]
                 ex.query = url[q - p:]
+        elif url == _ASTERISK and ex.method == _OPTIONS:
+            # asterisk-form: the server itself (RFC 9112 §3.2.4), answered by the runner
+            authority = None
+            path = url
+            ex.query = b""
         else:
             try:
                 authority, path, ex.query = split_target(url)
@@ -740,6 +783,9 @@ cdef class ClientProtocol(Stream):
         if (isinstance(exc, HttpParserCallbackError) and cause is not None
                 and not isinstance(cause, _Rejected)):
             return self._internal_error(cause)  # our own code failed inside a callback
+        if (isinstance(exc, HttpParserInvalidMethodError) and self.in_head
+                and not self.line_scanned):
+            return self._unparsed_method()
         if isinstance(exc, HttpParserInvalidURLError):
             code = "bad_target"
         else:
@@ -751,6 +797,80 @@ cdef class ClientProtocol(Stream):
             else:
                 code = "bad_request"
         return self._bad_request(code)
+
+    cdef object _request_line(self, bytes data):
+        # ``data`` starts a message: the bytes to feed llhttp, or None when they are held (the
+        # request line has not ended) or were answered (400). Only a read's first message is
+        # seen here: llhttp tells no offsets, so one pipelined after another in the same read
+        # is its alone (see _unparsed_method).
+        cdef const char* p = PyBytes_AS_STRING(data)
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+        cdef Py_ssize_t i = 0
+        cdef Py_ssize_t j, k, end, limit
+        cdef const char* lf
+        cdef bint common
+        self.next_scanned = True
+        while i + 1 < n and p[i] == b"\r" and p[i + 1] == b"\n":
+            i += 2  # empty lines before a request-line are ignored (RFC 9112 §2.2), by llhttp too
+        limit = min(n, i + self.max_request_line)
+        j = i
+        while j < limit and _TCHAR[<unsigned char>p[j]]:
+            j += 1
+        if j == n and i < n and n - i < self.max_request_line:
+            return self._hold_line(data)  # the method has not ended
+        if j == i or j == limit or p[j] != b" ":
+            return data  # no method and a space: llhttp's error, a 400
+        common = _common_method(p + i, j - i)
+        if common and self.next_http11:
+            return data  # the usual request line, whole
+        lf = <const char*>memchr(p + j, b"\n", n - j)
+        if lf is NULL:
+            if n - i >= self.max_request_line:
+                return data  # llhttp answers 414 (on_url)
+            return self._hold_line(data)
+        # RFC 9112 §3: request-line = method SP request-target SP HTTP-version. A line without
+        # the version is HTTP/0.9, which llhttp takes for a head and waits on: 400 now.
+        end = lf - p
+        k = j
+        while k < end and p[k] == b" ":
+            k += 1
+        while k < end and p[k] != b" " and p[k] != b"\r":
+            k += 1
+        if k == end or p[k] != b" ":
+            self._bad_request("bad_request")
+            return None
+        if common:
+            return data
+        # An extension method (RFC 9110 §9.1): llhttp parses the message with _PLACEHOLDER,
+        # the request keeps its own (on_headers_complete).
+        self.next_method = data[i:j]
+        return data[:i] + _PLACEHOLDER + data[j:]
+
+    cdef object _hold_line(self, bytes data):
+        if self.active is None:
+            # a request has begun: the header timeout runs, not the keep-alive one
+            self.deadline = <double>self.worker.now + self.client_header_timeout
+        self.line_held = data
+        self.next_scanned = False
+        return None
+
+    cdef int _unparsed_method(self) except -1:
+        # llhttp refused the method of a request pipelined after another in the same read, so
+        # _request_line never saw it and llhttp gives no offset to resume from. The requests
+        # before it are answered, then the connection closes with this one unanswered: a
+        # client retries it on a new connection (RFC 9112 §9.3.2), where it is parsed first.
+        cdef RequestContext last = self.queue[len(self.queue) - 1] if self.queue else self.active
+        self.broken = True
+        self.pause_reading_for(PAUSE_BROKEN)
+        self.in_head = False
+        self.ex = None
+        if last is None:
+            self.close()
+        elif last.head_sent:
+            last.close_after = True
+        else:
+            last.keep_alive = False  # "Connection: close" on its answer (RFC 9112 §9.6)
+        return 0
 
     cdef int _internal_error(self, object exc) except -1:
         # Our own code failed handling a request: the client is not at fault. Log it and
@@ -869,9 +989,11 @@ cdef class ClientProtocol(Stream):
                 self.abort()
             else:
                 ex.timed_out()
-        elif self.in_head or (parsing is not None and not parsing.body_done
-                              and not parsing.finished):
-            ex = parsing if parsing is not None else RequestContext.new(self, self.worker.runtime)
+        elif self.in_head or self.line_held is not None or (
+                parsing is not None and not parsing.body_done and not parsing.finished):
+            if parsing is None or self.line_held is not None:
+                parsing = RequestContext.new(self, self.worker.runtime)
+            ex = parsing
             if not ex.request_id:
                 ex.request_id = self.worker.next_request_id()
             ex.close_after = True
