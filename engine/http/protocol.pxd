@@ -19,6 +19,7 @@ cdef class ClientProtocol(Stream):
     cdef double tunnel_timeout          # an idle tunnel closes after this (upstream read_timeout)
     cdef readonly object settings       # engine.control.snapshot.Settings (see _use_settings)
     cdef public bint lingering
+    cdef public bint half_closed        # the client shut down its sending side (eof_received)
     cdef public tuple host_key          # (Host bytes, router host key) last routed
     cdef public Py_ssize_t stalled      # bytes fed since the parser last delivered anything
     cdef bytes host_ok                  # the last Host value that passed valid_host

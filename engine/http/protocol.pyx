@@ -302,7 +302,23 @@ cdef class ClientProtocol(Stream):
             self.stalled = 0
 
     def eof_received(self):
-        return None  # asyncio.Protocol's default: the transport closes itself
+        # A half-close is not an abort: a client that shut down its sending side after whole
+        # requests still reads their answers, then the connection closes (as HAProxy and
+        # Envoy do). The client is gone only when a write fails or it resets
+        # (connection_lost). A request the EOF cut off can never end: that client is gone.
+        cdef RequestContext ex = self.ex
+        cdef RequestContext last = self.active
+        if self.tunnel is not None or self.lingering or self.closed or last is None:
+            return None  # nothing to answer: asyncio closes the transport
+        if not self.broken and (self.in_head or self.line_held is not None or (
+                ex is not None and not ex.body_done and not ex.finished)):
+            return None
+        self.half_closed = True
+        if self.queue:
+            last = self.queue[len(self.queue) - 1]
+        if not last.head_sent:
+            last.keep_alive = False  # its answer says "Connection: close" (RFC 9112 §9.6)
+        return True  # the transport stays open for the answers
 
     def connection_lost(self, exc):
         cdef RequestContext ex
@@ -629,6 +645,9 @@ cdef class ClientProtocol(Stream):
                 # The last queued request may still be sending its body: read it.
                 self.resume_reading_for(PAUSE_PIPELINE)
             return self._start(<RequestContext?>nxt)
+        if self.half_closed:
+            self.close()  # the client sends nothing more: every request it made is answered
+            return 0
         self.resume_reading_for(PAUSE_PIPELINE)
         if self.worker.draining and not self.in_head:
             self.close()
@@ -639,7 +658,8 @@ cdef class ClientProtocol(Stream):
         return 0
 
     cdef int _close_after_response(self, object ex) except -1:
-        if (<RequestContext>ex).body_done and not self.broken:
+        if ((<RequestContext>ex).body_done and not self.broken) or self.half_closed:
+            # (after a half-close every byte the client sent was read: nothing to linger for)
             self.close()
         else:
             self.linger()
