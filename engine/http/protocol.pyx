@@ -269,9 +269,12 @@ cdef class ClientProtocol(Stream):
             # ends " HTTP/1.1", the version is known without get_http_version (which formats
             # a new string per call, a tenth of this request's cost).
             self.next_http11 = _line_is_http11(data)
-            data = self._request_line(data)
-            if data is None:
-                return  # held until the line ends, or answered 400
+            self.next_scanned = True
+            if not self.next_http11 or memcmp(PyBytes_AS_STRING(data), b"GET ", 4) != 0:
+                # (not the usual line, "GET ... HTTP/1.1" whole): see to its method and form
+                data = self._request_line(data)
+                if data is None:
+                    return  # held until the line ends, or answered 400
         # The whole read is parsed before anything derived from it goes upstream (a request's
         # start, its body bytes): a chunk-size overflow or a bare-LF chunk line later in the
         # same read must find nothing sent (RFC 9112 §7.1, §2.2). See _read_parsed.
@@ -595,7 +598,7 @@ cdef class ClientProtocol(Stream):
         if self.closed:
             self.starting = None
             return 0
-        if ex is not None and (clean or ex.body_done):
+        if ex is not None and ex.body_held is not None and (clean or ex.body_done):
             ex.client_read_parsed()
         ex = self.starting
         if ex is not None:
@@ -829,7 +832,6 @@ cdef class ClientProtocol(Stream):
         cdef Py_ssize_t j, k, end, limit
         cdef const char* lf
         cdef bint common
-        self.next_scanned = True
         while i + 1 < n and p[i] == b"\r" and p[i + 1] == b"\n":
             i += 2  # empty lines before a request-line are ignored (RFC 9112 §2.2), by llhttp too
         limit = min(n, i + self.max_request_line)
