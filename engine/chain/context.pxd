@@ -28,6 +28,7 @@ cdef class Stream:
     cdef public int paused              # PAUSE_* bits
     cdef public double deadline         # when the sweep calls timed_out
     cdef readonly double client_body_timeout
+    cdef readonly bytes via             # this hop's Via entry, "1.1 <server.via>"; None: off
 
     cdef int write_head(self, RequestContext ctx, int status, bytes reason, list headers,
                         bint flat, bytes content_length, bint no_body, bytes body,
@@ -74,6 +75,7 @@ cdef class RequestContext(Sink):
     cdef public list connection         # raw Connection field values, or None
     cdef public bint expect_continue    # the client waits for 100 Continue before the body
     cdef public bytes xff
+    cdef public bytes via               # the Via received, field lines combined, or None
     cdef public dict forwarded
     cdef public bytes traceparent       # as received (tracing on), b"" when repeated
     cdef public bytes tracestate

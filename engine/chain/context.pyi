@@ -23,6 +23,7 @@ class Stream:
     paused: int
     deadline: float
     client_body_timeout: float
+    via: bytes | None
     def close(self) -> None: ...
     def abort(self) -> None: ...
 
@@ -51,6 +52,7 @@ class RequestContext(Sink):
     connection: list[bytes] | None
     expect_continue: bool
     xff: bytes | None
+    via: bytes | None
     forwarded: dict[bytes, bytes] | None
     traceparent: bytes | None
     tracestate: bytes | None

@@ -13,6 +13,7 @@ import traceback
 
 cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromFormat, PyBytes_GET_SIZE
+from cpython.unicode cimport PyUnicode_GET_LENGTH, PyUnicode_READ_CHAR
 
 from engine.upstream.call cimport Sink, UpstreamCall
 from engine.upstream.upstream cimport Upstream
@@ -35,6 +36,16 @@ cdef Py_ssize_t _PENDING_LIMIT = PENDING_LIMIT
 
 cdef bytes _HEAD = b"HEAD"
 cdef object _Response = Response
+
+
+cdef inline bint _http10(str version) noexcept:
+    # version == "1.0", without comparing strings (an HTTP/1.x version here)
+    return PyUnicode_GET_LENGTH(version) == 3 and PyUnicode_READ_CHAR(version, 2) == 48
+
+
+cdef inline bytes _via_entry(bytes entry, bint http10):
+    # A Stream's Via entry ("1.1 name") for a message received as HTTP/1.0 ("1.0 name").
+    return b"1.0" + entry[3:] if http10 else entry
 
 
 class BodyTooLarge(Exception):
@@ -362,6 +373,8 @@ cdef class RequestContext(Sink):
         cdef char stack[WRITER_STACK]
         cdef list headers = self.headers
         cdef bytes host, peer
+        cdef bytes via = self.via
+        cdef tuple named
         cdef Stream stream = self.stream
         if self.expect_continue and not self.body_done:
             # RFC 9110 §10.1.1: the proxy has accepted the request, so it asks for the body
@@ -378,9 +391,23 @@ cdef class RequestContext(Sink):
             w_field(&w, b"Host", host)
             if self.connection is not None:
                 # Fields named by Connection are hop-by-hop too (RFC 9110 §7.6.1).
-                headers = drop_named(headers, tokens(self.connection), False)
+                named = tokens(self.connection)
+                headers = drop_named(headers, named, False)
+                if via is not None and b"via" in named:
+                    via = None
             for name, value in headers:
                 w_field(&w, name, value)
+            if stream.via is not None:
+                # RFC 9110 §7.6.3: a proxy adds its entry to every message it forwards, after
+                # those received; received-protocol is the client's version.
+                w_put(&w, b"Via: ")
+                if via:
+                    w_put(&w, via)
+                    w_raw(&w, ", ", 2)
+                w_put(&w, _via_entry(stream.via, _http10(self.version)))
+                w_raw(&w, "\r\n", 2)
+            elif via is not None:
+                w_field(&w, b"Via", via)  # (server.via off: relayed as received)
             if self.upgrade is not None:
                 w_field(&w, b"Upgrade", self.upgrade)
                 w_put(&w, b"Connection: upgrade\r\n")
@@ -434,6 +461,16 @@ cdef class RequestContext(Sink):
     cdef int on_head(self, UpstreamCall call, int status, bytes reason, list fields,
                      bytes content_length, bint no_body) except -1:
         cdef Chain chain = self.chain
+        cdef bytes via = self.stream.via
+        if via is not None:
+            # RFC 9110 §7.6.3, as on the request: the upstream's Via entries (call.via), then
+            # ours with the version of the response received.
+            via = _via_entry(via, call.conn is not None and call.conn.http10)
+            fields.append(b"Via")
+            fields.append(call.via + b", " + via if call.via else via)
+        elif call.via is not None:
+            fields.append(b"Via")
+            fields.append(call.via)
         if status == 101:
             fields.append(b"Connection")
             fields.append(b"upgrade")

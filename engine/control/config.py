@@ -86,6 +86,12 @@ def _check_methods(values: tuple) -> tuple:
     return values
 
 
+def _check_via(value: str) -> str:
+    if value != "off" and not TOKEN_RE.match(value):
+        raise ValueError(f'"{value}" is not a token (RFC 9110 §7.6.3 pseudonym) or "off"')
+    return value
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     listen: str = key("0.0.0.0:8080", "address:port to accept client connections on",
@@ -116,6 +122,10 @@ class ServerConfig:
                                     'a new span id per hop (tracestate kept); "always" also '
                                     'starts a trace when none came; "off" relays both as is',
                        choices=("off", "propagate", "always"))
+    via: str = key("edgeproxy", 'pseudonym this proxy adds to Via on the requests and '
+                                'responses it forwards ("1.1 edgeproxy", after any received '
+                                'entries; RFC 9110 §7.6.3); "off" adds none',
+                   check=_check_via)
     watch_config: bool = key(True, "reload when the config file changes on disk (checked every "
                                    "second; SIGHUP and POST /reload always work)")
 

@@ -38,7 +38,7 @@ from engine.chain.context import PENDING_LIMIT
 from engine.errors import error_response
 from engine.wire.framing import (
     H_CONNECTION, H_CONTENT_LENGTH, H_EXPECT, H_FORWARDED, H_HOST, H_REQUEST_ID,
-    H_FORWARDED_7239, H_TRACEPARENT, H_TRACESTATE, parse_traceparent, random_hex,
+    H_FORWARDED_7239, H_TRACEPARENT, H_TRACESTATE, H_VIA, parse_traceparent, random_hex,
     H_TRANSFER_ENCODING, H_UPGRADE, H_XFF, REQUEST_KINDS, connection_tokens, host_for_routing,
     normalize_percent, remove_dot_segments, split_target, transfer_codings, valid_host,
 )
@@ -67,6 +67,7 @@ cdef int K_XFF = H_XFF
 cdef int K_REQUEST_ID = H_REQUEST_ID
 cdef int K_FORWARDED = H_FORWARDED
 cdef int K_FORWARDED_7239 = H_FORWARDED_7239
+cdef int K_VIA = H_VIA
 cdef int K_TRACEPARENT = H_TRACEPARENT
 cdef int K_TRACESTATE = H_TRACESTATE
 
@@ -228,6 +229,7 @@ cdef class ClientProtocol(Stream):
         self.send_timeout = settings.send_timeout
         self.lingering_timeout = settings.lingering_timeout
         self.tracing = settings.tracing
+        self.via = b"1.1 " + settings.via if settings.via is not None else None
         return 0
 
     # -- asyncio.Protocol
@@ -434,6 +436,9 @@ cdef class ClientProtocol(Stream):
             self.expect = value
         elif kind == K_UPGRADE:
             ex.upgrade = value
+        elif kind == K_VIA:
+            # Several Via lines are one list (RFC 9110 §5.3); the proxy's entry goes last.
+            ex.via = value if ex.via is None else ex.via + b", " + value
         elif kind == K_FORWARDED:
             if self.trusted:
                 if ex.forwarded is None:

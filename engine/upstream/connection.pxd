@@ -19,6 +19,8 @@ cdef class UpstreamConnection:
                                     # or "unsolicited" (bytes after a complete response)
     cdef public bint completed      # the response ended in the read being parsed
     cdef bint keep_alive            # ... and let the connection persist (RFC 9112 §9.3)
+    cdef public bint http10         # the response's status line says HTTP/1.0
+    cdef int line_state             # 0: the response's first read is next, 1: seen, 2: unknown
 
     cpdef bint usable(self) except -1
     cpdef start(self, object call, bytes head, bint skip_body)

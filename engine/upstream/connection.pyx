@@ -14,6 +14,8 @@ import struct
 import httptools
 
 cimport cython
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from libc.string cimport memcmp
 
 # pyx-level cimport: connection.pxd cimports nothing, so the .pxd files have no cycle.
 from engine.upstream.call cimport UpstreamCall
@@ -62,6 +64,15 @@ cdef class UpstreamConnection:
             self.close()
             return
         ex = <UpstreamCall>self.call
+        if self.line_state == 0:
+            # The status line's version, for Via's received-protocol, without
+            # get_http_version (a string formatted per call): a response's first read starts
+            # with it (1xx interim answers share it).
+            if PyBytes_GET_SIZE(data) >= 8:
+                self.http10 = memcmp(PyBytes_AS_STRING(data), b"HTTP/1.0", 8) == 0
+                self.line_state = 1
+            else:
+                self.line_state = 2  # (asked of the parser once the head is in)
         ex.read_started()  # what this read produces for the client leaves in one write
         try:
             self.parser.feed_data(data)
@@ -142,6 +153,9 @@ cdef class UpstreamConnection:
 
     def on_headers_complete(self):
         cdef int status = self.parser.get_status_code()
+        if self.line_state == 2:
+            self.http10 = self.parser.get_http_version() == "1.0"
+            self.line_state = 1
         if status < 200 and status != 101:
             # Interim responses (100, 103) are not relayed: the proxy sent no Expect
             # upstream, and nginx drops them too. The final response follows.
@@ -178,6 +192,8 @@ cdef class UpstreamConnection:
         self.reason = b""
         self.head_done = False
         self.skip_body = skip_body
+        self.http10 = False
+        self.line_state = 0
         self.transport.write(head)
 
     cdef int _complete(self, object reusable=None) except -1:
