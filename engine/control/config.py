@@ -167,6 +167,9 @@ class RetryConfig:
 
 @dataclass(frozen=True)
 class CircuitConfig:
+    scope: str = key("both", 'which breakers: "server" (each server\'s, counting its attempts), '
+                             '"upstream" (the upstream\'s, counting what clients got) or "both"',
+                     choices=("server", "upstream", "both"))
     consecutive_failures: int = key(5, "failures in a row that open the circuit (0 = off)",
                                     min=0)
     failure_rate: float = key(0.5, "failure share over the window that opens it (0 = off)",
@@ -277,7 +280,7 @@ class UpstreamConfig:
                                             "a server: only with a claimed idempotency key, "
                                             "after a 502/503/504)")
     circuit_breaker: CircuitConfig | None = key(None, "per server and per upstream circuit "
-                                                      "breakers (off when absent)")
+                                                      "breakers (scope picks; off when absent)")
     health_check: HealthCheckConfig | None = key(None, "active HTTP health checks (off when "
                                                        "absent)")
     outlier_detection: OutlierConfig | None = key(None, "eject servers whose error rate is far "
