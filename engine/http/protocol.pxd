@@ -27,7 +27,9 @@ cdef class ClientProtocol(Stream):
     cdef bint next_http11               # ... and the next one's request line ends "HTTP/1.1"
     cdef bint next_scanned              # ... and _request_line saw its start
     cdef bytes next_method              # ... an extension method llhttp sees as a placeholder
-    cdef bytes line_held                # the start of a request line, held until it ends
+    cdef bytes line_held                # a request line's method, held until it ends
+    cdef int line_open                  # a request line's target has not ended (see
+                                        # _line_continues): 1 not begun, 2 begun
     cdef list out                       # writes gathered while an upstream read is handled
     cdef bint chunked_out               # the answer being written is chunked
     cdef bint parsing                   # inside parser.feed_data (see data_received)
@@ -71,6 +73,7 @@ cdef class ClientProtocol(Stream):
     cdef int _internal_error(self, object exc) except -1
     cdef object _request_line(self, bytes data)
     cdef object _hold_line(self, bytes data)
+    cdef object _line_continues(self, bytes data, Py_ssize_t k)
     cdef int _unparsed_method(self) except -1
     cdef int _bad_request(self, str code) except -1
     cdef int _upgrade_requested(self, bytes rest) except -1

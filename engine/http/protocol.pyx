@@ -276,7 +276,9 @@ cdef class ClientProtocol(Stream):
                 # (not the usual line, "GET ... HTTP/1.1" whole): see to its method and form
                 data = self._request_line(data)
                 if data is None:
-                    return  # held until the line ends, or answered 400
+                    return  # the method is held until it ends, or answered 400
+        elif self.line_open and self._line_continues(data, 0) is None:
+            return  # answered 400
         # The whole read is parsed before anything derived from it goes upstream (a request's
         # start, its body bytes): a chunk-size overflow or a bare-LF chunk line later in the
         # same read must find nothing sent (RFC 9112 §7.1, §2.2). See _read_parsed.
@@ -828,14 +830,13 @@ cdef class ClientProtocol(Stream):
 
     cdef object _request_line(self, bytes data):
         # ``data`` starts a message: the bytes to feed llhttp, or None when they are held (the
-        # request line has not ended) or were answered (400). Only a read's first message is
-        # seen here: llhttp tells no offsets, so one pipelined after another in the same read
-        # is its alone (see _unparsed_method).
+        # method has not ended) or were answered (400). Only a read's first message is seen
+        # here: llhttp tells no offsets, so one pipelined after another in the same read is
+        # its alone (see _unparsed_method).
         cdef const char* p = PyBytes_AS_STRING(data)
         cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
         cdef Py_ssize_t i = 0
-        cdef Py_ssize_t j, k, end, limit
-        cdef const char* lf
+        cdef Py_ssize_t j, limit
         cdef bint common
         while i + 1 < n and p[i] == b"\r" and p[i + 1] == b"\n":
             i += 2  # empty lines before a request-line are ignored (RFC 9112 §2.2), by llhttp too
@@ -848,30 +849,37 @@ cdef class ClientProtocol(Stream):
         if j == i or j == limit or p[j] != b" ":
             return data  # no method and a space: llhttp's error, a 400
         common = _common_method(p + i, j - i)
-        if common and self.next_http11:
-            return data  # the usual request line, whole
-        lf = <const char*>memchr(p + j, b"\n", n - j)
-        if lf is NULL:
-            if n - i >= self.max_request_line:
-                return data  # llhttp answers 414 (on_url)
-            return self._hold_line(data)
-        # RFC 9112 §3: request-line = method SP request-target SP HTTP-version. A line without
-        # the version is HTTP/0.9, which llhttp takes for a head and waits on: 400 now.
-        end = lf - p
-        k = j
-        while k < end and p[k] == b" ":
-            k += 1
-        while k < end and p[k] != b" " and p[k] != b"\r":
-            k += 1
-        if k == end or p[k] != b" ":
-            self._bad_request("bad_request")
-            return None
-        if common:
-            return data
+        if not (common and self.next_http11):  # (else the usual request line, whole)
+            self.line_open = 1
+            data = self._line_continues(data, j)
+            if data is None or common:
+                return data
         # An extension method (RFC 9110 §9.1): llhttp parses the message with _PLACEHOLDER,
         # the request keeps its own (on_headers_complete).
         self.next_method = data[i:j]
         return data[:i] + _PLACEHOLDER + data[j:]
+
+    cdef object _line_continues(self, bytes data, Py_ssize_t k):
+        # RFC 9112 §3: request-line = method SP request-target SP HTTP-version. llhttp takes a
+        # line without the version for HTTP/0.9 and waits on a header section: 400 now. From
+        # ``k``, ``data`` continues a request line whose target has not ended (line_open 1:
+        # not begun, 2: begun); a space after the target ends the watch (the rest is llhttp's).
+        cdef const char* p = PyBytes_AS_STRING(data)
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+        if self.line_open == 1:
+            while k < n and p[k] == b" ":
+                k += 1
+            if k < n:
+                self.line_open = 2
+        while k < n and p[k] != b" " and p[k] != b"\r" and p[k] != b"\n":
+            k += 1
+        if k == n:
+            return data  # (the line goes on in the next read)
+        self.line_open = 0
+        if p[k] != b" ":
+            self._bad_request("bad_request")
+            return None
+        return data
 
     cdef object _hold_line(self, bytes data):
         if self.active is None:

@@ -38,11 +38,15 @@ def test_any_token_method_is_forwarded(proxy, origin, method):
     assert (req.method, req.url, req.body) == (method.encode(), b"/m?q=1", b"hi")
 
 
-def test_an_extension_method_split_across_reads_is_forwarded(proxy, origin):
+@pytest.mark.parametrize("parts", [
+    pytest.param([b"FOO", b"BAR /split HTTP/1.1\r\nHost: t\r\n\r\n"], id="in-the-method"),
+    pytest.param([b"FOOBAR /spl", b"it HTTP/1.1\r\nHost: t\r\n\r\n"], id="in-the-target"),
+])
+def test_an_extension_method_split_across_reads_is_forwarded(proxy, origin, parts):
     with Conn(proxy.port) as c:
-        c.send(b"FOO")
-        time.sleep(0.1)
-        c.send(b"BAR /split HTTP/1.1\r\nHost: t\r\n\r\n")
+        for part in parts:
+            c.send(part)
+            time.sleep(0.1)
         assert c.response().body == b"/split"
     assert origin.requests[-1].method == b"FOOBAR"
 
@@ -119,6 +123,8 @@ def test_a_well_formed_line_with_an_unsupported_version_is_505(proxy, data):
 @pytest.mark.parametrize("parts", [
     pytest.param([b"GET /path\r\n"], id="one-read"),
     pytest.param([b"GET /pa", b"th\r\n"], id="split-line"),
+    pytest.param([b"FOO /pa", b"th\r\n"], id="split-line-extension-method"),
+    pytest.param([b"GET ", b" /pa", b"th", b"\r\n"], id="split-target"),
     pytest.param([b"GET /a HTTP/1.1\r\nHost: t\r\n\r\n", b"GET /path\r\n"], id="after-a-request"),
 ])
 def test_an_http09_request_line_is_400_at_once(proxy, parts):
