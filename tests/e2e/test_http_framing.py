@@ -185,6 +185,8 @@ def test_a_malformed_body_in_the_read_of_its_head_sends_nothing_upstream(body, p
             with Conn(p.port) as c:  # the idle connection was left alone: it is reused
                 assert c.request("GET", "/again").body == b"/again"
             assert origin.connections == 1 and origin.lost == []
+        else:
+            assert origin.connections == 0  # not even a connect
 
 
 def test_a_good_request_before_a_malformed_body_in_the_same_read_is_answered():
