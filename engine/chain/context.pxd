@@ -29,6 +29,8 @@ cdef class Stream:
     cdef public double deadline         # when the sweep calls timed_out
     cdef readonly double client_body_timeout
     cdef readonly bytes via             # this hop's Via entry, "1.1 <server.via>"; None: off
+    cdef readonly bytes via_field       # b"Via: " + via + CRLF: what a request that came
+                                        # with no Via gets (the usual case, one write)
 
     cdef int write_head(self, RequestContext ctx, int status, bytes reason, list headers,
                         bint flat, bytes content_length, bint no_body, bytes body,

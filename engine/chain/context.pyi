@@ -24,6 +24,7 @@ class Stream:
     deadline: float
     client_body_timeout: float
     via: bytes | None
+    via_field: bytes | None
     def close(self) -> None: ...
     def abort(self) -> None: ...
 

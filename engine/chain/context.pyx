@@ -375,6 +375,7 @@ cdef class RequestContext(Sink):
         cdef bytes host, peer
         cdef bytes via = self.via
         cdef tuple named
+        cdef bint http10
         cdef Stream stream = self.stream
         if self.expect_continue and not self.body_done:
             # RFC 9110 §10.1.1: the proxy has accepted the request, so it asks for the body
@@ -400,12 +401,16 @@ cdef class RequestContext(Sink):
             if stream.via is not None:
                 # RFC 9110 §7.6.3: a proxy adds its entry to every message it forwards, after
                 # those received; received-protocol is the client's version.
-                w_put(&w, b"Via: ")
-                if via:
-                    w_put(&w, via)
-                    w_raw(&w, ", ", 2)
-                w_put(&w, _via_entry(stream.via, _http10(self.version)))
-                w_raw(&w, "\r\n", 2)
+                http10 = _http10(self.version)
+                if not via and not http10:
+                    w_put(&w, stream.via_field)
+                else:
+                    w_put(&w, b"Via: ")
+                    if via:
+                        w_put(&w, via)
+                        w_raw(&w, ", ", 2)
+                    w_put(&w, _via_entry(stream.via, http10))
+                    w_raw(&w, "\r\n", 2)
             elif via is not None:
                 w_field(&w, b"Via", via)  # (server.via off: relayed as received)
             if self.upgrade is not None:

@@ -230,6 +230,7 @@ cdef class ClientProtocol(Stream):
         self.lingering_timeout = settings.lingering_timeout
         self.tracing = settings.tracing
         self.via = b"1.1 " + settings.via if settings.via is not None else None
+        self.via_field = b"Via: " + self.via + b"\r\n" if self.via is not None else None
         return 0
 
     # -- asyncio.Protocol
