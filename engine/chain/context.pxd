@@ -29,6 +29,9 @@ cdef class Stream:
     cdef public int paused              # PAUSE_* bits
     cdef public double deadline         # when the sweep calls timed_out
     cdef readonly double client_body_timeout
+    cdef readonly bytes via             # this hop's Via entry, "1.1 <server.via>"; None: off
+    cdef readonly bytes via_field       # b"Via: " + via + CRLF: what a request that came
+                                        # with no Via gets (the usual case, one write)
 
     cdef int write_head(self, RequestContext ctx, int status, bytes reason, list headers,
                         bint flat, bytes content_length, bint no_body, bytes body,
@@ -89,6 +92,7 @@ cdef class RequestContext(Sink):
     cdef public list connection         # raw Connection field values, or None
     cdef public bint expect_continue    # the client waits for 100 Continue before the body
     cdef public bytes xff
+    cdef public bytes via               # the Via received, field lines combined, or None
     cdef public dict forwarded
     cdef public bytes traceparent       # as received (tracing on), b"" when repeated
     cdef public bytes tracestate
@@ -100,7 +104,8 @@ cdef class RequestContext(Sink):
     cdef public Route route             # or None: no route took it
     cdef public object params
     cdef public str miss                # why no route took it: "not_found", or
-    cdef public tuple allow             # "method_not_allowed" with these methods
+    cdef public tuple allow             # "method_not_allowed" with these methods, or
+                                        # "server_options" (OPTIONS *, answered 200)
     cdef public Chain chain             # the route's filters, or the server-wide ones
     cdef public object upstream         # where the request goes: the route's, or a filter's pick
     cdef public object server           # the server that answered last (set when it ended)
@@ -121,6 +126,8 @@ cdef class RequestContext(Sink):
     cdef list body_copy                 # the response body kept for on_response_body
     cdef Py_ssize_t body_copy_size
     cdef tuple held                     # a buffered response's head, until its body is in
+    cdef list body_held                 # body bytes of the read being parsed, for the
+                                        # upstream (None: the end); see client_read_parsed
 
     @staticmethod
     cdef RequestContext new(Stream stream, object rt)
@@ -131,6 +138,7 @@ cdef class RequestContext(Sink):
     cdef int answer(self, str code, list headers=*) except -1
     cdef int client_body(self, bytes chunk) except -1
     cdef int client_body_end(self) except -1
+    cdef int client_read_parsed(self) except -1
     cdef int timed_out(self) except -1
     cdef bint client_gone(self) except -1
     cdef int pause_upstream(self, bint paused) except -1

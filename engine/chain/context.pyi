@@ -23,6 +23,8 @@ class Stream:
     paused: int
     deadline: float
     client_body_timeout: float
+    via: bytes | None
+    via_field: bytes | None
     def close(self) -> None: ...
     def abort(self) -> None: ...
 
@@ -51,6 +53,7 @@ class RequestContext(Sink):
     connection: list[bytes] | None
     expect_continue: bool
     xff: bytes | None
+    via: bytes | None
     forwarded: dict[bytes, bytes] | None
     traceparent: bytes | None
     tracestate: bytes | None
@@ -61,7 +64,7 @@ class RequestContext(Sink):
     query: bytes
     route: Any
     params: dict[str, str] | None
-    miss: str | None
+    miss: str | None  # "not_found", "method_not_allowed", "server_options" (OPTIONS *)
     allow: tuple[bytes, ...] | None
     chain: Chain | None
     upstream: Upstream | str | None

@@ -13,6 +13,7 @@ import traceback
 
 cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromFormat, PyBytes_GET_SIZE
+from cpython.unicode cimport PyUnicode_GET_LENGTH, PyUnicode_READ_CHAR
 
 from engine.upstream.call cimport Sink, UpstreamCall
 from engine.upstream.upstream cimport Upstream
@@ -37,6 +38,16 @@ cdef Py_ssize_t _PENDING_LIMIT = PENDING_LIMIT
 
 cdef bytes _HEAD = b"HEAD"
 cdef object _Response = Response
+
+
+cdef inline bint _http10(str version) noexcept:
+    # version == "1.0", without comparing strings (an HTTP/1.x version here)
+    return PyUnicode_GET_LENGTH(version) == 3 and PyUnicode_READ_CHAR(version, 2) == 48
+
+
+cdef inline bytes _via_entry(bytes entry, bint http10):
+    # A Stream's Via entry ("1.1 name") for a message received as HTTP/1.0 ("1.0 name").
+    return b"1.0" + entry[3:] if http10 else entry
 
 
 class BodyTooLarge(Exception):
@@ -197,7 +208,9 @@ cdef class RequestContext(Sink):
         route, extra = router.match(self.method, host, self.path)
         if route is None:
             if extra is None:
-                self.miss = "not_found"
+                # "OPTIONS *" asks about the server, which this gateway is to its clients
+                # (RFC 9110 §9.3.7, §3.7): answered here, after the server-wide filters.
+                self.miss = "server_options" if self.path == "*" else "not_found"
                 self.chain = self.rt.server_chain
             else:
                 # The path has a route, not for this method: that route's filters still run
@@ -212,7 +225,9 @@ cdef class RequestContext(Sink):
         self.params = extra
         self.chain = r.chain
         self.upstream = r.upstream
-        if self.content_length is not None and self.content_length > r.max_body_size:
+        if ((self.content_length is not None and self.content_length > r.max_body_size)
+                or (self.body_received  # (arrived with the head)
+                    and self.body_received > r.max_body_size)):
             self.close_after = True
             self.ran = PY_SSIZE_T_MAX
             return self.answer("body_too_large")
@@ -241,6 +256,10 @@ cdef class RequestContext(Sink):
         if self.miss is not None:
             if self.allow is not None:
                 return self.answer(self.miss, [(b"Allow", b", ".join(self.allow))])
+            if self.miss == "server_options":
+                # RFC 9110 §9.3.7: no content, so "Content-Length: 0"
+                self.respond(_Response(200, [], b""))
+                return 0
             return self.answer(self.miss)
         return self.proxy()
 
@@ -325,7 +344,13 @@ cdef class RequestContext(Sink):
         if self.finished:
             return 0  # answered already: the rest of the body is read and dropped
         if call is not None and call.conn is not None:
-            return call.send_body(chunk)
+            # Held until the codec has parsed the whole read (client_read_parsed): a bad
+            # chunk later in it must find none of it sent (RFC 9112 §7.1).
+            if self.body_held is None:
+                self.body_held = [chunk]
+            else:
+                self.body_held.append(chunk)
+            return 0
         if self.pending is None:
             self.pending = []
         self.pending.append(chunk)
@@ -341,8 +366,32 @@ cdef class RequestContext(Sink):
         self.body_done = True
         if self.body_waiter is not None and not self.body_waiter.done():
             self.body_waiter.set_result(None)
-        if self.call is not None and not self.finished:
-            self.call.body_end()
+        if self.call is not None and self.call.conn is not None and not self.finished:
+            # The end goes upstream with the rest of the read (client_read_parsed).
+            if self.body_held is None:
+                self.body_held = [None]
+            else:
+                self.body_held.append(None)
+        return 0
+
+    cdef int client_read_parsed(self) except -1:
+        """The codec parsed the read that brought body bytes (or this request's message ended
+        before its bad bytes): they go upstream now, in one write."""
+        cdef list held = self.body_held
+        cdef UpstreamCall call = self.call
+        cdef bint end
+        if held is None:
+            return 0
+        self.body_held = None
+        if self.finished or call is None or call.conn is None:
+            return 0
+        end = held[len(held) - 1] is None
+        if end:
+            held.pop()
+        if held:
+            call.send_body(join_bytes(held) if len(held) > 1 else held[0])
+        if end:
+            call.body_end()
         return 0
 
     # -- Sink: what the upstream call reports
@@ -354,6 +403,9 @@ cdef class RequestContext(Sink):
         cdef char stack[WRITER_STACK]
         cdef list headers = self.headers
         cdef bytes host, peer
+        cdef bytes via = self.via
+        cdef tuple named
+        cdef bint http10
         cdef Stream stream = self.stream
         if self.expect_continue and not self.body_done:
             # RFC 9110 §10.1.1: the proxy has accepted the request, so it asks for the body
@@ -370,9 +422,27 @@ cdef class RequestContext(Sink):
             w_field(&w, b"Host", host)
             if self.connection is not None:
                 # Fields named by Connection are hop-by-hop too (RFC 9110 §7.6.1).
-                headers = drop_named(headers, tokens(self.connection), False)
+                named = tokens(self.connection)
+                headers = drop_named(headers, named, False)
+                if via is not None and b"via" in named:
+                    via = None
             for name, value in headers:
                 w_field(&w, name, value)
+            if stream.via is not None:
+                # RFC 9110 §7.6.3: a proxy adds its entry to every message it forwards, after
+                # those received; received-protocol is the client's version.
+                http10 = _http10(self.version)
+                if not via and not http10:
+                    w_put(&w, stream.via_field)
+                else:
+                    w_put(&w, b"Via: ")
+                    if via:
+                        w_put(&w, via)
+                        w_raw(&w, ", ", 2)
+                    w_put(&w, _via_entry(stream.via, http10))
+                    w_raw(&w, "\r\n", 2)
+            elif via is not None:
+                w_field(&w, b"Via", via)  # (server.via off: relayed as received)
             if self.upgrade is not None:
                 w_field(&w, b"Upgrade", self.upgrade)
                 w_put(&w, b"Connection: upgrade\r\n")
@@ -426,6 +496,16 @@ cdef class RequestContext(Sink):
     cdef int on_head(self, UpstreamCall call, int status, bytes reason, list fields,
                      bytes content_length, bint no_body) except -1:
         cdef Chain chain = self.chain
+        cdef bytes via = self.stream.via
+        if via is not None:
+            # RFC 9110 §7.6.3, as on the request: the upstream's Via entries (call.via), then
+            # ours with the version of the response received.
+            via = _via_entry(via, call.conn is not None and call.conn.http10)
+            fields.append(b"Via")
+            fields.append(call.via + b", " + via if call.via else via)
+        elif call.via is not None:
+            fields.append(b"Via")
+            fields.append(call.via)
         if status == 101:
             fields.append(b"Connection")
             fields.append(b"upgrade")

@@ -86,6 +86,12 @@ def _check_methods(values: tuple) -> tuple:
     return values
 
 
+def _check_via(value: str) -> str:
+    if value != "off" and not TOKEN_RE.match(value):
+        raise ValueError(f'"{value}" is not a token (RFC 9110 §7.6.3 pseudonym) or "off"')
+    return value
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     listen: str = key("0.0.0.0:8080", "address:port to accept client connections on: the "
@@ -118,6 +124,10 @@ class ServerConfig:
                                     'a new span id per hop (tracestate kept); "always" also '
                                     'starts a trace when none came; "off" relays both as is',
                        choices=("off", "propagate", "always"))
+    via: str = key("edgeproxy", 'pseudonym this proxy adds to Via on the requests and '
+                                'responses it forwards ("1.1 edgeproxy", after any received '
+                                'entries; RFC 9110 §7.6.3); "off" adds none',
+                   check=_check_via)
     watch_config: bool = key(True, "reload when the config file changes on disk (checked every "
                                    "second; SIGHUP and POST /reload always work)")
 
@@ -159,6 +169,9 @@ class RetryConfig:
 
 @dataclass(frozen=True)
 class CircuitConfig:
+    scope: str = key("both", 'which breakers: "server" (each server\'s, counting its attempts), '
+                             '"upstream" (the upstream\'s, counting what clients got) or "both"',
+                     choices=("server", "upstream", "both"))
     consecutive_failures: int = key(5, "failures in a row that open the circuit (0 = off)",
                                     min=0)
     failure_rate: float = key(0.5, "failure share over the window that opens it (0 = off)",
@@ -269,7 +282,7 @@ class UpstreamConfig:
                                             "a server: only with a claimed idempotency key, "
                                             "after a 502/503/504)")
     circuit_breaker: CircuitConfig | None = key(None, "per server and per upstream circuit "
-                                                      "breakers (off when absent)")
+                                                      "breakers (scope picks; off when absent)")
     health_check: HealthCheckConfig | None = key(None, "active HTTP health checks (off when "
                                                        "absent)")
     outlier_detection: OutlierConfig | None = key(None, "eject servers whose error rate is far "

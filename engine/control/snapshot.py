@@ -36,6 +36,7 @@ class Settings:
             setattr(self, name, getattr(cfg, name))
         self.networks = [ipaddress.ip_network(n) for n in cfg.trusted_proxies]
         self.tracing = TRACING_MODES[cfg.tracing]
+        self.via = None if cfg.via == "off" else cfg.via.encode()  # the Via pseudonym
 
     def is_trusted(self, ip: str) -> bool:
         if not self.networks:

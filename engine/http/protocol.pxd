@@ -28,14 +28,22 @@ cdef class ClientProtocol(Stream):
     cdef double tunnel_timeout          # an idle tunnel closes after this (upstream read_timeout)
     cdef readonly object settings       # engine.control.snapshot.Settings (see _use_settings)
     cdef public bint lingering
+    cdef public bint half_closed        # the client shut down its sending side (eof_received)
     cdef public tuple host_key          # (Host bytes, router host key) last routed
     cdef public Py_ssize_t stalled      # bytes fed since the parser last delivered anything
     cdef bytes host_ok                  # the last Host value that passed valid_host
     cdef bint between                   # the parser is between two messages
     cdef bint next_http11               # ... and the next one's request line ends "HTTP/1.1"
+    cdef bint next_scanned              # ... and _request_line saw its start
+    cdef bytes next_method              # ... an extension method llhttp sees as a placeholder
+    cdef bytes line_held                # a request line's method, held until it ends
+    cdef int line_open                  # a request line's target has not ended (see
+                                        # _line_continues): 1 not begun, 2 begun
     cdef list out                       # writes gathered while an upstream read is handled
     cdef Py_ssize_t out_size            # ... and their bytes
     cdef bint chunked_out               # the answer being written is chunked
+    cdef bint parsing                   # inside parser.feed_data (see data_received)
+    cdef RequestContext starting        # dispatched during a read: starts once it parsed
 
     # The head being parsed (one at a time): scratch state the context never sees.
     cdef bytes url
@@ -45,6 +53,8 @@ cdef class ClientProtocol(Stream):
     cdef bytes te
     cdef bytes expect
     cdef bint line_http11               # its request line ended " HTTP/1.1"
+    cdef bint line_scanned              # _request_line saw its start (see _unparsed_method)
+    cdef bytes line_method              # its real method, when llhttp saw a placeholder
     cdef public list tunnel_pending     # bytes after an Upgrade request, before the 101
     cdef Py_ssize_t tunnel_pending_size
 
@@ -63,11 +73,18 @@ cdef class ClientProtocol(Stream):
 
     cdef int _use_settings(self, object rt) except -1
     cdef int _dispatch(self, object ex) except -1
+    cdef int _start(self, RequestContext ex) except -1
+    cdef int _read_parsed(self, bint clean) except -1
     cdef int account(self, object exchange) except -1
     cdef int _close_after_response(self, object ex) except -1
     cdef int _reject(self, object ex, str code) except -1
     cdef int _body_too_large(self, object ex) except -1
     cdef int _parse_failed(self, object exc) except -1
+    cdef int _internal_error(self, object exc) except -1
+    cdef object _request_line(self, bytes data)
+    cdef object _hold_line(self, bytes data)
+    cdef object _line_continues(self, bytes data, Py_ssize_t k)
+    cdef int _unparsed_method(self) except -1
     cdef int _bad_request(self, str code) except -1
     cdef int _upgrade_requested(self, bytes rest) except -1
     cdef int _write(self, bytes data) except -1

@@ -38,7 +38,7 @@ from engine.chain.context import PENDING_LIMIT
 from engine.errors import error_response
 from engine.wire.framing import (
     H_CONNECTION, H_CONTENT_LENGTH, H_EXPECT, H_FORWARDED, H_HOST, H_REQUEST_ID,
-    H_FORWARDED_7239, H_TRACEPARENT, H_TRACESTATE, parse_traceparent, random_hex,
+    H_FORWARDED_7239, H_TRACEPARENT, H_TRACESTATE, H_VIA, parse_traceparent, random_hex,
     H_TRANSFER_ENCODING, H_UPGRADE, H_XFF, REQUEST_KINDS, connection_tokens, host_for_routing,
     normalize_percent, remove_dot_segments, split_target, transfer_codings, valid_host,
 )
@@ -54,6 +54,7 @@ cdef object HttpParserUpgrade = httptools.HttpParserUpgrade
 cdef object HttpParserError = httptools.HttpParserError
 cdef object HttpParserCallbackError = httptools.HttpParserCallbackError
 cdef object HttpParserInvalidURLError = httptools.HttpParserInvalidURLError
+cdef object HttpParserInvalidMethodError = httptools.HttpParserInvalidMethodError
 
 # framing's header kinds as C ints (0: a field relayed as is).
 cdef int K_HOST = H_HOST
@@ -66,6 +67,7 @@ cdef int K_XFF = H_XFF
 cdef int K_REQUEST_ID = H_REQUEST_ID
 cdef int K_FORWARDED = H_FORWARDED
 cdef int K_FORWARDED_7239 = H_FORWARDED_7239
+cdef int K_VIA = H_VIA
 cdef int K_TRACEPARENT = H_TRACEPARENT
 cdef int K_TRACESTATE = H_TRACESTATE
 
@@ -76,6 +78,18 @@ cdef bytes _CHUNK_END = CHUNK_END
 # Gathered writes below this many bytes are joined into one (a copy is cheaper than a
 # writev's bookkeeping); above it they go out as a list of buffers.
 cdef Py_ssize_t _JOIN_MAX = 16384
+
+cdef bytes _ASTERISK = b"*"
+cdef bytes _OPTIONS = b"OPTIONS"
+# What llhttp is shown in place of an extension method (see _request_line): a method it
+# knows that means nothing to its parsing (CONNECT would: it is never replaced).
+cdef bytes _PLACEHOLDER = b"GET"
+
+# RFC 9110 §5.6.2 tchar: the bytes of a token, such as a method (§9.1).
+cdef bint _TCHAR[256]
+for _c in range(256):
+    _TCHAR[_c] = (48 <= _c <= 57 or 65 <= _c <= 90 or 97 <= _c <= 122
+                  or _c in b"!#$%&'*+-.^_`|~")
 cdef bytes _CONTINUE = CONTINUE
 cdef bytes _HEAD = b"HEAD"
 
@@ -146,6 +160,22 @@ cdef class RequestIds:
             self.buf[i] = _HEX[v & 15]
             v >>= 4
         return PyBytes_FromStringAndSize(self.buf, 32)
+
+
+cdef inline bint _common_method(const char* p, Py_ssize_t n) noexcept:
+    # The methods llhttp is left to parse as they are; any other token reaches it as
+    # _PLACEHOLDER, so its fixed method list turns no valid method into a 400 (RFC 9110 §9.1).
+    if n == 3:
+        return memcmp(p, "GET", 3) == 0 or memcmp(p, "PUT", 3) == 0
+    if n == 4:
+        return memcmp(p, "POST", 4) == 0 or memcmp(p, "HEAD", 4) == 0
+    if n == 5:
+        return memcmp(p, "PATCH", 5) == 0
+    if n == 6:
+        return memcmp(p, "DELETE", 6) == 0
+    if n == 7:
+        return memcmp(p, "OPTIONS", 7) == 0 or memcmp(p, "CONNECT", 7) == 0
+    return False
 
 
 class _Rejected(Exception):
@@ -230,6 +260,8 @@ cdef class ClientProtocol(Stream):
         self.send_timeout = settings.send_timeout
         self.lingering_timeout = settings.lingering_timeout
         self.tracing = settings.tracing
+        self.via = b"1.1 " + settings.via if settings.via is not None else None
+        self.via_field = b"Via: " + self.via + b"\r\n" if self.via is not None else None
         return 0
 
     # -- asyncio.Protocol
@@ -264,19 +296,40 @@ cdef class ClientProtocol(Stream):
         in_head = self.in_head
         received = ex.body_received if ex is not None else 0
         if self.between:
+            if self.line_held is not None:
+                data = self.line_held + data
+                self.line_held = None
             # A read that starts a message usually holds its whole request line: when that
             # ends " HTTP/1.1", the version is known without get_http_version (which formats
             # a new string per call, a tenth of this request's cost).
             self.next_http11 = _line_is_http11(data)
+            self.next_scanned = True
+            if not self.next_http11 or memcmp(PyBytes_AS_STRING(data), b"GET ", 4) != 0:
+                # (not the usual line, "GET ... HTTP/1.1" whole): see to its method and form
+                data = self._request_line(data)
+                if data is None:
+                    return  # the method is held until it ends, or answered 400
+        elif self.line_open and self._line_continues(data, 0) is None:
+            return  # answered 400
+        # The whole read is parsed before anything derived from it goes upstream (a request's
+        # start, its body bytes): a chunk-size overflow or a bare-LF chunk line later in the
+        # same read must find nothing sent (RFC 9112 §7.1, §2.2). See _read_parsed.
+        self.parsing = True
         try:
             self.parser.feed_data(data)
         except HttpParserUpgrade as exc:
+            self.parsing = False
             self._upgrade_requested(data[exc.args[0]:] if exc.args else b"")
+            self._read_parsed(True)
             return
         except HttpParserError as exc:
+            self.parsing = False
             if not self.broken and not self.closed:
                 self._parse_failed(exc)
+            self._read_parsed(False)
             return
+        self.parsing = False
+        self._read_parsed(True)
         if (ex is not None and self.ex is ex and self.in_head == in_head
                 and ex.body_received == received and not ex.body_done):
             # httptools holds an unfinished header field (head or trailers) in memory until
@@ -288,7 +341,23 @@ cdef class ClientProtocol(Stream):
             self.stalled = 0
 
     def eof_received(self):
-        return None  # asyncio.Protocol's default: the transport closes itself
+        # A half-close is not an abort: a client that shut down its sending side after whole
+        # requests still reads their answers, then the connection closes (as HAProxy and
+        # Envoy do). The client is gone only when a write fails or it resets
+        # (connection_lost). A request the EOF cut off can never end: that client is gone.
+        cdef RequestContext ex = self.ex
+        cdef RequestContext last = self.active
+        if self.tunnel is not None or self.lingering or self.closed or last is None:
+            return None  # nothing to answer: asyncio closes the transport
+        if not self.broken and (self.in_head or self.line_held is not None or (
+                ex is not None and not ex.body_done and not ex.finished)):
+            return None
+        self.half_closed = True
+        if self.queue:
+            last = self.queue[len(self.queue) - 1]
+        if not last.head_sent:
+            last.keep_alive = False  # its answer says "Connection: close" (RFC 9112 §9.6)
+        return True  # the transport stays open for the answers
 
     def connection_lost(self, exc):
         cdef RequestContext ex
@@ -346,6 +415,10 @@ cdef class ClientProtocol(Stream):
         # The head being parsed: scratch state of this codec, not the context's.
         self.line_http11 = self.next_http11  # (for the first message of the read only)
         self.next_http11 = False
+        self.line_scanned = self.next_scanned
+        self.next_scanned = False
+        self.line_method = self.next_method
+        self.next_method = None
         self.url = b""
         self.header_size = self.header_count = self.host_count = 0
         self.te = self.expect = None
@@ -397,6 +470,9 @@ cdef class ClientProtocol(Stream):
             self.expect = value
         elif kind == K_UPGRADE:
             ex.upgrade = value
+        elif kind == K_VIA:
+            # Several Via lines are one list (RFC 9110 §5.3); the proxy's entry goes last.
+            ex.via = value if ex.via is None else ex.via + b", " + value
         elif kind == K_FORWARDED:
             if self.trusted:
                 if ex.forwarded is None:
@@ -425,7 +501,7 @@ cdef class ClientProtocol(Stream):
         cdef const char* q
         self.in_head = False
         parser = self.parser
-        ex.method = parser.get_method()
+        ex.method = parser.get_method() if self.line_method is None else self.line_method
         keep_alive = parser.should_keep_alive()
         if self.line_http11 and (keep_alive or ex.connection is not None):
             # (llhttp keeps an HTTP/1.1 request without Connection alive: a check for free)
@@ -478,6 +554,11 @@ cdef class ClientProtocol(Stream):
             else:
                 path = url[:q - p]
                 ex.query = url[q - p:]
+        elif url == _ASTERISK and ex.method == _OPTIONS:
+            # asterisk-form: the server itself (RFC 9112 §3.2.4), answered by the runner
+            authority = None
+            path = url
+            ex.query = b""
         else:
             try:
                 authority, path, ex.query = split_target(url)
@@ -534,12 +615,38 @@ cdef class ClientProtocol(Stream):
     cdef int _dispatch(self, object ex) except -1:
         if self.active is None:
             self.active = ex
-            (<RequestContext>ex).start()
+            self._start(<RequestContext>ex)
         else:
             if self.queue is None:
                 self.queue = deque()
             self.queue.append(ex)
             self.pause_reading_for(PAUSE_PIPELINE)
+        return 0
+
+    cdef int _start(self, RequestContext ex) except -1:
+        if self.parsing:
+            self.starting = ex  # once the read that holds its head has parsed (_read_parsed)
+            return 0
+        return ex.start()
+
+    cdef int _read_parsed(self, bint clean) except -1:
+        # A read was parsed, ``clean``ly or up to an error (answered already): what it derived
+        # goes out now. After an error only a request whose message ended before the bad bytes
+        # does; the one they belong to was answered 400 and its upstream connection reset.
+        cdef RequestContext ex = self.active
+        if self.closed:
+            self.starting = None
+            return 0
+        if ex is not None and ex.body_held is not None and (clean or ex.body_done):
+            ex.client_read_parsed()
+        ex = self.starting
+        if ex is not None:
+            self.starting = None
+            if not ex.finished:
+                try:
+                    ex.start()
+                except Exception as exc:
+                    return self._internal_error(exc)  # (a filter's bug, say)
         return 0
 
     cdef int account(self, object exchange) except -1:
@@ -579,7 +686,10 @@ cdef class ClientProtocol(Stream):
             if not queue:
                 # The last queued request may still be sending its body: read it.
                 self.resume_reading_for(PAUSE_PIPELINE)
-            return (<RequestContext?>nxt).start()
+            return self._start(<RequestContext?>nxt)
+        if self.half_closed:
+            self.close()  # the client sends nothing more: every request it made is answered
+            return 0
         self.resume_reading_for(PAUSE_PIPELINE)
         if self.worker.draining and not self.in_head:
             self.close()
@@ -590,7 +700,8 @@ cdef class ClientProtocol(Stream):
         return 0
 
     cdef int _close_after_response(self, object ex) except -1:
-        if (<RequestContext>ex).body_done and not self.broken:
+        if ((<RequestContext>ex).body_done and not self.broken) or self.half_closed:
+            # (after a half-close every byte the client sent was read: nothing to linger for)
             self.close()
         else:
             self.linger()
@@ -746,22 +857,107 @@ cdef class ClientProtocol(Stream):
         cause = exc.__context__
         if (isinstance(exc, HttpParserCallbackError) and cause is not None
                 and not isinstance(cause, _Rejected)):
-            # Our own code failed inside a parser callback (a filter, say): the client is
-            # not at fault. Log it and answer 500; the connection closes as for bad input.
-            sys.stderr.write("edgeproxy: internal error while handling a request:\n"
-                             + "".join(traceback.format_exception(cause)))
-            return self.fail()
+            return self._internal_error(cause)  # our own code failed inside a callback
+        if (isinstance(exc, HttpParserInvalidMethodError) and self.in_head
+                and not self.line_scanned):
+            return self._unparsed_method()
         if isinstance(exc, HttpParserInvalidURLError):
             code = "bad_target"
         else:
-            msg = str(exc)
-            if "HTTP version" in msg:
+            msg = str(exc).lower()  # (llhttp's reasons: "Chunk size overflow", "... chunk size")
+            if "http version" in msg:
                 code = "version_not_supported"  # llhttp knows 0.9, 1.x and 2.0 only
-            elif "Content-Length" in msg or "Transfer-Encoding" in msg or "chunk" in msg:
+            elif "content-length" in msg or "transfer-encoding" in msg or "chunk" in msg:
                 code = "bad_framing"
             else:
                 code = "bad_request"
         return self._bad_request(code)
+
+    cdef object _request_line(self, bytes data):
+        # ``data`` starts a message: the bytes to feed llhttp, or None when they are held (the
+        # method has not ended) or were answered (400). Only a read's first message is seen
+        # here: llhttp tells no offsets, so one pipelined after another in the same read is
+        # its alone (see _unparsed_method).
+        cdef const char* p = PyBytes_AS_STRING(data)
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+        cdef Py_ssize_t i = 0
+        cdef Py_ssize_t j, limit
+        cdef bint common
+        while i + 1 < n and p[i] == b"\r" and p[i + 1] == b"\n":
+            i += 2  # empty lines before a request-line are ignored (RFC 9112 §2.2), by llhttp too
+        limit = min(n, i + self.max_request_line)
+        j = i
+        while j < limit and _TCHAR[<unsigned char>p[j]]:
+            j += 1
+        if j == n and i < n and n - i < self.max_request_line:
+            return self._hold_line(data)  # the method has not ended
+        if j == i or j == limit or p[j] != b" ":
+            return data  # no method and a space: llhttp's error, a 400
+        common = _common_method(p + i, j - i)
+        if not (common and self.next_http11):  # (else the usual request line, whole)
+            self.line_open = 1
+            data = self._line_continues(data, j)
+            if data is None or common:
+                return data
+        # An extension method (RFC 9110 §9.1): llhttp parses the message with _PLACEHOLDER,
+        # the request keeps its own (on_headers_complete).
+        self.next_method = data[i:j]
+        return data[:i] + _PLACEHOLDER + data[j:]
+
+    cdef object _line_continues(self, bytes data, Py_ssize_t k):
+        # RFC 9112 §3: request-line = method SP request-target SP HTTP-version. llhttp takes a
+        # line without the version for HTTP/0.9 and waits on a header section: 400 now. From
+        # ``k``, ``data`` continues a request line whose target has not ended (line_open 1:
+        # not begun, 2: begun); a space after the target ends the watch (the rest is llhttp's).
+        cdef const char* p = PyBytes_AS_STRING(data)
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+        if self.line_open == 1:
+            while k < n and p[k] == b" ":
+                k += 1
+            if k < n:
+                self.line_open = 2
+        while k < n and p[k] != b" " and p[k] != b"\r" and p[k] != b"\n":
+            k += 1
+        if k == n:
+            return data  # (the line goes on in the next read)
+        self.line_open = 0
+        if p[k] != b" ":
+            self._bad_request("bad_request")
+            return None
+        return data
+
+    cdef object _hold_line(self, bytes data):
+        if self.active is None:
+            # a request has begun: the header timeout runs, not the keep-alive one
+            self.deadline = <double>self.worker.now + self.client_header_timeout
+        self.line_held = data
+        self.next_scanned = False
+        return None
+
+    cdef int _unparsed_method(self) except -1:
+        # llhttp refused the method of a request pipelined after another in the same read, so
+        # _request_line never saw it and llhttp gives no offset to resume from. The requests
+        # before it are answered, then the connection closes with this one unanswered: a
+        # client retries it on a new connection (RFC 9112 §9.3.2), where it is parsed first.
+        cdef RequestContext last = self.queue[len(self.queue) - 1] if self.queue else self.active
+        self.broken = True
+        self.pause_reading_for(PAUSE_BROKEN)
+        self.in_head = False
+        self.ex = None
+        if last is None:
+            self.close()
+        elif last.head_sent:
+            last.close_after = True
+        else:
+            last.keep_alive = False  # "Connection: close" on its answer (RFC 9112 §9.6)
+        return 0
+
+    cdef int _internal_error(self, object exc) except -1:
+        # Our own code failed handling a request: the client is not at fault. Log it and
+        # answer 500; the connection closes as for bad input.
+        sys.stderr.write("edgeproxy: internal error while handling a request:\n"
+                         + "".join(traceback.format_exception(exc)))
+        return self.fail()
 
     cdef int fail(self) except -1:
         """Answer the request being handled with a 500 and close (nothing after it is
@@ -873,9 +1069,11 @@ cdef class ClientProtocol(Stream):
                 self.abort()
             else:
                 ex.timed_out()
-        elif self.in_head or (parsing is not None and not parsing.body_done
-                              and not parsing.finished):
-            ex = parsing if parsing is not None else RequestContext.new(self, self.worker.runtime)
+        elif self.in_head or self.line_held is not None or (
+                parsing is not None and not parsing.body_done and not parsing.finished):
+            if parsing is None or self.line_held is not None:
+                parsing = RequestContext.new(self, self.worker.runtime)
+            ex = parsing
             if not ex.request_id:
                 ex.request_id = self.ids.next()
             ex.close_after = True

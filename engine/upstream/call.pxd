@@ -70,6 +70,8 @@ cdef class UpstreamCall:
     cdef public bint chunked_up         # the body goes upstream chunked
     cdef public bint close_delimited    # the answer's body ends when the upstream closes
     cdef public bint complete           # the answer ended (upstream_complete)
+    cdef public bytes via               # the answer's Via, out of its fields (the sink adds
+                                        # it back, with its own entry), or None
     cdef public int failure             # the failure bit the final answer stands for
     cdef bint attempting                # server.active counts this request now
     cdef unsigned long long server_probe    # circuit probe tokens of the attempt (Circuit)

@@ -39,6 +39,7 @@ class UpstreamCall:
     chunked_up: bool
     close_delimited: bool
     complete: bool
+    via: bytes | None
     failure: int
 
 class FetchSink(Sink):

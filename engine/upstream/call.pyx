@@ -47,12 +47,14 @@ cdef enum:
     _R_TRANSFER_ENCODING = 2
     _R_CONNECTION = 3
     _R_DROP = 4
+    _R_VIA = 5
 
 RESPONSE_KINDS = {
     b"content-length": _R_CONTENT_LENGTH,
     b"transfer-encoding": _R_TRANSFER_ENCODING,
     b"connection": _R_CONNECTION,
     b"x-request-id": _R_DROP,  # replaced by ours, so the client sees one id
+    b"via": _R_VIA,  # combined, for the sink to append to (RFC 9110 §7.6.3)
 }
 for _name in HOP_BY_HOP:
     RESPONSE_KINDS.setdefault(_name, _R_DROP)
@@ -368,6 +370,7 @@ cdef class UpstreamCall:
         cdef bytes cl = None
         cdef bytes te = None
         cdef list connection = None
+        cdef bytes via = None
         cdef list out = []  # the fields relayed, flat
         cdef tuple named
         cdef bytes name, value
@@ -395,6 +398,8 @@ cdef class UpstreamCall:
                     connection = [value]
                 else:
                     connection.append(value)
+            elif kind == _R_VIA:
+                via = value if via is None else via + b", " + value  # (RFC 9110 §5.3)
             elif status == 101 and name.lower() == b"upgrade":
                 out.append(name)
                 out.append(value)
@@ -412,6 +417,8 @@ cdef class UpstreamCall:
                 # the protocol switched to (RFC 9110 §7.8)
                 named = tuple([t for t in named if t != b"upgrade"])
             out = drop_named(out, named, True)
+            if b"via" in named:
+                via = None
         failure = status_failure(status)
         if failure:
             server = self.retry_target(failure, True)
@@ -439,10 +446,12 @@ cdef class UpstreamCall:
             # Set before llhttp "completes" the 101 (on_message_complete): from here on the
             # connection's bytes are the tunnel's.
             conn.tunnel = True
+            self.via = via
             sink.on_head(self, 101, reason, out, None, True)
             return sink.on_tunnel(self)
         no_body = status == 204 or status == 304 or sink.method == _HEAD
         self.close_delimited = not no_body and cl is None and te is None
+        self.via = via
         self.head_sent = True
         sink.on_head(self, status, reason, out, cl, no_body)
         return True
@@ -581,7 +590,13 @@ cdef class UpstreamCall:
         if conn is not None:
             self.conn = None
             self.server.pool.active -= 1
-            conn.abort()
+            if self.sink.body_done:
+                conn.abort()
+            else:
+                # The server holds a head and part of a body that will never be completed
+                # (RFC 9112 §7.1: a bad chunk, a 413, a client gone mid-body): a reset, so
+                # nothing can take it for a whole request.
+                conn.reset()
         if self.attempting:
             self.end_attempt(-1)
         return 0
@@ -654,6 +669,8 @@ cdef class FetchSink(Sink):
         self.status = status
         self.response_headers = [(fields[i], fields[i + 1])
                                  for i in range(0, len(fields) - 1, 2)]
+        if call.via is not None:
+            self.response_headers.append((b"Via", call.via))  # (the gateway made the request)
         return 0
 
     cdef int on_body(self, bytes data) except -1:

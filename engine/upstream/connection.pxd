@@ -21,6 +21,7 @@ cdef class UpstreamConnection:
     cdef bint keep_alive            # ... and let the connection persist (RFC 9112 §9.3)
     cdef bytes head_bytes           # what arrived since the response began, until its head
     cdef Py_ssize_t head_from       # where in it the head being parsed starts (after a 1xx)
+    cdef public bint http10         # the response's status line says HTTP/1.0
 
     cpdef bint usable(self) except -1
     cpdef start(self, object call, bytes head, bint skip_body)
@@ -29,3 +30,4 @@ cdef class UpstreamConnection:
     cdef int _fail(self, object exc) except -1
     cpdef close(self)
     cpdef abort(self)
+    cpdef reset(self)

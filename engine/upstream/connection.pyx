@@ -10,11 +10,14 @@ A cdef class cannot subclass asyncio.Protocol; uvloop and httptools only duck-ty
 this class implements every method they call (eof_received included).
 """
 
+import socket
+import struct
+
 import httptools
 
 cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from libc.string cimport memchr
+from libc.string cimport memchr, memcmp
 
 # pyx-level cimport: connection.pxd cimports nothing, so the .pxd files have no cycle.
 from engine.upstream.call cimport UpstreamCall
@@ -23,6 +26,7 @@ cdef object HttpResponseParser = httptools.HttpResponseParser
 cdef object HttpParserUpgrade = httptools.HttpParserUpgrade
 cdef object HttpParserCallbackError = httptools.HttpParserCallbackError
 cdef object HttpParserError = httptools.HttpParserError
+cdef bytes _LINGER_ZERO = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close sends a reset
 
 
 class _StopParsing(Exception):
@@ -192,6 +196,8 @@ cdef class UpstreamConnection:
         sp = <const char*>memchr(p, b" ", eol - p)
         if sp is NULL or eol - sp < 4:
             return False
+        # The version, for Via's received-protocol (RFC 9110 §7.6.3).
+        self.http10 = sp - p == 8 and memcmp(p, b"HTTP/1.0", 8) == 0
         self.reason = PyBytes_FromStringAndSize(sp + 5, eol - sp - 5) if eol - sp > 5 else b""
         p = eol + 2
         while True:
@@ -230,6 +236,7 @@ cdef class UpstreamConnection:
         self.head_bytes = None
         self.head_from = 0
         self.skip_body = skip_body
+        self.http10 = False
         self.transport.write(head)
 
     cdef int _complete(self, object reusable=None) except -1:
@@ -261,3 +268,16 @@ cdef class UpstreamConnection:
         self.call = None
         if self.transport is not None:
             self.transport.abort()
+
+    cpdef reset(self):
+        """Abort with a TCP reset: the request on it is cut off (a bad body, a client gone
+        mid-body), and a reset cannot be taken for the end of a message, as a FIN after a
+        close-delimited or truncated body could."""
+        if self.transport is not None:
+            sock = self.transport.get_extra_info("socket")
+            if sock is not None:
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
+                except OSError:
+                    pass
+        self.abort()

@@ -78,6 +78,8 @@ cdef class Upstream:
         self.name = cfg.name
         self.key = cfg  # frozen config: equal config -> pools carried over on reload
         self.servers = []
+        breaker = cfg.circuit_breaker
+        server_breaker = breaker if breaker is not None and breaker.scope != "upstream" else None
         for s in cfg.servers:
             pool_key = (cfg.name, s.url, cfg.keepalive, cfg.keepalive_timeout,
                         cfg.keepalive_requests)
@@ -90,10 +92,10 @@ cdef class Upstream:
             max_fails = s.max_fails if len(cfg.servers) > 1 else 0
 
             def health(s=s, max_fails=max_fails):
-                circuit = make_circuit(cfg.circuit_breaker) if cfg.circuit_breaker else None
+                circuit = make_circuit(server_breaker) if server_breaker else None
                 return Health(max_fails, s.fail_timeout, circuit)
             health_key = ("health", cfg.name, s.url, max_fails, s.fail_timeout,
-                          cfg.circuit_breaker)
+                          server_breaker)
             self.servers.append(Server(
                 s.url, s.host, s.port, s.weight, pool, s.backup, s.down, s.max_conns,
                 shared.keep(health_key, health) if shared is not None else health()))
@@ -105,10 +107,10 @@ cdef class Upstream:
         self.connect_timeout = cfg.connect_timeout
         self.send_timeout = cfg.send_timeout
         self.read_timeout = cfg.read_timeout
-        if cfg.circuit_breaker is not None:
-            circuit_key = ("circuit", cfg.name, cfg.circuit_breaker)
-            self.circuit = (shared.keep(circuit_key, lambda: make_circuit(cfg.circuit_breaker))
-                            if shared is not None else make_circuit(cfg.circuit_breaker))
+        if breaker is not None and breaker.scope != "server":
+            circuit_key = ("circuit", cfg.name, breaker)
+            self.circuit = (shared.keep(circuit_key, lambda: make_circuit(breaker))
+                            if shared is not None else make_circuit(breaker))
         retry = cfg.retry
         self.budget = (shared.keep(("budget", cfg.name, retry), lambda: _budget(retry))
                        if shared is not None else _budget(retry))

@@ -23,6 +23,7 @@ H_FORWARDED = 10  # X-Forwarded-Proto/-Host, X-Real-IP: rewritten by the proxy
 H_TRACEPARENT = 11  # W3C Trace Context: re-emitted with this hop's span id
 H_TRACESTATE = 12
 H_FORWARDED_7239 = 13  # RFC 7239 Forwarded: relayed from trusted proxies only
+H_VIA = 14  # combined into one field, with this proxy's entry last (RFC 9110 §7.6.3)
 
 # RFC 9110 §7.6.1 hop-by-hop fields, plus Proxy-Connection which old clients still send.
 HOP_BY_HOP = frozenset((
@@ -51,6 +52,7 @@ REQUEST_KINDS: dict[bytes, int] = {
     b"traceparent": H_TRACEPARENT,
     b"tracestate": H_TRACESTATE,
     b"forwarded": H_FORWARDED_7239,
+    b"via": H_VIA,
 }
 
 # RFC 9110 §7.2 / RFC 3986 §3.2.2: uri-host [ ":" port ]; reg-name, IPv4 or an IP-literal.

@@ -6,11 +6,12 @@ never relayed.
 """
 
 import threading
+import time
 
 import pytest
 
 from tests.support.client import Conn
-from tests.support.e2e import assert_error, proxy_config, send_and_read
+from tests.support.e2e import assert_error, proxy_config, send_and_read, wait_until
 from tests.support.origin import Origin, ok
 from tests.support.proxy import InProcessProxy
 
@@ -151,6 +152,92 @@ def test_invalid_chunk_mid_stream_aborts_upstream_and_answers_400():
         assert_error(c.response(), 400, "bad_framing")
         assert c.closed()
         assert origin.requests == []  # the half-sent request was never completed upstream
+        assert wait_until(lambda: origin.lost)
+        assert isinstance(origin.lost[0], ConnectionResetError)  # a reset, not a FIN
+
+
+CHUNKED_POST = b"POST /up HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+# RFC 9112 §7.1: chunk-size is hex digits a recipient must be able to hold, and every chunk line
+# ends in CRLF (§2.2: a bare LF is not a line end a proxy may accept and re-frame).
+MALFORMED_BODIES = [
+    pytest.param(b"10000000000000005\r\nhello\r\n0\r\n\r\n", id="chunk-size-overflows-64-bits"),
+    pytest.param(b"5\nhello\n0\n\n", id="bare-lf-chunk-lines"),
+    pytest.param(b"5\r\nhello\n0\r\n\r\n", id="bare-lf-after-chunk-data"),
+]
+
+
+@pytest.mark.parametrize("pool", ["idle-pooled-connection", "cold-pool"])
+@pytest.mark.parametrize("body", MALFORMED_BODIES)
+def test_a_malformed_body_in_the_read_of_its_head_sends_nothing_upstream(body, pool):
+    with Origin() as origin, InProcessProxy(proxy_config(origin.url)) as p:
+        if pool == "idle-pooled-connection":
+            with Conn(p.port) as c:
+                assert c.request("GET", "/warm").status == 200
+        seen = len(origin.raw)
+        with Conn(p.port) as c:
+            c.send(CHUNKED_POST + body)  # one write: head and body arrive in one read
+            assert_error(c.response(), 400, "bad_framing")
+            assert c.closed()
+        time.sleep(0.2)  # (what was sent would have arrived by now)
+        assert origin.raw[seen:] == []  # not even the head
+        if pool == "idle-pooled-connection":
+            with Conn(p.port) as c:  # the idle connection was left alone: it is reused
+                assert c.request("GET", "/again").body == b"/again"
+            assert origin.connections == 1 and origin.lost == []
+        else:
+            assert origin.connections == 0  # not even a connect
+
+
+def test_a_good_request_before_a_malformed_body_in_the_same_read_is_answered():
+    with Origin() as origin, InProcessProxy(proxy_config(origin.url)) as p, Conn(p.port) as c:
+        c.send(b"GET /first HTTP/1.1\r\nHost: t\r\n\r\n" + CHUNKED_POST + b"5\nhello\n0\n\n")
+        assert c.response().body == b"/first"
+        assert_error(c.response(), 400, "bad_framing")
+        assert c.closed()
+        time.sleep(0.2)
+        assert b"".join(origin.raw).count(b"HTTP/1.1") == 1  # only GET /first went upstream
+
+
+def test_body_bytes_of_a_read_that_turns_out_bad_are_not_sent_and_the_upstream_is_reset():
+    seen = threading.Event()
+    with Origin(on_head=lambda req, t: seen.set()) as origin, \
+            InProcessProxy(proxy_config(origin.url)) as p, Conn(p.port) as c:
+        c.send(CHUNKED_POST + b"5\r\nhello\r\n")
+        assert seen.wait(5)  # the head and the first chunk went upstream
+        assert wait_until(lambda: b"hello" in b"".join(origin.raw))
+        c.send(b"5\r\nworld\r\n10000000000000005\r\n")  # a good chunk, then an overflow
+        assert_error(c.response(), 400, "bad_framing")
+        assert wait_until(lambda: origin.lost)
+        assert isinstance(origin.lost[0], ConnectionResetError)
+        assert b"world" not in b"".join(origin.raw)
+        assert origin.requests == []
+
+
+def test_a_413_while_the_body_streams_resets_the_upstream():
+    seen = threading.Event()
+    config = proxy_config("URL", route="max_body_size = 10")
+    with Origin(on_head=lambda req, t: seen.set()) as origin, \
+            InProcessProxy(config.replace("URL", origin.url)) as p, Conn(p.port) as c:
+        c.send(CHUNKED_POST + b"5\r\nhello\r\n")
+        assert seen.wait(5)
+        c.send(b"a\r\n0123456789\r\n")  # 15 bytes: over the route's 10
+        assert_error(c.response(), 413, "body_too_large")
+        assert wait_until(lambda: origin.lost)
+        assert isinstance(origin.lost[0], ConnectionResetError)
+        assert origin.requests == []
+
+
+def test_a_client_that_leaves_mid_body_resets_the_upstream():
+    seen = threading.Event()
+    with Origin(on_head=lambda req, t: seen.set()) as origin, \
+            InProcessProxy(proxy_config(origin.url)) as p:
+        with Conn(p.port) as c:
+            c.send(b"POST /up HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nhello")
+            assert seen.wait(5)
+        assert wait_until(lambda: origin.lost)
+        assert isinstance(origin.lost[0], ConnectionResetError)
+        assert origin.requests == []
 
 
 MALFORMED_RESPONSES = [

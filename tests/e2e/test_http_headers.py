@@ -170,3 +170,67 @@ def test_client_request_id_kept_when_valid(given, kept):
         assert rid == given
     else:
         assert HEX32.fullmatch(rid)
+
+
+# -- Via (RFC 9110 §7.6.3): the proxy's entry on every message it forwards, after any received
+
+def test_via_is_added_to_a_forwarded_request_and_response():
+    req, r = one_request([])
+    assert req.header(b"via") == b"1.1 edgeproxy"
+    assert r.header(b"via") == b"1.1 edgeproxy"
+
+
+def test_via_is_appended_to_the_received_entries_as_one_list():
+    def handler(req):
+        return ok(headers=[(b"Via", b"1.1 cache-a"), (b"Via", b"1.0 cache-b")])
+
+    req, r = one_request([(b"Via", b"1.1 client-proxy"), (b"Via", b"1.0 corp")],
+                         handler=handler)
+    assert req.header(b"via") == b"1.1 client-proxy, 1.0 corp, 1.1 edgeproxy"
+    assert r.header(b"via") == b"1.1 cache-a, 1.0 cache-b, 1.1 edgeproxy"
+
+
+def test_via_names_the_version_of_the_message_received():
+    # received-protocol is the version each message came in: HTTP/1.0 from the client and
+    # from the upstream, though the proxy speaks 1.1 on both sides.
+    with Origin(lambda req: b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok") as origin, \
+            InProcessProxy(proxy_config(origin.url)) as proxy, Conn(proxy.port) as c:
+        c.send(b"GET /old HTTP/1.0\r\n\r\n")
+        r = c.response()
+        assert r.status == 200 and r.header(b"via") == b"1.0 edgeproxy"
+    assert origin.requests[0].header(b"via") == b"1.0 edgeproxy"
+
+
+def test_via_pseudonym_is_configurable():
+    req, r = one_request([], {"server": 'via = "edge-7.example"'})
+    assert req.header(b"via") == b"1.1 edge-7.example"
+    assert r.header(b"via") == b"1.1 edge-7.example"
+
+
+def test_via_off_adds_none_and_relays_what_came():
+    def handler(req):
+        return ok(headers=[(b"Via", b"1.1 cache-a")])
+
+    req, r = one_request([(b"Via", b"1.1 corp")], {"server": 'via = "off"'}, handler=handler)
+    assert req.header(b"via") == b"1.1 corp"
+    assert r.header(b"via") == b"1.1 cache-a"
+    req, r = one_request([], {"server": 'via = "off"'})
+    assert req.header(b"via") is None and r.header(b"via") is None
+
+
+def test_via_named_by_connection_is_hop_by_hop():
+    def handler(req):
+        return ok(headers=[(b"Connection", b"via"), (b"Via", b"1.1 inner")])
+
+    req, r = one_request([(b"Connection", b"via"), (b"Via", b"1.1 outer")], handler=handler)
+    assert req.header(b"via") == b"1.1 edgeproxy"
+    assert r.header(b"via") == b"1.1 edgeproxy"
+
+
+def test_the_proxys_own_answers_carry_no_via():
+    # Via records the intermediaries between the origin server and the client (RFC 9110
+    # §7.6.3); of an answer the proxy makes itself it is the origin: there are none.
+    with Origin() as origin, InProcessProxy(proxy_config(origin.url, paths='["/p"]')) as proxy, \
+            Conn(proxy.port) as c:
+        r = c.request("GET", "/nowhere")
+        assert r.status == 404 and r.header(b"via") is None

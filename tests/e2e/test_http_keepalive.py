@@ -1,12 +1,13 @@
 """Client connection persistence (RFC 9112 §9.3), pipelining (§9.3.2) and HTTP/1.0 clients."""
 
 import socket
+import struct
 import time
 
 import pytest
 
 from tests.support.client import Conn
-from tests.support.e2e import assert_error, proxy_config
+from tests.support.e2e import assert_error, proxy_config, wait_until
 from tests.support.origin import Origin, ok
 from tests.support.proxy import InProcessProxy
 
@@ -127,15 +128,28 @@ body = "own"
 
 def test_request_after_an_early_answer_with_unread_body_is_not_processed():
     # The 404 comes before the body was read, so the connection closes after it; the GET
-    # that arrived in the same read must not be forwarded.
+    # that arrives with the rest of the body must not be forwarded.
+    with Origin() as origin, InProcessProxy(proxy_config(origin.url, paths='["/ok"]')) as proxy, \
+            Conn(proxy.port) as c:
+        c.send(b"POST /none HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\n")
+        r = c.response()
+        assert_error(r, 404, "not_found")
+        assert r.header(b"connection") == b"close"
+        c.send(b"abc" + get("/ok"))
+        assert c.closed()
+        assert origin.requests == []
+
+
+def test_a_body_that_came_with_its_head_is_read_before_the_answer():
+    # The whole read is parsed before the request starts: the POST is complete when its 404
+    # is written, so the connection stays open and the pipelined GET is answered.
     with Origin() as origin, InProcessProxy(proxy_config(origin.url, paths='["/ok"]')) as proxy, \
             Conn(proxy.port) as c:
         c.send(b"POST /none HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabc" + get("/ok"))
         r = c.response()
         assert_error(r, 404, "not_found")
-        assert r.header(b"connection") == b"close"
-        assert c.closed()
-        assert origin.requests == []
+        assert r.header(b"connection") is None
+        assert c.response().body == b"/ok"
 
 
 def test_keepalive_requests_limit_closes_the_connection():
@@ -197,3 +211,55 @@ def test_http10_client_gets_content_length_when_upstream_sent_one():
         assert r.header(b"content-length") == b"3" and r.body == b"/cl"
         assert r.header(b"connection") == b"keep-alive"
         assert not c.closed(0.2)
+
+
+# -- half-close: a client that shuts down its sending side still reads its answers
+
+def slow(req):
+    return ok(req.body or req.url), 0.3  # answered after the client has half-closed
+
+
+def test_a_client_that_half_closes_after_its_request_gets_the_answer():
+    with Origin(slow) as origin, InProcessProxy(proxy_config(origin.url)) as proxy, \
+            Conn(proxy.port) as c:
+        c.send(get("/half"))
+        c.sock.shutdown(socket.SHUT_WR)
+        r = c.response()
+        assert (r.status, r.body) == (200, b"/half")
+        assert r.header(b"connection") == b"close"  # the proxy closes after it
+        assert c.closed()
+    assert [req.url for req in origin.requests] == [b"/half"]
+
+
+def test_a_client_that_half_closes_after_pipelined_requests_gets_every_answer():
+    with Origin(slow) as origin, InProcessProxy(proxy_config(origin.url)) as proxy, \
+            Conn(proxy.port) as c:
+        c.send(get("/one") + b"POST /two HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nhi")
+        c.sock.shutdown(socket.SHUT_WR)
+        first = c.response()
+        assert first.body == b"/one" and first.header(b"connection") is None
+        second = c.response()
+        assert second.body == b"hi" and second.header(b"connection") == b"close"
+        assert c.closed()
+
+
+def test_a_half_close_that_cuts_a_request_off_abandons_it():
+    with Origin() as origin, InProcessProxy(proxy_config(origin.url)) as proxy, \
+            Conn(proxy.port) as c:
+        c.send(b"POST /cut HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nhello")
+        time.sleep(0.1)
+        c.sock.shutdown(socket.SHUT_WR)
+        assert c.closed() and c.buffer == b""  # no answer: the request can never end
+        time.sleep(0.1)
+    assert origin.requests == []
+
+
+def test_a_client_that_resets_is_gone_and_its_upstream_request_is_dropped():
+    with Origin(lambda req: (b"", "hang")) as origin, \
+            InProcessProxy(proxy_config(origin.url)) as proxy:
+        s = socket.create_connection(("127.0.0.1", proxy.port), 2)
+        s.sendall(get("/gone"))
+        assert wait_until(lambda: origin.requests)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.close()  # a reset
+        assert wait_until(lambda: origin.lost, timeout=2)  # not the upstream's read_timeout

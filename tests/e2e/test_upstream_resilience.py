@@ -302,6 +302,31 @@ def test_retries_that_succeed_never_open_the_upstream_circuit():
         assert o.hits()[0] == 2
 
 
+@pytest.mark.parametrize("scope", ["server", "both", "upstream"])
+def test_circuit_breaker_scope_picks_the_breakers(scope):
+    # No retries: one of two servers resets, so half the clients get a 502. The upstream's
+    # breaker ("both", "upstream") opens on that failure rate and refuses everyone; with
+    # scope = "server" only the failing server's own breaker opens and the other one serves
+    # every request after it.
+    with Origins(2, {0: "reset"}) as o, InProcessProxy(servers_config(
+            [entry(u, "max_fails = 0") for u in o.urls],
+            f'[upstreams.retry]\ntries = 1\n[upstreams.circuit_breaker]\nscope = "{scope}"\n'
+            'consecutive_failures = 0\nfailure_rate = 0.4\nmin_requests = 4\n'
+            'cooldown = "20s"')) as p:
+        upstream = p.worker.runtime.upstreams["app"]
+        assert (upstream.circuit is None) == (scope == "server")
+        assert all((s.health.circuit is None) == (scope == "upstream")
+                   for s in upstream.servers)
+        with Conn(p.port) as c:
+            statuses = [c.request("GET", "/").status for _ in range(16)]
+        assert statuses[:4] == [502, 200, 502, 200]
+        if scope == "server":
+            assert statuses[4:8] == [502, 200, 502, 200]  # a's fourth failure opens it
+            assert statuses[8:] == [200] * 8 and o.hits() == [4, 12]
+        else:  # (a failure is what makes a breaker look at the rate: the third, 3 of 5)
+            assert statuses[4:] == [502] + [503] * 11 and o.hits() == [3, 2]
+
+
 # -- active health checks
 
 

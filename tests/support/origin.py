@@ -3,15 +3,22 @@
 An Origin runs an asyncio server in its own thread. Its ``handler(request)`` returns what to do:
 raw response bytes, or a tuple (bytes, action) where action is "close", "reset", "hang" or
 "keep", or a number of seconds to wait before writing the bytes. Every request is recorded for
-assertions.
+assertions, and so are the raw bytes received and how each connection ended (``lost``: None
+for a close, ConnectionResetError for a reset).
 """
 
 import asyncio
+import re
 import socket
 import struct
 import threading
 
 import httptools
+
+# A request line's method, when httptools' fixed list may not know it (RFC 9110 §9.1 allows any
+# token): the origin parses such a request with GET in its place and records the real one.
+_METHOD = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+) ")
+_PARSED_AS_IS = {b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"PATCH", b"OPTIONS"}
 
 
 class Request:
@@ -47,6 +54,8 @@ class _OriginProtocol(asyncio.Protocol):
         self.parser = httptools.HttpRequestParser(self)
         self.req = None
         self.transport = None
+        self.between = True  # the parser expects a new request
+        self.method = None  # an extension method the parser sees as GET
 
     def connection_made(self, transport):
         self.transport = transport
@@ -54,9 +63,14 @@ class _OriginProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc):
         self.origin.open.discard(self)
+        self.origin.lost.append(exc)
 
     def data_received(self, data):
         self.origin.raw.append(data)
+        m = _METHOD.match(data) if self.between else None
+        if m and m.group(1) not in _PARSED_AS_IS:
+            self.method = m.group(1)
+            data = b"GET" + data[m.end(1):]
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -76,6 +90,7 @@ class _OriginProtocol(asyncio.Protocol):
     def on_message_begin(self):
         self.req = Request()
         self.req.conn_id = self.conn_id
+        self.between = False
 
     def on_url(self, url):
         self.req.url += url
@@ -84,7 +99,8 @@ class _OriginProtocol(asyncio.Protocol):
         self.req.headers.append((name, value))
 
     def on_headers_complete(self):
-        self.req.method = self.parser.get_method()
+        self.req.method = self.method or self.parser.get_method()
+        self.method = None
         self.req.version = self.parser.get_http_version()
         if self.origin.on_head is not None:
             self.origin.on_head(self.req, self.transport)
@@ -96,6 +112,7 @@ class _OriginProtocol(asyncio.Protocol):
         req = self.req
         req.body = b"".join(req.chunks)
         req.chunks = []
+        self.between = True
         self.origin.requests.append(req)
         if self.parser.should_upgrade():
             return
@@ -124,6 +141,7 @@ class Origin:
         self.on_head = on_head
         self.requests: list[Request] = []
         self.raw: list[bytes] = []
+        self.lost: list[BaseException | None] = []  # connection_lost's exc, per connection
         self.connections = 0
         self.open = set()
         self.port = None

@@ -55,6 +55,8 @@ def test_units_for_sizes_and_durations():
                  "expected a duration", id="bad-duration"),
     pytest.param('[server]\nmax_header_count = 0\n' + BASE, "server.max_header_count",
                  "at least 1", id="below-minimum"),
+    pytest.param('[server]\nvia = "edge proxy"\n' + BASE, "server.via", "pseudonym",
+                 id="via-not-a-token"),
     pytest.param('[server]\nworkers = "many"\n' + BASE, "server.workers", '"auto"',
                  id="bad-workers"),
     pytest.param('[server]\ntrusted_proxies = ["10.0.0.0/33"]\n' + BASE,
