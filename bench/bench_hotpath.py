@@ -7,7 +7,7 @@ Transports are in-memory sinks. Run: python bench/bench_hotpath.py [--profile]
 
 The hot path is Cython, which cProfile does not see: --profile shows the Python it still calls
 (the worker's log phase, route targets, filters, this file's sinks), everything else is inside
-run(). For where the Cython time goes, count instructions under callgrind with --once, or build
+run(). For where the Cython time goes, count instructions with bench/bench_instructions.py (callgrind), or build
 with EDGEPROXY_LINETRACE=1.
 """
 
@@ -123,11 +123,13 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("-n", type=int, default=200_000)
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--route", default="pass-through", choices=("pass-through", "gateway"),
+                    help="with --once: the plain route, or header transforms + a rate limit")
     ap.add_argument("--once", action="store_true",
                     help="one pass of -n requests, for instruction counting under callgrind")
     args = ap.parse_args()
     if args.once:
-        run(args.n, "")
+        run(args.n, GATEWAY + RATE_LIMIT if args.route == "gateway" else "")
         return
     if args.profile:
         prof = cProfile.Profile()
