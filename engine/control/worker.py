@@ -26,18 +26,6 @@ STATS_INTERVAL = 1.0
 DRAIN_IDLE = 1.0
 
 
-def listen_socket(host: str, port: int, backlog: int, reuse_port: bool) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if reuse_port:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
-    sock.listen(backlog)
-    sock.setblocking(False)
-    return sock
-
-
 class AccessLog:
     """JSON lines, buffered and written once per sweep (or when the buffer fills)."""
 

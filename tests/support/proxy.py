@@ -9,7 +9,8 @@ from engine.control.config import parse
 from engine.control.demo import serve_origins
 from engine.control.listeners import listeners_of
 from engine.control.snapshot import Runtime
-from engine.control.worker import Worker, listen_socket
+from engine.control.listeners import bind_group
+from engine.control.worker import Worker
 
 
 class InProcessProxy:
@@ -57,7 +58,7 @@ class InProcessProxy:
             await serve_origins(self.cfg.demo.origins)
         self.worker = Worker(self.runtime)
         for listener in listeners_of(self.cfg):
-            sock = listen_socket("127.0.0.1", 0, 128, False)
+            sock = bind_group("127.0.0.1", 0, 128, 1, False)[0]
             self.ports[listener.name] = sock.getsockname()[1]
             await self.worker.start(sock, listener)
         self.port = next(iter(self.ports.values()))
