@@ -57,6 +57,7 @@ class Filter:
     PHASE = TRANSFORM
     RESPONSE_BODY = None
     SERVER_WIDE = True  # may be set for every route in the top-level [filters] table
+    ANSWERS = False  # a route kind: it answers every request itself, so the route needs no upstream
 
     def __init__(self, cfg, build):
         self.cfg = cfg

@@ -427,6 +427,7 @@ def load(path: str) -> Config:
 
 def _cross_check(cfg: Config, errors: list) -> None:
     from engine.control.snapshot import check_routes, route_sections
+    from engine.filters import FILTERS
 
     admin = cfg.admin
     if admin.enabled and not admin.token:
@@ -465,10 +466,11 @@ def _cross_check(cfg: Config, errors: list) -> None:
         if route.name in route_names:
             errors.append((join(path, "name"), f'duplicate route name "{route.name}"'))
         route_names.add(route.name)
-        answers = any(name == "static" for name, _ in route.sections)
         sections = route_sections(route, cfg)
+        answers = any(FILTERS[name].Filter.ANSWERS for name, _ in route.sections)
         if route.upstream is None and not answers:
-            errors.append((path, 'needs an upstream or a [routes.static] answer'))
+            kinds = ", ".join(f"[routes.{n}]" for n, m in FILTERS.items() if m.Filter.ANSWERS)
+            errors.append((path, f"needs an upstream or a section that answers ({kinds})"))
         elif route.upstream is not None and route.upstream not in names:
             errors.append((join(path, "upstream"), f'unknown upstream "{route.upstream}"'
                            + suggest(route.upstream, names)))

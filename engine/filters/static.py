@@ -20,6 +20,7 @@ class Filter(FilterBase):
     __slots__ = ("status", "headers", "body")
     PHASE = ANSWER
     SERVER_WIDE = False  # it answers everything: server-wide, no route would be reached
+    ANSWERS = True
 
     def __init__(self, cfg: Config, build):
         super().__init__(cfg, build)
