@@ -192,7 +192,7 @@ class _Claimed:
 class Filter(FilterBase):
     __slots__ = ("methods", "lheader", "required", "bare_ok", "min_length", "max_length",
                  "pattern", "ttl", "lease", "wait", "max_wait", "retry_after", "max_body",
-                 "max_response", "release", "fp_headers", "caller", "route", "store",
+                 "max_response", "release", "settle_for", "fp_headers", "caller", "route", "store",
                  "reject_on_error", "too_large", "live", "renew_due", "events")
     PHASE = IDEMPOTENCY
 
@@ -213,6 +213,9 @@ class Filter(FilterBase):
         self.pattern = re.compile(cfg.pattern)
         self.ttl = cfg.ttl
         self.lease = cfg.lease
+        # A failed settle is tried again while the claim surely lives: renewed every lease/3,
+        # it has at least 2/3 of a lease left when its request ends.
+        self.settle_for = cfg.lease / 2
         self.wait = cfg.concurrent == "wait"
         self.max_wait = cfg.max_wait
         self.retry_after = [(b"Retry-After", b"%d" % cfg.retry_after)]
@@ -416,7 +419,7 @@ class Filter(FilterBase):
                            and not claimed.proxy_made):
             # "Nothing happened": the request never reached an upstream (no server, connect
             # failure, the client left first), or the upstream said so itself (a 5xx, 429).
-            self.store.settle(claimed.key, claimed.owner, None, 0.0)
+            self.store.settle(claimed.key, claimed.owner, None, 0.0, self.settle_for)
         elif not ctx.response_complete or claimed.proxy_made:
             # The upstream got the request but we hold no answer of its: the response was
             # cut, or the proxy answered for it (read timeout, connection lost). It may have
@@ -427,7 +430,7 @@ class Filter(FilterBase):
             return
         else:
             stored = Stored(status, claimed.headers or [], claimed.body)
-            self.store.settle(claimed.key, claimed.owner, stored, self.ttl)
+            self.store.settle(claimed.key, claimed.owner, stored, self.ttl, self.settle_for)
 
 
 def _statuses(specs):

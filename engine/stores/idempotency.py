@@ -22,6 +22,7 @@ complete and release are each one Lua script, so two proxies racing for a key se
 import asyncio
 import logging
 import time
+from functools import partial
 
 import orjson
 
@@ -115,8 +116,10 @@ class MemoryStore:
         self._claims[key] = _Claim(fingerprint, owner, now + lease)
         return CLAIMED, None
 
-    def settle(self, key, owner: bytes, stored: Stored | None, ttl: float) -> bool:
-        """Complete (``stored``) or release (None) the claim ``owner`` holds, now."""
+    def settle(self, key, owner: bytes, stored: Stored | None, ttl: float,
+               retry_for: float = 0.0) -> bool:
+        """Complete (``stored``) or release (None) the claim ``owner`` holds, now (memory
+        cannot fail, so ``retry_for`` has nothing to do)."""
         c = self._get_claim(key, self.clock())
         if c is None or c.owner != owner:
             return False
@@ -290,11 +293,20 @@ class RedisStore:
         # connection per waiter, and a claim whose owner died still ends at its lease.
         await asyncio.sleep(min(0.005 * (1 << min(attempt, 5)), 0.1, max(timeout, 0.0)))
 
-    def settle(self, key, owner: bytes, stored: Stored | None, ttl: float) -> None:
-        """Complete or release in the background (called from an exchange's finish)."""
-        coro = self.complete(key, owner, stored, ttl) if stored is not None \
-            else self.release(key, owner)
-        self._background(coro, key)
+    def settle(self, key, owner: bytes, stored: Stored | None, ttl: float,
+               retry_for: float = 0.0) -> None:
+        """Complete or release in the background (called from an exchange's finish).
+
+        A failed attempt is made again, backing off, for ``retry_for`` seconds: Redis slow for
+        a moment must not leave an answered request's claim to run out its lease, after which
+        the client's retry would execute it a second time. Repeating is safe: a timeout says
+        nothing of whether the command ran, and both scripts act only on a claim ``owner``
+        still holds."""
+        if stored is not None:
+            attempt = partial(self.complete, key, owner, stored, ttl)
+        else:
+            attempt = partial(self.release, key, owner)
+        self._background(self._retrying(attempt, key, retry_for), key)
 
     def renew(self, key, owner: bytes, lease: float) -> None:
         """Extend the claim ``owner`` holds (in the background; a failure leaves the old
@@ -302,12 +314,28 @@ class RedisStore:
         self._background(self.redis.run(_RENEW, self._keys(key), [owner, _ms(lease)]), key)
 
     def _background(self, coro, key) -> None:
-        task = asyncio.get_running_loop().create_task(self._settle(coro, key))
+        task = asyncio.get_running_loop().create_task(self._logged(coro, key))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
     @staticmethod
-    async def _settle(coro, key):
+    async def _retrying(attempt, key, retry_for: float):
+        from engine.stores.redis import StoreUnavailable
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + retry_for
+        pause = 0.05
+        while True:
+            try:
+                return await attempt()
+            except StoreUnavailable as exc:
+                if loop.time() + pause > give_up:
+                    raise
+                log.info("idempotency record %s: settling again in %.2f s (%s)", key, pause, exc)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 1.0)
+
+    @staticmethod
+    async def _logged(coro, key):
         from engine.stores.redis import StoreUnavailable
         try:
             await coro

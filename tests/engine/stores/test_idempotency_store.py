@@ -287,3 +287,28 @@ def test_redis_down_raises_store_unavailable_quickly(own_redis):
         finally:
             await conn.close()
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("retry_for, settled", [(5.0, True), (0.0, False)])
+def test_redis_settle_that_times_out_is_tried_again_while_the_claim_lives(
+        redis_server, retry_for, settled):
+    # Redis stalls (CLIENT PAUSE) as the answer is stored: the first attempt times out. With a
+    # retry window the record is completed once Redis answers again, so the client's retry
+    # replays it; without one the claim is left to its lease (and the key would run twice).
+    async def main():
+        conn = RedisConnection(RedisConfig(url=redis_server.url, timeout=0.1))
+        s = RedisStore(conn)
+        try:
+            assert await s.claim("k", FP, b"o1", 30.0) == (CLAIMED, None)
+            redis_server.command("CLIENT", "PAUSE", "400", "WRITE")
+            s.settle("k", b"o1", stored(b"paid"), 3600.0, retry_for)
+            await asyncio.wait_for(asyncio.gather(*s.tasks, return_exceptions=True), 8)
+            await asyncio.sleep(0.5)  # the pause is over
+            return await s.claim("k", FP, b"o2", 30.0)
+        finally:
+            await conn.close()
+    kind, detail = asyncio.run(main())
+    if settled:
+        assert kind == DONE and detail.body == b"paid"
+    else:
+        assert kind == IN_FLIGHT
