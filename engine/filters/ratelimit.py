@@ -196,7 +196,7 @@ class Config:
     store: str = setting("memory", 'where counts live: "memory" (per worker) or "redis" (every '
                                "worker and host; needs [redis])", choices=("memory", "redis"))
     on_store_error: str = setting("allow", 'Redis down or slow: "allow" the request unlimited or '
-                                       '"deny" it with 429', choices=STORE_ERROR_POLICIES,
+                                       '"deny" it with 503', choices=STORE_ERROR_POLICIES,
                                   aliases=STORE_ERROR_ALIASES)
     limits: tuple[LimitConfig, ...] = setting((), "the limits; all must pass",
                                           check=_check_limits)
@@ -500,7 +500,9 @@ class Filter(FilterBase):
         except StoreUnavailable:
             if not self.deny:
                 return None
-            return self._refused(ctx, "rate_limited", store.cfg.breaker_cooldown,
+            # 503, not 429: the client did nothing wrong, and a 429 would read as "over your
+            # quota" to it and as limiting to the operator's dashboards.
+            return self._refused(ctx, "store_unavailable", store.cfg.breaker_cooldown,
                                  "the rate-limit store is unavailable and this route denies "
                                  "what it cannot count")
         n = len(pairs)
