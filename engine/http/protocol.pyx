@@ -881,10 +881,21 @@ cdef class ClientProtocol(Stream):
         cdef const char* p = PyBytes_AS_STRING(data)
         cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
         cdef Py_ssize_t i = 0
-        cdef Py_ssize_t j, limit
+        cdef Py_ssize_t j, k, limit
         cdef bint common
+        cdef const char* eol
         while i + 1 < n and p[i] == b"\r" and p[i + 1] == b"\n":
             i += 2  # empty lines before a request-line are ignored (RFC 9112 §2.2), by llhttp too
+        eol = <const char*>memchr(p + i, b"\n", n - i)
+        if (eol is not NULL and eol - (p + i) >= 14 and memcmp(eol - 10, b" HTTP/1.", 8) == 0
+                and eol[-1] == b"\r" and b"2" <= eol[-2] <= b"9"):
+            # HTTP/1.2 to 1.9: RFC 9110 §2.5 says to process a higher minor version of a
+            # major version we implement as the highest minor we conform to, 1.1 (llhttp
+            # refuses them, which would be a 505).
+            k = eol - 2 - p
+            data = data[:k] + b"1" + data[k + 1:]
+            p = PyBytes_AS_STRING(data)
+            self.next_http11 = True
         limit = min(n, i + self.max_request_line)
         j = i
         while j < limit and _TCHAR[<unsigned char>p[j]]:

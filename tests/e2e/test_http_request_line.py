@@ -1,6 +1,6 @@
 """The request line over real sockets: any token method is forwarded (RFC 9110 §9.1), "OPTIONS *"
 is answered (RFC 9112 §3.2.4), a malformed line is a 400 at once and only a well-formed line
-with an unsupported version is a 505."""
+with an unsupported version is a 505; HTTP/1.2-1.9 are served as 1.1 (RFC 9110 §2.5)."""
 
 import time
 
@@ -118,6 +118,20 @@ def test_a_well_formed_line_with_an_unsupported_version_is_505(proxy, data):
     r, closed = send_and_read(proxy.port, data)
     assert_error(r, 505, "version_not_supported")
     assert closed
+
+
+@pytest.mark.parametrize("method", [b"GET", b"POST", b"PROPFIND"])
+@pytest.mark.parametrize("minor", [b"2", b"9"])
+def test_a_higher_http1_minor_version_is_served_as_http11(proxy, origin, method, minor):
+    # RFC 9110 §2.5: processed as the highest minor version of major 1 we implement.
+    with Conn(proxy.port) as c:
+        c.send(method + b" /v?x=1 HTTP/1." + minor + b"\r\nHost: t\r\nContent-Length: 2\r\n\r\nhi")
+        r = c.response()
+        assert r.status == 200
+        again = c.request("GET", "/again")  # keep-alive, as for 1.1
+        assert (again.status, again.body) == (200, b"/again")
+    req = origin.requests[-2]
+    assert (req.method, req.url, req.body) == (method, b"/v?x=1", b"hi")
 
 
 @pytest.mark.parametrize("parts", [
