@@ -710,6 +710,8 @@ cdef class RequestContext(Sink):
         if self.stream is None:
             raise TypeError("a RequestContext answers only once made by its codec")
         if self.finished or self.head_sent:
+            if type(resp) is _StreamResponse:
+                resp.source.close()
             return
         if self.chain is None:
             # Answered before routing (a malformed request, a timeout while the head
