@@ -87,7 +87,7 @@ class Config:
 
 
 class Filter(FilterBase):
-    __slots__ = ("plain", "tls", "plain_names", "tls_names", "remove", "override")
+    __slots__ = ("plain", "tls", "plain_drop", "tls_drop", "override")
     # Its response hook runs last, for every answer (the proxy's 401/404/429 too), and sees
     # the headers every other filter set.
     PHASE = OBSERVE
@@ -109,17 +109,18 @@ class Filter(FilterBase):
             chosen.append((name.encode(), value.encode()))
         self.tls = chosen
         self.plain = [h for h in chosen if h[0] != b"Strict-Transport-Security"]
-        self.tls_names = frozenset(n.lower() for n, _ in self.tls)
-        self.plain_names = frozenset(n.lower() for n, _ in self.plain)
-        self.remove = frozenset(n.lower().encode() for n in cfg.remove)
+        remove = frozenset(n.lower().encode() for n in cfg.remove)
         self.override = cfg.override
+        # What leaves the upstream's head: the remove list, and ours when we override.
+        self.tls_drop = remove | {n.lower() for n, _ in self.tls} if self.override else remove
+        self.plain_drop = (remove | {n.lower() for n, _ in self.plain} if self.override
+                           else remove)
 
     def on_response(self, ctx, resp):
         if ctx.stream.scheme == b"https":
-            ours, names = self.tls, self.tls_names
+            ours, drop = self.tls, self.tls_drop
         else:
-            ours, names = self.plain, self.plain_names
-        drop = self.remove | names if self.override else self.remove
+            ours, drop = self.plain, self.plain_drop
         kept = [h for h in resp.headers if h[0].lower() not in drop]
         if self.override:
             kept += ours
