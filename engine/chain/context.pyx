@@ -806,7 +806,7 @@ cdef class RequestContext(Sink):
         # then _pump, resumed by pause_upstream when the client drains.
         cdef bint no_body = self.method == _HEAD
         self._head(None, resp.status, None, resp.headers, False,
-                   PyBytes_FromFormat("%lld", <long long>resp.length), no_body, None, False)
+                   PyBytes_FromFormat("%zd", <Py_ssize_t>resp.length), no_body, None, False)
         if no_body or self.status == 204 or self.status == 304:
             resp.source.close()
             self.response_complete = True

@@ -146,12 +146,11 @@ def _byte_range(spec: bytes, size: int):
             return None
         return max(size - n, 0), size - 1
     start = int(first)
-    end = int(last) if last else size - 1
-    if end < start:
+    if last and int(last) < start:
         return "ignore"  # RFC 9110 §14.1.1: invalid
     if start >= size:
         return None
-    return start, min(end, size - 1)
+    return start, min(int(last), size - 1) if last else size - 1
 
 
 class Filter(FilterBase):
