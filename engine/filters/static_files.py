@@ -13,6 +13,7 @@ go out as a StreamResponse read as the client drains its socket, never held whol
 plain pread on the worker's loop, like nginx without aio: a page-cached file costs a copy.
 """
 
+import datetime
 import email.utils
 import mimetypes
 import os
@@ -107,8 +108,10 @@ def _parse_date(value: bytes):
         parsed = email.utils.parsedate_to_datetime(value.decode("latin-1"))
     except (TypeError, ValueError, IndexError):
         return None
-    if parsed is None or parsed.tzinfo is None:
+    if parsed is None:
         return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=datetime.UTC)  # asctime: GMT, unstated
     return parsed.timestamp()
 
 
