@@ -34,6 +34,8 @@ ERRORS = {
 }
 
 _WHOLE_MAX = 256 * 1024  # read whole and sent with the head; larger files stream
+RESOLVED_VALID = 2.0  # seconds a resolved path is reused (nginx open_file_cache_valid)
+RESOLVED_MAX = 4096  # resolved paths kept per route; cleared whole when full
 _SIBLINGS = (("br", b".br", b"br"), ("gzip", b".gz", b"gzip"))
 _TYPES = mimetypes.MimeTypes()  # the built-in table only: the same on every host
 for _ext, _type in ((".js", "text/javascript"), (".mjs", "text/javascript"),  # RFC 9239
@@ -158,7 +160,7 @@ def _byte_range(spec: bytes, size: int):
 
 class Filter(FilterBase):
     __slots__ = ("root", "index", "cache_fields", "expires", "precompressed", "charset",
-                 "hidden", "etag")
+                 "hidden", "etag", "resolved")
     PHASE = ANSWER
     SERVER_WIDE = False
     ANSWERS = True
@@ -179,34 +181,44 @@ class Filter(FilterBase):
         self.charset = cfg.charset.encode()
         self.hidden = cfg.hidden
         self.etag = cfg.etag
+        self.resolved: dict[bytes, tuple] = {}  # path -> (real path or None, valid until)
 
     # -- where the path leads
 
-    def _resolve(self, ctx):
-        """(real path, is a directory path) under the root, or None when refused."""
+    def _resolve(self, ctx, now: float):
+        """(real path under the root or None when refused, whether a directory was named)."""
         route = ctx.route
         rel = ctx.path[route.strip:] if route is not None and route.strip else ctx.path
         try:
             raw = unquote_to_bytes(rel)
         except (TypeError, ValueError):
-            return None
+            return None, False
         parts = []
         for seg in raw.split(b"/"):
             if not seg:
                 continue
             if seg in (b".", b"..") or b"\0" in seg or b"\\" in seg:
-                return None
+                return None, False
             if seg[:1] == b"." and not self.hidden and seg != b".well-known":
-                return None
+                return None, False
             parts.append(seg)
         path = os.path.join(self.root, *parts)
-        return self._inside(path), raw.endswith(b"/") or not parts
+        return self._inside(path, now), raw.endswith(b"/") or not parts
 
-    def _inside(self, path: bytes):
+    def _inside(self, path: bytes, now: float):
+        """``path``'s real path when it lies under the root, else None. Resolving follows
+        every symlink (an lstat per component), so results are kept RESOLVED_VALID seconds,
+        like nginx's open_file_cache: a stale entry can only name a path that was inside."""
+        hit = self.resolved.get(path)
+        if hit is not None and hit[1] > now:
+            return hit[0]
         real = os.path.realpath(path)  # symlinks followed: the target must be ours too
-        if real == self.root or real.startswith(self.root + b"/"):
-            return real
-        return None
+        if not (real == self.root or real.startswith(self.root + b"/")):
+            real = None
+        if len(self.resolved) >= RESOLVED_MAX:
+            self.resolved.clear()
+        self.resolved[path] = (real, now + RESOLVED_VALID)
+        return real
 
     def _stat_file(self, path: bytes):
         try:
@@ -222,7 +234,8 @@ class Filter(FilterBase):
         rid = ctx.request_id.decode()
         if method != b"GET" and method != b"HEAD":
             return error_response("method_not_allowed", rid, headers=[(b"Allow", b"GET, HEAD")])
-        real, is_dir = self._resolve(ctx) or (None, False)
+        now = ctx.clock.now
+        real, is_dir = self._resolve(ctx, now)
         if real is None:
             return error_response("file_not_found", rid)
         try:
@@ -237,13 +250,13 @@ class Filter(FilterBase):
                 return Response(301, [(b"Location", location)], b"")
             if not self.index:
                 return error_response("file_not_found", rid)
-            real = self._inside(os.path.join(real, self.index))
+            real = self._inside(os.path.join(real, self.index), now)
             st = self._stat_file(real) if real is not None else None
             if st is None:
                 return error_response("file_not_found", rid)
         elif not stat.S_ISREG(st.st_mode):
             return error_response("file_not_found", rid)
-        return self._serve(ctx, real, st, rid)
+        return self._serve(ctx, real, st, rid, now)
 
     def _request_fields(self, ctx) -> dict:
         wanted = {b"accept-encoding", b"range", b"if-range", b"if-match", b"if-none-match",
@@ -255,13 +268,13 @@ class Filter(FilterBase):
                 found[lname] = found[lname] + b"," + value if lname in found else value
         return found
 
-    def _sibling(self, real: bytes, accept: bytes | None):
+    def _sibling(self, real: bytes, accept: bytes | None, now: float):
         """The precompressed (path, stat, coding) to send, or (None, None, None); and whether
         any sibling exists (then the answer varies on Accept-Encoding)."""
         ranked = parse_qlist(accept) if accept is not None else {}
         best, exists = None, False
         for coding, ext, token in _SIBLINGS:
-            path = self._inside(real + ext)
+            path = self._inside(real + ext, now)
             st = self._stat_file(path) if path is not None else None
             if st is None:
                 continue
@@ -274,7 +287,7 @@ class Filter(FilterBase):
                 best = (path, st, token, q)
         return (best[:3] if best else (None, None, None)), exists
 
-    def _serve(self, ctx, real, st, rid):
+    def _serve(self, ctx, real, st, rid, now):
         fields = self._request_fields(ctx)
         is_get = ctx.method == b"GET"
         content_type = _TYPES.guess_type(real.decode("utf-8", "surrogateescape"))[0]
@@ -284,7 +297,8 @@ class Filter(FilterBase):
         headers = [(b"Content-Type", ctype)]
         coding = None
         if self.precompressed and b"range" not in fields:
-            (path, sib_st, token), exists = self._sibling(real, fields.get(b"accept-encoding"))
+            (path, sib_st, token), exists = self._sibling(real, fields.get(b"accept-encoding"),
+                                                          now)
             if exists:
                 headers.append((b"Vary", b"Accept-Encoding"))
             if path is not None:
