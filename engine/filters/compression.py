@@ -27,7 +27,9 @@ from engine.filters.fields import add_vary, list_tokens, parse_qlist
 # Tokens a client may name each coding by (RFC 9110 §8.4.1.3: x-gzip is gzip).
 TOKENS = {"gzip": (b"gzip", b"x-gzip"), "br": (b"br",), "zstd": (b"zstd",)}
 LEVELS = {"gzip": (1, 9), "br": (0, 11), "zstd": (1, 19)}
-_DROP = frozenset((b"content-length", b"accept-ranges"))
+# Dropped from a head being compressed: its length and ranges were the identity body's, and
+# an "identity" coding (the only one left by then) is replaced by ours.
+_DROP = frozenset((b"content-length", b"accept-ranges", b"content-encoding"))
 
 
 class _Gzip:

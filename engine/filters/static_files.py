@@ -36,14 +36,16 @@ ERRORS = {
 _WHOLE_MAX = 256 * 1024  # read whole and sent with the head; larger files stream
 RESOLVED_VALID = 2.0  # seconds a resolved path is reused (nginx open_file_cache_valid)
 RESOLVED_MAX = 4096  # resolved paths kept per route; cleared whole when full
-_SIBLINGS = (("br", b".br", b"br"), ("gzip", b".gz", b"gzip"))
+# Precompressed siblings: (suffix, Accept-Encoding tokens, Content-Encoding), preferred first.
+_SIBLINGS = ((b".br", (b"br",), b"br"), (b".gz", (b"gzip", b"x-gzip"), b"gzip"))
 _TYPES = mimetypes.MimeTypes()  # the built-in table only: the same on every host
 for _ext, _type in ((".js", "text/javascript"), (".mjs", "text/javascript"),  # RFC 9239
                     (".woff2", "font/woff2"), (".woff", "font/woff"), (".webp", "image/webp"),
                     (".avif", "image/avif"), (".map", "application/json"),
                     (".webmanifest", "application/manifest+json")):
     _TYPES.add_type(_type, _ext)
-_TEXT_LIKE = (b"text/", b"application/javascript", b"application/json", b"image/svg+xml")
+# Types that get "; charset=": not JSON, whose media type has no charset (RFC 8259 §11).
+_CHARSET_TYPES = (b"text/", b"application/javascript", b"image/svg+xml")
 
 
 def _check_root(value: str) -> str:
@@ -268,37 +270,36 @@ class Filter(FilterBase):
                 found[lname] = found[lname] + b"," + value if lname in found else value
         return found
 
-    def _sibling(self, real: bytes, accept: bytes | None, now: float):
+    def _sibling(self, real: bytes, st, accept: bytes | None, now: float):
         """The precompressed (path, stat, coding) to send, or (None, None, None); and whether
-        any sibling exists (then the answer varies on Accept-Encoding)."""
+        any sibling exists (then the answer varies on Accept-Encoding). A sibling older than
+        the file is stale (rebuilt file, forgotten .gz) and ignored."""
         ranked = parse_qlist(accept) if accept is not None else {}
-        best, exists = None, False
-        for coding, ext, token in _SIBLINGS:
+        best, best_q, exists = (None, None, None), 0.0, False
+        for ext, tokens, coding in _SIBLINGS:
             path = self._inside(real + ext, now)
-            st = self._stat_file(path) if path is not None else None
-            if st is None:
+            sib = self._stat_file(path) if path is not None else None
+            if sib is None or sib.st_mtime_ns < st.st_mtime_ns:
                 continue
             exists = True
-            q = max(ranked.get(token, 0.0), ranked.get(b"x-gzip", 0.0) if coding == "gzip"
-                    else 0.0)
-            if b"*" in ranked and token not in ranked:
-                q = ranked[b"*"]
-            if q > 0 and (best is None or q > best[3]):
-                best = (path, st, token, q)
-        return (best[:3] if best else (None, None, None)), exists
+            named = [ranked[t] for t in tokens if t in ranked]
+            q = max(named) if named else ranked.get(b"*", 0.0)  # RFC 9110 §12.5.3
+            if q > best_q:
+                best, best_q = (path, sib, coding), q
+        return best, exists
 
     def _serve(self, ctx, real, st, rid, now):
         fields = self._request_fields(ctx)
         is_get = ctx.method == b"GET"
         content_type = _TYPES.guess_type(real.decode("utf-8", "surrogateescape"))[0]
         ctype = (content_type or "application/octet-stream").encode()
-        if self.charset and ctype.startswith(_TEXT_LIKE) and ctype != b"application/json":
+        if self.charset and ctype.startswith(_CHARSET_TYPES):
             ctype += b"; charset=" + self.charset
         headers = [(b"Content-Type", ctype)]
         coding = None
         if self.precompressed and b"range" not in fields:
-            (path, sib_st, token), exists = self._sibling(real, fields.get(b"accept-encoding"),
-                                                          now)
+            (path, sib_st, token), exists = self._sibling(
+                real, st, fields.get(b"accept-encoding"), now)
             if exists:
                 headers.append((b"Vary", b"Accept-Encoding"))
             if path is not None:

@@ -37,6 +37,9 @@ def site(tmp_path_factory):
     (root / "style.css").write_bytes(CSS)
     (root / "style.css.gz").write_bytes(gzip.compress(CSS))
     (root / "style.css.br").write_bytes(brotli.compress(CSS))
+    (root / "stale.css").write_bytes(CSS)
+    (root / "stale.css.gz").write_bytes(gzip.compress(b"old"))
+    os.utime(root / "stale.css.gz", (1_000_000_000, 1_000_000_000))  # older than the file
     (root / "big.bin").write_bytes(BIG)
     (root / "big.txt").write_bytes(BIG_TEXT)
     (root / "sub" / "index.html").write_bytes(b"<h1>sub</h1>")
@@ -202,6 +205,11 @@ def test_precompressed_siblings(site, accept, coding, decode):
     assert r.header(b"vary") == b"Accept-Encoding"
     assert decode(r.body) == CSS
     assert r.header(b"content-type") == b"text/css; charset=utf-8"
+
+
+def test_a_sibling_older_than_its_file_is_not_served(site):
+    r = get(site, "/static/stale.css", [(b"Accept-Encoding", b"gzip")])
+    assert r.header(b"content-encoding") is None and r.body == CSS
 
 
 def test_precompressed_variants_have_their_own_etag(site):
