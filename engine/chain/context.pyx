@@ -39,8 +39,10 @@ cdef Py_ssize_t _PENDING_LIMIT = PENDING_LIMIT
 cdef bytes _HEAD = b"HEAD"
 cdef object _Response = Response
 cdef object _StreamResponse = StreamResponse
-# Bytes a StreamResponse's source is asked for at a time (a static file's read size).
+# Bytes a StreamResponse's source is asked for at a time (a static file's read size), and
+# at most this many per turn of the loop, so one fast download does not starve the others.
 cdef Py_ssize_t _SOURCE_CHUNK = 128 * 1024
+cdef Py_ssize_t _SOURCE_TURN = 1024 * 1024
 
 
 cdef inline bint _http10(str version) noexcept:
@@ -759,7 +761,9 @@ cdef class RequestContext(Sink):
             if local and chain.response_body:
                 body = self._body_hooks(body)
             if self.transform is not None:
-                if body is not None:
+                if no_body or tunnel:
+                    self.transform = None  # nothing to encode
+                elif body is not None:
                     body = self.transform.feed(body) + self.transform.finish()
                     self.transform = None
                 else:
@@ -817,7 +821,11 @@ cdef class RequestContext(Sink):
     cdef int _pump(self) except -1:
         cdef Stream stream = self.stream
         cdef bytes chunk
+        cdef Py_ssize_t sent = 0
         while self.source is not None and not stream.write_paused and not stream.closed:
+            if sent >= _SOURCE_TURN:
+                self.worker.loop.call_soon(self._pump_later)
+                return 0
             try:
                 chunk = self.source.read(_SOURCE_CHUNK)
             except OSError:
@@ -837,8 +845,13 @@ cdef class RequestContext(Sink):
                 self.response_complete = True
                 return self.finish()
             self._send(chunk)
+            sent += PyBytes_GET_SIZE(chunk)
             stream.flush()  # the transport's buffer, not a batch, tells when to pause
         return 0
+
+    def _pump_later(self):
+        if self.source is not None and not self.finished:
+            self._pump()
 
     cdef int _drop_source(self) except -1:
         source = self.source
