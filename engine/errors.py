@@ -56,6 +56,20 @@ class Response:
         self.body = body
 
 
+class StreamResponse(Response):
+    """A local answer whose body is read as the client takes it (static files), never held
+    whole: ``source.read(n)`` gives up to n next bytes, b"" at the end (None or OSError: it
+    failed, the connection is dropped); ``source.close()`` is called once, however it ended.
+    ``length`` is the body's size (Content-Length, unless a response hook re-encodes it)."""
+
+    __slots__ = ("source", "length")
+
+    def __init__(self, status: int, headers: list, source, length: int):
+        super().__init__(status, headers, None)
+        self.source = source
+        self.length = length
+
+
 def error_response(code: str, request_id: str, message: str | None = None,
                    headers: list | None = None) -> Response:
     status, default = CATALOG[code]

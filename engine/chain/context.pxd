@@ -128,6 +128,9 @@ cdef class RequestContext(Sink):
     cdef tuple held                     # a buffered response's head, until its body is in
     cdef list body_held                 # body bytes of the read being parsed, for the
                                         # upstream (None: the end); see client_read_parsed
+    cdef public object transform        # a response hook's body encoder (feed/finish), or None
+    cdef public bytes response_length   # an upstream answer's Content-Length, for hooks
+    cdef object source                  # a StreamResponse's body, read as the client takes it
 
     @staticmethod
     cdef RequestContext new(Stream stream, object rt)
@@ -147,4 +150,9 @@ cdef class RequestContext(Sink):
     cdef int _head(self, object resp, int status, bytes reason, list headers, bint flat,
                    bytes content_length, bint no_body, bytes body, bint tunnel) except -1
     cdef object _body_hooks(self, object body)
+    cdef int _send(self, bytes chunk) except -1
+    cdef int _send_tail(self) except -1
+    cdef int _respond_stream(self, object resp) except -1
+    cdef int _pump(self) except -1
+    cdef int _drop_source(self) except -1
     cdef int finish(self) except -1

@@ -83,6 +83,10 @@ class RequestContext(Sink):
     body_waiter: Any
     body_limit: int
     server: Server | None
+    # Set by a response hook (compression): ``feed(chunk) -> bytes`` per body chunk and
+    # ``finish() -> bytes`` once at the end; the answer then goes out chunked.
+    transform: Any
+    response_length: bytes | None  # an upstream answer's Content-Length, seen by hooks
     def read_body(self, limit: int) -> Awaitable[bytes]: ...
     def fetch(self, upstream: Upstream | str, method: bytes | str, path: bytes | str,
               headers: Any = ..., body: bytes | None = ...,

@@ -24,7 +24,7 @@ from engine.wire.h1 cimport drop_named, tokens
 from ext.router cimport Router
 
 from engine.chain.filter import BUFFERED, STREAM
-from engine.errors import Response, error_response
+from engine.errors import Response, StreamResponse, error_response
 from engine.upstream.call import fetch as _fetch
 from engine.wire.framing import random_hex
 
@@ -38,6 +38,11 @@ cdef Py_ssize_t _PENDING_LIMIT = PENDING_LIMIT
 
 cdef bytes _HEAD = b"HEAD"
 cdef object _Response = Response
+cdef object _StreamResponse = StreamResponse
+# Bytes a StreamResponse's source is asked for at a time (a static file's read size), and
+# at most this many per turn of the loop, so one fast download does not starve the others.
+cdef Py_ssize_t _SOURCE_CHUNK = 128 * 1024
+cdef Py_ssize_t _SOURCE_TURN = 1024 * 1024
 
 
 cdef inline bint _http10(str version) noexcept:
@@ -538,10 +543,8 @@ cdef class RequestContext(Sink):
                     self._head(None, held[0], held[1], held[2], True, None, False, None,
                                False)
                     for part in copy:
-                        self.bytes_out += PyBytes_GET_SIZE(part)
-                        stream.write_body(self, part)
-        self.bytes_out += PyBytes_GET_SIZE(chunk)
-        stream.write_body(self, chunk)
+                        self._send(part)
+        self._send(chunk)
         stream.deadline = <double>self.clock.now + self.call.upstream.read_timeout
         return 0
 
@@ -559,6 +562,8 @@ cdef class RequestContext(Sink):
                 self._body_hooks(join_bytes(self.body_copy)
                                  if self.body_copy is not None else None)
                 self.body_copy = None
+            if self.transform is not None:
+                self._send_tail()
             self.stream.end_body(self)
         self.response_complete = True
         return self.finish()
@@ -619,6 +624,13 @@ cdef class RequestContext(Sink):
 
     cdef int timed_out(self) except -1:
         """The connection's deadline passed while this request was being answered."""
+        if self.source is not None:
+            # A local body the client stopped taking (send_timeout): the head went out, so
+            # the connection is dropped rather than the answer left looking complete.
+            self._drop_source()
+            self.close_after = True
+            self.stream.abort()
+            return self.finish()
         if self.task is not None:
             self.task.cancel()
             self.task = None
@@ -648,6 +660,8 @@ cdef class RequestContext(Sink):
             self.stream.deadline = <double>self.clock.now + call.upstream.read_timeout
             return True
         self.finished = True  # nobody to answer: release upstream resources (ended)
+        if self.source is not None:
+            self._drop_source()
         if self.task is not None:
             self.task.cancel()
             self.task = None
@@ -659,6 +673,10 @@ cdef class RequestContext(Sink):
     cdef int pause_upstream(self, bint paused) except -1:
         """The client stopped (or resumed) reading our writes: so does the upstream's."""
         cdef UpstreamCall call = self.call
+        if self.source is not None:
+            if not paused:
+                self._pump()
+            return 1
         if call is None or call.conn is None:
             return 0
         call.pause_reading(paused)
@@ -675,6 +693,8 @@ cdef class RequestContext(Sink):
             # by reference counting, not by a garbage collection per few hundred requests.
             self.server = call.server
             self.call = None
+        if self.source is not None:
+            self._drop_source()
         chain = self.chain
         if chain is not None and (<Chain>chain).log:
             for fn in (<Chain>chain).log:
@@ -692,6 +712,8 @@ cdef class RequestContext(Sink):
         if self.stream is None:
             raise TypeError("a RequestContext answers only once made by its codec")
         if self.finished or self.head_sent:
+            if type(resp) is _StreamResponse:
+                resp.source.close()
             return
         if self.chain is None:
             # Answered before routing (a malformed request, a timeout while the head
@@ -702,6 +724,9 @@ cdef class RequestContext(Sink):
         if not self.body_done:
             # The rest of the request body is not read: close after answering.
             self.close_after = True
+        if type(resp) is _StreamResponse:
+            self._respond_stream(resp)
+            return
         self._head(resp, resp.status, None, resp.headers, False, None,
                    self.method == _HEAD, resp.body or b"", False)
         self.response_complete = True
@@ -724,6 +749,7 @@ cdef class RequestContext(Sink):
                         headers = [(headers[i], headers[i + 1])
                                    for i in range(0, len(headers) - 1, 2)]
                     resp = _Response(status, headers, None)
+                    self.response_length = content_length
                 for entry in chain.response:
                     if <Py_ssize_t>(<tuple>entry)[0] < self.ran:
                         (<tuple>entry)[1](self, resp)
@@ -734,6 +760,14 @@ cdef class RequestContext(Sink):
                     body = resp.body or b""  # a hook may replace a local answer's body
             if local and chain.response_body:
                 body = self._body_hooks(body)
+            if self.transform is not None:
+                if no_body or tunnel:
+                    self.transform = None  # nothing to encode
+                elif body is not None:
+                    body = self.transform.feed(body) + self.transform.finish()
+                    self.transform = None
+                else:
+                    content_length = None  # re-encoded as it streams: chunked
         if body is not None:
             content_length = PyBytes_FromFormat("%zd", PyBytes_GET_SIZE(body))
         self.status = status
@@ -752,6 +786,81 @@ cdef class RequestContext(Sink):
                 if result is not None and chain.body_buffered and body is not None:
                     body = bytes(result)
         return body
+
+    cdef int _send(self, bytes chunk) except -1:
+        # One piece of a streamed body to the client, through a response hook's encoder.
+        if self.transform is not None:
+            chunk = self.transform.feed(chunk)
+            if not PyBytes_GET_SIZE(chunk):
+                return 0
+        self.bytes_out += PyBytes_GET_SIZE(chunk)
+        return self.stream.write_body(self, chunk)
+
+    cdef int _send_tail(self) except -1:
+        cdef bytes tail = self.transform.finish()
+        self.transform = None
+        if PyBytes_GET_SIZE(tail):
+            self.bytes_out += PyBytes_GET_SIZE(tail)
+            self.stream.write_body(self, tail)
+        return 0
+
+    cdef int _respond_stream(self, object resp) except -1:
+        # A local answer whose body is read as the client takes it (engine.errors
+        # StreamResponse): the head through the response hooks as an upstream's would go,
+        # then _pump, resumed by pause_upstream when the client drains.
+        cdef bint no_body = self.method == _HEAD
+        self._head(None, resp.status, None, resp.headers, False,
+                   PyBytes_FromFormat("%zd", <Py_ssize_t>resp.length), no_body, None, False)
+        if no_body or self.status == 204 or self.status == 304:
+            resp.source.close()
+            self.response_complete = True
+            return self.finish()
+        self.source = resp.source
+        return self._pump()
+
+    cdef int _pump(self) except -1:
+        cdef Stream stream = self.stream
+        cdef bytes chunk
+        cdef Py_ssize_t sent = 0
+        while self.source is not None and not stream.write_paused and not stream.closed:
+            if sent >= _SOURCE_TURN:
+                self.worker.loop.call_soon(self._pump_later)
+                return 0
+            try:
+                chunk = self.source.read(_SOURCE_CHUNK)
+            except OSError:
+                traceback.print_exc()
+                chunk = None
+            if chunk is None:
+                # The source failed (a file shrank, a disk error) after the head went out.
+                self._drop_source()
+                self.close_after = True
+                stream.abort()
+                return self.finish()
+            if not PyBytes_GET_SIZE(chunk):
+                self._drop_source()
+                if self.transform is not None:
+                    self._send_tail()
+                stream.end_body(self)
+                self.response_complete = True
+                return self.finish()
+            self._send(chunk)
+            sent += PyBytes_GET_SIZE(chunk)
+            stream.flush()  # the transport's buffer, not a batch, tells when to pause
+        return 0
+
+    def _pump_later(self):
+        if self.source is not None and not self.finished:
+            self._pump()
+
+    cdef int _drop_source(self) except -1:
+        source = self.source
+        self.source = None
+        try:
+            source.close()
+        except OSError:
+            traceback.print_exc()
+        return 0
 
     cdef int finish(self) except -1:
         if self.finished:

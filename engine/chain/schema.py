@@ -101,7 +101,12 @@ def build(cls, raw, path: str, errors: list):
         values["sections"] = tuple(sorted(built.items()))
     if not ok:
         return None
-    return cls(**values)
+    obj = cls(**values)
+    # A table's own rule across its keys (cors: credentials never with "*"): (key, message).
+    problems = getattr(cls, "problems", None)
+    if problems is not None:
+        errors.extend((join(path, name), message) for name, message in problems(obj))
+    return obj
 
 
 def convert(tp, value, path, errors, meta=None):

@@ -5,14 +5,21 @@ optionally ``ERRORS`` and ``METRICS``. Adding a filter is one module and one lin
 """
 
 from engine.errors import register as _register_errors
-from engine.filters import headers, idempotency, ratelimit, response_time, static
+from engine.filters import (
+    compression, cors, headers, idempotency, ratelimit, response_time, security_headers, static,
+    static_files,
+)
 
 FILTERS = {
+    "compression": compression,
+    "cors": cors,
     "headers": headers,
     "idempotency": idempotency,
     "rate_limit": ratelimit,
     "response_time": response_time,
+    "security_headers": security_headers,
     "static": static,
+    "static_files": static_files,
 }
 
 for _module in FILTERS.values():
