@@ -5,9 +5,11 @@ optionally ``ERRORS`` and ``METRICS``. Adding a filter is one module and one lin
 """
 
 from engine.errors import register as _register_errors
-from engine.filters import headers, idempotency, ratelimit, response_time, static
+from engine.filters import acl, auth, headers, idempotency, ratelimit, response_time, static
 
 FILTERS = {
+    "acl": acl,
+    "auth": auth,
     "headers": headers,
     "idempotency": idempotency,
     "rate_limit": ratelimit,
