@@ -285,9 +285,9 @@ class Filter(FilterBase):
                 if jwks.due(time.monotonic()):
                     upstream = worker.runtime.upstreams.get(up)
                     if upstream is not None:
-                        worker.spawn(jwks.refresh(lambda: fetch(
+                        jwks.refresh(lambda: fetch(
                             worker, upstream, b"GET", path, [(b"Accept", b"application/json")],
-                            None, worker.next_request_id(), auth_jwt.JWKS_MAX_BYTES)))
+                            None, worker.next_request_id(), auth_jwt.JWKS_MAX_BYTES))
             build.periodic(sweep, min(cfg.jwks.refresh, 5.0))
         cache = build.keep(("auth-jwt", cfg, build.config.consumers),
                            lambda: auth_jwt.new_cache(cfg))

@@ -237,6 +237,7 @@ class JwksState:
         self.keys: list = []
         self.fetched = False  # ever fetched successfully
         self.last_attempt = -1e18
+        self.last_kid_refresh = -1e18  # the rate bound counts these only
         self.next_due = 0.0
         self.inflight = None
         self.failures = 0
@@ -282,7 +283,14 @@ class JwksState:
             self.inflight = None
 
     def may_refresh_for_kid(self, now: float) -> bool:
-        return self.inflight is not None or now - self.last_attempt >= self.cfg.min_refresh
+        """Whether a token with an unknown kid may fetch the set again: at most once per
+        min_refresh, so random kids cannot make us hammer the provider."""
+        if self.inflight is not None:
+            return True  # joining the fetch in flight costs the provider nothing
+        if now - self.last_kid_refresh < self.cfg.min_refresh:
+            return False
+        self.last_kid_refresh = now
+        return True
 
 
 class Verified:
