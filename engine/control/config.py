@@ -496,7 +496,28 @@ def _cross_check(cfg: Config, errors: list) -> None:
         for name, section in route.sections if route is not None else ():
             _check_section(name, section, cfg, f"routes[{i}].{name}", errors)
     check_consumers(cfg.consumers, errors)
+    _check_consumer_limits(cfg, errors)
     check_routes(cfg, errors)
+
+
+def _check_consumer_limits(cfg: Config, errors: list) -> None:
+    """A consumer's tier and limit overrides name a quota tier and a limit that exist."""
+    sections = [s for n, s in cfg.filters.sections if n == "rate_limit"] + [
+        s for r in cfg.routes if r is not None for n, s in r.sections if n == "rate_limit"]
+    limits = {lim.name for s in sections for lim in s.limits if lim is not None}
+    tiers = {t.name for s in sections if s.quota is not None for t in s.quota.tiers
+             if t is not None}
+    for i, c in enumerate(cfg.consumers):
+        if c is None:
+            continue
+        if c.tier is not None and c.tier not in tiers:
+            errors.append((f"consumers[{i}].tier", f'no rate_limit quota has a tier "{c.tier}"'
+                           + suggest(c.tier, tiers)))
+        for j, o in enumerate(c.rate_limits):
+            if o is not None and o.name not in limits:
+                errors.append((f"consumers[{i}].rate_limits[{j}].name",
+                               f'no rate_limit section has a limit "{o.name}"'
+                               + suggest(o.name, limits)))
 
 
 def _check_section(name: str, section, cfg: Config, path: str, errors: list) -> None:

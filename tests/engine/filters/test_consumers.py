@@ -60,3 +60,25 @@ def test_hash_secret_makes_what_the_config_accepts():
     assert bcrypt.checkpw(b"pw", h.encode())
     assert check_password("bcrypt", h.encode(), b"pw") and not check_password(
         "bcrypt", h.encode(), b"no")
+
+
+def test_a_tier_or_limit_override_must_name_one_that_exists():
+    with pytest.raises(ConfigError) as exc:
+        parse("""
+[[upstreams]]
+name = "app"
+servers = ["http://127.0.0.1:1"]
+[[routes]]
+name = "r"
+upstream = "app"
+[routes.rate_limit]
+limits = [{ name = "per-minute", limit = 10 }]
+quota = { tiers = [{ name = "free", daily = 10 }] }
+[[consumers]]
+name = "a"
+tier = "fre"
+rate_limits = [{ name = "per-minute", limit = 20 }, { name = "per-hour", limit = 5 }]
+""")
+    assert exc.value.errors == [
+        ("consumers[0].tier", 'no rate_limit quota has a tier "fre" (did you mean "free"?)'),
+        ("consumers[0].rate_limits[1].name", 'no rate_limit section has a limit "per-hour"')]
