@@ -53,8 +53,9 @@ ERRORS = {
 METRICS = {
     "auth": ("edgeproxy_auth_total", "outcome",
              "Authentication outcomes: the method that admitted (api_key, basic, jwt, "
-             "forward, anonymous) or why not (missing, invalid, expired, bad_signature, "
-             "unknown_kid, forward_denied, ...)."),
+             "forward, anonymous), or why not: missing, forward_denied, or the method and "
+             "reason (api_key:invalid, basic:invalid, jwt:expired, jwt:bad_signature, "
+             "jwt:unknown_kid, jwt:jwks_unavailable, ...)."),
     "consumer": ("edgeproxy_consumer_requests_total", "consumer",
                  "Requests by configured consumer (only names from [[consumers]])."),
 }
@@ -291,9 +292,6 @@ class Filter(FilterBase):
             build.periodic(sweep, min(cfg.jwks.refresh, 5.0))
         cache = build.keep(("auth-jwt", cfg, build.config.consumers),
                            lambda: auth_jwt.new_cache(cfg))
-        if jwks is not None and cache is not None and cache.clear not in jwks.listeners:
-            # A key gone from the set takes the tokens it verified with it.
-            jwks.listeners.append(cache.clear)
         self.verifier = Verifier(cfg, static, jwks, cache, self.consumers)
         self.jwt_keep = cfg.keep
         self.cookie = cfg.cookie.encode() if cfg.cookie else None

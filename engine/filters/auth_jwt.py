@@ -241,7 +241,7 @@ class JwksState:
         self.next_due = 0.0
         self.inflight = None
         self.failures = 0
-        self.listeners = []  # callables told when keys went away (verified-token caches)
+        self.epoch = 0  # counts fetches that removed keys: caches of tokens older are void
 
     def due(self, now: float) -> bool:
         return self.inflight is None and now >= self.next_due
@@ -276,8 +276,7 @@ class JwksState:
             self.failures = 0
             self.next_due = now + self.cfg.refresh
             if gone:
-                for forget in self.listeners:
-                    forget()
+                self.epoch += 1
             return True
         finally:
             self.inflight = None
@@ -327,14 +326,19 @@ class Verifier:
         return self.static + self.jwks.keys if self.jwks is not None else self.static
 
     def cached(self, token: bytes, now: float):
-        """The Verified for a token seen before and still valid, else None (``now``:
-        monotonic)."""
-        if self.cache is None:
+        """(the Verified for a token seen before and still valid, or None; the token's
+        digest, the cache key), ``now`` monotonic; (None, None) without a cache."""
+        cache = self.cache
+        if cache is None:
             return None, None
+        if self.jwks is not None and cache.epoch != self.jwks.epoch:
+            # A key left the set: tokens it verified must be checked again.
+            cache.lru.clear()
+            cache.epoch = self.jwks.epoch
         digest = hashlib.sha256(token).digest()
-        hit = self.cache.get(digest, now)
+        hit = cache.lru.get(digest, now)
         if hit is not None and hit.expires <= time.time():
-            self.cache.pop(digest)
+            cache.lru.pop(digest)
             hit = None
         return hit, digest
 
@@ -410,12 +414,23 @@ class Verifier:
         if digest is not None:
             ttl = min(self.ttl, expires - time.time())
             if ttl > 0:
-                self.cache.set(digest, verified, len(token), time.monotonic(), ttl)
+                self.cache.lru.set(digest, verified, len(token), time.monotonic(), ttl)
         return verified
 
 
+class TokenCache:
+    """Verified tokens by SHA-256, bounded by entries (bytes count the tokens they stand
+    for, with a generous cap), and the JWKS epoch they were verified in."""
+
+    __slots__ = ("lru", "epoch")
+
+    def __init__(self, size: int):
+        self.lru = LruCache(size * 16384, size)
+        self.epoch = 0
+
+    def __len__(self):
+        return len(self.lru)
+
+
 def new_cache(cfg: JwtConfig):
-    if cfg.cache_ttl <= 0:
-        return None
-    # Bounded by entries; bytes count the tokens they stand for, with a generous cap.
-    return LruCache(cfg.cache_size * 16384, cfg.cache_size)
+    return TokenCache(cfg.cache_size) if cfg.cache_ttl > 0 else None
