@@ -312,3 +312,43 @@ def test_a_bcrypt_check_does_not_stall_other_requests():
         open_took = time.monotonic() - t0
         assert a.response().status == 200
     assert open_took < cost / 2, (open_took, cost)
+
+
+def test_idempotency_keys_are_scoped_per_consumer():
+    route = API_KEY_ROUTE + "[routes.idempotency]\n"
+    with Origin() as origin, proxy(route, origin_url=origin.url) as p, Conn(p.port) as c:
+        for key in (ALICE_KEY, BOB_KEY, ALICE_KEY):
+            r = c.request("POST", "/orders", body=b'{"n":1}', headers=[
+                (b"X-API-Key", key), (b"Idempotency-Key", b'"order-1"')])
+            assert r.status == 200, r.body
+        replay = r
+    # alice's and bob's requests both ran; alice's copy was replayed, not run again
+    assert [r.header(b"x-consumer") for r in origin.requests] == [b"alice", b"bob"]
+    assert replay.header(b"idempotent-replayed") == b"true"
+
+
+SERVER_WIDE = """
+[filters.auth]
+methods = ["api_key"]
+
+[[routes]]
+name = "public"
+paths = ["/public/*"]
+upstream = "app"
+[routes.auth]
+methods = ["api_key"]
+anonymous = "guest"
+"""
+
+
+def test_server_wide_auth_covers_every_route_and_unrouted_requests():
+    with Origin() as origin, InProcessProxy(proxy_config(
+            origin.url, paths='["/api/*"]', extra=CONSUMERS + SERVER_WIDE)) as p, \
+            Conn(p.port) as c:
+        assert_error(c.request("GET", "/api/x"), 401, "auth_required")
+        assert_error(c.request("GET", "/nowhere"), 401, "auth_required")
+        assert c.request("GET", "/nowhere", headers=[(b"X-API-Key", BOB_KEY)]).status == 404
+        assert c.request("GET", "/api/x", headers=[(b"X-API-Key", BOB_KEY)]).status == 200
+        # the route's own section replaces the server-wide one
+        assert c.request("GET", "/public/x").status == 200
+    assert [r.header(b"x-consumer") for r in origin.requests] == [b"bob", b"guest"]
