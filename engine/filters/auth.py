@@ -497,11 +497,13 @@ class Filter(FilterBase):
         jwks = v.jwks
         if jwks is not None and not jwks.fetched and not v.static:
             return self._jwt_fetch_first(ctx, token, header, digest, from_cookie)
-        candidates = v.candidates(header)
+        candidates = v.candidates(header, jwks is None)
         if candidates is None:
             if jwks is not None and jwks.may_refresh_for_kid(time.monotonic()):
                 return self._jwt_kid_miss(ctx, token, header, digest, from_cookie)
-            return _Refused("jwt:unknown_kid")
+            candidates = v.candidates(header)
+            if candidates is None:
+                return _Refused("jwt:unknown_kid")
         return self._jwt_check(ctx, token, header, candidates, digest, from_cookie)
 
     def _jwt_check(self, ctx, token, header, candidates, digest, from_cookie):

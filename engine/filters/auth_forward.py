@@ -98,10 +98,11 @@ class ForwardAuth:
         headers = sent + [
             (b"X-Forwarded-Method", ctx.method),
             (b"X-Forwarded-Proto", stream.scheme),
-            (b"X-Forwarded-Host", ctx.host or b""),
             (b"X-Forwarded-Uri", ctx.path.encode("latin-1") + ctx.query),
             (b"X-Forwarded-For", ctx.client_ip.encode()),
         ]
+        if ctx.host is not None:
+            headers.append((b"X-Forwarded-Host", ctx.host))
         resp = await ctx.fetch(self.cfg.upstream, b"GET", self.path, headers, None, MAX_BODY)
         if not 200 <= resp.status < 300:
             return Response(resp.status, [(n, v) for n, v in resp.headers

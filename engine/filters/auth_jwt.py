@@ -363,14 +363,21 @@ class Verifier:
             raise TokenError("malformed")
         return header
 
-    def candidates(self, header: dict) -> list | None:
-        """Keys that may verify this token; None when its kid is unknown."""
+    def candidates(self, header: dict, final: bool = True) -> list | None:
+        """Keys that may verify this token; None when its kid is unknown. A token with a
+        kid is checked with the keys of that kid, else with keys that have none (as Envoy
+        does: a key without kid matches any); ``final`` False: a JWKS may still learn the
+        kid, so keys without kid are not settled for yet."""
         alg, kid = header["alg"], header.get("kid")
         keys = self.keys()
         if kid is not None:
             found = [k for k in keys if k.kid == kid]
             if not found:
-                return None
+                if not final:
+                    return None
+                found = [k for k in keys if k.kid is None]
+                if not found:
+                    return None
         else:
             found = [k for k in keys if k.kid is None] or keys
         return [k for k in found if alg in k.algorithms]

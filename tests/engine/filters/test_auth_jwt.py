@@ -222,3 +222,12 @@ def test_a_key_gone_from_the_set_clears_the_tokens_it_verified():
         assert v.cached(signed(), time.monotonic())[0] is None and len(v.cache) == 0
 
     run(main())
+
+
+def test_a_key_without_kid_verifies_tokens_with_any_kid_when_none_has_theirs():
+    v = verifier(keys=[load_key(KeyConfig(pem=pem(RSA_KEY)))])
+    assert verify(v, signed()).claims["sub"] == "u"  # signed() carries kid "k"
+    keyed = verifier()  # one key, kid "k": another kid is unknown
+    t = jwt.encode({"sub": "u", "exp": int(time.time()) + 60}, RSA_KEY, algorithm="RS256",
+                   headers={"kid": "other"}).encode()
+    assert keyed.candidates(keyed.header(t)) is None
