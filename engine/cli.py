@@ -1,5 +1,6 @@
 """The `edgeproxy` command: `run` serves a config, `check` validates one (like `nginx -t`),
-`reference` prints the config reference generated from the schema."""
+`reference` prints the config reference generated from the schema, `hash` prints the form a
+consumer's API key or password takes in the config."""
 
 import argparse
 import sys
@@ -17,7 +18,22 @@ def main(argv=None) -> int:
     check = sub.add_parser("check", help="validate the config and exit (1 on error)")
     check.add_argument("-c", "--config", default="config.toml")
     sub.add_parser("reference", help="print the config reference (markdown) from the schema")
+    hashing = sub.add_parser("hash", help="read an API key or password on stdin, print its "
+                                          "hash for [[consumers]]")
+    hashing.add_argument("kind", choices=("api-key", "password"))
+    hashing.add_argument("--rounds", type=int, default=12, help="bcrypt cost (password)")
     args = parser.parse_args(argv)
+
+    if args.command == "hash":
+        from engine.filters.consumers import hash_secret
+
+        # Read from stdin, never argv: a secret on the command line stays in shell history.
+        secret = sys.stdin.buffer.readline().rstrip(b"\r\n")
+        if not secret:
+            sys.stderr.write("edgeproxy: nothing read on stdin\n")
+            return 1
+        print(hash_secret(args.kind, secret, args.rounds))
+        return 0
 
     if args.command == "reference":
         from engine.control.config import Config

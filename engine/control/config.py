@@ -14,6 +14,7 @@ from engine.chain.schema import (
     REQUIRED, TOKEN_RE, ConfigError, Duration, Size, build, check_header_name, check_header_value,
     join, key, suggest,
 )
+from engine.filters.consumers import ConsumerConfig, check_consumers
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -390,6 +391,8 @@ class Config:
                                                     "out)")
     upstreams: tuple[UpstreamConfig, ...] = key((), "upstream server groups")
     routes: tuple[RouteConfig, ...] = key((), "routes, matched by host, path and method")
+    consumers: tuple[ConsumerConfig, ...] = key((), "who may call: credentials, groups, quota "
+                                                    "tier and limits (docs/auth.md)")
     filters: FiltersConfig = key(FiltersConfig(), "filters for every route and for requests no "
                                                   "route takes, e.g. [filters.headers]; a "
                                                   "route's own section of the same name "
@@ -487,7 +490,42 @@ def _cross_check(cfg: Config, errors: list) -> None:
                                '"memory" holds keys per worker process, so with workers = '
                                f'{cfg.server.workers!r} a retry on another worker runs again; '
                                'use store = "redis" (and a [redis] table)'))
+    for name, section in cfg.filters.sections:
+        _check_section(name, section, cfg, f"filters.{name}", errors)
+    for i, route in enumerate(cfg.routes):
+        for name, section in route.sections if route is not None else ():
+            _check_section(name, section, cfg, f"routes[{i}].{name}", errors)
+    check_consumers(cfg.consumers, errors)
+    _check_consumer_limits(cfg, errors)
     check_routes(cfg, errors)
+
+
+def _check_consumer_limits(cfg: Config, errors: list) -> None:
+    """A consumer's tier and limit overrides name a quota tier and a limit that exist."""
+    sections = [s for n, s in cfg.filters.sections if n == "rate_limit"] + [
+        s for r in cfg.routes if r is not None for n, s in r.sections if n == "rate_limit"]
+    limits = {lim.name for s in sections for lim in s.limits if lim is not None}
+    tiers = {t.name for s in sections if s.quota is not None for t in s.quota.tiers
+             if t is not None}
+    for i, c in enumerate(cfg.consumers):
+        if c is None:
+            continue
+        if c.tier is not None and c.tier not in tiers:
+            errors.append((f"consumers[{i}].tier", f'no rate_limit quota has a tier "{c.tier}"'
+                           + suggest(c.tier, tiers)))
+        for j, o in enumerate(c.rate_limits):
+            if o is not None and o.name not in limits:
+                errors.append((f"consumers[{i}].rate_limits[{j}].name",
+                               f'no rate_limit section has a limit "{o.name}"'
+                               + suggest(o.name, limits)))
+
+
+def _check_section(name: str, section, cfg: Config, path: str, errors: list) -> None:
+    """A filter section's checks against the whole config (its module's check_config)."""
+    from engine.filters import FILTERS
+    check = getattr(FILTERS[name], "check_config", None)
+    if check is not None:
+        check(section, cfg, path, errors)
 
 
 def _check_listeners(cfg: Config, raw: dict, errors: list) -> None:

@@ -189,6 +189,7 @@ class Worker:
             "path": ex.path,
             "status": ex.status,
             "route": route.name if route is not None else None,
+            "consumer": ex.consumer,
             "upstream": server.url if server is not None else None,
             "bytes_in": ex.body_received,
             "bytes_out": ex.bytes_out,

@@ -6,11 +6,22 @@ optionally ``ERRORS`` and ``METRICS``. Adding a filter is one module and one lin
 
 from engine.errors import register as _register_errors
 from engine.filters import (
-    compression, cors, headers, idempotency, ratelimit, response_time, security_headers, static,
+    acl,
+    auth,
+    compression,
+    cors,
+    headers,
+    idempotency,
+    ratelimit,
+    response_time,
+    security_headers,
+    static,
     static_files,
 )
 
 FILTERS = {
+    "acl": acl,
+    "auth": auth,
     "compression": compression,
     "cors": cors,
     "headers": headers,

@@ -19,7 +19,7 @@ import math
 import os
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from engine.chain.filter import RATE_LIMIT, Filter as FilterBase
 from engine.chain.keys import check_key_spec, compile_key
@@ -242,9 +242,9 @@ def _sf_item(name: str) -> bytes:
 
 class _Limit:
     __slots__ = ("name", "sf", "keyfn", "cost", "table", "check", "limit", "window",
-                 "limit_bytes")
+                 "limit_bytes", "item", "variants")
 
-    def __init__(self, route: str, cfg: LimitConfig, shared, memory: bool):
+    def __init__(self, route: str, cfg: LimitConfig, shared, memory: bool, overrides=()):
         self.name = cfg.name
         self.sf = _sf_item(cfg.name)
         self.keyfn = _key_getter(cfg.key, cfg.fallback)
@@ -271,6 +271,16 @@ class _Limit:
                 args = (*args, cfg.max_keys)
             self.table = shared.keep(("ratelimit", route, cfg), lambda: table_cls(*args))
         self.check = rstore.Check(_CODES[algo], *params, f"{route}:{cfg.name}", cfg.name)
+        self.item = self.sf + b";q=%d;w=%d" % (self.limit, math.ceil(self.window))
+        # consumer name -> this limit with the consumer's own values ([[consumers]]
+        # rate_limits), counted in tables of its own; None when no consumer overrides it.
+        self.variants = None
+        if overrides:
+            self.variants = {
+                name: _Limit(f"{route}@{name}", replace(cfg, **{
+                    f: v for f in ("limit", "window", "rate", "burst")
+                    if (v := getattr(o, f)) is not None}), shared, memory)
+                for name, o in overrides}
 
 
 class _Tier:
@@ -298,7 +308,8 @@ class Filter(FilterBase):
     __slots__ = ("limits", "simple", "redis", "deny", "quota", "tiers", "default_tier",
                  "tier_of", "tier_key", "quota_key", "quota_table", "quota_cost", "monitor",
                  "conn_key", "conn_max", "conn_ttl", "slots", "conn_check", "clock",
-                 "policy", "ietf", "classic", "quota_headers", "route", "events")
+                 "policy", "ietf", "classic", "quota_headers", "route", "events",
+                 "overridden", "consumer_tier")
     PHASE = RATE_LIMIT
 
     def __init__(self, cfg: Config, build):
@@ -310,13 +321,17 @@ class Filter(FilterBase):
         self.redis = None if memory else shared.redis
         self.deny = cfg.on_store_error == "deny"
         self.clock = None
-        self.limits = tuple(_Limit(route, lc, shared, memory) for lc in cfg.limits)
-        self.policy = b", ".join(lim.sf + b";q=%d;w=%d" % (lim.limit, math.ceil(lim.window))
-                                 for lim in self.limits)
+        consumers = build.config.consumers
+        self.limits = tuple(_Limit(route, lc, shared, memory, [
+            (c.name, o) for c in consumers for o in c.rate_limits if o.name == lc.name])
+            for lc in cfg.limits)
+        self.overridden = any(lim.variants for lim in self.limits)
+        self.policy = b", ".join(lim.item for lim in self.limits)
         q = cfg.quota
         self.quota = q is not None
         self.quota_table = self.tier_key = self.quota_key = None
         self.tiers, self.tier_of, self.default_tier, self.quota_cost = {}, {}, None, 1
+        self.consumer_tier = {}
         if q is not None:
             self.quota_key = _key_getter(q.key, q.fallback)
             self.quota_cost = q.cost
@@ -325,6 +340,8 @@ class Filter(FilterBase):
                                                 q.tiers[0].name)]
             self.tier_of = {k: self.tiers[t.name] for t in q.tiers for k in t.keys}
             self.tier_key = compile_key((q.tier,)) if q.tier else None
+            self.consumer_tier = {c.name: self.tiers[c.tier] for c in consumers
+                                  if c.tier in self.tiers}
             if memory:
                 self.quota_table = shared.keep(("ratelimit-quota", route, q),
                                                lambda: QuotaTable(q.max_keys))
@@ -355,6 +372,8 @@ class Filter(FilterBase):
     def on_request(self, ctx):
         if self.simple:
             lim = self.limits[0]
+            if lim.variants is not None:
+                lim = lim.variants.get(ctx.consumer, lim)
             k = lim.keyfn(ctx)
             if k is None:
                 return None
@@ -379,6 +398,8 @@ class Filter(FilterBase):
         None; or a Response when a check with fallback "reject" finds no key."""
         pairs = []
         for lim in self.limits:
+            if lim.variants is not None:
+                lim = lim.variants.get(ctx.consumer, lim)
             k = lim.keyfn(ctx)
             if k is _REFUSE:
                 return self._refuse_keyless(ctx)
@@ -390,7 +411,9 @@ class Filter(FilterBase):
             if k is _REFUSE:
                 return self._refuse_keyless(ctx)
             if k is not None:
-                tier = self.tier_of.get(k)
+                # The tier a key is listed in, else the consumer's, else the tier key's,
+                # else the default.
+                tier = self.tier_of.get(k) or self.consumer_tier.get(ctx.consumer)
                 if tier is None:
                     tier = self.default_tier
                     if self.tier_key is not None:
@@ -569,6 +592,12 @@ class Filter(FilterBase):
             return
         results, quota, div = state
         h = resp.headers
+        base, limits = self.policy, self.limits
+        if self.overridden:
+            # The consumer's own values, where it has some.
+            used = {r[0].name: r[0] for r in results}
+            limits = [used.get(lim.name, lim) for lim in limits]
+            base = b", ".join(lim.item for lim in limits)
         if quota is None and div == 1 and len(results) == 1:
             # One limit (the usual route): its own figures, without the search below.
             lim, remaining, reset, wait, verdict = results[0]
@@ -578,7 +607,7 @@ class Filter(FilterBase):
                 h.append((b"X-RateLimit-Remaining", b"%d" % remaining))
                 h.append((b"X-RateLimit-Reset", t))
             if self.ietf:
-                h.append((b"RateLimit-Policy", self.policy))
+                h.append((b"RateLimit-Policy", base))
                 h.append((b"RateLimit", lim.sf + b";r=%d;t=" % remaining + t))
             return
         best = None  # the limit closest to exhaustion: lowest remaining, then longest reset
@@ -594,7 +623,7 @@ class Filter(FilterBase):
                 h.append((b"X-RateLimit-Limit", b"%d" % (best[0].limit // div)))
                 h.append((b"X-RateLimit-Remaining", b"%d" % best[1]))
                 h.append((b"X-RateLimit-Reset", _seconds(best[2])))
-        policy = self.policy
+        policy = base
         if quota is not None:
             tier, view = quota
             if tier.policy:
@@ -608,12 +637,12 @@ class Filter(FilterBase):
                     h.append((b"X-Quota-Remaining-" + suffix, b"%d" % remaining))
                     h.append((b"X-Quota-Reset-" + suffix, _seconds(reset)))
         if self.ietf and ietf_best is not None:
-            if div > 1 and self.limits:
+            if div > 1 and limits:
                 # draft-11 §5.2: a server with temporarily reduced capacity may say so with
                 # the lowered quota.
                 policy = b", ".join(
                     lim.sf + b";q=%d;w=%d" % (lim.limit // div, math.ceil(lim.window))
-                    for lim in self.limits) + policy[len(self.policy):]
+                    for lim in limits) + policy[len(base):]
             h.append((b"RateLimit-Policy", policy))
             # draft-11 §4: one item for the policy closest to exhaustion; on a 429 its t is
             # the Retry-After delay (§6: Retry-After not earlier than the window's end).
