@@ -477,6 +477,10 @@ def _cross_check(cfg: Config, errors: list) -> None:
         if not route.paths:
             errors.append((join(path, "paths"), "needs at least one path pattern"))
         for name, section in sections:
+            check = getattr(FILTERS[name], "check_route", None)
+            if check is not None:
+                # What a section alone cannot know: upstream names, the route's other keys.
+                check(section, route, cfg, join(path, name), errors)
             if getattr(section, "store", None) == "redis" and cfg.redis is None:
                 errors.append((join(join(path, name), "store"),
                                'is "redis" but the config has no [redis] table'))

@@ -5,7 +5,9 @@ optionally ``ERRORS`` and ``METRICS``. Adding a filter is one module and one lin
 """
 
 from engine.errors import register as _register_errors
-from engine.filters import headers, idempotency, ratelimit, response_time, static
+from engine.filters import (
+    headers, idempotency, ratelimit, response_time, static, transform,
+)
 
 FILTERS = {
     "headers": headers,
@@ -13,6 +15,7 @@ FILTERS = {
     "rate_limit": ratelimit,
     "response_time": response_time,
     "static": static,
+    "transform": transform,
 }
 
 for _module in FILTERS.values():
