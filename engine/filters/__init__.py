@@ -6,7 +6,7 @@ optionally ``ERRORS`` and ``METRICS``. Adding a filter is one module and one lin
 
 from engine.errors import register as _register_errors
 from engine.filters import (
-    headers, idempotency, ratelimit, response_time, static, transform,
+    headers, idempotency, ratelimit, response_time, static, transform, validate,
 )
 
 FILTERS = {
@@ -16,6 +16,7 @@ FILTERS = {
     "response_time": response_time,
     "static": static,
     "transform": transform,
+    "validate": validate,
 }
 
 for _module in FILTERS.values():
