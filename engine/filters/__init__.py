@@ -6,10 +6,11 @@ optionally ``ERRORS`` and ``METRICS``. Adding a filter is one module and one lin
 
 from engine.errors import register as _register_errors
 from engine.filters import (
-    headers, idempotency, ratelimit, response_time, static, transform, validate,
+    aggregate, headers, idempotency, ratelimit, response_time, static, transform, validate,
 )
 
 FILTERS = {
+    "aggregate": aggregate,
     "headers": headers,
     "idempotency": idempotency,
     "rate_limit": ratelimit,
