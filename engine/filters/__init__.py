@@ -7,6 +7,7 @@ optionally ``ERRORS`` and ``METRICS``. Adding a filter is one module and one lin
 from engine.errors import register as _register_errors
 from engine.filters import (
     aggregate, headers, idempotency, ratelimit, response_time, static, transform, validate,
+    versions,
 )
 
 FILTERS = {
@@ -18,6 +19,7 @@ FILTERS = {
     "static": static,
     "transform": transform,
     "validate": validate,
+    "versions": versions,
 }
 
 for _module in FILTERS.values():

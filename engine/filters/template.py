@@ -8,6 +8,7 @@ as an unset nginx variable does. ``{{`` and ``}}`` are literal braces.
 
 import re
 import time
+from urllib.parse import parse_qsl
 
 _FIELD_RE = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
 
@@ -42,15 +43,16 @@ def _header(name: bytes):
     return get
 
 
-def _query(name: str):
-    from urllib.parse import parse_qsl
+def query_arg(query: bytes, name: str) -> str | None:
+    """The first value of argument ``name`` in a raw query ("?a=1&b=2"), decoded."""
+    for n, v in parse_qsl(query[1:].decode("latin-1"), keep_blank_values=True):
+        if n == name:
+            return v
+    return None
 
-    def get(ctx):
-        for n, v in parse_qsl(ctx.query[1:].decode("latin-1"), keep_blank_values=True):
-            if n == name:
-                return v
-        return ""
-    return get
+
+def _query(name: str):
+    return lambda ctx: query_arg(ctx.query, name) or ""
 
 
 def _scalar(value) -> str:
