@@ -6,14 +6,15 @@ optionally ``ERRORS`` and ``METRICS``. Adding a filter is one module and one lin
 
 from engine.errors import register as _register_errors
 from engine.filters import (
-    aggregate, headers, idempotency, ratelimit, response_time, static, transform, validate,
-    versions,
+    aggregate, headers, idempotency, openapi, ratelimit, response_time, static, transform,
+    validate, versions,
 )
 
 FILTERS = {
     "aggregate": aggregate,
     "headers": headers,
     "idempotency": idempotency,
+    "openapi": openapi,
     "rate_limit": ratelimit,
     "response_time": response_time,
     "static": static,
