@@ -315,10 +315,12 @@ class BodyEdits:
 
 
 def form_to_json(body: bytes) -> dict:
-    """application/x-www-form-urlencoded (WHATWG URL §5.1) as a JSON object; ValueError."""
+    """application/x-www-form-urlencoded (WHATWG URL §5.1) as a JSON object. The parse is
+    as lenient as WHATWG's ("c" alone is c = ""), but text that is not UTF-8, raw or
+    percent-encoded, is a ValueError rather than U+FFFD: JSON made of it would be garbled."""
     doc: dict = {}
     text = body.decode("utf-8")  # UnicodeDecodeError is a ValueError
-    for name, value in parse_qsl(text, keep_blank_values=True, strict_parsing=bool(text)):
+    for name, value in parse_qsl(text, keep_blank_values=True, errors="strict"):
         if name in doc:
             prev = doc[name]
             doc[name] = prev + [value] if isinstance(prev, list) else [prev, value]

@@ -250,7 +250,7 @@ class Filter(FilterBase):
             if mtype == FORM_TYPE and rule.form is not None:
                 text = body.decode("utf-8")
                 doc = rule.form.document(parse_qsl(text, keep_blank_values=True,
-                                                   strict_parsing=bool(text)))
+                                                   errors="strict"))
             elif is_json(mtype):
                 doc = orjson.loads(body)
             else:
