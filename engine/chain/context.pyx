@@ -739,7 +739,9 @@ cdef class RequestContext(Sink):
                 for entry in chain.response:
                     if <Py_ssize_t>(<tuple>entry)[0] < self.ran:
                         (<tuple>entry)[1](self, resp)
-                status = resp.status
+                if resp.status != status:
+                    reason = None  # the upstream's phrase named its own status (RFC 9112 §4)
+                    status = resp.status
                 headers = resp.headers
                 flat = False
                 if local:

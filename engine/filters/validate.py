@@ -209,6 +209,8 @@ class Filter(FilterBase):
         self.events[outcome] = self.events.get(outcome, 0) + 1
 
     def on_request(self, ctx):
+        if ctx.route is None:
+            return None  # (server-wide, a request no route takes): its 404 says more
         found: list = []
         if self.query is not None:
             args = parse_qsl(ctx.query[1:].decode("latin-1"), keep_blank_values=True)

@@ -169,6 +169,7 @@ class Filter(FilterBase):
     # After authentication (its metrics count real callers), before rate limits, so a
     # version's own upstream and transform apply to the rest of the chain.
     PHASE = ACL
+    SERVER_WIDE = False  # the versions, their upstreams and path parameter are a route's
 
     def __new__(cls, cfg: Config, build):
         # Held response bodies only when a version's transform edits them (see transform).

@@ -7,7 +7,7 @@ import pytest
 
 from engine.chain.schema import ConfigError
 from engine.control.config import parse
-from tests.support.client import Conn
+from tests.support.client import Conn, raw
 from tests.support.e2e import assert_error, proxy_config
 from tests.support.origin import Origin, ok
 from tests.support.proxy import InProcessProxy
@@ -198,6 +198,16 @@ def test_response_status_headers_and_body():
         assert r.body == b"plain text"
         r = c.request("GET", "/adapt/gzip")
         assert r.body == b"\x1f\x8b binary"
+
+
+def test_a_mapped_status_does_not_keep_the_upstreams_reason_phrase():
+    def not_found(req):
+        return b"HTTP/1.1 404 Not Found\r\nContent-Length: 2\r\n\r\n{}"
+
+    with Origin(not_found) as origin, InProcessProxy(proxy_config(
+            origin.url, paths='["/other"]', extra=RESPONSE)) as p:
+        head = raw(p.port, b"GET /adapt/x HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n"), head[:40]
 
 
 def test_a_response_that_does_not_parse_passes_unchanged_with_a_log_line(capfd):
