@@ -183,10 +183,14 @@ def _operation(route, sections: dict, method: str, path: str, schemes: dict) -> 
         params += _params_from(validate.query, "query")
         params += [p for p in _params_from(validate.headers, "header")
                    if p["name"].lower() not in ("accept", "content-type", "authorization")]
-        rule = next((r for r in validate.body if method.upper() in r.methods), None)
-        if rule is not None:
-            op["requestBody"] = {"required": rule.required, "content": {
-                t: {"schema": rule.schema} for t in rule.content_types}}
+        rules = [r for r in validate.body if method.upper() in r.methods]
+        if rules:
+            content: dict = {}
+            for r in rules:  # the first rule for a type is the one applied
+                for t in r.content_types:
+                    content.setdefault(t, {"schema": r.schema})
+            op["requestBody"] = {"required": any(r.required for r in rules),
+                                 "content": content}
             responses["415"] = _error("the body's content type is not accepted")
         responses["400"] = _error("the request does not match its schema (every violation "
                                   "listed, each with its JSON pointer)")

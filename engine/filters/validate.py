@@ -93,8 +93,9 @@ class BodyRule:
 
 @dataclass(frozen=True)
 class Config:
-    body: tuple[BodyRule, ...] = key((), "body schemas: the first rule whose methods match "
-                                         "applies; a body of another content type gets 415")
+    body: tuple[BodyRule, ...] = key((), "body schemas: the first rule whose methods and "
+                                         "content types match applies; a body of a type no "
+                                         "rule of its method takes gets 415")
     query: Json | None = key(None, "JSON Schema of the query arguments, as an object: "
                                    "properties = {limit = {type = \"integer\"}}, required = "
                                    "[...]", check=_check_params_schema)
@@ -218,26 +219,23 @@ class Filter(FilterBase):
         if self.headers is not None:
             pairs = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in ctx.headers]
             _violations(self.headers.validator, self.headers.document(pairs), "headers", found)
-        rule = None
-        for r in self.rules:
-            if ctx.method in r.methods:
-                rule = r
-                break
-        if rule is not None:
-            has_body = ctx.chunked or bool(ctx.content_length)
-            if not has_body:
-                if rule.required:
+        rules = [r for r in self.rules if ctx.method in r.methods]
+        if rules:
+            if not (ctx.chunked or ctx.content_length):
+                if any(r.required for r in rules):
                     found.append({"location": "body", "pointer": "",
                                   "message": "a body is required"})
-            else:
-                mtype = media_type(ctx.headers)
-                if mtype not in rule.types:
-                    self._count("unsupported_type")
-                    accepted = ", ".join(sorted(t.decode() for t in rule.types))
-                    return error_response("unsupported_media_type", ctx.request_id.decode(),
-                                          f"this route takes {accepted} bodies, not "
-                                          f"{(mtype or b'none').decode('latin-1')}")
-                return self._check_body(ctx, rule, mtype, found)
+                return self._verdict(ctx, found)
+            mtype = media_type(ctx.headers)
+            for rule in rules:
+                if mtype in rule.types:
+                    return self._check_body(ctx, rule, mtype, found)
+            self._count("unsupported_type")
+            accepted = ", ".join(sorted({t.decode() for r in rules for t in r.types}))
+            # RFC 9110 §15.5.16: 415 for a content type the resource does not take.
+            return error_response("unsupported_media_type", ctx.request_id.decode(),
+                                  f"this route takes {accepted} bodies, not "
+                                  f"{(mtype or b'none').decode('latin-1')}")
         return self._verdict(ctx, found)
 
     async def _check_body(self, ctx, rule: _Rule, mtype: bytes, found: list):

@@ -112,6 +112,32 @@ def test_a_body_over_the_cap_is_413():
         assert_error(r, 413, "body_too_large")
 
 
+def test_each_content_type_may_have_its_own_rule():
+    extra = """
+[[routes]]
+name = "two"
+paths = ["/two"]
+upstream = "app"
+[[routes.validate.body]]
+methods = ["POST"]
+schema = { type = "object", required = ["json"] }
+[[routes.validate.body]]
+methods = ["POST"]
+content_types = ["application/x-www-form-urlencoded"]
+schema = { type = "object", required = ["form"] }
+"""
+    form = [(b"Content-Type", b"application/x-www-form-urlencoded")]
+    with Origin() as origin, InProcessProxy(proxy_config(
+            origin.url, paths='["/other"]', extra=extra)) as p, Conn(p.port) as c:
+        assert c.request("POST", "/two", body=b'{"json": 1}', headers=GOOD_HEADERS).status == 200
+        assert c.request("POST", "/two", body=b"form=1", headers=form).status == 200
+        err = assert_error(c.request("POST", "/two", body=b"json=1", headers=form), 400)
+        assert "form" in err["violations"][0]["message"]
+        err = assert_error(c.request("POST", "/two", body=b"x", headers=[
+            (b"Content-Type", b"text/csv")]), 415, "unsupported_media_type")
+        assert "application/json" in err["message"] and "x-www-form" in err["message"]
+
+
 BASE = ('[[upstreams]]\nname = "app"\nservers = ["http://127.0.0.1:1"]\n'
         '[[routes]]\nname = "r"\nupstream = "app"\n')
 
