@@ -324,8 +324,7 @@ def _type_name(tp) -> str:
     if dataclasses.is_dataclass(tp):
         return "table"
     return {Duration: "duration", Size: "size", Json: "JSON value", str: "string",
-            int: "integer",
-            float: "number", bool: "boolean"}.get(tp, str(tp))
+            int: "integer", float: "number", bool: "boolean"}.get(tp, str(tp))
 
 
 # RFC 9110 §5.6.2 token: field names and methods.
