@@ -98,7 +98,8 @@ class Config:
     path_param: str = key("version", 'route parameter holding it ("/{version}/users")')
     header: str = key("Accept-Version", "header naming it", check=check_header_name)
     vendor: str | None = key(None, 'vendor of the media type "application/vnd.<vendor>.v2+json" '
-                                   "(media_type source; off when absent)")
+                                   'or "application/vnd.<vendor>+json; version=2" (media_type '
+                                   "source; off when absent)")
     query: str = key("version", "query argument naming it")
     default: str | None = key(None, "version of a request that names none; absent: such a "
                                     "request gets 400 (no silent move when a new version "
@@ -186,9 +187,12 @@ class Filter(FilterBase):
         self.sources = cfg.sources
         self.param = cfg.path_param
         self.header = cfg.header.lower().encode()
+        # "application/vnd.acme.v2+json" (GitHub's style), or a version parameter on the
+        # vendor type, "application/vnd.acme+json; version=2" (RFC 6838 §4.3 parameters).
+        vendor = re.escape(cfg.vendor.lower().encode()) if cfg.vendor else None
         self.media_re = re.compile(
-            rb"application/vnd\." + re.escape(cfg.vendor.lower().encode())
-            + rb"\.([a-z0-9._-]+?)(?:\+[a-z0-9.-]+)?\s*(?:;|$)") if cfg.vendor else None
+            rb"^application/vnd\." + vendor + rb"(?:\.([a-z0-9._-]+?))?(?:\+[a-z0-9.-]+)?"
+            rb"\s*(?:$|;(?:.*;)?\s*version=\"?([a-z0-9._-]+))") if vendor else None
         self.query = cfg.query
         self.default = self.by_name[_norm(cfg.default)] if cfg.default else None
         self.supported = [v.name for v in self.versions]
@@ -218,9 +222,9 @@ class Filter(FilterBase):
                 for n, v in ctx.headers:
                     if n.lower() == b"accept":
                         for media in v.lower().split(b","):
-                            m = self.media_re.search(media.strip())
-                            if m:
-                                value = m.group(1).decode("latin-1")
+                            m = self.media_re.match(media.strip())
+                            if m and (m.group(1) or m.group(2)):
+                                value = (m.group(1) or m.group(2)).decode("latin-1")
                                 break
             else:
                 value = None

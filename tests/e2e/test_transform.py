@@ -101,6 +101,19 @@ def test_a_chunked_json_body_is_sent_with_its_new_length(rig):
     assert orjson.loads(seen.body)["a"] == 1
 
 
+def test_a_chunked_body_over_the_cap_streams_on_untouched(rig):
+    origin, p = rig
+    body = b'{"long": "' + b"x" * 40 + b'"}'
+    with Conn(p.port) as c:
+        c.send(b"POST /small HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+               b"Transfer-Encoding: chunked\r\n\r\n" + b"".join(
+                   b"%x\r\n%s\r\n" % (len(body[i:i + 8]), body[i:i + 8])
+                   for i in range(0, len(body), 8)) + b"0\r\n\r\n")
+        r = c.response()
+    assert r.status == 200, r.body
+    assert origin.requests[-1].body == body
+
+
 def test_form_body_becomes_json(rig):
     origin, p = rig
     with Conn(p.port) as c:
