@@ -71,14 +71,19 @@ class StreamResponse(Response):
 
 
 def error_response(code: str, request_id: str, message: str | None = None,
-                   headers: list | None = None) -> Response:
+                   headers: list | None = None, details: dict | None = None) -> Response:
+    """The catalog's answer for ``code``; ``details`` adds fields to the error object (the
+    violations of a failed validation, the part of a composition that failed)."""
     status, default = CATALOG[code]
-    body = orjson.dumps({"error": {
+    error = {
         "status": status,
         "code": code,
         "message": message or default,
         "request_id": request_id,
-    }})
+    }
+    if details:
+        error.update(details)
+    body = orjson.dumps({"error": error})
     hdrs = [(b"Content-Type", JSON)]
     if headers:
         hdrs.extend(headers)

@@ -328,6 +328,16 @@ cdef class RequestContext(Sink):
             self.pending = [b"".join(self.pending)]
         return self.pending[0]
 
+    def replace_body(self, bytes body not None):
+        """After ``read_body``: send ``body`` upstream instead of the client's (a transform),
+        with its own Content-Length."""
+        if not self.body_done:
+            raise RuntimeError("replace_body needs the whole body first (await read_body)")
+        self.pending = [body] if body else None
+        self.pending_size = PyBytes_GET_SIZE(body)
+        self.content_length = self.pending_size  # request_head states pending_size
+        self.chunked = False
+
     async def fetch(self, upstream, method, path, headers=(), body=None,
                     Py_ssize_t max_body=1048576):
         """A sub-request through ``upstream`` (a name or an Upstream) with its balancing,
@@ -555,8 +565,10 @@ cdef class RequestContext(Sink):
         if held is not None:
             self.held = None
             self.body_copy = None
-            body = self._body_hooks(join_bytes(copy))
-            self._head(None, held[0], held[1], held[2], True, None, False, body, False)
+            # _head runs the body hooks after the head hooks, as for a local answer, so a
+            # body hook knows the final head (a transform checks the Content-Type).
+            self._head(None, held[0], held[1], held[2], True, None, False, join_bytes(copy),
+                       False)
         else:
             if self.chain.response_body and self.ran:
                 self._body_hooks(join_bytes(self.body_copy)
@@ -753,13 +765,15 @@ cdef class RequestContext(Sink):
                 for entry in chain.response:
                     if <Py_ssize_t>(<tuple>entry)[0] < self.ran:
                         (<tuple>entry)[1](self, resp)
-                status = resp.status
+                if resp.status != status:
+                    reason = None  # the upstream's phrase named its own status (RFC 9112 §4)
+                    status = resp.status
                 headers = resp.headers
                 flat = False
                 if local:
                     body = resp.body or b""  # a hook may replace a local answer's body
-            if local and chain.response_body:
-                body = self._body_hooks(body)
+            if body is not None and chain.response_body:
+                body = self._body_hooks(body)  # a local answer's, or a held one's
             if self.transform is not None:
                 if no_body or tunnel:
                     self.transform = None  # nothing to encode

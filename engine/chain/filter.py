@@ -3,8 +3,8 @@
 A filter module (engine/filters/<name>.py) has a fixed shape: ``Config`` (a frozen dataclass
 whose fields are schema keys: the module's config section), ``Filter`` (a subclass of the base
 below with a PHASE rank), and optionally ``ERRORS`` (catalog entries it answers with),
-``METRICS`` (event-counter families it counts) and ``check_config(section, cfg, path,
-errors)`` (checks against the whole config when it loads). engine/filters/__init__.py lists
+``METRICS`` (event-counter families it counts) and ``check_config(section, route,
+cfg, path, errors)`` (checks against the whole config when it loads). engine/filters/__init__.py lists
 the modules; nothing else registers anything.
 
 Order comes from each filter's declared PHASE rank, never from config order (STYLE.md rule 11).

@@ -22,6 +22,11 @@ class Size(int):
     """Bytes; TOML may say 1048576, "512", "8k", "1m", "1g" (powers of 1024, like nginx)."""
 
 
+class Json:
+    """Any JSON value written in TOML (a JSON Schema, a value set into a body); kept as the
+    plain dicts, lists and scalars TOML gave. Dates and times have no JSON form."""
+
+
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1, None: 1, "m": 60, "h": 3600, "d": 86400}
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([kKmMgG])?\s*$")
@@ -171,6 +176,8 @@ def _convert_type(tp, value, path, errors):
         return build(tp, value, path, errors)
     if tp is Duration:
         return _duration(value, path, errors)
+    if tp is Json:
+        return _json(value, path, errors)
     if tp is Size:
         return _size(value, path, errors)
     if tp is bool:
@@ -210,6 +217,17 @@ def _duration(value, path, errors):
     return None
 
 
+def _json(value, path, errors):
+    if isinstance(value, dict):
+        return {k: _json(v, join(path, k), errors) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json(v, join(path, i), errors) for i, v in enumerate(value)]
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    errors.append((path, f"{_tname(value)} has no JSON form (write it as a string)"))
+    return None
+
+
 def _size(value, path, errors):
     if isinstance(value, bool):
         pass
@@ -234,6 +252,8 @@ def _describe(tp) -> str:
         return "a duration"
     if tp is Size:
         return "a size"
+    if tp is Json:
+        return "a JSON value"
     origin = typing.get_origin(tp)
     if origin is tuple:
         return "an array"
@@ -304,11 +324,12 @@ def _type_name(tp) -> str:
     if origin is tuple:
         return f"array of {_type_name(typing.get_args(tp)[0])}"
     if origin is dict:
-        return "table of strings"
+        return "table of " + {Json: "JSON values", int: "integers"}.get(typing.get_args(tp)[1],
+                                                                        "strings")
     if dataclasses.is_dataclass(tp):
         return "table"
-    return {Duration: "duration", Size: "size", str: "string", int: "integer",
-            float: "number", bool: "boolean"}.get(tp, str(tp))
+    return {Duration: "duration", Size: "size", Json: "JSON value", str: "string",
+            int: "integer", float: "number", bool: "boolean"}.get(tp, str(tp))
 
 
 # RFC 9110 §5.6.2 token: field names and methods.

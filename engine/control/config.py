@@ -491,10 +491,10 @@ def _cross_check(cfg: Config, errors: list) -> None:
                                f'{cfg.server.workers!r} a retry on another worker runs again; '
                                'use store = "redis" (and a [redis] table)'))
     for name, section in cfg.filters.sections:
-        _check_section(name, section, cfg, f"filters.{name}", errors)
+        _check_section(name, section, None, cfg, f"filters.{name}", errors)
     for i, route in enumerate(cfg.routes):
         for name, section in route.sections if route is not None else ():
-            _check_section(name, section, cfg, f"routes[{i}].{name}", errors)
+            _check_section(name, section, route, cfg, f"routes[{i}].{name}", errors)
     check_consumers(cfg.consumers, errors)
     _check_consumer_limits(cfg, errors)
     check_routes(cfg, errors)
@@ -520,12 +520,14 @@ def _check_consumer_limits(cfg: Config, errors: list) -> None:
                                + suggest(o.name, limits)))
 
 
-def _check_section(name: str, section, cfg: Config, path: str, errors: list) -> None:
-    """A filter section's checks against the whole config (its module's check_config)."""
+def _check_section(name: str, section, route, cfg: Config, path: str, errors: list) -> None:
+    """What a section alone cannot know (an upstream or consumer it names, its route's other
+    keys): its module's check_config, once per section as written, so each problem is
+    reported once, at its key path. ``route`` is None for a server-wide [filters] section."""
     from engine.filters import FILTERS
     check = getattr(FILTERS[name], "check_config", None)
     if check is not None:
-        check(section, cfg, path, errors)
+        check(section, route, cfg, path, errors)
 
 
 def _check_listeners(cfg: Config, raw: dict, errors: list) -> None:

@@ -129,7 +129,7 @@ class Config:
     forward: ForwardConfig | None = key(None, "the forward method")
 
 
-def check_config(section: Config, cfg, path: str, errors: list) -> None:
+def check_config(section: Config, route, cfg, path: str, errors: list) -> None:
     """Checks against the whole config (engine/control/config.py calls it)."""
     consumers = {c.name for c in cfg.consumers if c is not None}
     upstreams = {u.name for u in cfg.upstreams if u is not None}
