@@ -71,15 +71,16 @@ class RedisStore:
         opener = Opener(cfg.timeout, tls, cfg.tls_server_name, url.username, url.password,
                         url.db)
         self._cluster = None
+        self._sentinels = None
         if cfg.mode == "cluster":
             seeds = [(url.host, url.port)] + [parse_address(n, 6379) for n in cfg.nodes]
             self._cluster = Cluster(seeds, opener)
             where = f"cluster {url.where}"
         elif cfg.mode == "sentinel":
-            sentinels = Sentinels([parse_address(a, 26379) for a in cfg.sentinels], url.host,
-                                  Opener(cfg.timeout, tls, cfg.tls_server_name,
-                                         cfg.sentinel_username, cfg.sentinel_password),
-                                  opener)
+            sentinels = self._sentinels = Sentinels(
+                [parse_address(a, 26379) for a in cfg.sentinels], url.host,
+                Opener(cfg.timeout, tls, cfg.tls_server_name, cfg.sentinel_username,
+                       cfg.sentinel_password), opener)
             self._link = Link(sentinels.open_master)
             self._durable_link = Link(sentinels.open_master)
             where = f"sentinel master {url.host}/{url.db}"
@@ -153,6 +154,8 @@ class RedisStore:
                 conn = link.conn
                 if conn is None or conn.lost or conn.loop is not loop:
                     conn = await link.get(loop, deadline)
+                if self._sentinels is not None:
+                    self._sentinels.watch(loop, (self._link, self._durable_link))
             else:
                 conn = cluster.ready(keys, durable)
                 if conn is None or conn.loop is not loop:
@@ -193,6 +196,8 @@ class RedisStore:
         for _ in range(MAX_REDIRECTS):
             text = reply.args[0]
             kind = text.partition(" ")[0]
+            if kind == "ERR" and "-READONLY " in text:  # Redis 6 wraps a script's READONLY
+                kind = "READONLY"
             fut = loop.create_future()
             if kind == "NOSCRIPT":  # SCRIPT FLUSH, or a node that never saw it
                 conn.send(pack(("EVAL", source, len(keys), *keys, *args)), fut, deadline)
@@ -244,6 +249,8 @@ class RedisStore:
             links = (self._link, self._durable_link)
         for link in links:
             link.close()
+        if self._sentinels is not None:
+            self._sentinels.close()
 
     def _record(self, ok: bool, token, error: str = "") -> None:
         breaker = self.breaker
