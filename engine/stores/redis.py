@@ -40,7 +40,7 @@ from engine.upstream.health import CLOSED, OPEN, Circuit
 __all__ = ["RedisStore", "RedisURL", "StoreError", "StoreUnavailable", "NotReplicated",
            "parse_url"]
 
-MAX_REDIRECTS = 5  # MOVED/ASK/TRYAGAIN hops of one call; more means a cluster in flux
+MAX_REDIRECTS = 16  # MOVED/ASK/TRYAGAIN hops of one call (the deadline bounds them too)
 
 
 class NotReplicated(StoreUnavailable):
@@ -244,11 +244,10 @@ class RedisStore:
 
     async def close(self) -> None:
         if self._cluster is not None:
-            links = list(self._cluster.links.values())
-        else:
-            links = (self._link, self._durable_link)
-        for link in links:
-            link.close()
+            self._cluster.close()
+            return
+        self._link.close()
+        self._durable_link.close()
         if self._sentinels is not None:
             self._sentinels.close()
 

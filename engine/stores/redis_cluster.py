@@ -41,6 +41,7 @@ class Cluster:
         self.links = {}  # (host, port, durable) -> Link
         self._loading = None
         self._loaded = float("-inf")
+        self._due = None  # the timer of a load put off by MIN_REFRESH
 
     def ready(self, keys, durable: bool = False):
         """The live connection for ``keys`` if there is one (the hot path), else None."""
@@ -104,10 +105,20 @@ class Cluster:
         return host.strip("[]"), int(port)
 
     def refresh(self, loop) -> None:
-        """Load a new map in the background unless one loads now or loaded just before."""
-        if self._loading is None and loop.time() - self._loaded >= MIN_REFRESH:
-            task = self._loading = loop.create_task(self._load(loop))
-            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        """Load a new map in the background: now, or when MIN_REFRESH has passed since the
+        last load (a burst of MOVED costs one load, and the last one is never dropped)."""
+        if self._loading is not None or self._due is not None:
+            return
+        wait = self._loaded + MIN_REFRESH - loop.time()
+        if wait > 0:
+            self._due = loop.call_later(wait, self._refresh_due, loop)
+            return
+        task = self._loading = loop.create_task(self._load(loop))
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    def _refresh_due(self, loop) -> None:
+        self._due = None
+        self.refresh(loop)
 
     async def load(self, loop, deadline: float) -> None:
         task = self._loading
@@ -155,6 +166,15 @@ class Cluster:
                 raise StoreUnavailable(f"CLUSTER SLOTS: {reply.args[0]}")
             return slots_from_slots(reply, addr)
         return slots_from_shards(reply, addr, self.opener.tls is not None)
+
+    def close(self) -> None:
+        if self._due is not None:
+            self._due.cancel()
+            self._due = None
+        if self._loading is not None:
+            self._loading.cancel()
+        for link in self.links.values():
+            link.close()
 
     def _apply(self, slots: list) -> None:
         self.slots = slots

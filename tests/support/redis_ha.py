@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.support.redis import RedisServer
+from tests.support.redis import RedisServer, cluster_port
 
 
 def redis_version() -> tuple:
@@ -134,7 +134,8 @@ class Cluster:
             for _ in range(masters):
                 self.nodes.append(RedisServer(
                     ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                     "--cluster-node-timeout", "2000"], name="cluster").start())
+                     "--cluster-node-timeout", "2000"], name="cluster",
+                    port=cluster_port()).start())
             cli = shutil.which("redis-cli")
             if cli is None:
                 pytest.skip("no redis-cli to create the cluster")
@@ -152,22 +153,38 @@ class Cluster:
         return f"redis://127.0.0.1:{self.nodes[0].port}"
 
     def node_id(self, node) -> str:
-        return node.command("CLUSTER", "MYID").split(b"\r\n")[1].decode()
+        return node.call("CLUSTER", "MYID").decode()
 
     def owner(self, slot: int):
-        """The node serving ``slot`` now."""
-        for node in self.nodes:
-            out = node.command("CLUSTER", "NODES").decode()
-            for line in out.splitlines():
-                parts = line.split()
-                if "myself" in parts[2] and "master" in parts[2]:
-                    for rng in parts[8:]:
-                        if rng.startswith("["):
-                            continue
-                        lo, _, hi = rng.partition("-")
-                        if int(lo) <= slot <= int(hi or lo):
-                            return node
+        """The node serving ``slot`` now (as the first node sees it)."""
+        for start, end, master, *_ in self.nodes[0].call("CLUSTER", "SLOTS"):
+            if start <= slot <= end:
+                return next(n for n in self.nodes if n.port == master[1])
         raise LookupError(slot)
+
+    def migrate(self, slot: int, src, dst, finish: bool = True) -> None:
+        """Move ``slot`` from ``src`` to ``dst`` as redis-cli --cluster reshard does: mark it
+        importing and migrating, MIGRATE its keys, then give it to ``dst`` everywhere."""
+        dst.call("CLUSTER", "SETSLOT", slot, "IMPORTING", self.node_id(src))
+        src.call("CLUSTER", "SETSLOT", slot, "MIGRATING", self.node_id(dst))
+        if finish:
+            self.move_keys(slot, src, dst)
+            self.finish(slot, dst)
+
+    def move_keys(self, slot: int, src, dst) -> int:
+        moved = 0
+        while True:
+            keys = src.call("CLUSTER", "GETKEYSINSLOT", slot, 100)
+            if not keys:
+                return moved
+            reply = src.call("MIGRATE", "127.0.0.1", dst.port, "", 0, 5000, "KEYS", *keys)
+            assert reply == b"OK", reply
+            moved += len(keys)
+
+    def finish(self, slot: int, dst) -> None:
+        owner = self.node_id(dst)
+        for node in [dst, *(n for n in self.nodes if n is not dst)]:
+            node.call("CLUSTER", "SETSLOT", slot, "NODE", owner)
 
     def close(self) -> None:
         for node in self.nodes:
