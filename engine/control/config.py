@@ -558,6 +558,9 @@ def _cross_check(cfg: Config, errors: list) -> None:
             if getattr(section, "store", None) == "redis" and cfg.redis is None:
                 errors.append((join(join(path, name), "store"),
                                'is "redis" but the config has no [redis] table'))
+            if name == "idempotency" and section.store == "memory" and section.min_replicas:
+                errors.append((join(join(path, name), "min_replicas"),
+                               'needs store = "redis" (replicas are Redis\'s)'))
             if (name == "idempotency" and section.store == "memory"
                     and cfg.server.workers != 1):
                 # Exactly-once is the point: a retry landing on another worker would run.

@@ -123,7 +123,7 @@ class RedisStore:
         return any(link.conn is not None and not link.conn.lost for link in links)
 
     async def run(self, source: str, keys: list, args: list, replicas: int = 0,
-                  replica_timeout: float = 0.0):
+                  replica_timeout: float = 0.0, wrote=None):
         """Run a Lua script atomically and return its reply (bytes, int, list or None):
         one round trip, EVAL the first time on a connection, EVALSHA after; a NOSCRIPT (after
         SCRIPT FLUSH), a cluster redirect or a demoted master's READONLY cost one more. Calls
@@ -132,6 +132,8 @@ class RedisStore:
 
         ``replicas`` > 0: then WAIT until that many replicas acknowledged the script's writes,
         at most ``replica_timeout`` seconds more; fewer raises NotReplicated (the script ran).
+        ``wrote(reply)`` tells whether the script wrote anything (None: assume it did): a
+        reply that wrote nothing needs no acknowledgement.
         """
         breaker = self.breaker
         token = 0
@@ -167,7 +169,7 @@ class RedisStore:
                 reply, conn = await self._mend(loop, conn, reply, sha, source, keys, args,
                                                deadline, durable)
             acked = replicas
-            if durable and reply.__class__ is not ErrorReply:
+            if durable and reply.__class__ is not ErrorReply and (wrote is None or wrote(reply)):
                 wait = loop.time() + replica_timeout + self._timeout
                 acked = await conn.call(wait, "WAIT", replicas,
                                         max(int(replica_timeout * 1000), 1))

@@ -10,7 +10,6 @@ may take writes (which the failover then discards) until the sentinels reconfigu
 replica, up to ten seconds later; this check moves the connections within a second.
 """
 
-import asyncio
 
 from engine.stores.redis_conn import ErrorReply, Opener, StoreUnavailable
 

@@ -11,7 +11,7 @@ from tests.support.client import Conn
 from tests.support.e2e import assert_error, proxy_config
 from tests.support.origin import Origin
 from tests.support.proxy import InProcessProxy
-from tests.support.redis_ha import SentinelGroup, info, wait_for
+from tests.support.redis_ha import SentinelGroup
 
 ROUTE = """
 [[routes]]
@@ -62,8 +62,7 @@ def test_master_killed_under_load_policy_during_failover_then_limits_on_the_new_
         master = group.master
         # The counts are on the replica before the kill (asynchronous replication: a write
         # the master took in its last instant could be lost, as docs/redis.md says).
-        wait_for(lambda: info(group.replica, "replication").get("slave_repl_offset") ==
-                 info(master, "replication").get("master_repl_offset"), 5, "replica caught up")
+        group.wait_in_sync()
         master.stop()
         killed = time.monotonic()
         n = 0

@@ -73,21 +73,46 @@ class Certs:
                 "--tls-ca-cert-file", self.ca, "--tls-auth-clients", clients]
 
 
-class SentinelGroup:
+class Replicated:
+    """A master and one replica of it, in sync."""
+
+    def __init__(self):
+        self.master = self.replica = None
+        try:
+            # No diskless-sync delay (Redis 7 waits 5 s for more replicas by default).
+            self.master = RedisServer(["--repl-diskless-sync-delay", "0"],
+                                      name="master").start()
+            self.replica = RedisServer(["--replicaof", "127.0.0.1", str(self.master.port)],
+                                       name="replica").start()
+            self.wait_in_sync()
+        except BaseException:
+            self.close()
+            raise
+
+    def wait_in_sync(self) -> None:
+        """Until the replica has every write the master took."""
+        def synced():
+            r = info(self.replica, "replication")
+            return r.get("master_link_status") == "up" and r.get("slave_repl_offset") == \
+                info(self.master, "replication").get("master_repl_offset")
+        wait_for(synced, 10, "replica in sync")
+
+    def close(self) -> None:
+        for server in (self.replica, self.master):
+            if server is not None:
+                server.close()
+
+
+class SentinelGroup(Replicated):
     """One master, one replica, three sentinels (quorum 2) watching "edgemaster", with short
     timeouts so a failover takes about a second or two."""
 
     NAME = "edgemaster"
 
     def __init__(self, down_after_ms: int = 600):
-        self.master = self.replica = None
         self.sentinels = []
+        super().__init__()
         try:
-            self.master = RedisServer(name="master").start()
-            self.replica = RedisServer(["--replicaof", "127.0.0.1", str(self.master.port)],
-                                       name="replica").start()
-            wait_for(lambda: info(self.master, "replication").get("connected_slaves") == "1",
-                     10, "replica attached")
             conf = (f"sentinel monitor {self.NAME} 127.0.0.1 {self.master.port} 2\n"
                     f"sentinel down-after-milliseconds {self.NAME} {down_after_ms}\n"
                     f"sentinel failover-timeout {self.NAME} 4000\n"
@@ -119,9 +144,9 @@ class SentinelGroup:
         return int(reply.split(b"\r\n")[-2])
 
     def close(self) -> None:
-        for server in [*self.sentinels, self.replica, self.master]:
-            if server is not None:
-                server.close()
+        for server in self.sentinels:
+            server.close()
+        super().close()
 
 
 class Cluster:
