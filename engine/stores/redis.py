@@ -33,7 +33,7 @@ from engine.stores.breaker_log import BreakerLog
 from engine.stores.redis_cluster import Cluster
 from engine.stores.redis_conn import (ErrorReply, Link, Opener, RedisURL, StoreError,
                                       StoreUnavailable, pack, parse_address, parse_url,
-                                      send_script, tls_context)
+                                      send_script, tls_context, wait_replicas)
 from engine.stores.redis_sentinel import Sentinels
 from engine.upstream.health import CLOSED, OPEN, Circuit
 
@@ -170,9 +170,9 @@ class RedisStore:
                                                deadline, durable)
             acked = replicas
             if durable and reply.__class__ is not ErrorReply and (wrote is None or wrote(reply)):
-                wait = loop.time() + replica_timeout + self._timeout
-                acked = await conn.call(wait, "WAIT", replicas,
-                                        max(int(replica_timeout * 1000), 1))
+                acked = await asyncio.shield(wait_replicas(
+                    conn, replicas, replica_timeout, loop.time() + replica_timeout +
+                    self._timeout))  # shield: the future may be shared by other calls
         except StoreUnavailable as exc:
             self._record(False, token, str(exc))
             raise
@@ -180,14 +180,15 @@ class RedisStore:
             # No verdict (the caller went away): a probe's slot is free for the next call.
             breaker.cancel(token)
             raise
-        if reply.__class__ is ErrorReply:
-            self._record(False, token, reply.args[0])
-            raise StoreError(f"redis: {reply.args[0]}")
+        if reply.__class__ is ErrorReply or acked.__class__ is ErrorReply:
+            error = (reply if reply.__class__ is ErrorReply else acked).args[0]
+            self._record(False, token, error)
+            raise StoreError(f"redis: {error}")
         # Redis answered: missing replica acknowledgements are the caller's to weigh, not a
         # reason to stop every feature's calls (rate limits need no replica).
         self._record(True, token)
-        if acked.__class__ is not int or acked < replicas:
-            raise NotReplicated(reply, acked if acked.__class__ is int else 0, replicas)
+        if acked < replicas:
+            raise NotReplicated(reply, acked, replicas)
         return reply
 
     async def _mend(self, loop, conn, reply, sha, source, keys, args, deadline, durable):

@@ -109,7 +109,7 @@ class Connection(asyncio.Protocol):
     stays in place until its reply arrives, so later replies stay aligned)."""
 
     __slots__ = ("loop", "transport", "lost", "reader", "pending", "out", "timer", "scripts",
-                 "address")
+                 "address", "waiting")
 
     def __init__(self, loop, address=None):
         self.loop = loop
@@ -121,6 +121,7 @@ class Connection(asyncio.Protocol):
         self.timer = None
         self.scripts = set()  # SHA1s this connection has sent with EVAL
         self.address = address  # (host, port) it was opened to; None for a unix socket
+        self.waiting = None  # (future, replicas) of the WAIT sent last, see wait_replicas
 
     def connection_made(self, transport):
         self.transport = transport
@@ -216,6 +217,21 @@ def send_script(conn: Connection, fut, deadline: float, sha: str, source: str, k
     else:
         conn.scripts.add(sha)
         conn.send(pack(("EVAL", source, len(keys), *keys, *args)), fut, deadline)
+
+
+def wait_replicas(conn: Connection, replicas: int, timeout: float, deadline: float):
+    """The future of a WAIT that covers every write this connection has had answered: the
+    WAIT still unanswered, if one asks as many replicas (sent after those writes, since a
+    connection's replies come in order), else a new one. One WAIT then serves every call
+    whose write it follows (group commit), and a dead replica costs a burst of calls one
+    ``timeout``, not one each."""
+    waiting = conn.waiting
+    if waiting is not None and not waiting[0].done() and waiting[1] >= replicas:
+        return waiting[0]
+    fut = conn.loop.create_future()
+    conn.send(pack(("WAIT", replicas, max(int(timeout * 1000), 1))), fut, deadline)
+    conn.waiting = (fut, replicas)
+    return fut
 
 
 class Opener:

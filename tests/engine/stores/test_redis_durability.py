@@ -69,3 +69,21 @@ def test_without_the_replica_a_claim_is_given_back_and_limits_are_not_held_up(pa
         finally:
             await redis.close()
     run(main)
+
+
+def test_one_wait_serves_a_burst_of_claims(pair):
+    async def main():
+        redis = store_on(pair)
+        records = idempotency.RedisStore(redis, replicas=1, replica_timeout=0.3)
+        try:
+            pair.replica.stop()
+            start = time.monotonic()
+            got = await asyncio.gather(*(records.claim(f"k{i}", b"fp", b"o", 30)
+                                         for i in range(20)), return_exceptions=True)
+            # Each waited for a WAIT sent after its write, shared with the rest: about one
+            # replica timeout in all (one each would be 6 s, past every deadline).
+            assert time.monotonic() - start < 1.0
+            assert all(isinstance(g, NotReplicated) for g in got), got
+        finally:
+            await redis.close()
+    run(main)
