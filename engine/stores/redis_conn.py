@@ -251,8 +251,8 @@ class Opener:
         if db:
             self.hello.append(("SELECT", db))
 
-    async def open(self, loop, host: str | None, port: int | None, path: str | None = None,
-                   hello=None) -> Connection:
+    async def open(self, loop, host: str | None, port: int | None,
+                   path: str | None = None) -> Connection:
         conn = None
         try:
             async with asyncio.timeout(self.timeout):
@@ -267,7 +267,7 @@ class Opener:
                     _, conn = await loop.create_connection(
                         lambda: Connection(loop, (host, port)), host, port)
                 deadline = loop.time() + self.timeout
-                for command in self.hello if hello is None else hello:
+                for command in self.hello:
                     reply = await conn.call(deadline, *command)
                     if reply.__class__ is ErrorReply:
                         raise StoreError(f"redis {command[0]}: {reply.args[0]}")
