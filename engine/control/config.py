@@ -4,6 +4,7 @@ Defaults follow nginx where nginx has one (see README, "Limits and timeouts").
 """
 
 import ipaddress
+import os
 import re
 import tomllib
 from dataclasses import dataclass
@@ -356,16 +357,51 @@ class AdminConfig:
 
 def _check_redis_url(value: str) -> str:
     from engine.stores.redis import parse_url
-    parse_url(value)  # ValueError: rediss:// (no TLS), a non-numeric db, unknown ?options
+    parse_url(value)  # ValueError: a non-numeric db, unknown ?options, another scheme
     return value
+
+
+def _check_addresses(values: tuple) -> tuple:
+    from engine.stores.redis_conn import parse_address
+    for v in values:
+        parse_address(v, 1)
+    return values
+
+
+def _check_file(path: str) -> str:
+    if not os.path.isfile(path):
+        raise ValueError(f'no file "{path}"')
+    return path
 
 
 @dataclass(frozen=True)
 class RedisConfig:
-    url: str = key("redis://127.0.0.1:6379/0", "redis://[user:password@]host[:port][/db] or "
-                                               "unix:///path[?db=N] of the Redis server shared "
-                                               "by workers and edgeproxy instances (no TLS)",
+    mode: str = key("standalone", '"standalone": url is the server; "sentinel": url names '
+                                  "the master, whose address the sentinels give; "
+                                  '"cluster": url is a node of a Redis Cluster (nodes: more)',
+                    choices=("standalone", "sentinel", "cluster"))
+    url: str = key("redis://127.0.0.1:6379/0", "redis[s]://[user:password@]host[:port][/db] "
+                                               "or unix:///path[?db=N] (rediss: TLS; user: "
+                                               "an ACL user); in sentinel mode "
+                                               "redis[s]://[user:password@]<master-name>[/db]",
                    check=_check_redis_url)
+    sentinels: tuple[str, ...] = key((), '"host[:port]" of the sentinels asked where the '
+                                         'master is (mode = "sentinel"; port 26379)',
+                                     check=_check_addresses)
+    sentinel_username: str | None = key(None, "ACL user the sentinels want, if any")
+    sentinel_password: str | None = key(None, "password the sentinels want, if any")
+    nodes: tuple[str, ...] = key((), '"host[:port]" of more cluster nodes asked for the slot '
+                                     "map when url's node does not answer (mode = "
+                                     '"cluster")', check=_check_addresses)
+    tls_ca: str | None = key(None, "PEM file of the CA(s) that signed the Redis servers' "
+                                   "certificates (rediss://); default: the system's",
+                             check=_check_file)
+    tls_cert: str | None = key(None, "PEM client certificate, for servers that ask for one "
+                                     "(tls-auth-clients)", check=_check_file)
+    tls_key: str | None = key(None, "PEM private key of tls_cert", check=_check_file)
+    tls_server_name: str | None = key(None, "name the servers' certificates must carry, "
+                                            "instead of the host connected to (cluster nodes "
+                                            "and sentinel masters are reached by address)")
     prefix: str = key("edgeproxy:", "prefix of every key edgeproxy writes")
     timeout: Duration = key(0.25, "longest wait for one Redis command (connect included); "
                                   "then the feature's on_store_error policy applies")
@@ -373,6 +409,46 @@ class RedisConfig:
                                    "(calls then fail at once, without waiting)", min=1)
     breaker_cooldown: Duration = key(2.0, "how long the breaker stays open before one call "
                                           "probes Redis again")
+
+
+def _check_redis(r: RedisConfig, errors: list) -> None:
+    """What no single [redis] key can check alone: the mode's needs, the TLS files."""
+    from engine.stores.redis_conn import parse_url, tls_context
+    try:
+        url = parse_url(r.url)
+    except ValueError:
+        return  # reported by the url key itself
+    mode = r.mode
+    if mode != "standalone" and url.path is not None:
+        errors.append(("redis.url", f'a unix:// socket cannot be used with mode = "{mode}"'))
+    if mode == "sentinel":
+        if not r.sentinels:
+            errors.append(("redis.sentinels", 'mode = "sentinel" needs the addresses of '
+                                              'the sentinels, e.g. ["10.0.0.1:26379"]'))
+        if url.path is None and urlsplit(r.url).port is not None:
+            errors.append(("redis.url", 'in sentinel mode the URL names the master, not an '
+                                        "address (redis[s]://[user:password@]<master-name>"
+                                        "[/db]): the sentinels give its address"))
+    elif r.sentinels or r.sentinel_username or r.sentinel_password:
+        errors.append(("redis.sentinels", f'sentinel keys need mode = "sentinel" (mode is '
+                                          f'"{mode}")'))
+    if mode == "cluster" and url.db:
+        errors.append(("redis.url", f"a Redis Cluster has database 0 only, not {url.db}"))
+    if r.nodes and mode != "cluster":
+        errors.append(("redis.nodes", f'need mode = "cluster" (mode is "{mode}")'))
+    tls_keys = [n for n in ("tls_ca", "tls_cert", "tls_key", "tls_server_name")
+                if getattr(r, n) is not None]
+    if tls_keys and not url.tls:
+        errors.append((f"redis.{tls_keys[0]}", "needs a rediss:// url (TLS)"))
+    if (r.tls_cert is None) != (r.tls_key is None):
+        errors.append(("redis.tls_key" if r.tls_key is None else "redis.tls_cert",
+                       "tls_cert and tls_key go together"))
+    elif url.tls:
+        try:
+            tls_context(r.tls_ca, r.tls_cert, r.tls_key)
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            errors.append(("redis.tls_ca" if r.tls_cert is None else "redis.tls_cert",
+                           f"unusable TLS files: {exc}"))
 
 
 @dataclass(frozen=True)
@@ -432,6 +508,8 @@ def _cross_check(cfg: Config, errors: list) -> None:
     from engine.control.snapshot import check_routes, route_sections
     from engine.filters import FILTERS
 
+    if cfg.redis is not None:
+        _check_redis(cfg.redis, errors)
     admin = cfg.admin
     if admin.enabled and not admin.token:
         # The admin API reloads config and shows it: never open to the world by accident.
@@ -483,6 +561,9 @@ def _cross_check(cfg: Config, errors: list) -> None:
             if getattr(section, "store", None) == "redis" and cfg.redis is None:
                 errors.append((join(join(path, name), "store"),
                                'is "redis" but the config has no [redis] table'))
+            if name == "idempotency" and section.store == "memory" and section.min_replicas:
+                errors.append((join(join(path, name), "min_replicas"),
+                               'needs store = "redis" (replicas are Redis\'s)'))
             if (name == "idempotency" and section.store == "memory"
                     and cfg.server.workers != 1):
                 # Exactly-once is the point: a retry landing on another worker would run.

@@ -140,6 +140,11 @@ class Config:
                                            '(unprotected); default deny when required, '
                                            "else allow", choices=STORE_ERROR_POLICIES,
                                      aliases=STORE_ERROR_ALIASES)
+    min_replicas: int = key(0, "Redis replicas that must acknowledge a claim (WAIT) before "
+                               "the request goes upstream, so a failover keeps it; fewer in "
+                               "time is a store error (on_store_error); 0: the master's word "
+                               "(docs/redis.md)", min=0, max=16)
+    replica_timeout: Duration = key(0.1, "longest wait for those acknowledgements")
 
 
 def parse_key(raw: bytes, bare_ok: bool) -> str | None:
@@ -228,8 +233,9 @@ class Filter(FilterBase):
         self.reject_on_error = (cfg.on_store_error or
                                 ("deny" if cfg.required else "allow")) == "deny"
         if cfg.store == "redis":
-            self.store = shared.keep(("idempotency", "redis", shared.redis),
-                                     lambda: RedisStore(shared.redis))
+            self.store = shared.keep(
+                ("idempotency", "redis", shared.redis, cfg.min_replicas, cfg.replica_timeout),
+                lambda: RedisStore(shared.redis, cfg.min_replicas, cfg.replica_timeout))
         else:
             # One store per route and worker, kept across reloads while its size is unchanged.
             self.store = shared.keep(("idempotency", build.route, cfg.memory_size),

@@ -247,20 +247,45 @@ def _ms(seconds: float) -> int:
     return max(int(seconds * 1000), 1)
 
 
+def _claimed(reply) -> bool:
+    return reply[0] == b"claimed"
+
+
+def _completed(reply) -> bool:
+    return reply == 1
+
+
 class RedisStore:
     """Records in the shared Redis (engine.stores.redis.RedisStore, ``shared.redis``).
     Every call may raise engine.stores.redis.StoreUnavailable; the filter applies its
-    ``on_store_error`` policy."""
+    ``on_store_error`` policy.
 
-    def __init__(self, redis):
+    ``replicas`` > 0: a claim counts only once that many replicas acknowledged it (Redis
+    WAIT, at most ``replica_timeout`` seconds); else it is given back and the call raises, so
+    the filter's policy applies as if Redis were down. A completed answer is waited for the
+    same way (in the background: a shortfall is logged). Without it a failover can lose the
+    writes the old master acknowledged last (docs/redis.md)."""
+
+    def __init__(self, redis, replicas: int = 0, replica_timeout: float = 0.1):
         self.redis = redis
+        self.replicas = replicas
+        self.replica_timeout = replica_timeout
         self.tasks = set()  # settle tasks in flight, held so they are not collected
 
     def _keys(self, key: str) -> list:
         return [self.redis.key("idem:" + key, "m"), self.redis.key("idem:" + key, "b")]
 
     async def claim(self, key, fingerprint, owner, lease):
-        r = await self.redis.run(_CLAIM, self._keys(key), [fingerprint, owner, _ms(lease)])
+        from engine.stores.redis import NotReplicated
+        keys = self._keys(key)
+        try:
+            r = await self.redis.run(_CLAIM, keys, [fingerprint, owner, _ms(lease)],
+                                     self.replicas, self.replica_timeout, _claimed)
+        except NotReplicated:
+            # Held by the master alone: a failover now could forget it and let a retry run
+            # again. Given back, so the client's retry is not kept waiting for the lease.
+            self._background(self.redis.run(_RELEASE, keys, [owner]), key)
+            raise
         kind = r[0].decode()
         if kind == CLAIMED:
             return CLAIMED, None
@@ -274,7 +299,8 @@ class RedisStore:
         body = stored.body
         args = [owner, stored.status, dump_headers(stored.headers),
                 body if body is not None else b"", -1 if body is None else len(body), _ms(ttl)]
-        return bool(await self.redis.run(_COMPLETE, self._keys(key), args))
+        return bool(await self.redis.run(_COMPLETE, self._keys(key), args, self.replicas,
+                                         self.replica_timeout, _completed))
 
     async def release(self, key, owner) -> bool:
         return bool(await self.redis.run(_RELEASE, self._keys(key), [owner]))

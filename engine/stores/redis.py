@@ -12,164 +12,51 @@ what an unavailable store means (its ``on_store_error`` policy).
 Why not redis-py: a rate-limited route made one EVALSHA per request, and redis-py's asyncio
 client spent most of the proxy's CPU on it (pool checkout and release, command packing in
 Python, a wait_for task and timer, one send and one recv per command); see
-bench/bench_redis_store.py. Here each worker keeps one connection and pipelines
-automatically: a command is queued, every command queued in one loop iteration leaves in one
-write, and replies resolve the waiting futures in order (Redis answers a connection's
-commands in the order it sent them). hiredis packs commands and parses replies in C.
+bench/bench_redis_store.py. Here each worker keeps one pipelined connection per server
+(engine.stores.redis_conn).
 
-The connection is opened on first use, inside the worker's event loop, never in the
+Where that server is depends on ``mode``: the URL's (standalone), the master the sentinels
+name (engine.stores.redis_sentinel), or for each key the master of its slot
+(engine.stores.redis_cluster). Discovery is written on the same connection class, a few
+commands run only when a connection opens or the slot map changes: nothing per request but a
+CRC16 in cluster mode.
+
+Connections are opened on first use, inside the worker's event loop, never in the
 supervisor before fork.
 """
 
 import asyncio
 import time
-from collections import deque
 from hashlib import sha1
-from urllib.parse import parse_qs, unquote, urlsplit
-
-import hiredis
 
 from engine.stores.breaker_log import BreakerLog
+from engine.stores.redis_cluster import Cluster
+from engine.stores.redis_conn import (ErrorReply, Link, Opener, RedisURL, StoreError,
+                                      StoreUnavailable, pack, parse_address, parse_url,
+                                      send_script, tls_context, wait_replicas)
+from engine.stores.redis_sentinel import Sentinels
 from engine.upstream.health import CLOSED, OPEN, Circuit
 
+__all__ = ["RedisStore", "RedisURL", "StoreError", "StoreUnavailable", "NotReplicated",
+           "parse_url"]
 
-class StoreUnavailable(Exception):
-    """Redis did not answer in time, errored, or its breaker is open."""
-
-
-class StoreError(StoreUnavailable):
-    """Redis answered with an error reply (``-ERR ...``): the command did not do its work.
-    A StoreUnavailable, so every caller's on_store_error policy covers it."""
+MAX_REDIRECTS = 16  # MOVED/ASK/TRYAGAIN hops of one call (the deadline bounds them too)
 
 
-class _ErrorReply(Exception):
-    """What hiredis builds for an error reply; turned into StoreError by the caller."""
+class NotReplicated(StoreUnavailable):
+    """The script ran on the master, but fewer replicas than asked acknowledged it within
+    the replica timeout (WAIT): a failover now could lose its writes. ``reply`` is the
+    script's reply, ``acked`` how many replicas acknowledged."""
+
+    def __init__(self, reply, acked: int, wanted: int):
+        super().__init__(f"redis: {acked} of {wanted} replicas acknowledged the write")
+        self.reply = reply
+        self.acked = acked
 
 
-def parse_url(url: str) -> tuple:
-    """``(host, port, unix_path, db, username, password)`` of a ``redis://`` or ``unix://``
-    URL; ValueError for anything else (``rediss://`` included: TLS is not supported)."""
-    parts = urlsplit(url)
-    query = parse_qs(parts.query)
-    db = query.pop("db", ["0"])[-1]
-    if query:
-        raise ValueError(f"unsupported redis URL option(s): {', '.join(sorted(query))}")
-    username = unquote(parts.username) if parts.username else None
-    password = unquote(parts.password) if parts.password is not None else None
-    if parts.scheme == "unix":
-        if not parts.path:
-            raise ValueError(f'a unix:// redis URL needs a socket path, got "{url}"')
-        return None, None, unquote(parts.path), _db(db), username, password
-    if parts.scheme == "rediss":
-        raise ValueError("rediss:// (TLS) is not supported; use redis:// on a trusted network "
-                         "or a local TLS tunnel")
-    if parts.scheme != "redis":
-        raise ValueError(f'expected a redis:// or unix:// URL, got "{url}"')
-    path = parts.path.strip("/")
-    if path:
-        db = path
-    return parts.hostname or "127.0.0.1", parts.port or 6379, None, _db(db), username, password
-
-
-def _db(text: str) -> int:
-    if not text.isdigit():
-        raise ValueError(f'the redis database must be a number, got "{text}"')
-    return int(text)
-
-
-class _Connection(asyncio.Protocol):
-    """One pipelined connection. ``pending`` holds ``(future, deadline)`` per command sent,
-    in send order; a reply always belongs to the oldest entry (a future whose caller gave up
-    stays in place until its reply arrives, so later replies stay aligned)."""
-
-    __slots__ = ("loop", "transport", "lost", "reader", "pending", "out", "timer", "scripts")
-
-    def __init__(self, loop):
-        self.loop = loop
-        self.transport = None
-        self.lost = False
-        self.reader = hiredis.Reader(replyError=_ErrorReply, notEnoughData=False)
-        self.pending = deque()
-        self.out = []
-        self.timer = None
-        self.scripts = set()  # SHA1s this connection has sent with EVAL
-
-    def connection_made(self, transport):
-        self.transport = transport
-
-    def connection_lost(self, exc):
-        self._fail(f"redis connection lost: {exc or 'closed by the server'}")
-
-    def data_received(self, data):
-        reader = self.reader
-        reader.feed(data)
-        pending = self.pending
-        try:
-            reply = reader.gets()
-            while reply is not False:
-                fut = pending.popleft()[0]
-                if not fut.done():
-                    fut.set_result(reply)
-                reply = reader.gets()
-        except (hiredis.ProtocolError, IndexError) as exc:  # garbage, or a reply nobody sent
-            self.abort(f"redis protocol error: {exc!r}")
-
-    def send(self, command: bytes, fut, deadline: float) -> None:
-        if self.lost:
-            fut.set_exception(StoreUnavailable("redis connection lost"))
-            return
-        out = self.out
-        if not out:
-            self.loop.call_soon(self._flush)
-        out.append(command)
-        self.pending.append((fut, deadline))
-        if self.timer is None:
-            self.timer = self.loop.call_at(deadline, self._expire)
-
-    def _flush(self):
-        out = self.out
-        if out and not self.lost:
-            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
-        out.clear()
-
-    def _expire(self):
-        # One timer per connection, re-armed at the earliest live deadline: far cheaper than
-        # a timer (or a wait_for task) per command. A stuck oldest command means Redis hangs
-        # or the link is dead, so the connection goes; a later one that ran out of time only
-        # fails its own caller (its reply is still awaited to keep the order).
-        self.timer = None
-        now = self.loop.time()
-        pending = self.pending
-        if pending and pending[0][1] <= now:
-            self.abort("redis timeout")
-            return
-        soonest = None
-        for fut, deadline in pending:
-            if fut.done():
-                continue
-            if deadline <= now:
-                fut.set_exception(StoreUnavailable("redis timeout"))
-            elif soonest is None or deadline < soonest:
-                soonest = deadline
-        if soonest is not None:
-            self.timer = self.loop.call_at(soonest, self._expire)
-
-    def abort(self, why: str) -> None:
-        self._fail(why)
-        if self.transport is not None:
-            self.transport.abort()
-
-    def _fail(self, why: str) -> None:
-        # An exception each: one shared by many tasks would gather every task's traceback.
-        self.lost = True
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        self.out.clear()
-        pending, self.pending = self.pending, deque()
-        for fut, _ in pending:
-            if not fut.done():
-                fut.set_exception(StoreUnavailable(why))
+def _seen(fut) -> None:
+    if not fut.cancelled():
+        fut.exception()
 
 
 class RedisStore:
@@ -178,15 +65,37 @@ class RedisStore:
         self.cfg = cfg
         self.clock = clock
         self.prefix = cfg.prefix
-        self._address = parse_url(cfg.url)
         self._timeout = cfg.timeout
-        self._conn = None
-        self._connecting = None
+        url = parse_url(cfg.url)
+        tls = tls_context(cfg.tls_ca, cfg.tls_cert, cfg.tls_key) if url.tls else None
+        opener = Opener(cfg.timeout, tls, cfg.tls_server_name, url.username, url.password,
+                        url.db)
+        self._cluster = None
+        self._sentinels = None
+        if cfg.mode == "cluster":
+            seeds = [(url.host, url.port)] + [parse_address(n, 6379) for n in cfg.nodes]
+            self._cluster = Cluster(seeds, opener)
+            where = f"cluster {url.where}"
+        elif cfg.mode == "sentinel":
+            sentinels = self._sentinels = Sentinels(
+                [parse_address(a, 26379) for a in cfg.sentinels], url.host,
+                Opener(cfg.timeout, tls, cfg.tls_server_name, cfg.sentinel_username,
+                       cfg.sentinel_password), opener)
+            self._link = Link(sentinels.open_master)
+            self._durable_link = Link(sentinels.open_master)
+            where = f"sentinel master {url.host}/{url.db}"
+        else:
+            def open_server(loop):
+                return opener.open(loop, url.host, url.port, url.path)
+            self._link = Link(open_server)
+            # Scripts whose writes replicas must acknowledge (WAIT) go on a connection of
+            # their own: WAIT holds its connection, and must not hold the rate limits'.
+            self._durable_link = Link(open_server)
+            where = f"{url.where}/{url.db}"
         self.breaker = Circuit(consecutive=cfg.breaker_failures, rate=0.0,
                                cooldown=cfg.breaker_cooldown, probes=1)
         self._shas = {}  # Lua source -> its SHA1 hex, as EVALSHA wants it
-        host, port, path, db = self._address[:4]
-        self.breaker_log = BreakerLog(f"{path or f'{host}:{port}'}/{db}")
+        self.breaker_log = BreakerLog(where)
 
     def key(self, *parts: str) -> str:
         """A namespaced key. ``parts[0]`` goes in a hash tag, so every key of one limit or
@@ -206,12 +115,26 @@ class RedisStore:
         under way). It stays "open" past the cool-down until a call comes to be the probe."""
         return self.breaker.state_name
 
-    async def run(self, source: str, keys: list, args: list):
+    @property
+    def connected(self) -> bool:
+        """Whether any connection to Redis is open now."""
+        links = self._cluster.links.values() if self._cluster is not None else \
+            (self._link, self._durable_link)
+        return any(link.conn is not None and not link.conn.lost for link in links)
+
+    async def run(self, source: str, keys: list, args: list, replicas: int = 0,
+                  replica_timeout: float = 0.0, wrote=None):
         """Run a Lua script atomically and return its reply (bytes, int, list or None):
         one round trip, EVAL the first time on a connection, EVALSHA after; a NOSCRIPT (after
-        SCRIPT FLUSH) costs one more EVAL. Calls of one worker run in the order they are
-        made, but for that NOSCRIPT retry. Raises StoreUnavailable (StoreError for an error
-        reply) within ``timeout``."""
+        SCRIPT FLUSH), a cluster redirect or a demoted master's READONLY cost one more. Calls
+        of one worker run in the order they are made, but for those retries. Raises
+        StoreUnavailable (StoreError for an error reply) within ``timeout``.
+
+        ``replicas`` > 0: then WAIT until that many replicas acknowledged the script's writes,
+        at most ``replica_timeout`` seconds more; fewer raises NotReplicated (the script ran).
+        ``wrote(reply)`` tells whether the script wrote anything (None: assume it did): a
+        reply that wrote nothing needs no acknowledgement.
+        """
         breaker = self.breaker
         token = 0
         if breaker.state != CLOSED:
@@ -225,28 +148,31 @@ class RedisStore:
         sha = self._shas.get(source)
         if sha is None:
             sha = self._shas[source] = sha1(source.encode()).hexdigest()
+        durable = replicas > 0
         try:
-            conn = self._conn
-            if conn is None or conn.lost or conn.loop is not loop:
-                conn = await self._connect(loop, deadline)
-            fut = loop.create_future()
-            if sha in conn.scripts:
-                conn.send(hiredis.pack_command(("EVALSHA", sha, len(keys), *keys, *args)),
-                          fut, deadline)
+            cluster = self._cluster
+            if cluster is None:
+                link = self._durable_link if durable else self._link
+                conn = link.conn
+                if conn is None or conn.lost or conn.loop is not loop:
+                    conn = await link.get(loop, deadline)
+                if self._sentinels is not None:
+                    self._sentinels.watch(loop, (self._link, self._durable_link))
             else:
-                # First use on this connection: EVAL, which also caches the script. Redis
-                # runs a connection's commands in order, so the EVALSHAs queued behind it
-                # find it, and no NOSCRIPT detour reorders this call after later ones (an
-                # idempotency "complete" must not land after the next "claim").
-                conn.scripts.add(sha)
-                conn.send(hiredis.pack_command(("EVAL", source, len(keys), *keys, *args)),
-                          fut, deadline)
+                conn = cluster.ready(keys, durable)
+                if conn is None or conn.loop is not loop:
+                    conn = await cluster.connection(loop, keys, deadline, durable)
+            fut = loop.create_future()
+            send_script(conn, fut, deadline, sha, source, keys, args)
             reply = await fut
-            if reply.__class__ is _ErrorReply and reply.args[0].startswith("NOSCRIPT"):
-                fut = loop.create_future()
-                conn.send(hiredis.pack_command(("EVAL", source, len(keys), *keys, *args)),
-                          fut, deadline)
-                reply = await fut
+            if reply.__class__ is ErrorReply:
+                reply, conn = await self._mend(loop, conn, reply, sha, source, keys, args,
+                                               deadline, durable)
+            acked = replicas
+            if durable and reply.__class__ is not ErrorReply and (wrote is None or wrote(reply)):
+                acked = await asyncio.shield(wait_replicas(
+                    conn, replicas, replica_timeout, loop.time() + replica_timeout +
+                    self._timeout))  # shield: the future may be shared by other calls
         except StoreUnavailable as exc:
             self._record(False, token, str(exc))
             raise
@@ -254,19 +180,79 @@ class RedisStore:
             # No verdict (the caller went away): a probe's slot is free for the next call.
             breaker.cancel(token)
             raise
-        if reply.__class__ is _ErrorReply:
-            self._record(False, token, reply.args[0])
-            raise StoreError(f"redis: {reply.args[0]}")
+        if reply.__class__ is ErrorReply or acked.__class__ is ErrorReply:
+            error = (reply if reply.__class__ is ErrorReply else acked).args[0]
+            self._record(False, token, error)
+            raise StoreError(f"redis: {error}")
+        # Redis answered: missing replica acknowledgements are the caller's to weigh, not a
+        # reason to stop every feature's calls (rate limits need no replica).
         self._record(True, token)
+        if acked < replicas:
+            raise NotReplicated(reply, acked, replicas)
         return reply
 
+    async def _mend(self, loop, conn, reply, sha, source, keys, args, deadline, durable):
+        """Send again a script whose error reply another try can mend; (reply, connection
+        that gave it). Every other error reply is returned as it came."""
+        cluster = self._cluster
+        readonly = False
+        for _ in range(MAX_REDIRECTS):
+            text = reply.args[0]
+            kind = text.partition(" ")[0]
+            if kind == "ERR" and "-READONLY " in text:  # Redis 6 wraps a script's READONLY
+                kind = "READONLY"
+            fut = loop.create_future()
+            if kind == "NOSCRIPT":  # SCRIPT FLUSH, or a node that never saw it
+                conn.send(pack(("EVAL", source, len(keys), *keys, *args)), fut, deadline)
+            elif kind == "MOVED" and cluster is not None:
+                addr = cluster.moved(loop, text, conn)
+                conn = await cluster.link(addr, durable).get(loop, deadline)
+                send_script(conn, fut, deadline, sha, source, keys, args)
+            elif kind == "ASK" and cluster is not None:
+                # The slot is migrating and this key has left: one command to the importing
+                # node, announced by ASKING (EVAL: a NOSCRIPT would need a second ASKING).
+                conn = await cluster.link(cluster.asked(text, conn), durable).get(loop,
+                                                                                   deadline)
+                asking = loop.create_future()
+                asking.add_done_callback(_seen)
+                conn.send(pack(("ASKING",)), asking, deadline)
+                conn.scripts.add(sha)
+                conn.send(pack(("EVAL", source, len(keys), *keys, *args)), fut, deadline)
+            elif kind == "TRYAGAIN" and cluster is not None:
+                # A multi-key script whose keys are split by a migration under way.
+                if loop.time() + 0.02 >= deadline:
+                    break
+                await asyncio.sleep(0.01)
+                conn = await cluster.connection(loop, keys, deadline, durable)
+                send_script(conn, fut, deadline, sha, source, keys, args)
+            elif kind == "READONLY" and not readonly:
+                # The master was demoted: ask again where the master is (the sentinels, or a
+                # new slot map) and run there. Safe to resend: a replica refused the write.
+                readonly = True
+                conn.abort("redis: the server is a replica now (READONLY)")
+                if cluster is not None:
+                    cluster.refresh(loop)
+                    conn = await cluster.connection(loop, keys, deadline, durable)
+                else:
+                    link = self._durable_link if durable else self._link
+                    conn = await link.get(loop, deadline)
+                send_script(conn, fut, deadline, sha, source, keys, args)
+            else:
+                fut.cancel()
+                break
+            reply = await fut
+            if reply.__class__ is not ErrorReply:
+                break
+        return reply, conn
+
     async def close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None and not conn.lost:
-            conn.abort("redis store closed")
-        task, self._connecting = self._connecting, None
-        if task is not None and not task.done():
-            task.cancel()
+        if self._cluster is not None:
+            self._cluster.close()
+            return
+        self._link.close()
+        self._durable_link.close()
+        if self._sentinels is not None:
+            self._sentinels.close()
 
     def _record(self, ok: bool, token, error: str = "") -> None:
         breaker = self.breaker
@@ -276,58 +262,3 @@ class RedisStore:
             # Opened from closed, or closed again: tell the operator, rate-bounded.
             self.breaker_log.changed(breaker.state == OPEN, self.clock(), error)
             self.breaker_log.flush_later(asyncio.get_running_loop(), self.clock)
-
-    async def _connect(self, loop, deadline: float) -> _Connection:
-        # Callers arriving while a connect is under way share it, each bounded by its own
-        # deadline; shield keeps one caller's cancellation from cancelling it for the rest.
-        task = self._connecting
-        if task is None or task.get_loop() is not loop:
-            task = self._connecting = loop.create_task(self._open(loop))
-            # Its failure reaches whoever still waits; mark it seen for when nobody does.
-            task.add_done_callback(lambda t: t.cancelled() or t.exception())
-        try:
-            async with asyncio.timeout_at(deadline):
-                return await asyncio.shield(task)
-        except TimeoutError:
-            raise StoreUnavailable("redis connect timeout") from None
-        except StoreUnavailable as exc:  # the shared task's: a copy per caller
-            raise exc.__class__(*exc.args) from None
-        except asyncio.CancelledError:
-            if task.cancelled() and not asyncio.current_task().cancelling():
-                raise StoreUnavailable("redis store closed") from None  # close() meanwhile
-            raise
-
-    async def _open(self, loop) -> _Connection:
-        host, port, path, db, username, password = self._address
-        conn = None
-        try:
-            async with asyncio.timeout(self._timeout):
-                if path is not None:
-                    _, conn = await loop.create_unix_connection(lambda: _Connection(loop), path)
-                else:
-                    _, conn = await loop.create_connection(lambda: _Connection(loop),
-                                                           host, port)
-                hello = []
-                if password is not None:
-                    hello.append(("AUTH", password) if username is None else
-                                 ("AUTH", username, password))
-                if db:
-                    hello.append(("SELECT", db))
-                deadline = loop.time() + self._timeout
-                for command in hello:
-                    fut = loop.create_future()
-                    conn.send(hiredis.pack_command(command), fut, deadline)
-                    reply = await fut
-                    if reply.__class__ is _ErrorReply:
-                        raise StoreError(f"redis {command[0]}: {reply.args[0]}")
-        except (OSError, TimeoutError, asyncio.CancelledError, StoreUnavailable) as exc:
-            if conn is not None:
-                conn.abort("redis connect failed")
-            if not isinstance(exc, (OSError, TimeoutError)):
-                raise
-            raise StoreUnavailable(f"redis connect: {exc.__class__.__name__}: {exc}") from None
-        finally:
-            if self._connecting is asyncio.current_task():
-                self._connecting = None
-        self._conn = conn
-        return conn

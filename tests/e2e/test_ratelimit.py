@@ -218,10 +218,10 @@ def test_a_reload_that_changes_redis_closes_the_old_connection(redis_server):
         with InProcessProxy(text) as p, Conn(p.port) as c:
             assert c.request("GET", "/").status == 200
             old = p.worker.runtime.shared.redis
-            assert p.call(lambda: old._conn is not None)  # connected by that request
+            assert p.call(lambda: old.connected)  # connected by that request
             p.swap(text.replace('timeout = "200ms"', 'timeout = "300ms"'))
             assert p.worker.runtime.shared.redis is not old
-            assert wait_until(lambda: p.call(lambda: old._conn is None), 2)
+            assert wait_until(lambda: p.call(lambda: not old.connected), 2)
             assert c.request("GET", "/").status == 200  # the new store connects
 
 

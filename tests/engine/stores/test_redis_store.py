@@ -371,23 +371,24 @@ def test_key_puts_the_first_part_in_a_hash_tag():
 
 
 @pytest.mark.parametrize("url, want", [
-    ("redis://127.0.0.1:6380/2", ("127.0.0.1", 6380, None, 2, None, None)),
-    ("redis://localhost", ("localhost", 6379, None, 0, None, None)),
-    ("redis://u:p%40ss@h:1?db=4", ("h", 1, None, 4, "u", "p@ss")),
-    ("unix:///run/redis.sock?db=1", (None, None, "/run/redis.sock", 1, None, None)),
-    ("unix://:pw@/run/redis.sock", (None, None, "/run/redis.sock", 0, None, "pw")),
-], ids=["tcp-db", "defaults", "auth-query-db", "unix-db", "unix-password"])
+    ("redis://127.0.0.1:6380/2", (False, "127.0.0.1", 6380, None, 2, None, None)),
+    ("redis://localhost", (False, "localhost", 6379, None, 0, None, None)),
+    ("redis://u:p%40ss@h:1?db=4", (False, "h", 1, None, 4, "u", "p@ss")),
+    ("rediss://edge:pw@h:6380/1", (True, "h", 6380, None, 1, "edge", "pw")),
+    ("unix:///run/redis.sock?db=1", (False, None, None, "/run/redis.sock", 1, None, None)),
+    ("unix://:pw@/run/redis.sock", (False, None, None, "/run/redis.sock", 0, None, "pw")),
+], ids=["tcp-db", "defaults", "auth-query-db", "tls-acl-user", "unix-db", "unix-password"])
 def test_parse_url(url, want):
     assert parse_url(url) == want
 
 
 @pytest.mark.parametrize("url, match", [
-    ("rediss://h:6379/0", "TLS"),
     ("http://h/0", "redis://"),
     ("redis://h/x", "number"),
     ("redis://h/0?ssl=1", "ssl"),
     ("unix://", "socket path"),
-], ids=["tls", "scheme", "db", "option", "unix-no-path"])
+    ("redis://h:99999", "port"),
+], ids=["scheme", "db", "option", "unix-no-path", "port"])
 def test_parse_url_refuses(url, match):
     with pytest.raises(ValueError, match=match):
         parse_url(url)
