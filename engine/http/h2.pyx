@@ -393,6 +393,8 @@ cdef class H2Connection:
             h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: self.settings.max_header_size,
             h2.settings.SettingCodes.ENABLE_PUSH: 0,
         })
+        # From the first frame, not once the client acknowledged our SETTINGS (h2 waits).
+        conn.decoder.max_header_list_size = self.settings.max_header_size
         conn.initiate_connection()
         conn.increment_flow_control_window(CONNECTION_WINDOW - 65535)
         self.deadline = <double>self.clock.now + self.settings.client_header_timeout
