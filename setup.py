@@ -31,6 +31,7 @@ EXT_MODULES = [
     "engine.chain.context",
     "engine.http.stats",
     "engine.http.protocol",
+    "engine.http.h2",
 ]
 
 DIRECTIVES = {

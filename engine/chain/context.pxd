@@ -32,6 +32,9 @@ cdef class Stream:
     cdef readonly bytes via             # this hop's Via entry, "1.1 <server.via>"; None: off
     cdef readonly bytes via_field       # b"Via: " + via + CRLF: what a request that came
                                         # with no Via gets (the usual case, one write)
+    cdef public object front            # engine.chain.front.ListenerFront: the listener's
+                                        # pre-routing step (TLS client cert, redirect), or None
+    cdef public object client_cert      # engine.wire.tls.ClientCert verified by TLS, or None
 
     cdef int write_head(self, RequestContext ctx, int status, bytes reason, list headers,
                         bint flat, bytes content_length, bint no_body, bytes body,

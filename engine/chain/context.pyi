@@ -25,6 +25,8 @@ class Stream:
     client_body_timeout: float
     via: bytes | None
     via_field: bytes | None
+    front: Any  # engine.chain.front.ListenerFront, or None
+    client_cert: Any  # engine.wire.tls.ClientCert (verified by the TLS handshake), or None
     def close(self) -> None: ...
     def abort(self) -> None: ...
 

@@ -208,6 +208,12 @@ cdef class RequestContext(Sink):
         cdef Route r
         if self.error is not None:
             return self.answer(self.error)  # a malformed request (see respond)
+        front = stream.front
+        if front is not None:
+            answer = front.before_routing(self)
+            if answer is not None:
+                self.respond(answer)
+                return 0
         router = self.rt.router
         host = stream.route_host(self.host)
         route, extra = router.match(self.method, host, self.path)

@@ -7,7 +7,7 @@ import ipaddress
 import os
 import re
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from engine.chain.keys import check_key_spec
@@ -15,7 +15,17 @@ from engine.chain.schema import (
     REQUIRED, TOKEN_RE, ConfigError, Duration, Size, build, check_header_name, check_header_value,
     join, key, suggest,
 )
+from engine.control.tls import check_tls
 from engine.filters.consumers import ConsumerConfig, check_consumers
+
+
+# Mozilla's "intermediate" TLS 1.2 suites (server side, 2023 guidelines v5.7): forward-secret
+# AEAD only; the server's order is used.
+INTERMEDIATE_CIPHERS = ("ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+                        "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+                        "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"
+                        "DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384:"
+                        "DHE-RSA-CHACHA20-POLY1305")
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -48,8 +58,8 @@ def _check_cidrs(values: tuple) -> tuple:
 
 def _check_url(value: str) -> str:
     parts = urlsplit(value)
-    if parts.scheme != "http":
-        raise ValueError(f'expected an http:// URL, got "{value}"')
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f'expected an http:// or https:// URL, got "{value}"')
     if not parts.hostname:
         raise ValueError(f'URL "{value}" has no host')
     try:
@@ -232,7 +242,8 @@ class FallbackConfig:
 @dataclass(frozen=True)
 class ServerEntry:
     SHORTHAND = "url"
-    url: str = key(REQUIRED, 'the server, "http://host:port"', check=_check_url)
+    url: str = key(REQUIRED, 'the server, "http://host:port" or "https://host:port" (TLS, '
+                             "verified: see the upstream's tls)", check=_check_url)
     weight: int = key(1, "share of requests relative to the other servers", min=1, max=1000)
     backup: bool = key(False, "takes traffic only when every primary server is unavailable")
     down: bool = key(False, "marked down by the operator: never picked")
@@ -249,7 +260,26 @@ class ServerEntry:
 
     @property
     def port(self) -> int:
-        return urlsplit(self.url).port or 80
+        return urlsplit(self.url).port or (443 if self.tls else 80)
+
+    @property
+    def tls(self) -> bool:
+        return self.url.startswith("https:")
+
+
+@dataclass(frozen=True)
+class UpstreamTLSConfig:
+    verify: bool = key(True, "verify the server's certificate chain and name (off only for a "
+                             "test bed: anyone on the path could answer)")
+    ca: str | None = key(None, "PEM file of the CAs the servers' certificates are verified "
+                               "against; default: the system's trust store")
+    server_name: str | None = key(None, "name sent as SNI and verified in the certificate "
+                                        "(nginx proxy_ssl_name); default: each server URL's "
+                                        "host (an IP address: no SNI, verified as an IP)")
+    cert: str | None = key(None, "PEM file of a client certificate (mTLS to the servers)")
+    key: str | None = key(None, "PEM file of that certificate's private key")
+    # Digest of the files' contents (set when parsed), so new files make a new config.
+    files_digest: str = field(default="", init=False)
 
 
 @dataclass(frozen=True)
@@ -289,6 +319,9 @@ class UpstreamConfig:
                                                        "absent)")
     outlier_detection: OutlierConfig | None = key(None, "eject servers whose error rate is far "
                                                         "above their peers' (off when absent)")
+    tls: UpstreamTLSConfig = key(UpstreamTLSConfig(), "how https:// servers are connected "
+                                                      "to: verification, SNI, client "
+                                                      "certificate (docs/tls.md)")
     fallback: FallbackConfig | None = key(None, "the answer when no server is available: "
                                                 "another upstream or a static response "
                                                 "(default 503 with Retry-After)")
@@ -331,14 +364,65 @@ class RouteConfig:
 
 
 @dataclass(frozen=True)
+class CertificateConfig:
+    cert: str = key(REQUIRED, "PEM file: the certificate, then its intermediates")
+    names: tuple[str, ...] = key((), 'SNI names it serves, exact or "*.example.com"; empty = '
+                                     "the DNS names in the certificate (subjectAltName)",
+                                 check=_check_hosts)
+    # (last: past this line ``key`` names the field, not the schema function)
+    key: str = key(REQUIRED, "PEM file: its private key (unencrypted)")
+
+
+@dataclass(frozen=True)
+class ListenerTLSConfig:
+    cert: str = key(REQUIRED, "PEM file: the default certificate and its intermediates, served "
+                              "when the client's SNI matches no other (or it sent none)")
+    certificates: tuple[CertificateConfig, ...] = key(
+        (), "more certificates, picked by the client's SNI: an exact name first, then a "
+            "wildcard, else the default")
+    strict_sni: bool = key(False, "refuse a handshake whose SNI matches no certificate "
+                                  "(unrecognized_name alert) instead of serving the default")
+    min_version: str = key("1.2", 'oldest TLS version accepted: "1.2" or "1.3" (1.0 and 1.1 '
+                                  "are never offered, RFC 8996)", choices=("1.2", "1.3"))
+    ciphers: str = key(INTERMEDIATE_CIPHERS, "OpenSSL cipher list for TLS 1.2 (Mozilla "
+                                             '"intermediate"); TLS 1.3 suites are all AEAD')
+    session_tickets: bool = key(True, "resume sessions with tickets (keys made per worker "
+                                      "process; see docs/tls.md)")
+    handshake_timeout: Duration = key(10.0, "a TLS handshake not done within this is dropped")
+    client_auth: str = key("off", 'client certificates (mTLS): "off", "optional" (verified '
+                                  'when sent) or "required" (handshake refused without one)',
+                           choices=("off", "optional", "required"))
+    client_ca: str | None = key(None, "PEM file of the CAs client certificates are verified "
+                                      "against (required unless client_auth is off)")
+    client_cert_header: str = key("X-Client-Cert-Subject",
+                                  "request header that carries the verified client "
+                                  "certificate's subject (RFC 4514) to filters and upstream; "
+                                  'copies the client sent are always removed; "" = not sent',
+                                  check=lambda v: check_header_name(v) if v else v)
+    key: str = key(REQUIRED, "PEM file: the default certificate's private key (unencrypted)")
+    # Digest of the certificate and key files' contents, set when the config is parsed: new
+    # files behind the same paths make a different config, so a reload picks them up.
+    files_digest: str = field(default="", init=False)
+
+
+@dataclass(frozen=True)
 class ListenerConfig:
     name: str = key(REQUIRED, "unique name (admin API, logs)")
     listen: str = key(REQUIRED, "address:port to accept client connections on",
                       check=_check_listen)
-    forwarded_proto: str = key("http", "what X-Forwarded-Proto says upstream for requests "
-                                       'accepted here (unless a trusted proxy sent one): '
-                                       '"https" behind a TLS-terminating L4 balancer',
-                               choices=("http", "https"))
+    forwarded_proto: str | None = key(None, "what X-Forwarded-Proto says upstream for requests "
+                                            'accepted here (unless a trusted proxy sent one): '
+                                            '"https" behind a TLS-terminating L4 balancer; '
+                                            'default "https" with tls, else "http"',
+                                      choices=("http", "https"))
+    tls: ListenerTLSConfig | None = key(None, "terminate TLS here: certificates, versions, "
+                                              "client certificates (docs/tls.md)")
+    http2: bool = key(False, "also speak HTTP/2: offered by ALPN with tls, else accepted "
+                             "with prior knowledge (h2c) next to HTTP/1.1 (docs/http2.md)")
+    redirect_https: int | None = key(None, "answer every request here with a 308 to the same "
+                                           "URI over https on this port (443 is left out of "
+                                           "the URL); only on a listener without tls",
+                                     min=1, max=65535)
 
 
 def is_loopback(host: str) -> bool:
@@ -490,6 +574,7 @@ def parse(text: str, source: str = "config.toml") -> Config:
     if cfg is not None:
         _cross_check(cfg, errors)
         _check_listeners(cfg, raw, errors)
+        check_tls(cfg, errors)
     if errors:
         raise ConfigError(errors)
     return cfg

@@ -1,8 +1,9 @@
 """Listeners: where client connections are accepted, compiled from the config, and the
 listening sockets the supervisor holds for them.
 
-A ``Listener`` is a frozen value: its name, address and what the proxy says about requests
-accepted there (``scheme``, sent upstream as X-Forwarded-Proto). ``server.listen`` is the
+A ``Listener`` is a frozen value: its name, address, what the proxy says about requests
+accepted there (``scheme``, sent upstream as X-Forwarded-Proto), its TLS policy and the
+protocols it speaks. ``server.listen`` is the
 shorthand for one plain-HTTP listener named "default"; ``[[listeners]]`` tables declare
 several. The codec takes ``listener.scheme`` once per connection (engine/http/protocol.pyx).
 
@@ -15,7 +16,9 @@ before, so an unchanged listener never stops accepting during a reload.
 import socket
 from dataclasses import dataclass, field
 
+from engine.chain.front import ListenerFront
 from engine.control.config import parse_listen
+from engine.control.tls import ALPN_H2, ALPN_HTTP11, TLSPolicy
 
 DEFAULT_NAME = "default"  # the listener ``server.listen`` declares
 
@@ -30,15 +33,23 @@ class Listener:
     # b"http" or b"https": X-Forwarded-Proto of requests accepted here (unless a trusted
     # proxy sent one). "https" without TLS here: a TLS-terminating L4 balancer in front.
     scheme: bytes = b"http"
-    # Room for what a listener will say later: TLS termination (certificates, ALPN) and the
-    # protocols spoken (h2). Part of equality, so changing them is a listener change.
-    tls: object | None = None
-    protocols: tuple[str, ...] = ("http/1.1",)
+    # TLS termination (engine/control/tls.py): what every connection gets; the certificates
+    # are the snapshot's, reloaded in place, so they are not part of the listener.
+    tls: TLSPolicy | None = None
+    protocols: tuple[str, ...] = (ALPN_HTTP11,)  # + "h2": HTTP/2 by ALPN, or h2c
+    redirect_https: int | None = None  # answer 308 to https on this port (docs/tls.md)
+    client_cert_header: str = ""
+    # What the codec hands each request's Stream (engine/chain/front.py), or None.
+    front: object = field(default=None, compare=False, repr=False)
     path: str = field(default="server.listen", compare=False)  # its config key, for errors
 
     @property
     def address(self) -> str:
         return format_address(self.host, self.port)
+
+    @property
+    def http2(self) -> bool:
+        return ALPN_H2 in self.protocols
 
     @property
     def key(self) -> tuple:
@@ -59,7 +70,17 @@ def listeners_of(cfg) -> tuple[Listener, ...]:
     out = []
     for i, entry in enumerate(cfg.listeners):
         host, port = parse_listen(entry.listen)
-        out.append(Listener(entry.name, host, port, entry.forwarded_proto.encode("ascii"),
+        tls = entry.tls
+        proto = entry.forwarded_proto or ("https" if tls is not None else "http")
+        header = tls.client_cert_header if tls is not None else ""
+        front = None
+        if tls is not None or entry.redirect_https is not None:
+            front = ListenerFront(header, tls is not None and tls.client_auth != "off",
+                                  entry.redirect_https)
+        out.append(Listener(entry.name, host, port, proto.encode("ascii"),
+                            TLSPolicy.of(tls, entry.http2) if tls is not None else None,
+                            (ALPN_H2, ALPN_HTTP11) if entry.http2 else (ALPN_HTTP11,),
+                            entry.redirect_https, header, front,
                             path=f"listeners[{i}].listen"))
     return tuple(out)
 

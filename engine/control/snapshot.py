@@ -10,6 +10,7 @@ import re
 
 from engine.chain.context import Chain, Route
 from engine.chain.keys import compile_key
+from engine.control.tls import Certificates, TLSPolicy
 from engine.filters import FILTERS
 from engine.upstream.checks import watch_upstreams
 from engine.upstream.upstream import Upstream
@@ -190,6 +191,10 @@ class Runtime:
             if upstream.fallback_name is not None:
                 upstream.fallback_to = self.upstreams[upstream.fallback_name]
         watch_upstreams(self.shared, cfg.upstreams, self.upstreams)
+        # The certificates of each TLS listener, by name: read afresh by every compile, so a
+        # reload serves new files from the next handshake on (engine/control/tls.py).
+        self.tls = {entry.name: Certificates(entry.tls, TLSPolicy.of(entry.tls, entry.http2))
+                    for entry in cfg.listeners if entry.tls is not None}
         self.router = Router()
         self.routes = []
         # Requests no route takes (404, 405, a malformed request) run the server-wide filters.

@@ -16,7 +16,9 @@ import traceback
 import orjson
 
 from engine.control.metrics import worker_snapshot, write_json
-from engine.http.protocol import ClientProtocol, RequestIds
+from engine.control.tls import front_context
+from engine.http.negotiate import protocol_factory
+from engine.http.protocol import RequestIds
 from engine.http.stats import RouteStats
 from engine.upstream.call import Clock
 
@@ -126,9 +128,17 @@ class Worker:
         """Accept on ``sock`` for ``listener`` (an engine.control.listeners.Listener; None:
         plain HTTP). Call again for more listening sockets."""
         self.sockets.append(sock)
+        tls = listener.tls if listener is not None else None
+        ssl_ctx = None
+        if tls is not None:
+            # The handshake asks the snapshot serving at that moment for the certificate, so
+            # a reload's new certificates need no new server (engine/control/tls.py).
+            initial = self.runtime.tls[listener.name]
+            ssl_ctx = front_context(tls, lambda: self.runtime.tls.get(listener.name, initial))
         server = await self.loop.create_server(
-            lambda: ClientProtocol(self, listener), sock=sock,
-            backlog=self.runtime.config.server.backlog)
+            protocol_factory(self, listener), sock=sock,
+            backlog=self.runtime.config.server.backlog, ssl=ssl_ctx,
+            ssl_handshake_timeout=tls.handshake_timeout if tls is not None else None)
         self.servers.append(server)
         if self.server is None:
             self.server = server
@@ -233,6 +243,10 @@ class Worker:
         self.draining = True
         for server in self.servers:
             server.close()
+        for conn in list(self.conns):
+            shutdown = getattr(conn, "shutdown", None)
+            if shutdown is not None:
+                shutdown()  # HTTP/2: GOAWAY at once, streams in flight are answered
         # A busy connection closes after its next response (Connection: close, since we are
         # draining). One that looks idle closes only once it stayed idle for DRAIN_IDLE:
         # "idle" may mean its client's next request is already in our socket buffer, and

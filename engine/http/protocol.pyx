@@ -221,6 +221,7 @@ cdef class ClientProtocol(Stream):
         self.ids = worker.request_ids
         self.listener = listener
         self.scheme = listener.scheme if listener is not None else b"http"
+        self.front = listener.front if listener is not None else None
         self.transport = None
         self.parser = HttpRequestParser(self)
         self.peer_ip = ""
@@ -273,6 +274,8 @@ cdef class ClientProtocol(Stream):
         self.peer_ip = ip
         self.peer_ip_bytes = ip.encode()
         self.trusted = self.settings.is_trusted(ip)
+        if self.front is not None:
+            self.front.connection_made(self, transport)  # (a TLS client certificate)
         self.deadline = <double>self.clock.now + self.client_header_timeout
         self.worker.conns.add(self)
 

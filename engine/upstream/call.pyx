@@ -283,8 +283,9 @@ cdef class UpstreamCall:
         loop = self.sink.worker.loop
         try:
             _, conn = await loop.create_connection(
-                partial(_UpstreamConnection, server.pool), server.host, server.port)
-        except OSError:
+                partial(_UpstreamConnection, server.pool), server.host, server.port,
+                ssl=server.ssl, server_hostname=server.server_hostname)
+        except OSError:  # (ssl.SSLError too: a certificate that does not verify)
             self.connecting = None
             if not self.sink.finished:
                 self.upstream_failed(None, "bad_gateway", True)

@@ -82,7 +82,9 @@ class HealthChecker:
         writer = None
         try:
             async with asyncio.timeout(self.cfg.timeout):
-                reader, writer = await asyncio.open_connection(server.host, server.port)
+                reader, writer = await asyncio.open_connection(
+                    server.host, server.port, ssl=server.ssl,
+                    server_hostname=server.server_hostname)
                 writer.write(request)
                 line = await reader.readline()
         except (OSError, TimeoutError) as exc:

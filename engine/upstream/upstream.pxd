@@ -31,6 +31,8 @@ cdef class Server:
     cdef public Py_ssize_t max_conns  # requests in flight at once; 0 = unlimited
     cdef public Py_ssize_t active   # requests in flight to this server now (this worker)
     cdef public Health health       # passive/active/circuit/ejection state, or None
+    cdef public object ssl          # ssl.SSLContext for an https:// server, else None
+    cdef public str server_hostname # SNI and name verified (None: no SNI, an IP address)
 
     cpdef bint available(self, double now) except -1
 

@@ -44,12 +44,20 @@ def make_circuit(cfg):
                    cfg.cooldown, cfg.half_open_requests)
 
 
+def _server_name(tls_cfg, host: str):
+    # What is sent as SNI and verified: the configured name, else the URL's host. Python
+    # sends no SNI for an IP address and verifies it against the certificate's IP entries.
+    return tls_cfg.server_name or host
+
+
 @cython.final
 cdef class Server:
     def __init__(self, url: str, host: str, port: int, weight: int, Pool pool not None,
                  backup: bool = False, down: bool = False, max_conns: int = 0,
-                 Health health=None):
+                 Health health=None, ssl=None, server_hostname=None):
         self.url = url
+        self.ssl = ssl
+        self.server_hostname = server_hostname
         self.host = host
         self.port = port
         self.weight = weight
@@ -74,15 +82,22 @@ cdef class Upstream:
     def __init__(self, cfg, old_pools: dict, new_pools: dict, shared=None, key=None):
         from engine.errors import Response
         from engine.upstream.balancer import BALANCERS  # (balancer cimports this module)
+        from engine.upstream.tls import client_context
 
         self.name = cfg.name
         self.key = cfg  # frozen config: equal config -> pools carried over on reload
         self.servers = []
         breaker = cfg.circuit_breaker
         server_breaker = breaker if breaker is not None and breaker.scope != "upstream" else None
+        tls_ctx = None
+        if any(s.tls for s in cfg.servers):
+            tls_ctx = shared.keep(("tls", cfg.name, cfg.tls), lambda: client_context(cfg.tls)) \
+                if shared is not None else client_context(cfg.tls)
         for s in cfg.servers:
+            # (cfg.tls in the key: a pool of TLS connections made under other settings is
+            # not reused)
             pool_key = (cfg.name, s.url, cfg.keepalive, cfg.keepalive_timeout,
-                        cfg.keepalive_requests)
+                        cfg.keepalive_requests, cfg.tls if s.tls else None)
             pool = new_pools.get(pool_key) or old_pools.get(pool_key)
             if pool is None:
                 pool = Pool(cfg.keepalive, cfg.keepalive_timeout, cfg.keepalive_requests)
@@ -98,7 +113,8 @@ cdef class Upstream:
                           server_breaker)
             self.servers.append(Server(
                 s.url, s.host, s.port, s.weight, pool, s.backup, s.down, s.max_conns,
-                shared.keep(health_key, health) if shared is not None else health()))
+                shared.keep(health_key, health) if shared is not None else health(),
+                tls_ctx if s.tls else None, _server_name(cfg.tls, s.host) if s.tls else None))
         primaries = [s for s in self.servers if not s.backup]
         backups = [s for s in self.servers if s.backup]
         self.balancer = BALANCERS[cfg.balancer](primaries, cfg, key)

@@ -61,11 +61,15 @@ class _Parser:
 class Conn:
     """``with Conn(port) as c: c.send(b"GET / ..."); r = c.response()``"""
 
-    def __init__(self, port: int, timeout: float = 5.0, source: str | None = None):
+    def __init__(self, port: int, timeout: float = 5.0, source: str | None = None,
+                 tls=None, server_name: str | None = None):
         """``source``: the client address, e.g. "127.0.0.2" (Linux loopback answers all of
-        127/8), for a second client as the proxy sees it."""
+        127/8), for a second client as the proxy sees it. ``tls``: an ssl.SSLContext to talk
+        TLS with, sending ``server_name`` as SNI."""
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout,
                                              source_address=(source, 0) if source else None)
+        if tls is not None:
+            self.sock = tls.wrap_socket(self.sock, server_hostname=server_name)
         self.buffer = b""
         self.eof = False
 

@@ -136,7 +136,9 @@ class _OriginProtocol(asyncio.Protocol):
 
 
 class Origin:
-    def __init__(self, handler=echo, on_head=None):
+    def __init__(self, handler=echo, on_head=None, tls=None):
+        """``tls``: an ssl.SSLContext (server side): the origin speaks HTTPS."""
+        self.tls = tls
         self.handler = handler
         self.on_head = on_head
         self.requests: list[Request] = []
@@ -156,7 +158,7 @@ class Origin:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def __enter__(self):
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -171,7 +173,8 @@ class Origin:
 
         async def main():
             self._stop = loop.create_future()
-            server = await loop.create_server(lambda: _OriginProtocol(self), "127.0.0.1", 0)
+            server = await loop.create_server(lambda: _OriginProtocol(self), "127.0.0.1", 0,
+                                              ssl=self.tls)
             self.port = server.sockets[0].getsockname()[1]
             self._ready.set()
             await self._stop

@@ -62,7 +62,7 @@ def test_units_for_sizes_and_durations():
     pytest.param('[server]\ntrusted_proxies = ["10.0.0.0/33"]\n' + BASE,
                  "server.trusted_proxies", "CIDR", id="bad-cidr"),
     pytest.param(BASE.replace("http://127.0.0.1:9001", "ftp://x"), "upstreams[0].servers[0].url",
-                 "http:// URL", id="bad-server-url"),
+                 "https:// URL", id="bad-server-url"),
     pytest.param(BASE.replace('paths = ["/pay/*"]', 'paths = ["pay"]'), "routes[0].paths[0]",
                  "", id="bad-path-pattern"),
     pytest.param(BASE.replace('paths = ["/pay/*"]', 'paths = ["/pay/*"]\nmethods = ["get"]'),
