@@ -5,9 +5,10 @@ optionally ``ERRORS`` and ``METRICS``. Adding a filter is one module and one lin
 """
 
 from engine.errors import register as _register_errors
-from engine.filters import headers, idempotency, ratelimit, response_time, static
+from engine.filters import cache, headers, idempotency, ratelimit, response_time, static
 
 FILTERS = {
+    "cache": cache,
     "headers": headers,
     "idempotency": idempotency,
     "rate_limit": ratelimit,

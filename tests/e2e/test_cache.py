@@ -1,0 +1,425 @@
+"""The response cache end to end (engine/filters/cache.py): a real proxy in front of a real
+origin that answers each path as the test scripts it and counts what reaches it. Time is the
+cache module's ``clock``, moved by the tests (no sleeping for freshness)."""
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from engine.filters import cache as cache_module
+from tests.support.client import Conn
+from tests.support.e2e import proxy_config, wait_until
+from tests.support.origin import Origin, closed_port
+from tests.support.proxy import InProcessProxy
+
+
+class Clock:
+    def __init__(self):
+        self.now = time.time()
+
+    def __call__(self):
+        return self.now
+
+    def advance(self, seconds):
+        self.now += seconds
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    c = Clock()
+    monkeypatch.setattr(cache_module, "clock", c)
+    return c
+
+
+class Script:
+    """The origin's answers: ``script[path] = (status, headers, body)`` or a function of the
+    request returning one; every request is kept in ``seen[path]``."""
+
+    def __init__(self):
+        self.answers = {}
+        self.seen = {}
+        self.lock = threading.Lock()
+
+    def __setitem__(self, path, answer):
+        self.answers[path] = answer
+
+    def count(self, path):
+        return len(self.seen.get(path, ()))
+
+    def __call__(self, req):
+        path = req.url.decode().split("?")[0]
+        with self.lock:
+            self.seen.setdefault(path, []).append(req)
+        answer = self.answers.get(path, (200, [], b"default"))
+        if callable(answer):
+            answer = answer(req)
+        delay = None
+        if len(answer) == 4:
+            status, headers, body, delay = answer
+        else:
+            status, headers, body = answer
+        head = b"HTTP/1.1 %d X\r\n" % status + b"".join(b"%s: %s\r\n" % h for h in headers)
+        if status not in (204, 304):
+            head += b"Content-Length: %d\r\n" % len(body)
+        data = head + b"\r\n" + (body if req.method != b"HEAD" else b"")
+        return (data, delay) if delay else data
+
+
+CACHE = """
+[routes.cache]
+x_cache = true
+{extra}
+"""
+
+
+@pytest.fixture
+def setup(clock):
+    made = []
+
+    def make(extra="", route_extra=""):
+        script = Script()
+        origin = Origin(script).__enter__()
+        proxy = InProcessProxy(proxy_config(origin.url, route=CACHE.format(extra=extra)
+                                            + route_extra)).__enter__()
+        made.append((proxy, origin))
+        return proxy, script, origin
+
+    yield make
+    for proxy, origin in made:
+        proxy.__exit__(None, None, None)
+        origin.__exit__(None, None, None)
+
+
+def get(port, path, headers=(), method="GET"):
+    with Conn(port) as c:
+        return c.request(method, path, headers=headers)
+
+
+def status_of(r):
+    return r.header(b"cache-status")
+
+
+# -- storing and freshness (RFC 9111 §3, §4.2)
+
+@pytest.mark.parametrize("headers,cached", [
+    pytest.param([(b"Cache-Control", b"max-age=100")], True, id="max-age"),
+    pytest.param([(b"Cache-Control", b"s-maxage=100, max-age=0")], True, id="s-maxage-wins"),
+    pytest.param([(b"Cache-Control", b"max-age=100, no-store")], False, id="no-store"),
+    pytest.param([(b"Cache-Control", b"max-age=100, private")], False, id="private"),
+    pytest.param([(b"Cache-Control", b'max-age=100, private="X-Foo"')], False,
+                 id="private-qualified"),
+    pytest.param([(b"Cache-Control", b"max-age=100"), (b"Cache-Control", b"max-age=0")], True,
+                 id="first-of-two-lines"),
+    pytest.param([(b"Cache-Control", b'extension="max-age=100", max-age=0')], False,
+                 id="quoted-is-not-a-directive"),
+    pytest.param([(b"Cache-Control", b"max-age =100")], False, id="space-before-equals"),
+    pytest.param([(b"Expires", b"Thu, 01 Jan 2099 00:00:00 GMT")], True, id="expires-future"),
+    pytest.param([(b"Expires", b"0")], False, id="expires-invalid-is-past"),
+    pytest.param([(b"Last-Modified", b"Thu, 01 Jan 2015 00:00:00 GMT")], True,
+                 id="heuristic-200"),
+    pytest.param([], False, id="nothing-says-fresh"),
+    pytest.param([(b"Cache-Control", b"max-age=100"), (b"Vary", b"*")], False, id="vary-star"),
+    pytest.param([(b"Cache-Control", b"max-age=100"), (b"Set-Cookie", b"a=b")], False,
+                 id="set-cookie-not-stored-by-default"),
+])
+def test_what_is_stored(setup, headers, cached):
+    proxy, script, _ = setup()
+    script["/a"] = (200, headers, b"body-a")
+    first = get(proxy.port, "/a")
+    second = get(proxy.port, "/a")
+    assert first.status == second.status == 200 and second.body == b"body-a"
+    assert script.count("/a") == (1 if cached else 2)
+    assert second.header(b"x-cache") == (b"HIT" if cached else b"MISS")
+
+
+@pytest.mark.parametrize("status,cached", [
+    (200, True), (203, True), (204, True), (404, True), (410, True), (501, True),
+    (201, False), (403, False), (500, False), (503, False),
+])
+def test_heuristic_freshness_only_for_statuses_cacheable_by_default(setup, status, cached):
+    # RFC 9111 §4.2.2 with RFC 9110 §15.1's list.
+    proxy, script, _ = setup()
+    body = b"" if status == 204 else b"x"
+    script["/h"] = (status, [(b"Last-Modified", b"Thu, 01 Jan 2015 00:00:00 GMT")], body)
+    get(proxy.port, "/h")
+    r = get(proxy.port, "/h")
+    assert r.status == status
+    assert script.count("/h") == (1 if cached else 2)
+
+
+def test_a_hit_carries_age_and_cache_status(setup, clock):
+    proxy, script, _ = setup()
+    script["/age"] = (200, [(b"Cache-Control", b"max-age=100"), (b"Age", b"30")], b"aged")
+    first = get(proxy.port, "/age")
+    assert first.header(b"cache-status").startswith(b"edgeproxy; fwd=uri-miss; fwd-status=200")
+    assert first.header(b"cache-status").endswith(b"stored")
+    clock.advance(10)
+    r = get(proxy.port, "/age")
+    assert r.body == b"aged" and int(r.header(b"age")) >= 40
+    assert r.header(b"cache-status").startswith(b"edgeproxy; hit; ttl=")
+    assert int(r.header(b"cache-status").rsplit(b"=", 1)[1]) <= 60
+    clock.advance(61)  # stale now: no validator, so a new full request
+    r = get(proxy.port, "/age")
+    assert script.count("/age") == 2 and r.header(b"x-cache") == b"MISS"
+
+
+def test_head_is_answered_from_a_stored_get(setup):
+    proxy, script, _ = setup()
+    script["/hd"] = (200, [(b"Cache-Control", b"max-age=100")], b"0123456789")
+    get(proxy.port, "/hd")
+    r = get(proxy.port, "/hd", method="HEAD")
+    assert r.status == 200 and r.header(b"content-length") == b"10" and r.body == b""
+    assert script.count("/hd") == 1
+
+
+def test_a_body_over_the_object_cap_streams_and_is_not_kept(setup):
+    proxy, script, _ = setup('max_object_size = "1k"')
+    big = b"x" * 5000
+    script["/big"] = (200, [(b"Cache-Control", b"max-age=100")], big)
+    assert get(proxy.port, "/big").body == big
+    assert get(proxy.port, "/big").body == big
+    assert script.count("/big") == 2
+
+
+# -- requests with Authorization (§3.5) and request directives (§5.2.1)
+
+def test_authorization_needs_the_response_to_allow_sharing(setup):
+    proxy, script, _ = setup()
+    auth = [(b"Authorization", b"Bearer t")]
+    script["/p"] = (200, [(b"Cache-Control", b"max-age=100")], b"mine")
+    script["/pub"] = (200, [(b"Cache-Control", b"max-age=100, public")], b"shared")
+    for path in ("/p", "/pub"):
+        get(proxy.port, path, auth)
+        get(proxy.port, path, auth)
+    assert script.count("/p") == 2 and script.count("/pub") == 1
+
+
+@pytest.mark.parametrize("directive", [b"no-cache", b"max-age=0"])
+def test_request_no_cache_and_max_age_revalidate(setup, clock, directive):
+    proxy, script, _ = setup()
+    script["/r"] = (200, [(b"Cache-Control", b"max-age=100"), (b"ETag", b'"v1"')], b"r")
+    get(proxy.port, "/r")
+    clock.advance(1)
+    r = get(proxy.port, "/r", [(b"Cache-Control", directive)])
+    assert r.status == 200 and script.count("/r") == 2
+    assert script.seen["/r"][1].header(b"if-none-match") == b'"v1"'
+
+
+def test_pragma_no_cache_counts_without_cache_control(setup):
+    proxy, script, _ = setup()
+    script["/pg"] = (200, [(b"Cache-Control", b"max-age=100")], b"p")
+    get(proxy.port, "/pg")
+    get(proxy.port, "/pg", [(b"Pragma", b"no-cache")])
+    assert script.count("/pg") == 2
+
+
+def test_only_if_cached_miss_is_504(setup):
+    proxy, script, _ = setup()
+    r = get(proxy.port, "/none", [(b"Cache-Control", b"only-if-cached")])
+    assert r.status == 504 and script.count("/none") == 0
+
+
+def test_max_stale_accepts_a_stale_response(setup, clock):
+    proxy, script, _ = setup()
+    script["/ms"] = (200, [(b"Cache-Control", b"max-age=10")], b"old")
+    get(proxy.port, "/ms")
+    clock.advance(30)
+    r = get(proxy.port, "/ms", [(b"Cache-Control", b"max-stale=60")])
+    assert r.body == b"old" and r.header(b"x-cache") == b"STALE"
+    assert script.count("/ms") == 1
+
+
+# -- Vary (§4.1)
+
+def test_vary_keeps_variants_apart_with_normalised_values(setup):
+    proxy, script, _ = setup()
+    script["/v"] = lambda req: (200, [(b"Cache-Control", b"max-age=100"),
+                                      (b"Vary", b"Accept-Language")],
+                                req.header(b"accept-language") or b"none")
+    assert get(proxy.port, "/v", [(b"Accept-Language", b"en, fr")]).body == b"en, fr"
+    assert get(proxy.port, "/v", [(b"Accept-Language", b"de")]).body == b"de"
+    r = get(proxy.port, "/v", [(b"Accept-Language", b"en ,fr")])  # same list, other spaces
+    assert r.body == b"en, fr" and r.header(b"x-cache") == b"HIT"
+    assert get(proxy.port, "/v").body == b"none"
+    assert script.count("/v") == 3
+
+
+# -- validation (§4.3)
+
+def test_a_304_freshens_the_stored_response(setup, clock):
+    proxy, script, _ = setup()
+    script["/e"] = (200, [(b"Cache-Control", b"max-age=10"), (b"ETag", b'"e1"'),
+                          (b"Test-Header", b"A")], b"etag-body")
+    get(proxy.port, "/e")
+    clock.advance(20)
+    script["/e"] = (304, [(b"Cache-Control", b"max-age=3600"), (b"ETag", b'"e1"'),
+                          (b"Test-Header", b"B")], b"")
+    r = get(proxy.port, "/e")
+    assert r.status == 200 and r.body == b"etag-body" and r.header(b"test-header") == b"B"
+    assert r.header(b"x-cache") == b"REVALIDATED"
+    assert b"fwd=stale; fwd-status=304" in r.header(b"cache-status")
+    assert script.seen["/e"][1].header(b"if-none-match") == b'"e1"'
+    clock.advance(100)  # fresh for an hour now
+    r = get(proxy.port, "/e")
+    assert r.header(b"x-cache") == b"HIT" and r.header(b"test-header") == b"B"
+    assert script.count("/e") == 2
+
+
+def test_last_modified_is_sent_as_if_modified_since(setup, clock):
+    proxy, script, _ = setup()
+    lm = b"Thu, 01 Jan 2015 00:00:00 GMT"
+    script["/lm"] = (200, [(b"Cache-Control", b"max-age=1"), (b"Last-Modified", lm)], b"lm")
+    get(proxy.port, "/lm")
+    clock.advance(5)
+    script["/lm"] = (304, [(b"Cache-Control", b"max-age=100"), (b"Last-Modified", lm)], b"")
+    assert get(proxy.port, "/lm").body == b"lm"
+    assert script.seen["/lm"][1].header(b"if-modified-since") == lm
+
+
+def test_a_new_200_replaces_the_stored_response(setup, clock):
+    proxy, script, _ = setup()
+    script["/n"] = (200, [(b"Cache-Control", b"max-age=1"), (b"ETag", b'"1"')], b"one")
+    get(proxy.port, "/n")
+    clock.advance(5)
+    script["/n"] = (200, [(b"Cache-Control", b"max-age=100"), (b"ETag", b'"2"')], b"two")
+    assert get(proxy.port, "/n").body == b"two"
+    assert get(proxy.port, "/n").header(b"x-cache") == b"HIT"
+    assert script.count("/n") == 2
+
+
+@pytest.mark.parametrize("headers,status", [
+    pytest.param([(b"If-None-Match", b'W/"x", "c1"')], 304, id="inm-match"),
+    pytest.param([(b"If-None-Match", b'"other"')], 200, id="inm-other"),
+    pytest.param([(b"If-Modified-Since", b"Thu, 01 Jan 2015 00:00:00 GMT")], 304,
+                 id="ims-not-modified"),
+    pytest.param([(b"If-Modified-Since", b"Thu, 01 Jan 2000 00:00:00 GMT")], 200,
+                 id="ims-modified"),
+])
+def test_client_conditionals_are_answered_from_the_cache(setup, headers, status):
+    proxy, script, _ = setup()
+    script["/c"] = (200, [(b"Cache-Control", b"max-age=100"), (b"ETag", b'"c1"'),
+                          (b"Last-Modified", b"Thu, 01 Jan 2015 00:00:00 GMT")], b"cbody")
+    get(proxy.port, "/c")
+    r = get(proxy.port, "/c", headers)
+    assert r.status == status and script.count("/c") == 1
+    if status == 304:
+        assert r.body == b"" and r.header(b"etag") == b'"c1"'
+
+
+# -- stale-while-revalidate, stale-if-error (RFC 5861, RFC 9111 §4.2.4)
+
+def test_stale_while_revalidate_answers_at_once_and_refreshes_once(setup, clock):
+    proxy, script, _ = setup()
+    script["/swr"] = (200, [(b"Cache-Control", b"max-age=1, stale-while-revalidate=60"),
+                            (b"ETag", b'"s1"')], b"old")
+    get(proxy.port, "/swr")
+    clock.advance(5)
+    script["/swr"] = (200, [(b"Cache-Control", b"max-age=100"), (b"ETag", b'"s2"')], b"new",
+                      0.3)
+    r1 = get(proxy.port, "/swr")
+    r2 = get(proxy.port, "/swr")
+    assert r1.body == r2.body == b"old" and r1.header(b"x-cache") == b"STALE"
+    assert wait_until(lambda: get(proxy.port, "/swr").body == b"new", 5)
+    assert script.count("/swr") == 2  # one background refresh for both stale answers
+
+
+def test_stale_if_error_serves_stale_on_a_5xx(setup, clock):
+    proxy, script, _ = setup()
+    script["/sie"] = (200, [(b"Cache-Control", b"max-age=1, stale-if-error=60")], b"kept")
+    script["/plain"] = (200, [(b"Cache-Control", b"max-age=1")], b"plain")
+    get(proxy.port, "/sie")
+    get(proxy.port, "/plain")
+    clock.advance(5)
+    script["/sie"] = script["/plain"] = (500, [], b"broken")
+    r = get(proxy.port, "/sie")
+    assert r.status == 200 and r.body == b"kept" and r.header(b"x-cache") == b"STALE"
+    assert b"fwd-status=500" in r.header(b"cache-status")
+    assert get(proxy.port, "/plain").status == 500  # no stale-if-error: the error goes on
+
+
+@pytest.mark.parametrize("cc,served", [
+    pytest.param(b"max-age=1", True, id="plain"),
+    pytest.param(b"max-age=1, must-revalidate", False, id="must-revalidate"),
+])
+def test_stale_when_no_server_answers(clock, cc, served):
+    script = Script()
+    script["/down"] = (200, [(b"Cache-Control", cc)], b"last good")
+    port = closed_port()
+    config = """
+[server]
+access_log = "off"
+[[upstreams]]
+name = "app"
+servers = ["{url}"]
+connect_timeout = "1s"
+[[routes]]
+name = "all"
+paths = ["/*"]
+upstream = "app"
+[routes.cache]
+stale_if_unreachable = "60s"
+"""
+    with Origin(script) as origin, InProcessProxy(
+            config.replace("{url}", origin.url)) as proxy:
+        get(proxy.port, "/down")
+        proxy.swap(config.replace("{url}", f"http://127.0.0.1:{port}"))
+        clock.advance(5)
+        r = get(proxy.port, "/down")
+    if served:
+        assert r.status == 200 and r.body == b"last good"
+        assert b"fwd=stale; fwd-status=502" in r.header(b"cache-status")
+    else:
+        assert r.status == 502
+
+
+# -- collapsing
+
+def test_fifty_concurrent_misses_send_one_request_upstream(setup):
+    proxy, script, _ = setup()
+    script["/slow"] = (200, [(b"Cache-Control", b"max-age=100")], b"s" * 2000, 0.3)
+    with ThreadPoolExecutor(50) as pool:
+        results = list(pool.map(lambda _: get(proxy.port, "/slow"), range(50)))
+    assert all(r.status == 200 and r.body == b"s" * 2000 for r in results)
+    assert script.count("/slow") == 1
+    assert sum(b"collapsed" in r.header(b"cache-status") or r.header(b"x-cache") == b"HIT"
+               for r in results) == 49
+
+
+def test_waiters_go_upstream_when_the_answer_is_not_storable(setup):
+    proxy, script, _ = setup()
+    script["/priv"] = (200, [(b"Cache-Control", b"private")], b"p", 0.2)
+    with ThreadPoolExecutor(5) as pool:
+        results = list(pool.map(lambda _: get(proxy.port, "/priv"), range(5)))
+    assert all(r.body == b"p" for r in results) and script.count("/priv") == 5
+
+
+# -- invalidation (§4.4)
+
+@pytest.mark.parametrize("method,status,invalidated", [
+    ("POST", 200, True), ("PUT", 204, True), ("DELETE", 200, True), ("POST", 500, False),
+])
+def test_unsafe_methods_that_succeed_invalidate(setup, method, status, invalidated):
+    proxy, script, _ = setup()
+    script["/u"] = lambda req: ((200, [(b"Cache-Control", b"max-age=100")], b"doc")
+                                if req.method == b"GET" else (status, [], b""))
+    get(proxy.port, "/u")
+    with Conn(proxy.port) as c:
+        assert c.request(method, "/u", body=b"x").status == status
+    get(proxy.port, "/u")
+    assert script.count("/u") == (4 if invalidated else 3) - 1
+
+
+def test_location_and_content_location_are_invalidated(setup):
+    proxy, script, _ = setup()
+    for path in ("/loc", "/cloc", "/other"):
+        script[path] = (200, [(b"Cache-Control", b"max-age=100")], path.encode())
+        get(proxy.port, path)
+    script["/make"] = (201, [(b"Location", b"/loc"),
+                             (b"Content-Location", b"http://test/cloc")], b"")
+    with Conn(proxy.port) as c:
+        assert c.request("POST", "/make", body=b"x").status == 201
+    for path in ("/loc", "/cloc", "/other"):
+        get(proxy.port, path)
+    assert [script.count(p) for p in ("/loc", "/cloc", "/other")] == [2, 2, 1]
