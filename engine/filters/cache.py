@@ -106,6 +106,10 @@ class Config:
     cache_status: str = key("edgeproxy", "this cache's name in the Cache-Status field "
                                          '(RFC 9211); "" sends none')
     x_cache: bool = key(False, "also send X-Cache: HIT, MISS, STALE, REVALIDATED or BYPASS")
+    client_directives: bool = key(True, "honour the client's Cache-Control (no-cache, "
+                                        "no-store, max-age, min-fresh, max-stale, "
+                                        "only-if-cached) and Pragma; off: clients cannot "
+                                        "make the cache go upstream (nginx's way)")
 
 
 class _State:
@@ -131,7 +135,7 @@ class Filter(FilterBase):
     __slots__ = ("store", "flights", "refreshing", "events", "gauges", "max_object",
                  "max_variants", "extra", "query_args", "heuristic_max", "keep_stale",
                  "unreachable", "lock_timeout", "set_cookie", "tag_header", "status_name",
-                 "x_cache")
+                 "x_cache", "client_directives")
     PHASE = CACHE
 
     def __init__(self, cfg: Config, build):
@@ -157,6 +161,7 @@ class Filter(FilterBase):
                            if cfg.surrogate_key_header else None)
         self.status_name = cfg.cache_status.encode()
         self.x_cache = cfg.x_cache
+        self.client_directives = cfg.client_directives
 
     @property
     def RESPONSE_BODY(self):  # noqa: N802 (the contract's name, per instance here)
@@ -181,7 +186,7 @@ class Filter(FilterBase):
                     authorized = True
                 elif lname == b"range":
                     ranged = True
-                elif req_cc is None:
+                elif req_cc is None and self.client_directives:
                     req_cc = rfc.request_directives(ctx.headers)
         st = _State(MISS, self.url_of(ctx))
         st.req_cc = req_cc or {}
@@ -189,6 +194,12 @@ class Filter(FilterBase):
         if self.extra:
             st.extra = tuple(part(ctx) for part in self.extra)
         self._vars(ctx, st)
+        if "no-store" in st.req_cc:
+            # §5.2.1.5: nothing of this exchange is stored; the client wants it from the
+            # origin, and gets it so.
+            st.kind = BYPASS
+            self._count("bypass")
+            return None
         return self._decide(ctx, st, not (authorized or ranged or method == _HEAD))
 
     def _vars(self, ctx, st):
@@ -391,7 +402,7 @@ class Filter(FilterBase):
     def _stale_allowed(self, st, entry, resp, now) -> bool:
         # §4.2.4: never when the response forbids stale use, nor when the client asked for
         # a validated answer (no-cache).
-        if entry.revalidate or "no-cache" in st.req_cc:
+        if entry.revalidate or entry.no_cache or "no-cache" in st.req_cc:
             return False
         staleness = entry.age_at(now) - entry.lifetime
         allowed = entry.sie  # RFC 5861 §4, the response's stale-if-error

@@ -230,9 +230,14 @@ def describe(status: int, headers: list, request_time: float, response_time: flo
     lm = field_values(headers, b"last-modified")
     s.last_modified = lm[0].strip(_OWS) if lm else None
     s.vary = vary_names(headers)
-    # §5.2.2.4 no-cache (qualified or not: a field-list form is treated as unqualified, which
-    # §5.2.2.4 allows): reuse only after validation.
-    s.no_cache = "no-cache" in cc
+    # §5.2.2.4 no-cache: reuse only after validation. Its qualified form (no-cache="a, b")
+    # only keeps the listed fields from being reused without validation; §5.2.2.7: a shared
+    # cache does not store the fields a qualified private lists. Both lists are left out of
+    # what is stored, and the rest is reused as usual.
+    s.no_cache = "no-cache" in cc and cc["no-cache"] is None
+    omit = field_names(cc.get("no-cache")) | field_names(cc.get("private"))
+    if omit:
+        s.headers = [(n, v) for n, v in s.headers if n.lower() not in omit]
     # §5.2.2.2 must-revalidate, §5.2.2.8 proxy-revalidate and §5.2.2.10 s-maxage (which
     # implies proxy-revalidate for a shared cache): never served stale.
     s.revalidate = "must-revalidate" in cc or "proxy-revalidate" in cc or "s-maxage" in cc
@@ -244,6 +249,14 @@ def describe(status: int, headers: list, request_time: float, response_time: flo
     s.secondary = ()
     s.expires_at = 0.0
     return s
+
+
+def field_names(value) -> frozenset:
+    """The field names of a qualified directive's list (``no-cache="a, b"``), lowercase."""
+    if not value:
+        return frozenset()
+    return frozenset(m.strip(" \t").lower().encode("latin-1") for m in value.split(",")
+                     if m.strip(" \t"))
 
 
 def _text(value):
@@ -292,8 +305,8 @@ def storable(status: int, cc: dict, headers: list, request_cc: dict,
         return False  # §5.2.2.5
     if "no-store" in request_cc:
         return False  # §5.2.1.5
-    if "private" in cc:
-        return False  # §5.2.2.7 (a field-list form is treated as unqualified)
+    if "private" in cc and cc["private"] is None:
+        return False  # §5.2.2.7 (the qualified form only withholds the fields it lists)
     if authorized and not ("public" in cc or "must-revalidate" in cc or "s-maxage" in cc):
         return False  # §3.5
     # §3: something that says it may be reused, or a status cacheable by default.
