@@ -554,20 +554,39 @@ class Filter(FilterBase):
         if n:
             self._count("invalidated")
 
-    def purge(self, kind: str, value: bytes) -> int:
-        """Admin purge: ``kind`` "url" (exact), "prefix" or "tag"; the number dropped."""
-        if kind == "url":
-            return int(self.store.pop(value))
-        if kind == "prefix":
-            return self.store.purge_prefix(value)
-        return self.store.purge_tag(value)
-
     def _count(self, outcome: str) -> None:
         self.events[outcome] = self.events.get(outcome, 0) + 1
 
     def _measure(self, worker, now: float) -> None:
         self.gauges["memory_bytes"] = self.store.size_bytes
         self.gauges["memory_objects"] = len(self.store)
+
+
+def purge(shared, kind: str, value: str) -> int:
+    """Drop what a purge names from every route's cache of this worker (the admin API's
+    POST /cache/purge, engine/control/purge.py): ``kind`` "url" (exact), "prefix" (of
+    ``scheme://host/path?query``) or "tag" (a surrogate key). A URL or prefix without a
+    scheme names both http and https. The number of URLs dropped."""
+    stores = [store for k, store in shared.items.items() if k[0] == "cache"]
+    if kind == "tag":
+        return sum([store.purge_tag(value.encode("latin-1")) for store in stores])
+    if "://" in value:
+        scheme, _, rest = value.partition("://")
+        targets = [scheme.lower() + "://" + _lower_host(rest)]
+    else:
+        targets = [s + "://" + _lower_host(value) for s in ("http", "https")]
+    n = 0
+    for target in targets:
+        raw = target.encode("latin-1")
+        for store in stores:
+            n += store.pop(raw) if kind == "url" else store.purge_prefix(raw)
+    return n
+
+
+def _lower_host(rest: str) -> str:
+    # The host part of "host/path?query" in lower case, as cache keys have it.
+    cut = min([i for i in (rest.find("/"), rest.find("?")) if i >= 0], default=len(rest))
+    return rest[:cut].lower() + rest[cut:]
 
 
 def _proxy_made(resp) -> bool:
