@@ -27,18 +27,23 @@ Time: ``clock`` below (wall seconds, as HTTP dates are); tests replace it.
 """
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
+
+import orjson
 
 from engine.chain.filter import CACHE, STREAM, Filter as FilterBase
 from engine.chain.keys import check_key_spec, compile_key, query_value
 from engine.chain.schema import Duration, Size, check_header_name, key
 from engine.errors import Response, error_response
 from engine.filters import cache_policy as rfc
-from engine.stores.cache import OVERHEAD, MemoryStore
+from engine.stores.cache import OVERHEAD, MemoryStore, RedisTier
+from engine.stores.redis import StoreUnavailable
 
 clock = time.time
+log = logging.getLogger("edgeproxy.cache")
 
 METRICS = {
     "cache": ("edgeproxy_cache_requests_total", "outcome",
@@ -106,6 +111,10 @@ class Config:
     cache_status: str = key("edgeproxy", "this cache's name in the Cache-Status field "
                                          '(RFC 9211); "" sends none')
     x_cache: bool = key(False, "also send X-Cache: HIT, MISS, STALE, REVALIDATED or BYPASS")
+    store: str = key("memory", '"memory" (each worker its own) or "redis": also kept in '
+                               "the shared Redis, for every worker and instance (a memory "
+                               "hit never asks Redis; Redis down: a miss)",
+                     choices=("memory", "redis"))
     client_directives: bool = key(True, "honour the client's Cache-Control (no-cache, "
                                         "no-store, max-age, min-fresh, max-stale, "
                                         "only-if-cached) and Pragma; off: clients cannot "
@@ -116,7 +125,7 @@ class _State:
     """One request's cache state, in ctx.vars["cache"]."""
 
     __slots__ = ("kind", "url", "extra", "fwd", "req_cc", "authorized", "request_time",
-                 "flight", "pending", "stale")
+                 "flight", "pending", "stale", "checked")
 
     def __init__(self, kind, url=None):
         self.kind = kind
@@ -129,13 +138,14 @@ class _State:
         self.flight = None  # this request leads a collapsed miss: the waiters' future
         self.pending = None  # the response being stored (a Stored without its body yet)
         self.stale = None  # a stale response that a failed forward may still fall back on
+        self.checked = False  # the Redis tier was asked
 
 
 class Filter(FilterBase):
     __slots__ = ("store", "flights", "refreshing", "events", "gauges", "max_object",
                  "max_variants", "extra", "query_args", "heuristic_max", "keep_stale",
                  "unreachable", "lock_timeout", "set_cookie", "tag_header", "status_name",
-                 "x_cache", "client_directives")
+                 "x_cache", "client_directives", "tier", "writes")
     PHASE = CACHE
 
     def __init__(self, cfg: Config, build):
@@ -162,6 +172,11 @@ class Filter(FilterBase):
         self.status_name = cfg.cache_status.encode()
         self.x_cache = cfg.x_cache
         self.client_directives = cfg.client_directives
+        self.tier = None
+        if cfg.store == "redis":
+            self.tier = shared.keep(("cache-tier", build.route, shared.redis),
+                                    lambda: RedisTier(shared.redis, build.route))
+        self.writes = shared.keep(("cache-writes",), set)  # Redis writes in flight
 
     @property
     def RESPONSE_BODY(self):  # noqa: N802 (the contract's name, per instance here)
@@ -241,6 +256,8 @@ class Filter(FilterBase):
                 if flight is not None:
                     return self._wait(ctx, st, flight)
                 st.flight = self.flights[st.url] = ctx.worker.loop.create_future()
+            if self.tier is not None and not st.checked and not variants:
+                return self._from_redis(ctx, st)
             self._count("miss")
             st.request_time = now
             return None
@@ -278,6 +295,28 @@ class Filter(FilterBase):
         if collapse and st.url in self.flights:
             return self._wait(ctx, st, self.flights[st.url])
         return self._revalidate(ctx, st, variants, entry, collapse)
+
+    async def _from_redis(self, ctx, st):
+        # A memory miss asks the shared tier once; what it holds fills this worker's memory.
+        st.checked = True
+        try:
+            raw = await self.tier.get(st.url)
+        except StoreUnavailable:
+            raw = None  # Redis down: a miss, and the upstream answers
+        if raw:
+            now = clock()
+            try:
+                variants = unpack(raw, self.heuristic_max)
+            except (ValueError, KeyError, IndexError, TypeError):
+                variants = None  # not ours, or from an older layout: a miss
+            if variants:
+                self._put(st.url, None, now, variants, False)
+        answer = self._decide(ctx, st, False)
+        if answer is None or isinstance(answer, Response):
+            if answer is not None:
+                self._land(st)
+            return answer
+        return await answer
 
     def _select(self, variants, headers, extra):
         # §4.1: the newest stored response whose Vary fields match the request's.
@@ -515,10 +554,12 @@ class Filter(FilterBase):
             stored.tags = tuple(tags)
         return stored
 
-    def _put(self, url, stored, now):
+    def _put(self, url, stored, now, variants=None, shared=True):
         """Store ``stored`` among the URL's variants (None: re-store them as they are, after
-        a freshening), newest first."""
-        variants = self.store.get(url, now) or []
+        a freshening), newest first; also in the Redis tier unless ``shared`` is False.
+        ``variants``: the URL's variants as the Redis tier had them."""
+        if variants is None:
+            variants = self.store.get(url, now) or []
         if stored is not None:
             stored.size = OVERHEAD + len(stored.body) + sum(
                 [len(n) + len(v) for n, v in stored.headers])
@@ -532,12 +573,18 @@ class Filter(FilterBase):
             left = e.lifetime - e.age_at(now)
             keep = max(keep, left + max(self.keep_stale, e.swr, e.sie, self.unreachable))
             tags.update(e.tags)
-        self.store.put(url, variants, sum([e.size for e in variants]), now, max(keep, 1.0),
-                       tags)
+        ttl = max(keep, 1.0)
+        self.store.put(url, variants, sum([e.size for e in variants]), now, ttl, tags)
+        if self.tier is not None and shared:
+            self._write(self.tier.put(url, pack(variants), ttl, tags), url)
+
+    def _write(self, coro, url):
+        # Redis writes go in the background: the answer never waits for the shared tier.
+        _background(self.writes, coro, url)
 
     def _invalidate(self, ctx, url, headers):
         # §4.4: the target URI, and Location / Content-Location when same-origin.
-        n = self.store.pop(url)
+        n = self._drop(url)
         base = url.decode("latin-1")
         origin = urlsplit(base)
         for lname in (b"location", b"content-location"):
@@ -547,12 +594,17 @@ class Filter(FilterBase):
                 except ValueError:
                     continue
                 if (target.scheme, target.netloc.lower()) == (origin.scheme, origin.netloc):
-                    n += self.store.pop(self.url(
+                    n += self._drop(self.url(
                         target.scheme.encode(), target.netloc.lower().encode("latin-1"),
                         (target.path or "/").encode("latin-1"),
                         b"?" + target.query.encode("latin-1") if target.query else b""))
         if n:
             self._count("invalidated")
+
+    def _drop(self, url) -> int:
+        if self.tier is not None:
+            self._write(self.tier.pop(url), url)
+        return int(self.store.pop(url))
 
     def _count(self, outcome: str) -> None:
         self.events[outcome] = self.events.get(outcome, 0) + 1
@@ -568,8 +620,13 @@ def purge(shared, kind: str, value: str) -> int:
     ``scheme://host/path?query``) or "tag" (a surrogate key). A URL or prefix without a
     scheme names both http and https. The number of URLs dropped."""
     stores = [store for k, store in shared.items.items() if k[0] == "cache"]
+    tiers = [tier for k, tier in shared.items.items() if k[0] == "cache-tier"]
+    writes = shared.keep(("cache-writes",), set)
     if kind == "tag":
-        return sum([store.purge_tag(value.encode("latin-1")) for store in stores])
+        raw = value.encode("latin-1")
+        for tier in tiers:
+            _background(writes, tier.purge_tag(raw), value)
+        return sum([store.purge_tag(raw) for store in stores])
     if "://" in value:
         scheme, _, rest = value.partition("://")
         targets = [scheme.lower() + "://" + _lower_host(rest)]
@@ -580,7 +637,24 @@ def purge(shared, kind: str, value: str) -> int:
         raw = target.encode("latin-1")
         for store in stores:
             n += store.pop(raw) if kind == "url" else store.purge_prefix(raw)
+        for tier in tiers:
+            _background(writes, tier.pop(raw) if kind == "url" else tier.purge_prefix(raw),
+                        target)
     return n
+
+
+def _background(tasks, coro, what) -> None:
+    task = asyncio.get_running_loop().create_task(_quietly(coro, what))
+    tasks.add(task)
+    task.add_done_callback(tasks.discard)
+
+
+async def _quietly(coro, what):
+    try:
+        await coro
+    except StoreUnavailable as exc:
+        # The memory tier is right; the shared copy ages out at its TTL.
+        log.warning("cache: Redis tier not updated for %s: %s", what, exc)
 
 
 def _lower_host(rest: str) -> str:
@@ -598,3 +672,36 @@ def _proxy_made(resp) -> bool:
 def _too_large(resp) -> bool:
     return (resp.status == 502 and _proxy_made(resp)
             and b"the sub-request's answer is too large" in resp.body)
+
+
+# -- the Redis tier's value: a URL's variants (engine/stores/cache.py describes the layout)
+
+def pack(variants) -> bytes:
+    head = orjson.dumps([
+        [e.status, [[n.decode("latin-1"), v.decode("latin-1")] for n, v in e.headers],
+         e.request_time, e.response_time, list(e.secondary[0]),
+         [None if v is None else v.decode("latin-1") for v in e.secondary[1]],
+         [t.decode("latin-1") for t in e.tags], len(e.body)]
+        for e in variants])
+    return len(head).to_bytes(4, "big") + head + b"".join([e.body for e in variants])
+
+
+def unpack(raw: bytes, heuristic_max: float) -> list:
+    n = int.from_bytes(raw[:4], "big")
+    pos = 4 + n
+    out = []
+    for status, headers, request_time, response_time, extra, vary, tags, size in \
+            orjson.loads(raw[4:pos]):
+        headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+        e = rfc.describe(status, headers, request_time, response_time, response_time,
+                         heuristic_max)
+        e.body = raw[pos:pos + size]
+        if len(e.body) != size:
+            raise ValueError("truncated")
+        pos += size
+        e.secondary = (tuple(extra), tuple(None if v is None else v.encode("latin-1")
+                                           for v in vary))
+        e.tags = tuple(t.encode("latin-1") for t in tags)
+        e.size = OVERHEAD + size + sum([len(k) + len(v) for k, v in headers])
+        out.append(e)
+    return out

@@ -72,3 +72,87 @@ class MemoryStore:
             else:
                 del self.tags[tag]
         self.prune_at = max(1024, 2 * len(self.keys))
+
+
+# -- the Redis tier, shared by every worker and instance
+#
+# One string per URL and route: <prefix>{cache:<route>:<url>}, holding the URL's variants as
+# a 4-byte length, an orjson head (each variant's status, headers, times, secondary key,
+# tags, body length) and the raw bodies after it, so bodies are stored as they are, binary
+# and unencoded. A tag is a set of such keys: <prefix>{cachetag:<route>:<tag>}.
+
+_GET = "return redis.call('GET', KEYS[1])"
+
+_PUT = """
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+for i = 3, #ARGV do
+  local tag = ARGV[i]
+  redis.call('SADD', tag, KEYS[1])
+  if redis.call('PTTL', tag) < tonumber(ARGV[2]) then redis.call('PEXPIRE', tag, ARGV[2]) end
+end
+return 1
+"""
+
+_DEL = "return redis.call('DEL', KEYS[1])"
+
+_PURGE_TAG = """
+local keys = redis.call('SMEMBERS', KEYS[1])
+local n = 0
+for _, k in ipairs(keys) do n = n + redis.call('DEL', k) end
+redis.call('DEL', KEYS[1])
+return n
+"""
+
+# One SCAN step: the keys of this cursor's batch that start with the prefix are dropped.
+_PURGE_PREFIX = """
+local r = redis.call('SCAN', ARGV[1], 'MATCH', ARGV[2], 'COUNT', 1000)
+for _, k in ipairs(r[2]) do redis.call('DEL', k) end
+return {r[1], #r[2]}
+"""
+
+
+def _ms(seconds: float) -> int:
+    return max(int(seconds * 1000), 1)
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+class RedisTier:
+    """A route's responses in the shared Redis (engine.stores.redis.RedisStore). Values are
+    opaque bytes here (the cache filter packs them). Every call may raise
+    engine.stores.redis.StoreUnavailable."""
+
+    def __init__(self, redis, route: str):
+        self.redis = redis
+        self.route = route
+
+    def key(self, url: bytes) -> str:
+        return self.redis.key(f"cache:{self.route}:{url.decode('latin-1')}")
+
+    def tag_key(self, tag: bytes) -> str:
+        return self.redis.key(f"cachetag:{self.route}:{tag.decode('latin-1')}")
+
+    async def get(self, url: bytes):
+        return await self.redis.run(_GET, [self.key(url)], [])
+
+    async def put(self, url: bytes, value: bytes, ttl: float, tags=()) -> None:
+        await self.redis.run(_PUT, [self.key(url)],
+                             [value, _ms(ttl), *[self.tag_key(t) for t in tags]])
+
+    async def pop(self, url: bytes) -> int:
+        return int(await self.redis.run(_DEL, [self.key(url)], []))
+
+    async def purge_tag(self, tag: bytes) -> int:
+        return int(await self.redis.run(_PURGE_TAG, [self.tag_key(tag)], []))
+
+    async def purge_prefix(self, prefix: bytes) -> int:
+        # The key without its closing "}" (see RedisStore.key), then anything.
+        pattern = _glob_escape(self.key(prefix)[:-1]) + "*"
+        cursor, n = b"0", 0
+        while True:
+            cursor, dropped = await self.redis.run(_PURGE_PREFIX, [], [cursor, pattern])
+            n += int(dropped)
+            if cursor in (b"0", 0):
+                return n
