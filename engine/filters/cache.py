@@ -39,7 +39,7 @@ from engine.chain.keys import check_key_spec, compile_key, query_value
 from engine.chain.schema import Duration, Size, check_header_name, key
 from engine.errors import Response, error_response
 from engine.filters import cache_policy as rfc
-from engine.stores.cache import OVERHEAD, MemoryStore, RedisTier
+from engine.stores.cache import OVERHEAD, Marks, MemoryStore, RedisTier
 from engine.stores.redis import StoreUnavailable
 
 clock = time.time
@@ -64,9 +64,15 @@ _NOT_FORWARDED = frozenset((b"if-none-match", b"if-modified-since", b"if-match",
                             b"connection", b"keep-alive", b"te", b"upgrade",
                             b"proxy-connection", b"proxy-authorization", b"content-length",
                             b"transfer-encoding", b"expect"))
-_LOOKUP = frozenset((b"cache-control", b"pragma", b"authorization", b"range"))
+_LOOKUP = frozenset((b"cache-control", b"pragma", b"authorization", b"range",
+                     b"if-none-match", b"if-modified-since"))
+# How long a URL whose last answer could not be stored is not collapsed: its concurrent
+# requests go upstream together instead of queueing behind each other (Varnish's
+# "hit-for-miss"); one that turns storable is still stored meanwhile.
+UNCOLLAPSED_TTL = 30.0
 
 HIT, MISS, BYPASS, UNSAFE = 1, 2, 3, 4
+_NONE = {}  # no request directives (never written to)
 
 
 def _query_args(values):
@@ -125,7 +131,7 @@ class _State:
     """One request's cache state, in ctx.vars["cache"]."""
 
     __slots__ = ("kind", "url", "extra", "fwd", "req_cc", "authorized", "request_time",
-                 "flight", "pending", "stale", "checked")
+                 "flight", "pending", "stale", "checked", "conditional")
 
     def __init__(self, kind, url=None):
         self.kind = kind
@@ -139,13 +145,14 @@ class _State:
         self.pending = None  # the response being stored (a Stored without its body yet)
         self.stale = None  # a stale response that a failed forward may still fall back on
         self.checked = False  # the Redis tier was asked
+        self.conditional = False  # If-None-Match / If-Modified-Since: maybe a 304
 
 
 class Filter(FilterBase):
     __slots__ = ("store", "flights", "refreshing", "events", "gauges", "max_object",
                  "max_variants", "extra", "query_args", "heuristic_max", "keep_stale",
                  "unreachable", "lock_timeout", "set_cookie", "tag_header", "status_name",
-                 "x_cache", "client_directives", "tier", "writes")
+                 "x_cache", "client_directives", "tier", "writes", "uncollapsed")
     PHASE = CACHE
 
     def __init__(self, cfg: Config, build):
@@ -154,6 +161,8 @@ class Filter(FilterBase):
         self.store = shared.keep(("cache", build.route, cfg.memory_size),
                                  lambda: MemoryStore(cfg.memory_size))
         self.flights = shared.keep(("cache-flights", build.route), dict)  # url -> Future
+        self.uncollapsed = shared.keep(("cache-uncollapsed", build.route),
+                                       lambda: Marks(16384))
         self.refreshing = shared.keep(("cache-refreshing", build.route), set)
         self.events = build.counter("cache")
         self.gauges = build.counter("cache_store")
@@ -193,7 +202,7 @@ class Filter(FilterBase):
                 self._vars(ctx, st)
             return None
         req_cc = None
-        authorized = ranged = False
+        authorized = ranged = conditional = False
         for name, _ in ctx.headers:
             lname = name.lower()
             if lname in _LOOKUP:
@@ -201,11 +210,14 @@ class Filter(FilterBase):
                     authorized = True
                 elif lname == b"range":
                     ranged = True
+                elif lname[0] == 105:  # if-...
+                    conditional = True
                 elif req_cc is None and self.client_directives:
                     req_cc = rfc.request_directives(ctx.headers)
         st = _State(MISS, self.url_of(ctx))
-        st.req_cc = req_cc or {}
+        st.req_cc = req_cc or _NONE
         st.authorized = authorized
+        st.conditional = conditional
         if self.extra:
             st.extra = tuple(part(ctx) for part in self.extra)
         self._vars(ctx, st)
@@ -251,7 +263,7 @@ class Filter(FilterBase):
                 st.fwd = b"vary-miss"
             if "only-if-cached" in req_cc:
                 return self._gateway_timeout(ctx)  # §5.2.1.7
-            if collapse:
+            if collapse and not self.uncollapsed.has(st.url, now):
                 flight = self.flights.get(st.url)
                 if flight is not None:
                     return self._wait(ctx, st, flight)
@@ -263,6 +275,9 @@ class Filter(FilterBase):
             return None
         age = entry.age_at(now)
         left = entry.lifetime - age
+        if not req_cc and left > 0 and not entry.no_cache:
+            self._count("hit")  # the common case, without the request directives' checks
+            return self.answer(ctx, entry, now, age, b"hit; ttl=%d" % int(left), b"HIT")
         validate = "no-cache" in req_cc or entry.no_cache  # §5.2.1.4, §5.2.2.4
         if not validate and "max-age" in req_cc:
             limit = rfc.delta_seconds(req_cc["max-age"])  # §5.2.1.1
@@ -327,7 +342,7 @@ class Filter(FilterBase):
                 return entry
         return None
 
-    def answer(self, ctx, entry, now, age, status, x_cache, fwd_status=None):
+    def answer(self, ctx, entry, now, age, status, x_cache):
         """A stored response as the answer, or a 304 when the client's conditional says
         it has it (RFC 9110 §13.2.2)."""
         tail = [(b"Age", b"%d" % min(int(age), rfc.DELTA_MAX))]
@@ -337,7 +352,7 @@ class Filter(FilterBase):
             tail.append((b"X-Cache", x_cache))
         st = ctx.vars["cache"]
         st.kind = HIT
-        if rfc.not_modified(entry, ctx.headers, now):
+        if st.conditional and rfc.not_modified(entry, ctx.headers, now):
             return Response(304, [h for h in entry.headers
                                   if h[0].lower() in rfc.NOT_MODIFIED_FIELDS] + tail, b"")
         return Response(entry.status, entry.headers + tail, entry.body)
@@ -433,7 +448,7 @@ class Filter(FilterBase):
             tail.append((b"X-Cache", b"MISS"))
         if stored is not None:
             self._count("stored")
-            if rfc.not_modified(stored, ctx.headers, now):
+            if st.conditional and rfc.not_modified(stored, ctx.headers, now):
                 return Response(304, [h for h in stored.headers
                                       if h[0].lower() in rfc.NOT_MODIFIED_FIELDS] + tail, b"")
         return Response(resp.status, resp.headers + tail, resp.body)
@@ -499,7 +514,8 @@ class Filter(FilterBase):
             if pending is not None:
                 st.pending = pending
                 stored = True
-        if not stored:
+        if not stored and st.kind == MISS and ctx.method == _GET:
+            self.uncollapsed.mark(st.url, clock(), UNCOLLAPSED_TTL)
             self._land(st)  # requests waiting on this one go upstream now, not at its end
         if self.status_name:
             fwd = b"bypass" if st.kind == BYPASS else st.fwd

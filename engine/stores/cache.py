@@ -74,6 +74,21 @@ class MemoryStore:
         self.prune_at = max(1024, 2 * len(self.keys))
 
 
+class Marks:
+    """Keys marked for a while: at most ``n``, the oldest forgotten first."""
+
+    __slots__ = ("lru",)
+
+    def __init__(self, n: int):
+        self.lru = LruCache(n * 64, n)
+
+    def mark(self, key, now: float, ttl: float) -> None:
+        self.lru.set(key, True, 64, now, ttl)
+
+    def has(self, key, now: float) -> bool:
+        return self.lru.get(key, now) is not None
+
+
 # -- the Redis tier, shared by every worker and instance
 #
 # One string per URL and route: <prefix>{cache:<route>:<url>}, holding the URL's variants as
