@@ -131,7 +131,7 @@ class _State:
     """One request's cache state, in ctx.vars["cache"]."""
 
     __slots__ = ("kind", "url", "extra", "fwd", "req_cc", "authorized", "request_time",
-                 "flight", "pending", "stale", "checked", "conditional")
+                 "flight", "pending", "stale", "checked", "conditional", "collapsed")
 
     def __init__(self, kind, url=None):
         self.kind = kind
@@ -146,6 +146,7 @@ class _State:
         self.stale = None  # a stale response that a failed forward may still fall back on
         self.checked = False  # the Redis tier was asked
         self.conditional = False  # If-None-Match / If-Modified-Since: maybe a 304
+        self.collapsed = False  # it waited for another request's answer
 
 
 class Filter(FilterBase):
@@ -345,12 +346,14 @@ class Filter(FilterBase):
     def answer(self, ctx, entry, now, age, status, x_cache):
         """A stored response as the answer, or a 304 when the client's conditional says
         it has it (RFC 9110 §13.2.2)."""
+        st = ctx.vars["cache"]
+        if st.collapsed and status[:3] == b"hit":
+            status = b"fwd=uri-miss; collapsed" + status[3:]  # RFC 9211 §2.5
         tail = [(b"Age", b"%d" % min(int(age), rfc.DELTA_MAX))]
         if self.status_name:
             tail.append((b"Cache-Status", self.status_name + b"; " + status))
         if self.x_cache:
             tail.append((b"X-Cache", x_cache))
-        st = ctx.vars["cache"]
         st.kind = HIT
         if st.conditional and rfc.not_modified(entry, ctx.headers, now):
             return Response(304, [h for h in entry.headers
@@ -368,6 +371,7 @@ class Filter(FilterBase):
             await asyncio.wait_for(asyncio.shield(flight), self.lock_timeout)
         except TimeoutError:
             pass
+        st.collapsed = True
         answer = self._decide(ctx, st, False)
         if isinstance(answer, Response):
             if st.kind == HIT:
