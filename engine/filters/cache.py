@@ -28,6 +28,7 @@ Time: ``clock`` below (wall seconds, as HTTP dates are); tests replace it.
 
 import asyncio
 import logging
+import re
 import time
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
@@ -82,6 +83,14 @@ def _query_args(values):
     return values
 
 
+def _cache_name(value):
+    # RFC 9211 §2: the cache's name is an sf-token (or sf-string); a token keeps it plain.
+    if value and not re.fullmatch(r"[A-Za-z*][A-Za-z0-9!#$%&'*+.^_`|~:/-]*", value):
+        raise ValueError("must be a token (letters, digits, and !#$%&'*+-.^_`|~:/), "
+                         'e.g. "edge-1", or "" for no Cache-Status')
+    return value
+
+
 def _key_parts(parts):
     return check_key_spec(parts) if parts else parts
 
@@ -115,7 +124,7 @@ class Config:
                                                             "tags a purge by tag drops",
                                            check=lambda v: v and check_header_name(v))
     cache_status: str = key("edgeproxy", "this cache's name in the Cache-Status field "
-                                         '(RFC 9211); "" sends none')
+                                         '(RFC 9211); "" sends none', check=_cache_name)
     x_cache: bool = key(False, "also send X-Cache: HIT, MISS, STALE, REVALIDATED or BYPASS")
     store: str = key("memory", '"memory" (each worker its own) or "redis": also kept in '
                                "the shared Redis, for every worker and instance (a memory "
@@ -306,7 +315,9 @@ class Filter(FilterBase):
                                        b"STALE")
         if "only-if-cached" in req_cc:
             return self._gateway_timeout(ctx)
-        st.fwd = b"request" if "no-cache" in req_cc else b"stale"
+        # RFC 9211 §2.2: "request" when a fresh response was passed over for the request's
+        # sake (no-cache, max-age, min-fresh), "stale" when it had to be validated anyway.
+        st.fwd = b"request" if left > 0 and not entry.no_cache else b"stale"
         st.stale = entry
         if collapse and st.url in self.flights:
             return self._wait(ctx, st, self.flights[st.url])
@@ -435,8 +446,10 @@ class Filter(FilterBase):
                 return self.answer(ctx, fresh, now, fresh.age_at(now),
                                    b"fwd=%s; fwd-status=304" % st.fwd, b"REVALIDATED")
         if resp.status == 304 or _too_large(resp):
-            # The 304 selects nothing we hold (§4.3.4), or the new body is over the cap:
-            # the request goes upstream as it came, uncached.
+            # The 304 selects nothing we hold (§4.3.4), or the new body is over the cap (and
+            # what we hold is outdated): the request goes upstream as it came, uncached.
+            if resp.status != 304:
+                self._drop(url)
             st.kind = BYPASS
             return None
         if resp.status >= 500 and self._stale_allowed(st, entry, resp, now):
@@ -518,8 +531,10 @@ class Filter(FilterBase):
             if pending is not None:
                 st.pending = pending
                 stored = True
-        if not stored and st.kind == MISS and ctx.method == _GET:
-            self.uncollapsed.mark(st.url, clock(), UNCOLLAPSED_TTL)
+        if not stored:
+            if st.kind == MISS and ctx.method == _GET and resp.body is None:
+                # (the upstream's answer: the proxy's own 502 says nothing of the URL)
+                self.uncollapsed.mark(st.url, clock(), UNCOLLAPSED_TTL)
             self._land(st)  # requests waiting on this one go upstream now, not at its end
         if self.status_name:
             fwd = b"bypass" if st.kind == BYPASS else st.fwd

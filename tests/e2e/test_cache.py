@@ -8,6 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from engine.chain.schema import ConfigError
+from engine.control.config import parse
 from engine.filters import cache as cache_module
 from tests.support.client import Conn
 from tests.support.e2e import proxy_config, wait_until
@@ -181,6 +183,18 @@ def test_a_body_over_the_object_cap_streams_and_is_not_kept(setup):
     assert get(proxy.port, "/big").body == big
     assert get(proxy.port, "/big").body == big
     assert script.count("/big") == 2
+
+
+def test_an_object_grown_past_the_cap_is_relayed_whole_and_dropped(setup, clock):
+    proxy, script, _ = setup('max_object_size = "1k"')
+    script["/grow"] = (200, [(b"Cache-Control", b"max-age=1"), (b"ETag", b'"1"')], b"small")
+    get(proxy.port, "/grow")
+    clock.advance(5)
+    big = b"b" * 4000
+    script["/grow"] = (200, [(b"Cache-Control", b"max-age=100"), (b"ETag", b'"2"')], big)
+    assert get(proxy.port, "/grow").body == big  # the revalidation was too large: relayed
+    assert get(proxy.port, "/grow").body == big  # nothing stale left to revalidate
+    assert script.count("/grow") == 4
 
 
 # -- requests with Authorization (§3.5) and request directives (§5.2.1)
@@ -424,3 +438,22 @@ def test_location_and_content_location_are_invalidated(setup):
     for path in ("/loc", "/cloc", "/other"):
         get(proxy.port, path)
     assert [script.count(p) for p in ("/loc", "/cloc", "/other")] == [2, 2, 1]
+
+
+# -- config
+
+@pytest.mark.parametrize("line,path,words", [
+    pytest.param('store = "redis"', "routes[0].cache.store", "no [redis] table", id="redis"),
+    pytest.param("max_object_size = 0", "routes[0].cache.max_object_size", "at least 1",
+                 id="object-size"),
+    pytest.param('key_parts = ["bogus"]', "routes[0].cache.key_parts", "not a key part",
+                 id="key-parts"),
+    pytest.param('cache_status = "two words"', "routes[0].cache.cache_status", "token",
+                 id="cache-status-name"),
+    pytest.param('surrogate_key_header = "Bad Header"', "routes[0].cache.surrogate_key_header",
+                 "", id="tag-header"),
+])
+def test_a_bad_cache_config_names_its_key(line, path, words):
+    with pytest.raises(ConfigError) as err:
+        parse(proxy_config("http://127.0.0.1:1", route=f"[routes.cache]\n{line}"))
+    assert any(p == path and words in m for p, m in err.value.errors), err.value.errors
