@@ -1,10 +1,11 @@
 """The admin API: a small JSON-over-HTTP server in the supervisor, on its own listener.
 
 Endpoints: ``GET /status``, ``GET /routes``, ``GET /upstreams``, ``GET /config`` (secrets
-redacted), ``GET /metrics`` (Prometheus text), ``POST /reload`` and ``POST /cache/purge``. It is the control plane:
-the stdlib threaded HTTP server is enough, and it never touches the workers' event loops. Live
-figures (connections, pools, counters) come from the snapshots the workers write to the run
-directory about once a second, summed here.
+redacted), ``GET /metrics`` (Prometheus text), ``POST /reload`` and ``POST /cache/purge``.
+It is the control plane: the stdlib threaded HTTP server is enough, and it never touches the
+workers' event loops. Live figures (connections, pools, counters) come from the snapshots the
+workers write to the run directory about once a second, summed here; a cache purge is
+published there too, and the workers are signalled (engine/control/purge.py).
 
 When ``admin.token`` is set every request needs ``Authorization: Bearer <token>``; the config
 refuses a non-loopback ``admin.listen`` without one.
