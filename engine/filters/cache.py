@@ -72,7 +72,7 @@ _LOOKUP = frozenset((b"cache-control", b"pragma", b"authorization", b"range",
 # "hit-for-miss"); one that turns storable is still stored meanwhile.
 UNCOLLAPSED_TTL = 30.0
 
-HIT, MISS, BYPASS, UNSAFE = 1, 2, 3, 4
+HIT, MISS, BYPASS, UNSAFE, HEAD_FORWARD = 1, 2, 3, 4, 5
 _NONE = {}  # no request directives (never written to)
 
 
@@ -319,6 +319,11 @@ class Filter(FilterBase):
         # sake (no-cache, max-age, min-fresh), "stale" when it had to be validated anyway.
         st.fwd = b"request" if left > 0 and not entry.no_cache else b"stale"
         st.stale = entry
+        if ctx.method == _HEAD:
+            # §4.3.5: a HEAD goes upstream as a HEAD; its answer may freshen the stored GET.
+            st.kind = HEAD_FORWARD
+            st.request_time = now
+            return None
         if collapse and st.url in self.flights:
             return self._wait(ctx, st, self.flights[st.url])
         return self._revalidate(ctx, st, variants, entry, collapse)
@@ -524,6 +529,9 @@ class Filter(FilterBase):
             if 200 <= status < 400:
                 self._invalidate(ctx, st.url, resp.headers)
             return
+        if st.kind == HEAD_FORWARD:
+            if self._head_answer(ctx, st, resp):
+                return
         stored = False
         if st.kind == MISS and resp.body is None and ctx.method == _GET:
             pending = self._storable(status, resp.headers, (st.extra, ()), ctx,
@@ -543,6 +551,27 @@ class Filter(FilterBase):
                                                        b"; stored" if stored else b"")))
         if self.x_cache:
             resp.headers.append((b"X-Cache", b"BYPASS" if st.kind == BYPASS else b"MISS"))
+
+    def _head_answer(self, ctx, st, resp) -> bool:
+        """A HEAD forwarded for a stale stored GET: a 200 whose validators match freshens
+        the stored fields (§4.3.5); when no server answered, the stale response may answer
+        (as for a revalidation). True when the answer became the stored one."""
+        entry = st.stale
+        now = clock()
+        if resp.body is None:
+            if resp.status == 200 and rfc.validator_matches(entry, resp.headers):
+                entry.freshen(resp.headers, st.request_time, now, now, self.heuristic_max)
+                self._put(st.url, None, now)
+                self._count("revalidated")
+            return False
+        if resp.status >= 500 and self._stale_allowed(st, entry, resp, now):
+            # The proxy's own error (a local answer, so it may be replaced whole).
+            answer = self.answer(ctx, entry, now, entry.age_at(now),
+                                 b"fwd=%s; fwd-status=%d" % (st.fwd, resp.status), b"STALE")
+            resp.status, resp.headers, resp.body = answer.status, answer.headers, answer.body
+            self._count("stale")
+            return True
+        return False
 
     def on_response_body(self, ctx, body):
         vars_ = ctx.vars
@@ -698,10 +727,17 @@ def _lower_host(rest: str) -> str:
     return rest[:cut].lower() + rest[cut:]
 
 
+_NO_SERVER = frozenset(("bad_gateway", "upstream_unavailable", "gateway_timeout"))
+
+
 def _proxy_made(resp) -> bool:
-    # The proxy's own 502/503/504 from ctx.fetch (no server answered): its JSON error.
-    return resp.status in (502, 503, 504) and resp.body[:9] == b'{"error":' and len(
-        resp.headers) == 1
+    # The proxy's own 502/503/504 (engine/errors.py): no upstream server answered.
+    if resp.status not in (502, 503, 504) or not resp.body or resp.body[:10] != b'{"error":{':
+        return False
+    try:
+        return orjson.loads(resp.body)["error"]["code"] in _NO_SERVER
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return False
 
 
 def _too_large(resp) -> bool:

@@ -40,7 +40,24 @@ _TCHAR = frozenset(b"!#$%&'*+-.^_`|~0123456789"
 _OWS = b" \t"
 
 
+_PARSED = {}  # one Cache-Control line -> its directives; origins repeat the same few lines
+_PARSED_MAX = 512
+
+
 def parse_directives(values) -> dict:
+    """``parse_directives_uncached``, remembered for single lines. The dict returned is
+    shared: callers only read it."""
+    if len(values) == 1:
+        got = _PARSED.get(values[0])
+        if got is None:
+            if len(_PARSED) >= _PARSED_MAX:
+                _PARSED.clear()
+            got = _PARSED[values[0]] = parse_directives_uncached(values)
+        return got
+    return parse_directives_uncached(values)
+
+
+def parse_directives_uncached(values) -> dict:
     """Cache-Control field lines (§5.2) as {lowercase name: value or None}.
 
     The grammar is RFC 9110 §5.6.2/§5.6.4: ``token [ "=" ( token / quoted-string ) ]``, comma

@@ -197,6 +197,20 @@ def test_an_object_grown_past_the_cap_is_relayed_whole_and_dropped(setup, clock)
     assert script.count("/grow") == 4
 
 
+def test_a_head_for_a_stale_response_goes_upstream_as_head_and_freshens_it(setup, clock):
+    # RFC 9111 §4.3.5
+    proxy, script, _ = setup()
+    script["/hh"] = (200, [(b"Cache-Control", b"max-age=1"), (b"Template-A", b"1")], b"full")
+    get(proxy.port, "/hh")
+    clock.advance(5)
+    script["/hh"] = (200, [(b"Cache-Control", b"max-age=1000"), (b"Template-A", b"2")], b"x")
+    r = get(proxy.port, "/hh", method="HEAD")
+    assert r.status == 200 and script.seen["/hh"][1].method == b"HEAD"
+    r = get(proxy.port, "/hh")
+    assert r.header(b"x-cache") == b"HIT" and r.body == b"full"
+    assert r.header(b"template-a") == b"2" and script.count("/hh") == 2
+
+
 # -- requests with Authorization (§3.5) and request directives (§5.2.1)
 
 def test_authorization_needs_the_response_to_allow_sharing(setup):

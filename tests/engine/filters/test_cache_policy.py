@@ -26,7 +26,9 @@ DATE = b"Mon, 01 Jun 2026 12:00:00 GMT"
     pytest.param([b'x="unterminated, max-age=5'], {}, id="unterminated-quote"),
 ])
 def test_parse_directives(lines, expected):
+    assert rfc.parse_directives_uncached(lines) == expected
     assert rfc.parse_directives(lines) == expected
+    assert rfc.parse_directives(lines) == expected  # remembered
 
 
 @pytest.mark.parametrize("value,expected", [
