@@ -224,7 +224,22 @@ class Filter(FilterBase):
                     conditional = True
                 elif req_cc is None and self.client_directives:
                     req_cc = rfc.request_directives(ctx.headers)
-        st = _State(MISS, self.url_of(ctx))
+        url = self.url_of(ctx)
+        if not (req_cc or authorized or self.extra):
+            # The common case first: a fresh hit, answered without any per-request state
+            # (the response hooks then find none and do nothing).
+            now = clock()
+            variants = self.store.get(url, now)
+            if variants:
+                entry = self._select(variants, ctx.headers, ())
+                if entry is not None and not entry.no_cache:
+                    age = entry.age_at(now)
+                    left = entry.lifetime - age
+                    if left > 0:
+                        self._count("hit")
+                        return self._reply(ctx, entry, now, age, b"hit; ttl=%d" % int(left),
+                                           b"HIT", conditional, False)
+        st = _State(MISS, url)
         st.req_cc = req_cc or _NONE
         st.authorized = authorized
         st.conditional = conditional
@@ -247,6 +262,9 @@ class Filter(FilterBase):
 
     def url_of(self, ctx) -> bytes:
         host = ctx.host.lower() if ctx.host else b""
+        if self.query_args is None:
+            return b"%s://%s%s%s" % (ctx.stream.scheme, host, ctx.path.encode("latin-1"),
+                                     ctx.query)
         return self.url(ctx.stream.scheme, host, ctx.path.encode("latin-1"), ctx.query)
 
     def url(self, scheme: bytes, host: bytes, path: bytes, query: bytes) -> bytes:
@@ -360,18 +378,23 @@ class Filter(FilterBase):
         return None
 
     def answer(self, ctx, entry, now, age, status, x_cache):
-        """A stored response as the answer, or a 304 when the client's conditional says
-        it has it (RFC 9110 §13.2.2)."""
+        """A stored response as this request's answer (see ``_reply``)."""
         st = ctx.vars["cache"]
-        if st.collapsed and status[:3] == b"hit":
+        st.kind = HIT  # answered here: the response hooks add nothing more
+        return self._reply(ctx, entry, now, age, status, x_cache, st.conditional,
+                           st.collapsed)
+
+    def _reply(self, ctx, entry, now, age, status, x_cache, conditional, collapsed):
+        # The stored response with Age (§5.1) and Cache-Status (RFC 9211), or a 304 when
+        # the client's conditional says it has it (RFC 9110 §13.2.2).
+        if collapsed and status[:3] == b"hit":
             status = b"fwd=uri-miss; collapsed" + status[3:]  # RFC 9211 §2.5
         tail = [(b"Age", b"%d" % min(int(age), rfc.DELTA_MAX))]
         if self.status_name:
             tail.append((b"Cache-Status", self.status_name + b"; " + status))
         if self.x_cache:
             tail.append((b"X-Cache", x_cache))
-        st.kind = HIT
-        if st.conditional and rfc.not_modified(entry, ctx.headers, now):
+        if conditional and rfc.not_modified(entry, ctx.headers, now):
             return Response(304, [h for h in entry.headers
                                   if h[0].lower() in rfc.NOT_MODIFIED_FIELDS] + tail, b"")
         return Response(entry.status, entry.headers + tail, entry.body)
