@@ -2,7 +2,6 @@
 origin that answers each path as the test scripts it and counts what reaches it. Time is the
 cache module's ``clock``, moved by the tests (no sleeping for freshness)."""
 
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -15,6 +14,7 @@ from tests.support.client import Conn
 from tests.support.e2e import proxy_config, wait_until
 from tests.support.origin import Origin, closed_port
 from tests.support.proxy import InProcessProxy
+from tests.support.scripted import Script
 
 
 class Clock:
@@ -33,40 +33,6 @@ def clock(monkeypatch):
     c = Clock()
     monkeypatch.setattr(cache_module, "clock", c)
     return c
-
-
-class Script:
-    """The origin's answers: ``script[path] = (status, headers, body)`` or a function of the
-    request returning one; every request is kept in ``seen[path]``."""
-
-    def __init__(self):
-        self.answers = {}
-        self.seen = {}
-        self.lock = threading.Lock()
-
-    def __setitem__(self, path, answer):
-        self.answers[path] = answer
-
-    def count(self, path):
-        return len(self.seen.get(path, ()))
-
-    def __call__(self, req):
-        path = req.url.decode().split("?")[0]
-        with self.lock:
-            self.seen.setdefault(path, []).append(req)
-        answer = self.answers.get(path, (200, [], b"default"))
-        if callable(answer):
-            answer = answer(req)
-        delay = None
-        if len(answer) == 4:
-            status, headers, body, delay = answer
-        else:
-            status, headers, body = answer
-        head = b"HTTP/1.1 %d X\r\n" % status + b"".join(b"%s: %s\r\n" % h for h in headers)
-        if status not in (204, 304):
-            head += b"Content-Length: %d\r\n" % len(body)
-        data = head + b"\r\n" + (body if req.method != b"HEAD" else b"")
-        return (data, delay) if delay else data
 
 
 CACHE = """

@@ -8,11 +8,11 @@ import orjson
 import pytest
 
 from tests.e2e.test_admin import families, value
-from tests.e2e.test_cache import Script
 from tests.support.cli import CliProxy
 from tests.support.client import Conn
 from tests.support.e2e import wait_until
 from tests.support.origin import Origin
+from tests.support.scripted import Script
 
 TOKEN = "cache-admin-token-0123456789"
 

@@ -4,11 +4,11 @@ Redis down is a miss, never an error."""
 
 import http.client
 
-from tests.e2e.test_cache import Script
 from tests.support.cli import CliProxy
 from tests.support.client import Conn
 from tests.support.e2e import wait_until
 from tests.support.origin import Origin
+from tests.support.scripted import Script
 
 
 def config(origin_url: str, redis_url: str) -> str:
