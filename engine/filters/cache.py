@@ -449,7 +449,7 @@ class Filter(FilterBase):
                     return resp, candidate, None, request_time
             return resp, None, None, request_time
         stored = None
-        if not _proxy_made(resp):
+        if not self._no_server(ctx, resp):
             stored = self._storable(resp.status, resp.headers, entry.secondary, ctx,
                                     request_time, response_time)
             if stored is not None:
@@ -480,7 +480,9 @@ class Filter(FilterBase):
                 self._drop(url)
             st.kind = BYPASS
             return None
-        if resp.status >= 500 and self._stale_allowed(st, entry, resp, now):
+        no_server = self._no_server(ctx, resp)
+        if (resp.status >= 500 or no_server) and self._stale_allowed(st, entry, no_server,
+                                                                      now):
             self._count("stale")
             return self.answer(ctx, entry, now, entry.age_at(now),
                                b"fwd=%s; fwd-status=%d" % (st.fwd, resp.status), b"STALE")
@@ -498,7 +500,19 @@ class Filter(FilterBase):
                                       if h[0].lower() in rfc.NOT_MODIFIED_FIELDS] + tail, b"")
         return Response(resp.status, resp.headers + tail, resp.body)
 
-    def _stale_allowed(self, st, entry, resp, now) -> bool:
+    @staticmethod
+    def _no_server(ctx, resp) -> bool:
+        """No upstream server answered: the proxy's own 502/503/504, or the upstream's
+        static fallback (a stale response is the better fallback)."""
+        if _proxy_made(resp):
+            return True
+        upstream = ctx.upstream
+        if isinstance(upstream, str):
+            upstream = ctx.rt.upstreams.get(upstream)
+        fallback = getattr(upstream, "fallback", None)
+        return fallback is not None and resp.body is fallback.body
+
+    def _stale_allowed(self, st, entry, no_server, now) -> bool:
         # §4.2.4: never when the response forbids stale use, nor when the client asked for
         # a validated answer (no-cache).
         if entry.revalidate or entry.no_cache or "no-cache" in st.req_cc:
@@ -508,7 +522,7 @@ class Filter(FilterBase):
         asked = rfc.delta_seconds(st.req_cc.get("stale-if-error"))  # ... or the request's
         if asked is not None:
             allowed = max(allowed, asked)
-        if _proxy_made(resp):
+        if no_server:
             allowed = max(allowed, self.unreachable)
         return staleness <= allowed
 
@@ -587,7 +601,9 @@ class Filter(FilterBase):
                 self._put(st.url, None, now)
                 self._count("revalidated")
             return False
-        if resp.status >= 500 and self._stale_allowed(st, entry, resp, now):
+        no_server = self._no_server(ctx, resp)
+        if (resp.status >= 500 or no_server) and self._stale_allowed(st, entry, no_server,
+                                                                      now):
             # The proxy's own error (a local answer, so it may be replaced whole).
             answer = self.answer(ctx, entry, now, entry.age_at(now),
                                  b"fwd=%s; fwd-status=%d" % (st.fwd, resp.status), b"STALE")

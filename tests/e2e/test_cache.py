@@ -333,21 +333,27 @@ def test_stale_if_error_serves_stale_on_a_5xx(setup, clock):
     assert get(proxy.port, "/plain").status == 500  # no stale-if-error: the error goes on
 
 
-@pytest.mark.parametrize("cc,served", [
-    pytest.param(b"max-age=1", True, id="plain"),
-    pytest.param(b"max-age=1, must-revalidate", False, id="must-revalidate"),
+@pytest.mark.parametrize("cc,servers,extra,status", [
+    pytest.param(b"max-age=1", '"http://127.0.0.1:{closed}"', "", 502, id="connect-refused"),
+    pytest.param(b"max-age=1", '{{url = "{origin}", down = true}}', "", 503,
+                 id="no-server-available"),
+    pytest.param(b"max-age=1", '{{url = "{origin}", down = true}}',
+                 '[upstreams.fallback]\nstatus = 200\nbody = "sorry"', 200,
+                 id="before-the-static-fallback"),
+    pytest.param(b"max-age=1, must-revalidate", '"http://127.0.0.1:{closed}"', "", 502,
+                 id="must-revalidate-never-stale"),
 ])
-def test_stale_when_no_server_answers(clock, cc, served):
+def test_stale_when_no_server_answers(clock, cc, servers, extra, status):
     script = Script()
     script["/down"] = (200, [(b"Cache-Control", cc)], b"last good")
-    port = closed_port()
     config = """
 [server]
 access_log = "off"
 [[upstreams]]
 name = "app"
-servers = ["{url}"]
+servers = [{servers}]
 connect_timeout = "1s"
+{extra}
 [[routes]]
 name = "all"
 paths = ["/*"]
@@ -356,16 +362,51 @@ upstream = "app"
 stale_if_unreachable = "60s"
 """
     with Origin(script) as origin, InProcessProxy(
-            config.replace("{url}", origin.url)) as proxy:
+            config.format(servers=f'"{origin.url}"', extra="")) as proxy:
         get(proxy.port, "/down")
-        proxy.swap(config.replace("{url}", f"http://127.0.0.1:{port}"))
+        proxy.swap(config.format(servers=servers.format(closed=closed_port(),
+                                                        origin=origin.url), extra=extra))
         clock.advance(5)
         r = get(proxy.port, "/down")
-    if served:
-        assert r.status == 200 and r.body == b"last good"
-        assert b"fwd=stale; fwd-status=502" in r.header(b"cache-status")
+    if b"must-revalidate" in cc:
+        assert r.status == status
     else:
-        assert r.status == 502
+        assert r.status == 200 and r.body == b"last good"
+        assert b"fwd=stale; fwd-status=%d" % status in r.header(b"cache-status")
+
+
+def test_stale_while_the_upstream_circuit_is_open(clock):
+    # A cached answer is the best fallback an open breaker can have (RFC 9111 §4.2.4).
+    script = Script()
+    script["/page"] = (200, [(b"Cache-Control", b"max-age=1")], b"last good")
+    script["/boom"] = (503, [], b"overloaded")
+    config = """
+[server]
+access_log = "off"
+[[upstreams]]
+name = "app"
+servers = ["{url}"]
+fail_on = ["error", "timeout", "http_503"]
+[upstreams.circuit_breaker]
+scope = "upstream"
+consecutive_failures = 2
+failure_rate = 0.0
+cooldown = "60s"
+[[routes]]
+name = "all"
+paths = ["/*"]
+upstream = "app"
+[routes.cache]
+"""
+    with Origin(script) as origin, InProcessProxy(config.replace("{url}", origin.url)) as p:
+        get(p.port, "/page")
+        for _ in range(2):
+            assert get(p.port, "/boom").status == 503  # the origin's: the circuit opens
+        clock.advance(5)
+        r = get(p.port, "/page")
+        assert r.status == 200 and r.body == b"last good"
+        assert b"fwd=stale; fwd-status=503" in r.header(b"cache-status")
+        assert script.count("/page") == 1  # the open circuit sent nothing upstream
 
 
 # -- collapsing
