@@ -565,6 +565,8 @@ class Filter(FilterBase):
         if st.kind == UNSAFE:
             if 200 <= status < 400:
                 self._invalidate(ctx, st.url, resp.headers)
+                if ctx.method == b"POST" and resp.body is None:
+                    self._post_as_get(ctx, st, resp)
             return
         if st.kind == HEAD_FORWARD:
             if self._head_answer(ctx, st, resp):
@@ -688,21 +690,42 @@ class Filter(FilterBase):
     def _invalidate(self, ctx, url, headers):
         # §4.4: the target URI, and Location / Content-Location when same-origin.
         n = self._drop(url)
-        base = url.decode("latin-1")
-        origin = urlsplit(base)
         for lname in (b"location", b"content-location"):
             for value in rfc.field_values(headers, lname):
-                try:
-                    target = urlsplit(urljoin(base, value.decode("latin-1").strip()))
-                except ValueError:
-                    continue
-                if (target.scheme, target.netloc.lower()) == (origin.scheme, origin.netloc):
-                    n += self._drop(self.url(
-                        target.scheme.encode(), target.netloc.lower().encode("latin-1"),
-                        (target.path or "/").encode("latin-1"),
-                        b"?" + target.query.encode("latin-1") if target.query else b""))
+                target = self._same_origin(url, value)
+                if target is not None:
+                    n += self._drop(target)
         if n:
             self._count("invalidated")
+
+    def _same_origin(self, url, reference):
+        """The cache key of a URI reference (Location, Content-Location) resolved against
+        ``url``, or None when it is on another origin or malformed."""
+        base = url.decode("latin-1")
+        try:
+            origin = urlsplit(base)
+            target = urlsplit(urljoin(base, reference.decode("latin-1").strip()))
+        except ValueError:
+            return None
+        if (target.scheme, target.netloc.lower()) != (origin.scheme, origin.netloc):
+            return None
+        return self.url(target.scheme.encode(), target.netloc.lower().encode("latin-1"),
+                        (target.path or "/").encode("latin-1"),
+                        b"?" + target.query.encode("latin-1") if target.query else b"")
+
+    def _post_as_get(self, ctx, st, resp):
+        # RFC 9110 §9.3.3: a POST response with explicit freshness and a Content-Location
+        # naming the target URI is that URI's representation: stored for later GETs.
+        location = rfc.field_values(resp.headers, b"content-location")
+        if not location or self._same_origin(st.url, location[0]) != st.url:
+            return
+        cc = rfc.parse_directives(rfc.field_values(resp.headers, _CACHE_CONTROL))
+        if not rfc.has_explicit_freshness(cc, resp.headers):
+            return
+        st.req_cc = _NONE
+        st.authorized = any(n.lower() == b"authorization" for n, _ in ctx.headers)
+        now = clock()
+        st.pending = self._storable(resp.status, resp.headers, (st.extra, ()), ctx, now, now)
 
     def _drop(self, url) -> int:
         if self.tier is not None:

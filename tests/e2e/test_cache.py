@@ -447,6 +447,22 @@ def test_unsafe_methods_that_succeed_invalidate(setup, method, status, invalidat
     assert script.count("/u") == (4 if invalidated else 3) - 1
 
 
+def test_a_post_answer_naming_its_own_url_serves_later_gets(setup):
+    # RFC 9110 §9.3.3: explicit freshness and Content-Location = the target URI.
+    proxy, script, _ = setup()
+    script["/form"] = lambda req: (
+        (200, [(b"Cache-Control", b"max-age=100"), (b"Content-Location", b"/form")],
+         b"posted") if req.method == b"POST" else (200, [], b"from get"))
+    with Conn(proxy.port) as c:
+        assert c.request("POST", "/form", body=b"x").body == b"posted"
+    r = get(proxy.port, "/form")
+    assert r.body == b"posted" and r.header(b"x-cache") == b"HIT"
+    script["/other"] = lambda req: (200, [(b"Cache-Control", b"max-age=100")], b"p")
+    with Conn(proxy.port) as c:
+        c.request("POST", "/other", body=b"x")  # no Content-Location: not for GETs
+    assert get(proxy.port, "/other").header(b"x-cache") == b"MISS"
+
+
 def test_location_and_content_location_are_invalidated(setup):
     proxy, script, _ = setup()
     for path in ("/loc", "/cloc", "/other"):
