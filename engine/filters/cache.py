@@ -140,7 +140,8 @@ class _State:
     """One request's cache state, in ctx.vars["cache"]."""
 
     __slots__ = ("kind", "url", "extra", "fwd", "req_cc", "authorized", "request_time",
-                 "flight", "pending", "stale", "checked", "conditional", "collapsed")
+                 "flight", "pending", "stale", "checked", "conditional", "collapsed",
+                 "ranged")
 
     def __init__(self, kind, url=None):
         self.kind = kind
@@ -156,6 +157,7 @@ class _State:
         self.checked = False  # the Redis tier was asked
         self.conditional = False  # If-None-Match / If-Modified-Since: maybe a 304
         self.collapsed = False  # it waited for another request's answer
+        self.ranged = False  # it has a Range: a stored 200 may answer with a 206
 
 
 class Filter(FilterBase):
@@ -238,11 +240,12 @@ class Filter(FilterBase):
                     if left > 0:
                         self._count("hit")
                         return self._reply(ctx, entry, now, age, b"hit; ttl=%d" % int(left),
-                                           b"HIT", conditional, False)
+                                           b"HIT", conditional, False, ranged)
         st = _State(MISS, url)
         st.req_cc = req_cc or _NONE
         st.authorized = authorized
         st.conditional = conditional
+        st.ranged = ranged
         if self.extra:
             st.extra = tuple(part(ctx) for part in self.extra)
         self._vars(ctx, st)
@@ -382,9 +385,9 @@ class Filter(FilterBase):
         st = ctx.vars["cache"]
         st.kind = HIT  # answered here: the response hooks add nothing more
         return self._reply(ctx, entry, now, age, status, x_cache, st.conditional,
-                           st.collapsed)
+                           st.collapsed, st.ranged)
 
-    def _reply(self, ctx, entry, now, age, status, x_cache, conditional, collapsed):
+    def _reply(self, ctx, entry, now, age, status, x_cache, conditional, collapsed, ranged):
         # The stored response with Age (§5.1) and Cache-Status (RFC 9211), or a 304 when
         # the client's conditional says it has it (RFC 9110 §13.2.2).
         if collapsed and status[:3] == b"hit":
@@ -397,6 +400,14 @@ class Filter(FilterBase):
         if conditional and rfc.not_modified(entry, ctx.headers, now):
             return Response(304, [h for h in entry.headers
                                   if h[0].lower() in rfc.NOT_MODIFIED_FIELDS] + tail, b"")
+        if ranged and entry.status == 200:
+            span = rfc.byte_range(ctx.headers, entry)
+            if span is not None:
+                # RFC 9110 §15.3.7: one range of the stored whole, with its Content-Range.
+                first, last = span
+                tail.append((b"Content-Range", b"bytes %d-%d/%d" % (first, last,
+                                                                     len(entry.body))))
+                return Response(206, entry.headers + tail, entry.body[first:last + 1])
         return Response(entry.status, entry.headers + tail, entry.body)
 
     def _gateway_timeout(self, ctx):

@@ -421,3 +421,42 @@ def validator_matches(stored: Stored, headers) -> bool:
     if lm:
         return stored.last_modified is not None and lm[0].strip(_OWS) == stored.last_modified
     return stored.etag is None and stored.last_modified is None
+
+
+# -- ranges served from a stored complete response (RFC 9110 §14)
+
+_RANGE = re.compile(rb"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*", re.IGNORECASE)
+
+
+def byte_range(request_headers, stored: Stored):
+    """(first, last) of a single satisfiable byte range the request asks of ``stored`` (a
+    200), or None: serve the whole response, which §14.2 always allows (several ranges, an
+    unsatisfiable or malformed one, or an If-Range that does not match, §13.1.5)."""
+    values = field_values(request_headers, b"range")
+    if len(values) != 1:
+        return None
+    m = _RANGE.fullmatch(values[0])
+    if m is None:
+        return None
+    if_range = field_values(request_headers, b"if-range")
+    if if_range:
+        v = if_range[0].strip(_OWS)
+        # A strong ETag equal to ours, or exactly our Last-Modified date.
+        if not ((stored.etag is not None and v == stored.etag and not v.startswith(b"W/"))
+                or (stored.last_modified is not None and v == stored.last_modified)):
+            return None
+    size = len(stored.body)
+    first, last = m.groups()
+    if first:
+        first = int(first)
+        last = min(int(last), size - 1) if last else size - 1
+        if first >= size or last < first:
+            return None
+    elif last:  # suffix: the last N bytes
+        n = int(last)
+        if n == 0:
+            return None
+        first, last = max(0, size - n), size - 1
+    else:
+        return None
+    return first, last

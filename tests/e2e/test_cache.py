@@ -142,6 +142,21 @@ def test_head_is_answered_from_a_stored_get(setup):
     assert script.count("/hd") == 1
 
 
+@pytest.mark.parametrize("rng,status,body", [
+    pytest.param(b"bytes=0-1", 206, b"01", id="range"),
+    pytest.param(b"bytes=-1", 206, b"A", id="suffix"),
+    pytest.param(b"bytes=0-1,4-5", 200, b"0123456789A", id="several-served-whole"),
+])
+def test_ranges_are_served_from_a_stored_whole_response(setup, rng, status, body):
+    proxy, script, _ = setup()
+    script["/rg"] = (200, [(b"Cache-Control", b"max-age=100")], b"0123456789A")
+    get(proxy.port, "/rg")
+    r = get(proxy.port, "/rg", [(b"Range", rng)])
+    assert (r.status, r.body) == (status, body) and script.count("/rg") == 1
+    if status == 206:
+        assert r.header(b"content-range").endswith(b"/11")
+
+
 def test_a_body_over_the_object_cap_streams_and_is_not_kept(setup):
     proxy, script, _ = setup('max_object_size = "1k"')
     big = b"x" * 5000

@@ -194,3 +194,23 @@ def test_freshen_replaces_fields_and_recomputes_freshness():
     assert dict(s.headers)[b"X"] == b"new" and dict(s.headers)[b"Content-Type"] == b"text/plain"
     assert b"Content-Length" not in dict(s.headers)
     assert s.lifetime == 100 and s.age_at(NOW + 10) == 0 and s.body == b"body"
+
+
+@pytest.mark.parametrize("headers,expected", [
+    pytest.param([(b"Range", b"bytes=0-1")], (0, 1), id="first-bytes"),
+    pytest.param([(b"Range", b"bytes=1-")], (1, 10), id="open-end"),
+    pytest.param([(b"Range", b"bytes=-1")], (10, 10), id="suffix"),
+    pytest.param([(b"Range", b"bytes=-50")], (0, 10), id="suffix-longer-than-body"),
+    pytest.param([(b"Range", b"bytes=5-99")], (5, 10), id="end-clipped"),
+    pytest.param([(b"Range", b"bytes=11-")], None, id="unsatisfiable"),
+    pytest.param([(b"Range", b"bytes=0-1,3-4")], None, id="several-ranges"),
+    pytest.param([(b"Range", b"items=0-1")], None, id="other-unit"),
+    pytest.param([(b"Range", b"bytes=0-1"), (b"If-Range", b'"a"')], (0, 1),
+                 id="if-range-matches"),
+    pytest.param([(b"Range", b"bytes=0-1"), (b"If-Range", b'"b"')], None,
+                 id="if-range-differs"),
+])
+def test_byte_range(headers, expected):
+    s = stored((b"ETag", b'"a"'))
+    s.body = b"0123456789A"
+    assert rfc.byte_range(headers, s) == expected
