@@ -173,12 +173,6 @@ def _year(now: float) -> int:
     return 1970 + int(now // 31556952)
 
 
-def http_date(t: float) -> bytes:
-    """IMF-fixdate (RFC 9110 §5.6.7)."""
-    import email.utils
-    return email.utils.formatdate(t, usegmt=True).encode()
-
-
 def field_values(headers, lname: bytes) -> list:
     """Every line of a field (``lname`` lowercase), in order."""
     return [v for n, v in headers if n.lower() == lname]
@@ -196,7 +190,7 @@ class Stored:
 
     __slots__ = ("status", "headers", "body", "size", "cc", "request_time", "response_time",
                  "date", "age", "lifetime", "etag", "last_modified", "vary", "no_cache",
-                 "revalidate", "auth_ok", "swr", "sie", "tags", "secondary", "expires_at")
+                 "revalidate", "auth_ok", "swr", "sie", "tags", "secondary")
 
     def age_at(self, now: float) -> float:
         """current_age (§4.2.3)."""
@@ -264,7 +258,6 @@ def describe(status: int, headers: list, request_time: float, response_time: flo
     s.sie = delta_seconds(cc.get("stale-if-error")) or 0  # RFC 5861 §4
     s.tags = ()
     s.secondary = ()
-    s.expires_at = 0.0
     return s
 
 
