@@ -79,7 +79,7 @@ cdef class Route:
     cdef readonly list rewrite          # rewrite template: literals and "\0param" parts
     cdef public object stats            # the serving worker's RouteStats for this route
 
-    cdef bytes target(self, RequestContext ctx)
+    cpdef bytes target(self, RequestContext ctx)
 
 
 @cython.final

@@ -43,6 +43,15 @@ class Chain:
     def __init__(self, filters: list) -> None: ...
     def __len__(self) -> int: ...
 
+class Route:
+    """One route pattern: its chain, its upstream, how its path becomes the upstream target."""
+
+    name: str
+    pattern: str
+    upstream: Upstream | None
+    chain: Chain
+    def target(self, ctx: RequestContext) -> bytes: ...
+
 class RequestContext(Sink):
     """One request: the whole filter API (``ctx``)."""
 
@@ -64,7 +73,7 @@ class RequestContext(Sink):
     client_ip: str
     path: str
     query: bytes
-    route: Any
+    route: Route | None
     params: dict[str, str] | None
     miss: str | None  # "not_found", "method_not_allowed", "server_options" (OPTIONS *)
     allow: tuple[bytes, ...] | None
@@ -93,5 +102,5 @@ class RequestContext(Sink):
     def replace_body(self, body: bytes) -> None: ...
     def fetch(self, upstream: Upstream | str, method: bytes | str, path: bytes | str,
               headers: Any = ..., body: bytes | None = ...,
-              max_body: int = ...) -> Awaitable[Response]: ...
+              max_body: int = ..., host: bytes | None = ...) -> Awaitable[Response]: ...
     def respond(self, resp: Response) -> None: ...

@@ -159,7 +159,7 @@ cdef class Route:
         self.strip = strip
         self.rewrite = rewrite
 
-    cdef bytes target(self, RequestContext ctx):
+    cpdef bytes target(self, RequestContext ctx):
         """The request target sent upstream: the (normalised) path, rewritten, plus the
         query."""
         cdef str path
@@ -345,10 +345,12 @@ cdef class RequestContext(Sink):
         self.chunked = False
 
     async def fetch(self, upstream, method, path, headers=(), body=None,
-                    Py_ssize_t max_body=1048576):
+                    Py_ssize_t max_body=1048576, bytes host=None):
         """A sub-request through ``upstream`` (a name or an Upstream) with its balancing,
         pools, retries and breakers: the answer as a Response with the whole body (the
-        proxy's JSON 502/503/504 when no server answered). It carries this request's id."""
+        proxy's JSON 502/503/504 when no server answered). It carries this request's id.
+        ``host``: the Host sent when the upstream sets none (default: the server's
+        authority); a cache revalidating a request passes the request's own."""
         if not isinstance(upstream, Upstream):
             upstream = self.rt.upstreams[upstream]
         if isinstance(method, str):
@@ -356,7 +358,7 @@ cdef class RequestContext(Sink):
         if isinstance(path, str):
             path = path.encode()
         return await _fetch(self.worker, upstream, method, path, list(headers), body,
-                            self.request_id, max_body, None)
+                            self.request_id, max_body, host)
 
     # -- the request body (from the codec)
 

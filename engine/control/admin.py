@@ -1,10 +1,11 @@
 """The admin API: a small JSON-over-HTTP server in the supervisor, on its own listener.
 
 Endpoints: ``GET /status``, ``GET /routes``, ``GET /upstreams``, ``GET /config`` (secrets
-redacted), ``GET /metrics`` (Prometheus text) and ``POST /reload``. It is the control plane:
-the stdlib threaded HTTP server is enough, and it never touches the workers' event loops. Live
-figures (connections, pools, counters) come from the snapshots the workers write to the run
-directory about once a second, summed here.
+redacted), ``GET /metrics`` (Prometheus text), ``POST /reload`` and ``POST /cache/purge``.
+It is the control plane: the stdlib threaded HTTP server is enough, and it never touches the
+workers' event loops. Live figures (connections, pools, counters) come from the snapshots the
+workers write to the run directory about once a second, summed here; a cache purge is
+published there too, and the workers are signalled (engine/control/purge.py).
 
 When ``admin.token`` is set every request needs ``Authorization: Bearer <token>``; the config
 refuses a non-loopback ``admin.listen`` without one.
@@ -33,6 +34,8 @@ REDACTED = "<redacted>"
 _SECRET_RE = re.compile(r"(token|secret|password|passwd|credentials?|api[_-]?keys?|private[_-]?key"
                         r"|authorization|cookie)$", re.IGNORECASE)
 RELOAD_WAIT = 10.0  # POST /reload waits this long for every worker to apply the new config
+PURGE_WAIT = 5.0  # POST /cache/purge waits this long for every worker's answer
+PURGE_KINDS = ("url", "prefix", "tag")
 _NO_SUPERVISOR_REPLY = 30.0
 
 
@@ -125,6 +128,7 @@ class AdminHandler(BaseHTTPRequestHandler):
         "/config": ("GET", "config"),
         "/metrics": ("GET", "metrics"),
         "/reload": ("POST", "reload"),
+        "/cache/purge": ("POST", "cache_purge"),
     }
 
     def log_message(self, format, *args):
@@ -148,8 +152,9 @@ class AdminHandler(BaseHTTPRequestHandler):
     def _dispatch(self, method: str) -> None:
         self.request_id = os.urandom(16).hex()  # as the data plane's: 32 hex digits
         length = self.headers.get("Content-Length")
+        self.body = b""
         if length and length.isdigit() and int(length) <= 65536:
-            self.rfile.read(int(length))  # bodies mean nothing here; keep the connection sane
+            self.body = self.rfile.read(int(length))  # (only POST /cache/purge reads it)
         elif length:
             self.close_connection = True
         sup = self.server.supervisor
@@ -274,3 +279,24 @@ class AdminHandler(BaseHTTPRequestHandler):
             result["applied_ms"] = round((time.monotonic() - start) * 1000 + result[
                 "duration_ms"], 3)
         self._json(result)
+
+    def handle_cache_purge(self, sup) -> None:
+        # {"url": "..."}, {"prefix": "..."} or {"tag": "..."}: exactly one.
+        try:
+            request = orjson.loads(self.body) if self.body else None
+        except orjson.JSONDecodeError as exc:
+            self._error(400, "bad_request", f"the body is not JSON: {exc}")
+            return
+        given = [k for k in PURGE_KINDS if isinstance(request, dict) and k in request]
+        if len(given) != 1 or len(request) != 1:
+            self._error(400, "bad_request", 'send a JSON object with exactly one of "url", '
+                                            '"prefix" or "tag", e.g. {"url": '
+                                            '"https://example.com/a?b=1"}')
+            return
+        kind = given[0]
+        value = request[kind]
+        if not isinstance(value, str) or not value or len(value) > 8192:
+            self._error(400, "bad_request", f'"{kind}" must be a non-empty string')
+            return
+        result = sup.purge_cache(kind, value, PURGE_WAIT)
+        self._json({kind: value, **result})

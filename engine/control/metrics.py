@@ -154,7 +154,7 @@ class Totals:
 
 def _event_families() -> dict:
     """Filter event counters (Shared.counter), as each filter module declares them in its
-    METRICS: family -> (metric, label of the event, help)."""
+    METRICS: family -> (metric, label of the event, help[, "gauge"])."""
     from engine.filters import FILTERS
     out = {}
     for module in FILTERS.values():
@@ -291,8 +291,10 @@ def render(totals: Totals, control: dict) -> str:
     for name, (_, circuit) in upstreams:
         out.sample("edgeproxy_upstream_circuit_state", circuit, (("upstream", name),))
 
-    for family, (metric, label, help_text) in _event_families().items():
-        out.family(metric, "counter", help_text)
+    for family, (metric, label, help_text, *kind) in _event_families().items():
+        # A family is a counter unless its METRICS entry says "gauge" (a level each worker
+        # sets, summed over workers like the counters).
+        out.family(metric, kind[0] if kind else "counter", help_text)
         for (fam, route, event), n in sorted(totals.events.items()):
             if fam == family:
                 out.sample(metric, n, (("route", route), (label, event)))

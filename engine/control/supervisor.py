@@ -148,6 +148,8 @@ class Supervisor:
                 # Until the worker installs its own handler, a reload signal is ignored; the
                 # worker then checks for a reload it missed (reload.apply_published).
                 signal.signal(signal.SIGHUP, signal.SIG_IGN)
+                # Likewise a cache purge (engine/control/purge.py), whose default would kill.
+                signal.signal(signal.SIGUSR1, signal.SIG_IGN)
                 if self.admin is not None:
                     self.admin.socket.close()  # the admin port belongs to the supervisor
                 for sock in self._sockets():
@@ -476,6 +478,18 @@ class Supervisor:
         self.inbox.put((trigger, reply))
         done.wait(timeout)
         return box.get("result")
+
+    def purge_cache(self, kind: str, value: str, timeout: float) -> dict:
+        """Have every worker drop the cached responses ``kind`` ("url", "prefix", "tag")
+        names; what they dropped, and the workers that did not answer in ``timeout``."""
+        from engine.control.purge import collect, publish
+
+        seq = publish(self.rundir, kind, value)
+        pids = list(self.workers)
+        for pid in pids:
+            _kill(pid, signal.SIGUSR1)
+        dropped, pending = collect(self.rundir, pids, seq, timeout)
+        return {"purged": dropped, "workers": len(pids), "workers_pending": pending}
 
     def wait_applied(self, generation: int, timeout: float) -> list[int]:
         """Wait until every current worker runs ``generation``; the pids still behind."""

@@ -92,6 +92,7 @@ class Worker:
         self._tick_handle = None
         self.tick_interval = self._interval(runtime)
         self.background = set()  # tasks spawned for background work, held until done
+        self.purge_seq = 0  # the last cache purge applied (engine/control/purge.py)
 
     @property
     def now(self) -> float:
@@ -316,6 +317,10 @@ def run_worker(runtime, pairs, rundir: str | None = None, generation: int = 0) -
                     apply_published(worker, rundir)
 
             loop.add_signal_handler(signal.SIGHUP, on_hup)
+            from engine.control.purge import apply_purges
+
+            loop.add_signal_handler(signal.SIGUSR1, apply_purges, worker, rundir)
+            apply_purges(worker, rundir)  # what was published before the handler was in
             # A reload published between our fork and the handler above found us deaf.
             apply_published(worker, rundir)
             worker.write_stats()

@@ -334,6 +334,7 @@ cdef class H2Connection:
     cdef public bint in_head
     cdef public Py_ssize_t requests
     cdef public bint closed
+    cdef public bint lingering          # after an error's GOAWAY: reading only to discard
     cdef public bint write_paused
     cdef public int goaway              # last stream id a GOAWAY let through; -1: none yet
     cdef public int batch
@@ -403,7 +404,7 @@ cdef class H2Connection:
 
     def data_received(self, data):
         cdef H2Stream stream
-        if self.closed:
+        if self.closed or self.lingering:
             return
         try:
             events = self.h2.receive_data(data)
@@ -644,8 +645,8 @@ cdef class H2Connection:
         if self.reset_budget < 0:
             self.send_goaway(self.h2.highest_inbound_stream_id,
                              _ErrorCodes.ENHANCE_YOUR_CALM)
+            self.linger()
             self.abort_streams()
-            self.close()
         return 0
 
     cdef int finished(self, H2Stream stream) except -1:
@@ -674,6 +675,8 @@ cdef class H2Connection:
             self.active = None
             if self.closed:
                 self.worker.conns.discard(self)
+            elif self.lingering:
+                pass  # it closes when the client does, or at its deadline
             elif (self.goaway >= 0 or self.worker.draining) and not self.sending:
                 self.close()
             else:
@@ -733,8 +736,8 @@ cdef class H2Connection:
         cdef H2Stream stream
         for stream in list(self.sending.values()):
             stream.pump()
-        if not self.sending and not self.streams and (self.goaway >= 0
-                                                      or self.worker.draining):
+        if not self.sending and not self.streams and not self.lingering and (
+                self.goaway >= 0 or self.worker.draining):
             self.close()
         return 0
 
@@ -771,8 +774,23 @@ cdef class H2Connection:
         self.flush()  # whatever h2 queued for the error (its GOAWAY), then nothing more
         if self.goaway < 0 or code:
             self.send_goaway(self.h2.highest_inbound_stream_id or 0, code)
+        self.linger()
         self.abort_streams()
-        self.close()
+        return 0
+
+    cdef int linger(self) except -1:
+        # The GOAWAY of an error is sent, but the client may still be sending: closing with
+        # its frames unread makes the kernel reset the connection, and a reset can discard
+        # the GOAWAY before the client reads why (nginx's lingering_close, as the HTTP/1.1
+        # codec does). Half-close, read on and discard until the client closes or
+        # lingering_timeout passes.
+        if self.closed or self.lingering:
+            return 0
+        self.lingering = True
+        self.flush()
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.deadline = <double>self.clock.now + self.settings.lingering_timeout
         return 0
 
     cdef int abort_streams(self) except -1:
@@ -790,7 +808,7 @@ cdef class H2Connection:
         cdef H2Stream stream
         cdef double now = self.clock.now
         cdef double nxt
-        if not self.streams:
+        if self.lingering or not self.streams:
             # Idle past keepalive_timeout (or no request since the preface); or answers
             # the client does not read (no window) past send_timeout.
             self.close()
