@@ -83,6 +83,7 @@ class RequestContext(Sink):
     body_waiter: Any
     body_limit: int
     server: Server | None
+    upstream_status: int  # the status the upstream answered (0: none)
     def read_body(self, limit: int) -> Awaitable[bytes]: ...
     def fetch(self, upstream: Upstream | str, method: bytes | str, path: bytes | str,
               headers: Any = ..., body: bytes | None = ...,

@@ -87,6 +87,7 @@ class Supervisor:
         self.demo_pid = None
         self.stopping = False
         self.hup = False
+        self.usr1 = False  # reopen the access logs (logrotate's postrotate sends SIGUSR1)
         self.bound: list = []  # engine.control.listeners.Bound per listener, config order
         self.admin = None
         self.rundir = None
@@ -148,6 +149,7 @@ class Supervisor:
                 # Until the worker installs its own handler, a reload signal is ignored; the
                 # worker then checks for a reload it missed (reload.apply_published).
                 signal.signal(signal.SIGHUP, signal.SIG_IGN)
+                signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # (its default would kill)
                 if self.admin is not None:
                     self.admin.socket.close()  # the admin port belongs to the supervisor
                 for sock in self._sockets():
@@ -194,9 +196,13 @@ class Supervisor:
         def on_hup(signum, frame):
             self.hup = True
 
+        def on_usr1(signum, frame):
+            self.usr1 = True
+
         signal.signal(signal.SIGTERM, on_stop)
         signal.signal(signal.SIGINT, on_stop)
         signal.signal(signal.SIGHUP, on_hup)
+        signal.signal(signal.SIGUSR1, on_usr1)
         demo = self.cfg.demo
         if demo is not None:
             from engine.control.demo import run_origins
@@ -240,6 +246,12 @@ class Supervisor:
             if self.hup:
                 self.hup = False
                 self.reload("SIGHUP")
+            if self.usr1:
+                # nginx's USR1: each worker opens its log file by name again; the
+                # supervisor's own lines go to stderr, which it never opened.
+                self.usr1 = False
+                for pid in list(self.workers) + list(self.retiring):
+                    _kill(pid, signal.SIGUSR1)
             if self.watch is not None and self.watch.poll(time.monotonic()):
                 self.reload("file change")
             self._retire_when_ready()
