@@ -1,7 +1,8 @@
 """The admin API: a small JSON-over-HTTP server in the supervisor, on its own listener.
 
 Endpoints: ``GET /status``, ``GET /routes``, ``GET /upstreams``, ``GET /config`` (secrets
-redacted), ``GET /metrics`` (Prometheus text) and ``POST /reload``. It is the control plane:
+redacted), ``GET /stats`` (what the dashboard polls), ``GET /metrics`` (Prometheus text),
+``POST /reload``, and the live status page ``GET /dashboard`` (engine/control/dashboard/). It is the control plane:
 the stdlib threaded HTTP server is enough, and it never touches the workers' event loops. Live
 figures (connections, pools, counters) come from the snapshots the workers write to the run
 directory about once a second, summed here.
@@ -24,6 +25,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
+from engine.control import dashboard
 from engine.control.config import parse_listen
 from engine.chain.schema import Duration, Size
 from engine.errors import CATALOG
@@ -124,6 +126,7 @@ class AdminHandler(BaseHTTPRequestHandler):
         "/upstreams": ("GET", "upstreams"),
         "/config": ("GET", "config"),
         "/metrics": ("GET", "metrics"),
+        "/stats": ("GET", "stats"),
         "/reload": ("POST", "reload"),
     }
 
@@ -153,12 +156,18 @@ class AdminHandler(BaseHTTPRequestHandler):
         elif length:
             self.close_connection = True
         sup = self.server.supervisor
+        path = self.path.split("?", 1)[0]
+        if method in ("GET", "HEAD") and path in dashboard.ASSETS:
+            # The page's own files hold no data, so they need no token: the page asks for
+            # one, and every JSON request it makes carries it.
+            body, content_type = dashboard.asset(path)
+            self._send(200, body, content_type, dashboard.HEADERS)
+            return
         token = sup.cfg.admin.token
         if token and not self._authorized(token):
             self._error(401, "unauthorized", "this admin API needs Authorization: Bearer <token>",
                         [("WWW-Authenticate", 'Bearer realm="edgeproxy-admin"')])
             return
-        path = self.path.split("?", 1)[0]
         route = self.ROUTES.get(path)
         if route is None:
             self._error(404, "not_found", f"no admin endpoint {path}; try "
@@ -245,6 +254,10 @@ class AdminHandler(BaseHTTPRequestHandler):
             item["circuit"] = CIRCUIT_STATES[circuit]
             out.append(item)
         self._json({"generation": sup.generation, "upstreams": out})
+
+    def handle_stats(self, sup) -> None:
+        totals, _ = sup.totals()
+        self._json(dashboard.stats(totals, time.time()))
 
     def handle_config(self, sup) -> None:
         self._json({"generation": sup.generation, "config_file": sup.config_path,

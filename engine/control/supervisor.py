@@ -94,6 +94,7 @@ class Supervisor:
         self.started = time.time()
         self.reloads = {"ok": 0, "failed": 0, "unchanged": 0}
         self.last_reload = None
+        self.recent_reloads: collections.deque = collections.deque(maxlen=20)  # newest last
         self.worker_restarts = 0
         self.starting: dict[int, int] = {}  # pid -> index of workers not serving yet
         self.start_failures: dict[int, int] = {}  # index -> startup failures in a row
@@ -459,6 +460,7 @@ class Supervisor:
             "generation": self.generation,
             "errors": [{"path": p, "message": m} for p, m in errors],
         }
+        self.recent_reloads.append(self.last_reload)
         if result == "failed":
             log(f"reload ({trigger}) FAILED, still serving generation {self.generation}:")
             for path, message in errors:
@@ -556,6 +558,7 @@ class Supervisor:
             "admin_listen": f"{self.admin.host}:{self.admin.port}" if self.admin else None,
             "watch_config": self.watch is not None,
             "last_reload": self.last_reload,
+            "recent_reloads": list(self.recent_reloads)[::-1],  # newest first
             "reloads": dict(self.reloads),
             "worker_restarts": self.worker_restarts,
             "last_worker_error": self.last_worker_error,
