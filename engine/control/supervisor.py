@@ -38,7 +38,7 @@ import tempfile
 import threading
 import time
 
-from engine.control import VERSION
+from engine.control import VERSION, sdnotify
 from engine.control.config import parse_listen
 from engine.control.listeners import (
     ListenError, bind_listeners, close_unshared, listeners_of, worker_pairs,
@@ -297,6 +297,8 @@ class Supervisor:
             self.announced = True
             count = worker_count(self.cfg.server.workers)
             log(f"listening on {self._addresses()} with {count} worker(s)")
+            sdnotify.notify("READY=1", f"STATUS=serving generation {self.generation} on "
+                                       f"{self._addresses()}")
 
     def _startup_failed(self, pid: int, index: int, status: int, error: str | None) -> bool:
         """A worker died before it served: restart it after an exponential back-off, so a
@@ -370,6 +372,8 @@ class Supervisor:
         """Load, validate and compile the config file; apply it if it is good and different.
         Runs on the main thread only."""
         t0 = time.monotonic()
+        if self.announced:
+            sdnotify.reloading()  # _record says READY=1 again, whatever the result
         if self.config_path is None:
             return self._record(trigger, "failed", t0, [("", "started without a config file")])
         try:
@@ -461,6 +465,9 @@ class Supervisor:
             "errors": [{"path": p, "message": m} for p, m in errors],
         }
         self.recent_reloads.append(self.last_reload)
+        if self.announced:
+            sdnotify.notify("READY=1", f"STATUS=serving generation {self.generation} (last "
+                                       f"reload: {result})")
         if result == "failed":
             log(f"reload ({trigger}) FAILED, still serving generation {self.generation}:")
             for path, message in errors:
@@ -570,6 +577,7 @@ class Supervisor:
 
     def _shutdown(self, code: int = 0) -> int:
         log("stopping: draining workers")
+        sdnotify.notify("STOPPING=1")
         if self.admin is not None:
             self.admin.stop()
         for pid in list(self.workers) + list(self.retiring):
