@@ -96,12 +96,18 @@ class AdminServer(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
 
-    def __init__(self, supervisor, listen: str):
+    def __init__(self, supervisor, listen: str, sock: socket.socket | None = None):
+        """``sock``: a listening socket to serve on instead of binding one (handed over by
+        the supervisor this one upgrades, engine/control/upgrade.py)."""
         host, port = parse_listen(listen)
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.supervisor = supervisor
         self.thread = None
-        super().__init__((host, port), AdminHandler)
+        super().__init__((host, port), AdminHandler, bind_and_activate=sock is None)
+        if sock is not None:
+            self.socket.close()
+            self.socket = sock
+            self.server_address = sock.getsockname()
         self.host, self.port = self.server_address[:2]
 
     def start(self) -> None:

@@ -38,10 +38,10 @@ import tempfile
 import threading
 import time
 
-from engine.control import VERSION, sdnotify
+from engine.control import VERSION, sdnotify, upgrade
 from engine.control.config import parse_listen
 from engine.control.listeners import (
-    ListenError, bind_listeners, close_unshared, listeners_of, worker_pairs,
+    Bound, ListenError, bind_listeners, close_unshared, listeners_of, worker_pairs,
 )
 from engine.control.metrics import STATS_FILE, Totals, read_snapshots
 from engine.control.reload import FileWatch, digest_of, load_candidate, publish
@@ -88,6 +88,9 @@ class Supervisor:
         self.stopping = False
         self.hup = False
         self.usr1 = False  # reopen the access logs (logrotate's postrotate sends SIGUSR1)
+        self.usr2 = False  # start the new binary with our sockets (engine/control/upgrade.py)
+        self.upgrading = None  # its Popen, until it stops us or fails
+        self.inherited = upgrade.inherited()  # the sockets of the supervisor we upgrade
         self.bound: list = []  # engine.control.listeners.Bound per listener, config order
         self.admin = None
         self.rundir = None
@@ -120,9 +123,16 @@ class Supervisor:
         return [sock for b in self.bound for sock in b.sockets]
 
     def _bind(self):
+        listeners = listeners_of(self.cfg)
+        adopted = []
+        if self.inherited is not None:  # the same kernel sockets, queued connections and all
+            for lst in listeners:
+                socks = self.inherited.take(lst)
+                if socks:
+                    adopted.append(Bound(lst, socks))
         try:
-            self.bound = bind_listeners(listeners_of(self.cfg), self.cfg.server.backlog,
-                                        worker_count(self.cfg.server.workers))
+            self.bound = bind_listeners(listeners, self.cfg.server.backlog,
+                                        worker_count(self.cfg.server.workers), adopted)
         except ListenError as exc:
             where = f" ({exc.path})" if self.cfg.listeners else ""
             raise SystemExit(f"edgeproxy: {exc.message}{where}") from None
@@ -137,7 +147,10 @@ class Supervisor:
     def _start_admin(self, cfg):
         from engine.control.admin import AdminServer
 
-        return AdminServer(self, cfg.admin.listen)
+        sock = None
+        if self.inherited is not None:
+            sock = self.inherited.take_admin(*parse_listen(cfg.admin.listen))
+        return AdminServer(self, cfg.admin.listen, sock)
 
     def _fork(self, target, keep=()) -> int:
         pid = os.fork()
@@ -200,10 +213,14 @@ class Supervisor:
         def on_usr1(signum, frame):
             self.usr1 = True
 
+        def on_usr2(signum, frame):
+            self.usr2 = True
+
         signal.signal(signal.SIGTERM, on_stop)
         signal.signal(signal.SIGINT, on_stop)
         signal.signal(signal.SIGHUP, on_hup)
         signal.signal(signal.SIGUSR1, on_usr1)
+        signal.signal(signal.SIGUSR2, on_usr2)
         demo = self.cfg.demo
         if demo is not None:
             from engine.control.demo import run_origins
@@ -253,10 +270,18 @@ class Supervisor:
                 self.usr1 = False
                 for pid in list(self.workers) + list(self.retiring):
                     _kill(pid, signal.SIGUSR1)
+            if self.usr2:
+                self.usr2 = False
+                self._upgrade()
             if self.watch is not None and self.watch.poll(time.monotonic()):
                 self.reload("file change")
             self._retire_when_ready()
             for pid, status in _reaped():
+                if self.upgrading is not None and pid == self.upgrading.pid:
+                    self.upgrading = None
+                    log(f"upgrade FAILED: the new process {pid} exited ({_describe(status)}) "
+                        f"before it served; still serving")
+                    continue
                 self._fold(pid)
                 if pid in self.workers and not self.stopping:
                     index = self.workers.pop(pid)
@@ -299,6 +324,33 @@ class Supervisor:
             log(f"listening on {self._addresses()} with {count} worker(s)")
             sdnotify.notify("READY=1", f"STATUS=serving generation {self.generation} on "
                                        f"{self._addresses()}")
+            self._upgraded()
+
+    def _upgrade(self) -> None:
+        """SIGUSR2: start the program on disk again with our sockets (engine/control/upgrade.py);
+        it stops us once it serves."""
+        if self.upgrading is not None:
+            log(f"upgrade: pid {self.upgrading.pid} is still starting; SIGUSR2 ignored")
+            return
+        try:
+            self.upgrading = upgrade.spawn(self.bound, self.admin.socket if self.admin else None)
+        except OSError as exc:
+            log(f"upgrade FAILED: cannot start {' '.join(upgrade.command())}: {exc}")
+            return
+        log(f"upgrade: started pid {self.upgrading.pid} ({' '.join(upgrade.command())}) with "
+            f"the listening sockets; it stops this supervisor once it serves")
+
+    def _upgraded(self) -> None:
+        """We serve on the sockets an old supervisor handed over: it may drain and go."""
+        inherited, self.inherited = self.inherited, None
+        if inherited is None:
+            return
+        inherited.close_rest()
+        # The bootloader of the one-file executable is the process systemd watches.
+        main = os.getppid() if getattr(sys, "frozen", False) else os.getpid()
+        sdnotify.notify(f"MAINPID={main}")
+        log(f"upgrade: serving; stopping the old supervisor {inherited.old_pid}")
+        _kill(inherited.old_pid, signal.SIGTERM)
 
     def _startup_failed(self, pid: int, index: int, status: int, error: str | None) -> bool:
         """A worker died before it served: restart it after an exponential back-off, so a
