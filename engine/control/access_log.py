@@ -16,19 +16,38 @@ _FLUSH_AT = 65536
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
+class _SecondCache:
+    """A time's text up to the second, formatted once per second (as nginx caches its time
+    strings): gmtime and formatting cost more than the rest of a log line."""
+
+    __slots__ = ("second", "text", "fmt")
+
+    def __init__(self, fmt):
+        self.second, self.text, self.fmt = -1, "", fmt
+
+    def __call__(self, t: float) -> str:
+        second = int(t)
+        if second != self.second:
+            self.second, self.text = second, self.fmt(time.gmtime(second))
+        return self.text
+
+
+_iso_second = _SecondCache(lambda tm: f"{tm.tm_year:04d}-{tm.tm_mon:02d}-{tm.tm_mday:02d}T"
+                                      f"{tm.tm_hour:02d}:{tm.tm_min:02d}:{tm.tm_sec:02d}")
+_clf_second = _SecondCache(lambda tm: f"{tm.tm_mday:02d}/{_MONTHS[tm.tm_mon - 1]}/"
+                                      f"{tm.tm_year:04d}:{tm.tm_hour:02d}:{tm.tm_min:02d}:"
+                                      f"{tm.tm_sec:02d} +0000")
+
+
 def iso_time(t: float) -> str:
     """RFC 3339 UTC with milliseconds (2026-12-04T15:55:57.123Z): sorts as text and reads
     the same in every time zone, which an epoch float did not."""
-    tm = time.gmtime(t)
-    return (f"{tm.tm_year:04d}-{tm.tm_mon:02d}-{tm.tm_mday:02d}T{tm.tm_hour:02d}:"
-            f"{tm.tm_min:02d}:{tm.tm_sec:02d}.{int(t % 1 * 1000):03d}Z")
+    return f"{_iso_second(t)}.{int(t % 1 * 1000):03d}Z"
 
 
 def clf_time(t: float) -> str:
     """nginx's $time_local, in UTC: 04/Dec/2026:15:55:57 +0000."""
-    tm = time.gmtime(t)
-    return (f"{tm.tm_mday:02d}/{_MONTHS[tm.tm_mon - 1]}/{tm.tm_year:04d}:{tm.tm_hour:02d}:"
-            f"{tm.tm_min:02d}:{tm.tm_sec:02d} +0000")
+    return _clf_second(t)
 
 
 def upstream_addresses(ex) -> list[str]:
