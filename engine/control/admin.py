@@ -2,10 +2,10 @@
 
 Endpoints: ``GET /status``, ``GET /routes``, ``GET /upstreams``, ``GET /config`` (secrets
 redacted), ``GET /stats`` (what the dashboard polls), ``GET /metrics`` (Prometheus text),
-``POST /reload``, and the live status page ``GET /dashboard`` (engine/control/dashboard/). It is the control plane:
-the stdlib threaded HTTP server is enough, and it never touches the workers' event loops. Live
-figures (connections, pools, counters) come from the snapshots the workers write to the run
-directory about once a second, summed here.
+``POST /reload``, and the live status page ``GET /dashboard`` (engine/control/dashboard/). It
+is the control plane: the stdlib threaded HTTP server is enough, and it never touches the
+workers' event loops. Live figures (connections, pools, counters) come from the snapshots the
+workers write to the run directory about once a second, summed here.
 
 When ``admin.token`` is set every request needs ``Authorization: Bearer <token>``; the config
 refuses a non-loopback ``admin.listen`` without one.

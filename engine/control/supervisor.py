@@ -163,7 +163,11 @@ class Supervisor:
                 # Until the worker installs its own handler, a reload signal is ignored; the
                 # worker then checks for a reload it missed (reload.apply_published).
                 signal.signal(signal.SIGHUP, signal.SIG_IGN)
-                signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # (its default would kill)
+                # Their default action kills: `systemctl kill -s USR1` signals every process
+                # of the unit (the worker then installs its own USR1 handler); USR2 is the
+                # supervisor's alone (an upgrade).
+                signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+                signal.signal(signal.SIGUSR2, signal.SIG_IGN)
                 if self.admin is not None:
                     self.admin.socket.close()  # the admin port belongs to the supervisor
                 for sock in self._sockets():
