@@ -132,10 +132,11 @@ function renderStatus(st) {
     `${st.generation} · ${serving} worker(s) · ${listen}`;
   fill("workers", st.workers.map((w) => row(
     [String(w.pid), badge(w.state), w.generation, w.connections, w.requests])));
-  fill("reloads", (st.recent_reloads || []).map((r) => row([
+  const reloads = (st.recent_reloads || []).map((r) => row([
     utc(r.time), r.trigger, badge(r.result), r.generation, r.duration_ms,
     r.errors.map((e) => (e.path ? e.path + ": " : "") + e.message).join("; ") || "",
-  ])));
+  ]));
+  fill("reloads", reloads.length ? reloads : [row(["none since start"])]);
   return serving;
 }
 
