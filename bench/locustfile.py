@@ -1,6 +1,6 @@
 """Locust scenarios for the shipped config.toml: every route it declares, weighted.
 
-    edgeproxy run -c config.toml &                  # serves :8080 with its demo origins
+    edgeproxy run -c config.toml > access.log &     # serves :8080 with its demo origins
     locust --config bench/locust.conf               # headless, 1 min, reports below
     locust -f bench/locustfile.py --host http://127.0.0.1:8080    # web UI on :8089
 
