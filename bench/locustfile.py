@@ -1,121 +1,148 @@
-"""Locust scenarios for any edgeproxy config.
+"""Locust scenarios for the shipped config.toml: every route it declares, weighted.
 
-    locust -f bench/locustfile.py --host http://127.0.0.1:8080
-    locust -f bench/locustfile.py --host http://127.0.0.1:8080 --headless -u 200 -r 50 -t 1m
+    edgeproxy run -c config.toml > access.log &     # serves :8080 with its demo origins
+    locust --config bench/locust.conf               # headless, 1 min, reports below
+    locust -f bench/locustfile.py --host http://127.0.0.1:8080    # web UI on :8089
 
-Weighted tasks: plain GETs (/api/..., /users/{id}, /healthz), POSTs carrying an Idempotency-Key
-(mostly new keys, some replays of a recent key with the same body), a rate-limited route and an
-authenticated route (API key header, sometimes a wrong key). Paths and keys come from the
-environment, defaulting to the shipped config.toml's paths:
+Reports (headless): bench/results/locust/edgeproxy_stats.csv (and _failures, _exceptions,
+_stats_history) and bench/results/locust/edgeproxy.html.
 
-    EDGE_GET_PATH          /api/hello          plain GET
-    EDGE_USER_PATH         /users/{id}         GET, {id} filled with 1..EDGE_USER_IDS (1000)
-    EDGE_HEALTH_PATH       /healthz            GET
-    EDGE_IDEMPOTENT_PATH   /api/orders         POST with Idempotency-Key
-    EDGE_LIMITED_PATH      /api/limited        GET on a rate-limited route; 429 is expected
-    EDGE_AUTH_PATH         /api/private        GET with the API key header
-    EDGE_API_KEY_HEADER    X-API-Key
-    EDGE_API_KEY           demo-key
-    EDGE_WAIT              0                   max seconds a user waits between tasks
+Each request is named "<route>: <METHOD> <path pattern>", so the statistics read per route.
+The shipped config refuses some requests on purpose, and those refusals are successes of their
+own kind, reported under their own name so they never hide in the route's figures:
 
-A route the config does not have answers 404: that counts as a failure named for the route
-("missing route (404): set EDGE_...") and the run goes on. Expected refusals (429 on the limited
-route, 401/403 for a wrong API key, 409 for a replay racing its original) count as successes.
+- ``api`` allows 600 requests a minute per client address: past it, 429 with Retry-After is
+  the limiter working (reported as "api: GET /api/hello (429 rate limited)"). Every locust
+  user shares one address, so under load most ``api`` requests are refused; the other routes
+  carry the throughput.
+- ``orders`` runs a POST once per Idempotency-Key: a replay is answered from the store with
+  ``Idempotent-Replayed: true``, or 409 with Retry-After while its original is still in flight
+  (reported as "orders: POST /orders (409 in flight)").
+
+Anything else that is not 2xx fails, with the status and the reason in locust's failure table.
 """
 
 import collections
-import os
 import random
 import uuid
 
-from locust import between, task
+from locust import task
 from locust.contrib.fasthttp import FastHttpUser
 
-
-def _env(name: str, default: str) -> str:
-    return os.environ.get(name) or default
-
-
-GET_PATH = _env("EDGE_GET_PATH", "/api/hello")
-USER_PATH = _env("EDGE_USER_PATH", "/users/{id}")
-USER_IDS = int(_env("EDGE_USER_IDS", "1000"))
-HEALTH_PATH = _env("EDGE_HEALTH_PATH", "/healthz")
-IDEMPOTENT_PATH = _env("EDGE_IDEMPOTENT_PATH", "/api/orders")
-LIMITED_PATH = _env("EDGE_LIMITED_PATH", "/api/limited")
-AUTH_PATH = _env("EDGE_AUTH_PATH", "/api/private")
-API_KEY_HEADER = _env("EDGE_API_KEY_HEADER", "X-API-Key")
-API_KEY = _env("EDGE_API_KEY", "demo-key")
-WAIT = float(_env("EDGE_WAIT", "0"))
-
-# Keys this process sent, with their bodies, for replays (shared by its users, bounded).
-_sent_keys: collections.deque = collections.deque(maxlen=1000)
+# Keys sent by this process with their bodies, for replays (shared by its users, bounded).
+_sent = collections.deque(maxlen=1000)
 
 
-class EdgeUser(FastHttpUser):
-    wait_time = between(0, WAIT)
+class ShippedConfigUser(FastHttpUser):
+    """One client of the shipped config's routes: api, users, orders, health, default."""
 
-    def _call(self, method, path, name, env, ok=(), **kwargs):
-        """One request; 2xx/3xx and the ``ok`` statuses pass, 404 names the missing route,
-        anything else fails with its status. Never raises on a status."""
+    def _call(self, method, path, name, refusal=None, check=None, **kwargs):
+        """One request named ``name``. 2xx passes (after ``check(resp)``, which returns an
+        error or None); ``refusal`` = (status, label) is an expected answer, reported under
+        "name (status label)"; anything else fails with its status."""
         with self.client.request(method, path, name=name, catch_response=True,
                                  **kwargs) as resp:
             status = resp.status_code or 0
-            if 200 <= status < 400 or status in ok:
-                resp.success()
-            elif status == 404:
-                resp.failure(f"missing route (404): set {env}")
+            if refusal is not None and status == refusal[0]:
+                resp.request_meta["name"] = f"{name} ({status} {refusal[1]})"
+                if not resp.headers.get("Retry-After"):
+                    resp.failure(f"{status} without Retry-After")  # RFC 6585 §4, RFC 9110 §10.2.3
+                else:
+                    resp.success()
+            elif 200 <= status < 300:
+                error = check(resp) if check is not None else None
+                if error:
+                    resp.failure(error)
+                else:
+                    resp.success()
             elif status == 0:
-                resp.failure(f"no response: {resp.error!r}" if hasattr(resp, "error")
-                             else "no response")
+                resp.failure(f"no response: {getattr(resp, 'error', None)!r}")
             else:
-                resp.failure(f"status {status}")
+                resp.failure(f"status {status}: {resp.text[:200] if resp.text else ''}")
             return resp
 
-    @task(10)
-    def plain_get(self):
-        self._call("GET", GET_PATH, "GET plain", "EDGE_GET_PATH")
+    # -- route "api": /api/*, strip_prefix, header transforms, 600/min per client address
 
-    @task(5)
-    def user_get(self):
-        path = USER_PATH.replace("{id}", str(random.randint(1, USER_IDS)))
-        self._call("GET", path, "GET user", "EDGE_USER_PATH")
+    @task(6)
+    def api_hello(self):
+        self._call("GET", "/api/hello", "api: GET /api/hello", refusal=(429, "rate limited"),
+                   check=_has_header("X-Served-By"))
+
+    # -- route "users": /users/{id}, GET PUT DELETE, rewritten to /v1/users/{id}
+
+    @task(6)
+    def users_get(self):
+        self._call("GET", f"/users/{random.randint(1, 1000)}", "users: GET /users/{id}")
+
+    @task(2)
+    def users_put(self):
+        self._call("PUT", f"/users/{random.randint(1, 1000)}", "users: PUT /users/{id}",
+                   json={"name": "ada"})
+
+    @task(1)
+    def users_delete(self):
+        self._call("DELETE", f"/users/{random.randint(1, 1000)}", "users: DELETE /users/{id}")
+
+    # -- route "orders": POST /orders, idempotency keys (memory store)
+
+    @task(3)
+    def orders_new_key(self):
+        key = str(uuid.uuid4())
+        body = f'{{"item": {random.randint(1, 10000)}, "qty": {random.randint(1, 5)}}}'
+        resp = self._call("POST", "/orders", "orders: POST /orders (new key)", data=body,
+                          headers={"Idempotency-Key": key, "Content-Type": "application/json"},
+                          check=_not_replayed)
+        if resp.status_code == 200:
+            _sent.append((key, body))
+
+    @task(2)
+    def orders_replay(self):
+        if not _sent:
+            return self.orders_new_key()
+        key, body = random.choice(_sent)
+        self._call("POST", "/orders", "orders: POST /orders (replay)", data=body,
+                   refusal=(409, "in flight"), check=_replayed,
+                   headers={"Idempotency-Key": key, "Content-Type": "application/json"})
+
+    # -- route "health": answered by the proxy itself
 
     @task(2)
     def health(self):
-        self._call("GET", HEALTH_PATH, "GET health", "EDGE_HEALTH_PATH")
-
-    @task(4)
-    def post_new_key(self):
-        key = str(uuid.uuid4())
-        body = f'{{"item": {random.randint(1, 10000)}, "qty": {random.randint(1, 5)}}}'
-        resp = self._call("POST", IDEMPOTENT_PATH, "POST idempotent (new key)",
-                          "EDGE_IDEMPOTENT_PATH", data=body,
-                          headers={"Idempotency-Key": key,
-                                   "Content-Type": "application/json"})
-        if resp.status_code and resp.status_code < 500:
-            _sent_keys.append((key, body))
-
-    @task(2)
-    def post_replay(self):
-        if not _sent_keys:
-            return self.post_new_key()
-        key, body = random.choice(_sent_keys)
-        # 409: the original is still in flight (draft-ietf-httpapi-idempotency-key-header,
-        # concurrent requests), an expected answer under load.
-        self._call("POST", IDEMPOTENT_PATH, "POST idempotent (replay)",
-                   "EDGE_IDEMPOTENT_PATH", ok=(409,), data=body,
-                   headers={"Idempotency-Key": key, "Content-Type": "application/json"})
-
-    @task(3)
-    def limited(self):
-        self._call("GET", LIMITED_PATH, "GET rate-limited", "EDGE_LIMITED_PATH", ok=(429,))
-
-    @task(3)
-    def authenticated(self):
-        self._call("GET", AUTH_PATH, "GET authenticated", "EDGE_AUTH_PATH",
-                   headers={API_KEY_HEADER: API_KEY})
+        self._call("GET", "/healthz", "health: GET /healthz", check=_body(b"ok\n"))
 
     @task(1)
-    def wrong_key(self):
-        self._call("GET", AUTH_PATH, "GET authenticated (wrong key)", "EDGE_AUTH_PATH",
-                   ok=(401, 403), headers={API_KEY_HEADER: "not-a-key"})
+    def health_head(self):
+        self._call("HEAD", "/healthz", "health: HEAD /healthz")
+
+    # -- route "default": everything else, proxied unchanged
+
+    @task(3)
+    def default_get(self):
+        self._call("GET", f"/static/app.{random.randint(1, 50)}.js", "default: GET /*")
+
+    @task(1)
+    def default_post(self):
+        self._call("POST", "/forms/contact", "default: POST /*", data=b"x" * 512)
+
+
+def _has_header(name):
+    def check(resp):
+        return None if resp.headers.get(name) else f"no {name} header"
+    return check
+
+
+def _body(expected: bytes):
+    def check(resp):
+        return None if resp.content == expected else f"body {resp.content[:50]!r}"
+    return check
+
+
+def _not_replayed(resp):
+    return "a new key was answered as a replay" if resp.headers.get("Idempotent-Replayed") \
+        else None
+
+
+def _replayed(resp):
+    # The point of the key: the second POST is not run again (the origin is not called).
+    return None if resp.headers.get("Idempotent-Replayed") == "true" \
+        else "a replay was executed again (no Idempotent-Replayed: true)"

@@ -112,6 +112,7 @@ cdef class RequestContext(Sink):
     cdef public Chain chain             # the route's filters, or the server-wide ones
     cdef public object upstream         # where the request goes: the route's, or a filter's pick
     cdef public object server           # the server that answered last (set when it ended)
+    cdef public int upstream_status     # the status the upstream answered (0: none)
     cdef public object consumer         # the authenticated caller (auth filters), or None
     cdef public object vars             # per-request state of filters: a dict, or None
     cdef public bint finish_upstream    # read the response to the end even if the client goes

@@ -98,6 +98,7 @@ class RequestContext(Sink):
     # ``finish() -> bytes`` once at the end; the answer then goes out chunked.
     transform: Any
     response_length: bytes | None  # an upstream answer's Content-Length, seen by hooks
+    upstream_status: int  # the status the upstream answered (0: none)
     def read_body(self, limit: int) -> Awaitable[bytes]: ...
     def replace_body(self, body: bytes) -> None: ...
     def fetch(self, upstream: Upstream | str, method: bytes | str, path: bytes | str,

@@ -520,6 +520,7 @@ cdef class RequestContext(Sink):
                      bytes content_length, bint no_body) except -1:
         cdef Chain chain = self.chain
         cdef bytes via = self.stream.via
+        self.upstream_status = status  # for the access log, before any filter changes it
         if via is not None:
             # RFC 9110 §7.6.3, as on the request: the upstream's Via entries (call.via), then
             # ours with the version of the response received.

@@ -1,11 +1,13 @@
 """The admin API: a small JSON-over-HTTP server in the supervisor, on its own listener.
 
 Endpoints: ``GET /status``, ``GET /routes``, ``GET /upstreams``, ``GET /config`` (secrets
-redacted), ``GET /metrics`` (Prometheus text), ``POST /reload`` and ``POST /cache/purge``.
-It is the control plane: the stdlib threaded HTTP server is enough, and it never touches the
-workers' event loops. Live figures (connections, pools, counters) come from the snapshots the
-workers write to the run directory about once a second, summed here; a cache purge is
-published there too, and the workers are signalled (engine/control/purge.py).
+redacted), ``GET /stats`` (what the dashboard polls), ``GET /metrics`` (Prometheus text),
+``POST /reload``, ``POST /cache/purge``, and the live status page ``GET /dashboard``
+(engine/control/dashboard/). It is the control plane: the stdlib threaded HTTP server is
+enough, and it never touches the workers' event loops. Live figures (connections, pools,
+counters) come from the snapshots the workers write to the run directory about once a second,
+summed here; a cache purge is published there too, and the workers are signalled
+(engine/control/purge.py).
 
 When ``admin.token`` is set every request needs ``Authorization: Bearer <token>``; the config
 refuses a non-loopback ``admin.listen`` without one.
@@ -25,6 +27,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
+from engine.control import dashboard
 from engine.control.config import parse_listen
 from engine.chain.schema import Duration, Size
 from engine.errors import CATALOG
@@ -97,12 +100,18 @@ class AdminServer(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
 
-    def __init__(self, supervisor, listen: str):
+    def __init__(self, supervisor, listen: str, sock: socket.socket | None = None):
+        """``sock``: a listening socket to serve on instead of binding one (handed over by
+        the supervisor this one upgrades, engine/control/upgrade.py)."""
         host, port = parse_listen(listen)
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.supervisor = supervisor
         self.thread = None
-        super().__init__((host, port), AdminHandler)
+        super().__init__((host, port), AdminHandler, bind_and_activate=sock is None)
+        if sock is not None:
+            self.socket.close()
+            self.socket = sock
+            self.server_address = sock.getsockname()
         self.host, self.port = self.server_address[:2]
 
     def start(self) -> None:
@@ -127,6 +136,7 @@ class AdminHandler(BaseHTTPRequestHandler):
         "/upstreams": ("GET", "upstreams"),
         "/config": ("GET", "config"),
         "/metrics": ("GET", "metrics"),
+        "/stats": ("GET", "stats"),
         "/reload": ("POST", "reload"),
         "/cache/purge": ("POST", "cache_purge"),
     }
@@ -158,12 +168,18 @@ class AdminHandler(BaseHTTPRequestHandler):
         elif length:
             self.close_connection = True
         sup = self.server.supervisor
+        path = self.path.split("?", 1)[0]
+        if method in ("GET", "HEAD") and path in dashboard.ASSETS:
+            # The page's own files hold no data, so they need no token: the page asks for
+            # one, and every JSON request it makes carries it.
+            body, content_type = dashboard.asset(path)
+            self._send(200, body, content_type, dashboard.HEADERS)
+            return
         token = sup.cfg.admin.token
         if token and not self._authorized(token):
             self._error(401, "unauthorized", "this admin API needs Authorization: Bearer <token>",
                         [("WWW-Authenticate", 'Bearer realm="edgeproxy-admin"')])
             return
-        path = self.path.split("?", 1)[0]
         route = self.ROUTES.get(path)
         if route is None:
             self._error(404, "not_found", f"no admin endpoint {path}; try "
@@ -250,6 +266,10 @@ class AdminHandler(BaseHTTPRequestHandler):
             item["circuit"] = CIRCUIT_STATES[circuit]
             out.append(item)
         self._json({"generation": sup.generation, "upstreams": out})
+
+    def handle_stats(self, sup) -> None:
+        totals, _ = sup.totals()
+        self._json(dashboard.stats(totals, time.time()))
 
     def handle_config(self, sup) -> None:
         self._json({"generation": sup.generation, "config_file": sup.config_path,

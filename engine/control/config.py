@@ -131,7 +131,11 @@ class ServerConfig:
                                            "an early answer before closing")
     drain_timeout: Duration = key(10.0, "on SIGTERM/SIGINT, time in-flight requests get to "
                                         "finish")
-    access_log: str = key("stdout", 'JSON access log: "stdout", "stderr", "off" or a file path')
+    access_log: str = key("stdout", 'access log: "stdout", "stderr", "off" or a file path '
+                                    "(reopened on SIGUSR1, for logrotate)")
+    access_log_format: str = key("json", 'access log lines: "json" (one object per request) '
+                                         'or "combined" (nginx\'s, then key=value fields)',
+                                 choices=("json", "combined"))
     tracing: str = key("propagate", 'W3C traceparent: "propagate" gives a valid incoming one '
                                     'a new span id per hop (tracestate kept); "always" also '
                                     'starts a trace when none came; "off" relays both as is',

@@ -2,8 +2,9 @@
 
 Each worker holds its own memory tier, so a purge is published to the run directory as one
 more entry of ``cache-purges.json`` (the last ``KEPT``, numbered), and every worker is sent
-SIGUSR1. A worker applies each entry it has not applied yet (engine.filters.cache.purge) and
-writes what it dropped to ``purged-<pid>.json``; the admin API waits (bounded) for every
+SIGHUP, the signal for news in the run directory (a config generation it already runs is
+skipped; SIGUSR1 is logrotate's). A worker applies each entry it has not applied yet
+(engine.filters.cache.purge) and writes what it dropped to ``purged-<pid>.json``; the admin API waits (bounded) for every
 worker's answer and sums them. A worker that starts later applies what is published then
 (to an empty cache: no harm), so no signal can be missed for good.
 """
@@ -35,7 +36,7 @@ def publish(rundir: str, kind: str, value: str) -> int:
 
 
 def apply_purges(worker, rundir: str) -> None:
-    """Worker side (on SIGUSR1 and at start): apply the purges published since the last."""
+    """Worker side (on SIGHUP and at start): apply the purges published since the last."""
     from engine.filters.cache import purge
 
     entries = _read(os.path.join(rundir, PURGES))

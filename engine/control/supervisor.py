@@ -38,10 +38,10 @@ import tempfile
 import threading
 import time
 
-from engine.control import VERSION
+from engine.control import VERSION, sdnotify, upgrade
 from engine.control.config import parse_listen
 from engine.control.listeners import (
-    ListenError, bind_listeners, close_unshared, listeners_of, worker_pairs,
+    Bound, ListenError, bind_listeners, close_unshared, listeners_of, worker_pairs,
 )
 from engine.control.metrics import STATS_FILE, Totals, read_snapshots
 from engine.control.reload import FileWatch, digest_of, load_candidate, publish
@@ -87,12 +87,17 @@ class Supervisor:
         self.demo_pid = None
         self.stopping = False
         self.hup = False
+        self.usr1 = False  # reopen the access logs (logrotate's postrotate sends SIGUSR1)
+        self.usr2 = False  # start the new binary with our sockets (engine/control/upgrade.py)
+        self.upgrading = None  # its Popen, until it stops us or fails
+        self.inherited = upgrade.inherited()  # the sockets of the supervisor we upgrade
         self.bound: list = []  # engine.control.listeners.Bound per listener, config order
         self.admin = None
         self.rundir = None
         self.started = time.time()
         self.reloads = {"ok": 0, "failed": 0, "unchanged": 0}
         self.last_reload = None
+        self.recent_reloads: collections.deque = collections.deque(maxlen=20)  # newest last
         self.worker_restarts = 0
         self.starting: dict[int, int] = {}  # pid -> index of workers not serving yet
         self.start_failures: dict[int, int] = {}  # index -> startup failures in a row
@@ -118,9 +123,16 @@ class Supervisor:
         return [sock for b in self.bound for sock in b.sockets]
 
     def _bind(self):
+        listeners = listeners_of(self.cfg)
+        adopted = []
+        if self.inherited is not None:  # the same kernel sockets, queued connections and all
+            for lst in listeners:
+                socks = self.inherited.take(lst)
+                if socks:
+                    adopted.append(Bound(lst, socks))
         try:
-            self.bound = bind_listeners(listeners_of(self.cfg), self.cfg.server.backlog,
-                                        worker_count(self.cfg.server.workers))
+            self.bound = bind_listeners(listeners, self.cfg.server.backlog,
+                                        worker_count(self.cfg.server.workers), adopted)
         except ListenError as exc:
             where = f" ({exc.path})" if self.cfg.listeners else ""
             raise SystemExit(f"edgeproxy: {exc.message}{where}") from None
@@ -135,7 +147,10 @@ class Supervisor:
     def _start_admin(self, cfg):
         from engine.control.admin import AdminServer
 
-        return AdminServer(self, cfg.admin.listen)
+        sock = None
+        if self.inherited is not None:
+            sock = self.inherited.take_admin(*parse_listen(cfg.admin.listen))
+        return AdminServer(self, cfg.admin.listen, sock)
 
     def _fork(self, target, keep=()) -> int:
         pid = os.fork()
@@ -148,8 +163,11 @@ class Supervisor:
                 # Until the worker installs its own handler, a reload signal is ignored; the
                 # worker then checks for a reload it missed (reload.apply_published).
                 signal.signal(signal.SIGHUP, signal.SIG_IGN)
-                # Likewise a cache purge (engine/control/purge.py), whose default would kill.
+                # Their default action kills: `systemctl kill -s USR1` signals every process
+                # of the unit (the worker then installs its own USR1 handler); USR2 is the
+                # supervisor's alone (an upgrade).
                 signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+                signal.signal(signal.SIGUSR2, signal.SIG_IGN)
                 if self.admin is not None:
                     self.admin.socket.close()  # the admin port belongs to the supervisor
                 for sock in self._sockets():
@@ -196,9 +214,17 @@ class Supervisor:
         def on_hup(signum, frame):
             self.hup = True
 
+        def on_usr1(signum, frame):
+            self.usr1 = True
+
+        def on_usr2(signum, frame):
+            self.usr2 = True
+
         signal.signal(signal.SIGTERM, on_stop)
         signal.signal(signal.SIGINT, on_stop)
         signal.signal(signal.SIGHUP, on_hup)
+        signal.signal(signal.SIGUSR1, on_usr1)
+        signal.signal(signal.SIGUSR2, on_usr2)
         demo = self.cfg.demo
         if demo is not None:
             from engine.control.demo import run_origins
@@ -242,10 +268,24 @@ class Supervisor:
             if self.hup:
                 self.hup = False
                 self.reload("SIGHUP")
+            if self.usr1:
+                # nginx's USR1: each worker opens its log file by name again; the
+                # supervisor's own lines go to stderr, which it never opened.
+                self.usr1 = False
+                for pid in list(self.workers) + list(self.retiring):
+                    _kill(pid, signal.SIGUSR1)
+            if self.usr2:
+                self.usr2 = False
+                self._upgrade()
             if self.watch is not None and self.watch.poll(time.monotonic()):
                 self.reload("file change")
             self._retire_when_ready()
             for pid, status in _reaped():
+                if self.upgrading is not None and pid == self.upgrading.pid:
+                    self.upgrading = None
+                    log(f"upgrade FAILED: the new process {pid} exited ({_describe(status)}) "
+                        f"before it served; still serving")
+                    continue
                 self._fold(pid)
                 if pid in self.workers and not self.stopping:
                     index = self.workers.pop(pid)
@@ -286,6 +326,35 @@ class Supervisor:
             self.announced = True
             count = worker_count(self.cfg.server.workers)
             log(f"listening on {self._addresses()} with {count} worker(s)")
+            sdnotify.notify("READY=1", f"STATUS=serving generation {self.generation} on "
+                                       f"{self._addresses()}")
+            self._upgraded()
+
+    def _upgrade(self) -> None:
+        """SIGUSR2: start the program on disk again with our sockets (engine/control/upgrade.py);
+        it stops us once it serves."""
+        if self.upgrading is not None:
+            log(f"upgrade: pid {self.upgrading.pid} is still starting; SIGUSR2 ignored")
+            return
+        try:
+            self.upgrading = upgrade.spawn(self.bound, self.admin.socket if self.admin else None)
+        except OSError as exc:
+            log(f"upgrade FAILED: cannot start {' '.join(upgrade.command())}: {exc}")
+            return
+        log(f"upgrade: started pid {self.upgrading.pid} ({' '.join(upgrade.command())}) with "
+            f"the listening sockets; it stops this supervisor once it serves")
+
+    def _upgraded(self) -> None:
+        """We serve on the sockets an old supervisor handed over: it may drain and go."""
+        inherited, self.inherited = self.inherited, None
+        if inherited is None:
+            return
+        inherited.close_rest()
+        # The bootloader of the one-file executable is the process systemd watches.
+        main = os.getppid() if getattr(sys, "frozen", False) else os.getpid()
+        sdnotify.notify(f"MAINPID={main}")
+        log(f"upgrade: serving; stopping the old supervisor {inherited.old_pid}")
+        _kill(inherited.old_pid, signal.SIGTERM)
 
     def _startup_failed(self, pid: int, index: int, status: int, error: str | None) -> bool:
         """A worker died before it served: restart it after an exponential back-off, so a
@@ -359,6 +428,8 @@ class Supervisor:
         """Load, validate and compile the config file; apply it if it is good and different.
         Runs on the main thread only."""
         t0 = time.monotonic()
+        if self.announced:
+            sdnotify.reloading()  # _record says READY=1 again, whatever the result
         if self.config_path is None:
             return self._record(trigger, "failed", t0, [("", "started without a config file")])
         try:
@@ -449,6 +520,10 @@ class Supervisor:
             "generation": self.generation,
             "errors": [{"path": p, "message": m} for p, m in errors],
         }
+        self.recent_reloads.append(self.last_reload)
+        if self.announced:
+            sdnotify.notify("READY=1", f"STATUS=serving generation {self.generation} (last "
+                                       f"reload: {result})")
         if result == "failed":
             log(f"reload ({trigger}) FAILED, still serving generation {self.generation}:")
             for path, message in errors:
@@ -487,7 +562,7 @@ class Supervisor:
         seq = publish(self.rundir, kind, value)
         pids = list(self.workers)
         for pid in pids:
-            _kill(pid, signal.SIGUSR1)
+            _kill(pid, signal.SIGHUP)  # run-directory news (a reload with nothing new is skipped)
         dropped, pending = collect(self.rundir, pids, seq, timeout)
         return {"purged": dropped, "workers": len(pids), "workers_pending": pending}
 
@@ -558,6 +633,7 @@ class Supervisor:
             "admin_listen": f"{self.admin.host}:{self.admin.port}" if self.admin else None,
             "watch_config": self.watch is not None,
             "last_reload": self.last_reload,
+            "recent_reloads": list(self.recent_reloads)[::-1],  # newest first
             "reloads": dict(self.reloads),
             "worker_restarts": self.worker_restarts,
             "last_worker_error": self.last_worker_error,
@@ -569,6 +645,7 @@ class Supervisor:
 
     def _shutdown(self, code: int = 0) -> int:
         log("stopping: draining workers")
+        sdnotify.notify("STOPPING=1")
         if self.admin is not None:
             self.admin.stop()
         for pid in list(self.workers) + list(self.retiring):

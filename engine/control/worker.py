@@ -9,12 +9,10 @@ import asyncio
 import os
 import signal
 import socket
-import sys
 import time
 import traceback
 
-import orjson
-
+from engine.control.access_log import open_access_log
 from engine.control.metrics import worker_snapshot, write_json
 from engine.control.tls import front_context
 from engine.http.negotiate import protocol_factory
@@ -28,47 +26,6 @@ STATS_INTERVAL = 1.0
 DRAIN_IDLE = 1.0
 
 
-class AccessLog:
-    """JSON lines, buffered and written once per sweep (or when the buffer fills)."""
-
-    def __init__(self, destination: str):
-        if destination == "stdout":
-            self.fd, self.owned = sys.stdout.fileno(), False
-        elif destination == "stderr":
-            self.fd, self.owned = sys.stderr.fileno(), False
-        else:
-            self.fd = os.open(destination, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            self.owned = True
-        self.buffer = []
-        self.size = 0
-
-    def write(self, record: dict) -> None:
-        line = orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
-        self.buffer.append(line)
-        self.size += len(line)
-        if self.size > 65536:
-            self.flush()
-
-    def flush(self) -> None:
-        if self.buffer:
-            data = b"".join(self.buffer)
-            self.buffer.clear()
-            self.size = 0
-            try:
-                os.write(self.fd, data)
-            except OSError:
-                pass  # a full disk or closed pipe must not take the data plane down
-
-    def close(self) -> None:
-        self.flush()
-        if self.owned:
-            os.close(self.fd)
-
-
-def open_access_log(destination: str):
-    return None if destination == "off" else AccessLog(destination)
-
-
 class Worker:
     def __init__(self, runtime, loop=None, stats_path: str | None = None, generation: int = 0):
         self.loop = loop or asyncio.get_event_loop()
@@ -80,7 +37,8 @@ class Worker:
         self.server = None  # the first of ``servers``
         self.servers = []
         self.sockets = []
-        self.access_log = open_access_log(runtime.config.server.access_log)
+        self.access_log = open_access_log(runtime.config.server.access_log,
+                                          runtime.config.server.access_log_format)
         self.request_ids = RequestIds(os.urandom(6).hex().encode())
         # Counters by route name (None: requests no route matched); they outlive reloads.
         self.route_stats: dict[str | None, RouteStats] = {None: RouteStats()}
@@ -171,10 +129,11 @@ class Worker:
     def swap(self, runtime) -> None:
         """Serve new requests from ``runtime``; requests in flight keep theirs."""
         old = self.runtime
-        dest = runtime.config.server.access_log
-        reopen = dest != old.config.server.access_log
+        new, was = runtime.config.server, old.config.server
+        reopen = (new.access_log, new.access_log_format) != (was.access_log,
+                                                             was.access_log_format)
         # First: a log that cannot be opened fails the swap before anything changed.
-        access_log = open_access_log(dest) if reopen else None
+        access_log = open_access_log(new.access_log, new.access_log_format) if reopen else None
         self._attach_stats(runtime)
         self.runtime = runtime
         self.tick_interval = self._interval(runtime)
@@ -189,24 +148,12 @@ class Worker:
 
     def log_exchange(self, ex, took: float, upstream_took: float) -> None:
         """The access-log line of a finished request (the data plane counted it already)."""
-        server = ex.server
-        route = ex.route
-        self.access_log.write({
-            "time": time.time(),
-            "request_id": ex.request_id.decode(),
-            "trace_id": ex.trace_id.decode() if ex.trace_id is not None else None,
-            "client_ip": ex.client_ip,
-            "method": ex.method.decode("latin-1"),
-            "path": ex.path,
-            "status": ex.status,
-            "route": route.name if route is not None else None,
-            "consumer": ex.consumer,
-            "upstream": server.url if server is not None else None,
-            "bytes_in": ex.body_received,
-            "bytes_out": ex.bytes_out,
-            "duration_ms": round(took * 1000, 3),
-            "upstream_ms": round(upstream_took * 1000, 3) if upstream_took >= 0 else None,
-        })
+        self.access_log.log(ex, took, upstream_took)
+
+    def reopen_logs(self) -> None:
+        """SIGUSR1: the access log file by its name again (logrotate moved the old one)."""
+        if self.access_log is not None:
+            self.access_log.reopen()
 
     def _tick(self) -> None:
         now = self.ticks.now = self.loop.time()
@@ -305,6 +252,7 @@ def run_worker(runtime, pairs, rundir: str | None = None, generation: int = 0) -
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
+    loop.add_signal_handler(signal.SIGUSR1, worker.reopen_logs)
 
     async def main():
         for sock, listener in pairs:
@@ -312,16 +260,18 @@ def run_worker(runtime, pairs, rundir: str | None = None, generation: int = 0) -
         if rundir is not None:
             from engine.control.reload import apply_published
 
-            def on_hup():
-                if not worker.draining:
-                    apply_published(worker, rundir)
-
-            loop.add_signal_handler(signal.SIGHUP, on_hup)
             from engine.control.purge import apply_purges
 
-            loop.add_signal_handler(signal.SIGUSR1, apply_purges, worker, rundir)
-            apply_purges(worker, rundir)  # what was published before the handler was in
-            # A reload published between our fork and the handler above found us deaf.
+            def on_hup():
+                # The supervisor published news in the run directory: a config, a cache
+                # purge. Each is numbered, so whatever this worker has applied is skipped.
+                if not worker.draining:
+                    apply_published(worker, rundir)
+                apply_purges(worker, rundir)
+
+            loop.add_signal_handler(signal.SIGHUP, on_hup)
+            # News published between our fork and the handler above found us deaf.
+            apply_purges(worker, rundir)
             apply_published(worker, rundir)
             worker.write_stats()
         await stop

@@ -164,7 +164,7 @@ class Filter(FilterBase):
     __slots__ = ("store", "flights", "refreshing", "events", "gauges", "max_object",
                  "max_variants", "extra", "query_args", "heuristic_max", "keep_stale",
                  "unreachable", "lock_timeout", "set_cookie", "tag_header", "status_name",
-                 "x_cache", "client_directives", "tier", "writes", "uncollapsed")
+                 "x_cache", "client_directives", "tier", "writes", "uncollapsed", "per_consumer")
     PHASE = CACHE
 
     def __init__(self, cfg: Config, build):
@@ -182,6 +182,7 @@ class Filter(FilterBase):
         self.max_object = cfg.max_object_size
         self.max_variants = cfg.max_variants
         self.extra = tuple(compile_key((p,)) for p in cfg.key_parts)
+        self.per_consumer = "consumer" in cfg.key_parts
         self.query_args = tuple(sorted(cfg.query_args)) if cfg.query_args is not None else None
         self.heuristic_max = cfg.heuristic_max
         self.keep_stale = cfg.keep_stale
@@ -226,6 +227,12 @@ class Filter(FilterBase):
                     conditional = True
                 elif req_cc is None and self.client_directives:
                     req_cc = rfc.request_directives(ctx.headers)
+        if ctx.consumer is not None and not self.per_consumer:
+            # A caller the gateway authenticated, whose credential the auth filter may have
+            # taken off already: its answers are treated as RFC 9111 §3.5 treats those to
+            # Authorization, stored and shared only when the origin says so (public,
+            # s-maxage, must-revalidate), unless the key keeps each consumer's apart.
+            authorized = True
         url = self.url_of(ctx)
         if not (req_cc or authorized or self.extra):
             # The common case first: a fresh hit, answered without any per-request state
@@ -395,6 +402,9 @@ class Filter(FilterBase):
         tail = [(b"Age", b"%d" % min(int(age), rfc.DELTA_MAX))]
         if self.status_name:
             tail.append((b"Cache-Status", self.status_name + b"; " + status))
+        if ctx.vars is None:
+            ctx.vars = {}
+        ctx.vars["cache_status"] = x_cache.decode()  # the access log's "cache" field
         if self.x_cache:
             tail.append((b"X-Cache", x_cache))
         if conditional and rfc.not_modified(entry, ctx.headers, now):
@@ -502,6 +512,7 @@ class Filter(FilterBase):
         if self.status_name:
             tail.append((b"Cache-Status", self.status_name + b"; fwd=%s; fwd-status=%d%s" % (
                 st.fwd, resp.status, b"; stored" if stored is not None else b"")))
+        ctx.vars["cache_status"] = "MISS"
         if self.x_cache:
             tail.append((b"X-Cache", b"MISS"))
         if stored is not None:
@@ -599,8 +610,10 @@ class Filter(FilterBase):
             resp.headers.append((b"Cache-Status", self.status_name + b"; fwd=%s; "
                                  b"fwd-status=%d%s" % (fwd, status,
                                                        b"; stored" if stored else b"")))
+        x_cache = b"BYPASS" if st.kind == BYPASS else b"MISS"
+        vars_["cache_status"] = x_cache.decode()
         if self.x_cache:
-            resp.headers.append((b"X-Cache", b"BYPASS" if st.kind == BYPASS else b"MISS"))
+            resp.headers.append((b"X-Cache", x_cache))
 
     def _head_answer(self, ctx, st, resp) -> bool:
         """A HEAD forwarded for a stale stored GET: a 200 whose validators match freshens
@@ -734,7 +747,8 @@ class Filter(FilterBase):
         if not rfc.has_explicit_freshness(cc, resp.headers):
             return
         st.req_cc = _NONE
-        st.authorized = any(n.lower() == b"authorization" for n, _ in ctx.headers)
+        st.authorized = any(n.lower() == b"authorization" for n, _ in ctx.headers) or (
+            ctx.consumer is not None and not self.per_consumer)
         now = clock()
         st.pending = self._storable(resp.status, resp.headers, (st.extra, ()), ctx, now, now)
 

@@ -2,6 +2,7 @@
 origin that answers each path as the test scripts it and counts what reaches it. Time is the
 cache module's ``clock``, moved by the tests (no sleeping for freshness)."""
 
+import hashlib
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -203,6 +204,43 @@ def test_authorization_needs_the_response_to_allow_sharing(setup):
         get(proxy.port, path, auth)
         get(proxy.port, path, auth)
     assert script.count("/p") == 2 and script.count("/pub") == 1
+
+
+CONSUMERS = """
+[routes.auth]
+methods = ["api_key"]
+""" + "".join(f"""
+[[consumers]]
+name = "{who}"
+api_keys = ["sha256:{hashlib.sha256(b"key-" + who.encode()).hexdigest()}"]
+""" for who in ("alice", "bob"))
+
+
+def as_(who):
+    return [(b"X-API-Key", b"key-" + who)]
+
+
+def test_an_authenticated_callers_answer_is_not_shared_unless_the_origin_says_so(setup):
+    # The auth filter takes the API key off before the cache sees the request: the cache
+    # still knows a consumer was authenticated, and applies RFC 9111 §3.5's rule.
+    proxy, script, _ = setup(route_extra=CONSUMERS)
+    script["/me"] = (200, [(b"Cache-Control", b"max-age=100")], b"alice's data")
+    script["/pub"] = (200, [(b"Cache-Control", b"max-age=100, public")], b"shared")
+    assert get(proxy.port, "/me", as_(b"alice")).body == b"alice's data"
+    script["/me"] = (200, [(b"Cache-Control", b"max-age=100")], b"bob's data")
+    assert get(proxy.port, "/me", as_(b"bob")).body == b"bob's data"
+    for who in (b"alice", b"bob"):
+        assert get(proxy.port, "/pub", as_(who)).body == b"shared"
+    assert script.count("/me") == 2 and script.count("/pub") == 1
+
+
+def test_consumer_in_the_key_keeps_one_cache_per_consumer(setup):
+    proxy, script, _ = setup(extra='key_parts = ["consumer"]', route_extra=CONSUMERS)
+    for who in (b"alice", b"bob"):
+        script["/me"] = (200, [(b"Cache-Control", b"max-age=100")], who + b"'s data")
+        for _ in range(2):
+            assert get(proxy.port, "/me", as_(who)).body == who + b"'s data"
+    assert script.count("/me") == 2  # one per consumer, each then a hit
 
 
 @pytest.mark.parametrize("directive", [b"no-cache", b"max-age=0"])

@@ -28,7 +28,10 @@ class CliProxy:
     failed to remove is left for the session's check (tests/conftest.py) to report.
     """
 
-    def __init__(self, tmp_path, config_text: str, start_timeout: float = 15.0):
+    def __init__(self, tmp_path, config_text: str, start_timeout: float = 15.0,
+                 command: list[str] | None = None, env: dict | None = None):
+        """``command``: what runs ``run -c <config>`` (default: this Python's ``-m engine``);
+        ``env``: the whole environment (default: this one's), TMPDIR set either way."""
         self.path = tmp_path / "edgeproxy.toml"
         if "listen" not in config_text:  # hermetic: never the default 0.0.0.0:8080
             if "[server]" in config_text:
@@ -47,13 +50,15 @@ class CliProxy:
         self.stderr = b""
         self.returncode = None
         self.tmpdir = None
+        self.command = command or [sys.executable, "-m", "engine"]
+        self.env = os.environ if env is None else env
 
     def __enter__(self):
         self.tmpdir = tempfile.mkdtemp(prefix="cli-", dir=os.environ.get("TMPDIR"))
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "engine", "run", "-c", str(self.path)],
+            [*self.command, "run", "-c", str(self.path)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-            env={**os.environ, "TMPDIR": self.tmpdir})
+            env={**self.env, "TMPDIR": self.tmpdir})
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             ready, _, _ = select.select([self.proc.stderr], [], [], 0.2)
