@@ -136,17 +136,35 @@ def apply_published(worker, rundir: str) -> bool:
 class FileWatch:
     """Polls a file's mtime, size and content hash every ``interval`` seconds and reports a
     change once the file has held still for one more ``settle`` period (editors and config
-    managers write in steps: truncate, write, rename). Time is an argument (``now``)."""
+    managers write in steps: truncate, write, rename). ``files`` are watched with it by
+    mtime and size (the certificates the config names). Time is an argument (``now``)."""
 
-    def __init__(self, path: str, digest: str | None, interval: float = 1.0,
-                 settle: float = 0.3):
+    def __init__(self, path: str, digest: str | None, files: tuple = (),
+                 interval: float = 1.0, settle: float = 0.3):
         self.path = path
+        self.files = files
         self.interval = interval
         self.settle = settle
-        self.attempted = digest  # content last loaded (good or bad): not retried
         self.seen = self._look()
+        self.tried(digest)
         self.moving = False
         self.due = 0.0
+
+    def tried(self, digest: str | None) -> None:
+        """The config whose content hashes to ``digest`` was loaded (good or bad), with the
+        watched files as they are now: that state is not retried."""
+        self.attempted = digest
+        self.attempted_files = self._stats()
+
+    def _stats(self) -> tuple:
+        stats = []
+        for path in self.files:
+            try:
+                st = os.stat(path)
+                stats.append((st.st_mtime_ns, st.st_size))
+            except OSError:
+                stats.append(None)
+        return tuple(stats)
 
     def _look(self):
         try:
@@ -155,7 +173,7 @@ class FileWatch:
                 data = f.read()
         except OSError:
             return None  # gone or unreadable for now (a rename in progress): keep serving
-        return (st.st_mtime_ns, st.st_size, digest_of(data))
+        return (st.st_mtime_ns, st.st_size, digest_of(data), self._stats())
 
     def poll(self, now: float) -> bool:
         """True when the file changed, settled, and differs from the last attempt."""
@@ -171,7 +189,8 @@ class FileWatch:
         if not self.moving:
             return False
         self.moving = False
-        return look is not None and look[2] != self.attempted
+        return look is not None and (look[2] != self.attempted
+                                     or look[3] != self.attempted_files)
 
 
 def _log(message: str) -> None:

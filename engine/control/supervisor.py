@@ -47,6 +47,7 @@ from engine.control.metrics import STATS_FILE, Totals, read_snapshots
 from engine.control.reload import FileWatch, digest_of, load_candidate, publish
 from engine.chain.schema import ConfigError
 from engine.control.snapshot import Runtime
+from engine.control.tls import tls_files
 from engine.upstream.health import STATE_NAMES as CIRCUIT_STATES
 
 
@@ -394,7 +395,10 @@ class Supervisor:
         if self.config_path is None or not self.cfg.server.watch_config:
             self.watch = None
         elif self.watch is None:
-            self.watch = FileWatch(self.config_path, self.digest)
+            self.watch = FileWatch(self.config_path, self.digest, tls_files(self.cfg))
+        elif self.watch.files != tls_files(self.cfg):
+            self.watch.files = tls_files(self.cfg)
+            self.watch.tried(self.digest)
 
     def _retire_when_ready(self) -> None:
         """After a listener change: SIGTERM the old workers once every new one serves (has
@@ -436,10 +440,10 @@ class Supervisor:
             cand = load_candidate(self.config_path)
         except ConfigError as exc:
             if self.watch is not None and exc.digest is not None:
-                self.watch.attempted = exc.digest
+                self.watch.tried(exc.digest)
             return self._record(trigger, "failed", t0, exc.errors)
         if self.watch is not None:
-            self.watch.attempted = cand.digest
+            self.watch.tried(cand.digest)
         self.digest = cand.digest
         new, old = cand.cfg, self.cfg
         if new == old:

@@ -182,6 +182,21 @@ def front_context(policy: TLSPolicy, current) -> ssl.SSLContext:
     return ctx
 
 
+def tls_files(cfg) -> tuple[str, ...]:
+    """Every certificate, key and CA file the config names: the config watch reloads when
+    one changes (a certificate renewed in place, by certbot say), not only the config."""
+    files = []
+    for entry in cfg.listeners:
+        tls = entry.tls if entry is not None else None
+        if tls is not None:
+            files += [tls.cert, tls.key, tls.client_ca]
+            files += [p for c in tls.certificates if c is not None for p in (c.cert, c.key)]
+    for up in cfg.upstreams:
+        if up is not None:
+            files += [up.tls.ca, up.tls.cert, up.tls.key]
+    return tuple(sorted({f for f in files if f}))
+
+
 def check_tls(cfg, errors: list) -> None:
     """Read every certificate and key file the config names (listeners and upstreams) and
     record each one that cannot serve under its key path; a good config gets the digest of

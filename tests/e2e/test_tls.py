@@ -9,7 +9,9 @@ import pytest
 
 from engine.chain.schema import ConfigError
 from engine.control.config import INTERMEDIATE_CIPHERS, parse
+from tests.support.cli import CliProxy
 from tests.support.client import Conn
+from tests.support.e2e import wait_until
 from tests.support.origin import Origin, ok
 from tests.support.proxy import InProcessProxy
 from tests.support.tls import CA, OTHER_CA, ca_file, client_context, issue
@@ -173,6 +175,20 @@ def test_certificates_rotate_on_reload_without_a_failed_request(origin):
         # a connection made before the reload goes on, on its old certificate
         assert kept.request().status == 200
         kept.__exit__()
+
+
+def test_a_certificate_renewed_in_place_is_served_without_a_reload_command(origin, tmp_path):
+    # certbot's way: new files behind the same paths, no signal. The config watch sees them.
+    first, second = issue("renew-a", "default.test"), issue("renew-b", "default.test")
+    cert, key = tmp_path / "live.crt", tmp_path / "live.key"
+    cert.write_bytes(open(first[0], "rb").read())
+    key.write_bytes(open(first[1], "rb").read())
+    with CliProxy(tmp_path, config(origin.url, certs((str(cert), str(key))))) as p:
+        before = served_serial(p.port)
+        key.write_bytes(open(second[1], "rb").read())
+        cert.write_bytes(open(second[0], "rb").read())
+        assert wait_until(lambda: served_serial(p.port) != before, timeout=10, step=0.2)
+        assert p.admin("GET", "/status")[1]["recent_reloads"][-1]["trigger"] == "file change"
 
 
 def served_serial(port: int) -> str:

@@ -64,7 +64,7 @@ def test_file_watch_reports_a_change_once_it_holds_still(tmp_path):
     path.write_text("a = 3\n")
     assert watch.poll(1.3) is False  # changed again while settling: wait again
     assert watch.poll(1.6) is True  # still for one settle period
-    watch.attempted = digest_of(b"a = 3\n")  # what the supervisor does when it loads it
+    watch.tried(digest_of(b"a = 3\n"))  # what the supervisor does when it loads it
     assert watch.poll(2.6) is False and watch.poll(3.6) is False
 
 
@@ -113,3 +113,16 @@ def test_worker_skips_the_swap_when_the_config_is_equal(tmp_path):
         publish(str(tmp_path), 2, "c.toml", text)
         assert proxy.call(apply_published, worker, str(tmp_path)) is True
         assert worker.runtime is before and worker.generation == 2
+
+
+def test_file_watch_reports_a_watched_certificate_renewed_in_place(tmp_path):
+    path, cert = tmp_path / "c.toml", tmp_path / "cert.pem"
+    path.write_text("a = 1\n")
+    cert.write_text("old")
+    watch = FileWatch(str(path), digest_of(b"a = 1\n"), (str(cert),), interval=1.0, settle=0.3)
+    assert watch.poll(0.0) is False
+    cert.write_text("renewed")
+    os.utime(cert, ns=(5, 5))
+    assert [watch.poll(t) for t in (1.0, 1.3)] == [False, True]  # the config text is the same
+    watch.tried(digest_of(b"a = 1\n"))
+    assert watch.poll(2.3) is False and watch.poll(3.3) is False
