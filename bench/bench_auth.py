@@ -13,7 +13,7 @@ Routes to the same origin:
 
 Every request carries a valid credential (one key, one token per algorithm, as a client with
 a long-lived token sends it); a 401 in the run is an error. Rounds interleave the routes; the
-table shows medians, the ratio to /open and req/s per proxy core (as bench/vs_nginx.py).
+table shows medians, the ratio to /open and req/s per proxy core (as bench/vs_nginx.py, with bench/rig.py).
 Keys are made here with `cryptography`. Default: 3 rounds x 3 s x 9 routes, about 90 s.
 """
 

@@ -13,7 +13,7 @@ one redis-server (core 0). The proxy serves five routes to the same origin:
 
 Every limit sits far above the load, so each request is decided but none refused (a 429 in
 the run is reported as an error). Rounds interleave the routes; the table shows medians, the
-ratio to /plain, and req/s per proxy core (the proxy's CPU share, as bench/vs_nginx.py).
+ratio to /plain, and req/s per proxy core (the proxy's CPU share, measured by bench/rig.py).
 Default: 3 rounds x 4 s x 5 routes, about 70 s. Every process it starts is killed at exit.
 """
 

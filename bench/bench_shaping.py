@@ -12,7 +12,7 @@ serving small JSON documents. The proxy serves three routes:
                           sub-request to the origin, merged into one JSON object
 
 Rounds interleave the routes; the table shows medians, the ratio to /plain, and req/s per
-proxy core (the proxy's CPU share, as bench/vs_nginx.py). Default: 3 rounds x 4 s x 3
+proxy core (the proxy's CPU share, measured by bench/rig.py). Default: 3 rounds x 4 s x 3
 routes, about 45 s. Every process it starts is killed at exit.
 """
 
