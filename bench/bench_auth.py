@@ -17,7 +17,6 @@ table shows medians, the ratio to /open and req/s per proxy core (as bench/vs_ng
 Keys are made here with `cryptography`. Default: 3 rounds x 3 s x 9 routes, about 90 s.
 """
 
-import argparse
 import hashlib
 import socket
 import sys
@@ -89,11 +88,7 @@ api_keys = ["sha256:{hashlib.sha256(API_KEY.encode()).hexdigest()}"]
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--duration", type=float, default=3.0)
-    ap.add_argument("--conns", type=int, default=50)
-    args = ap.parse_args()
+    args = rig.route_args(__doc__, duration=3.0)
     rig.ensure_tools()
     _, procs = rig.workspace("bench-auth-")
     origin_port = procs.origin({"small": BODIES["small"]})
@@ -104,13 +99,9 @@ def main() -> int:
         if status != 200 or body != BODIES["small"]:
             raise SystemExit(f"/{name}/small answered {status}")
 
-    started = time.monotonic()
-    results = rig.route_rounds(proxy.pid, port, {name: f"/{name}/small" for name in ROUTES},
-                               args.rounds, args.conns, args.duration, creds)
-    print(rig.route_table(
-        results, {name: f"/{name}/" for name in ROUTES}, "open",
-        f"edgeproxy 1 worker, wrk -c{args.conns} -t1, {args.rounds} rounds x "
-        f"{args.duration:g} s, small body (13 B), medians; {time.monotonic() - started:.0f} s"))
+    rig.route_bench(proxy.pid, port, {name: f"/{name}/small" for name in ROUTES}, args,
+                    base="open", labels={name: f"/{name}/" for name in ROUTES},
+                    headers=creds, body="small body (13 B), ")
     return 0
 
 

@@ -17,10 +17,8 @@ ratio to /plain, and req/s per proxy core (the proxy's CPU share, measured by be
 Default: 3 rounds x 4 s x 5 routes, about 70 s. Every process it starts is killed at exit.
 """
 
-import argparse
 import socket
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -72,11 +70,7 @@ def edgeproxy_config(port: int, origin_port: int, redis_port: int) -> str:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--duration", type=float, default=4.0)
-    ap.add_argument("--conns", type=int, default=50)
-    args = ap.parse_args()
+    args = rig.route_args(__doc__, duration=4.0)
     rig.ensure_tools("redis-server")
     _, procs = rig.workspace("bench-ratelimit-")
     origin_port = procs.origin({"small": BODIES["small"]})
@@ -90,13 +84,9 @@ def main() -> int:
         if name != "plain" and "RateLimit" not in headers:
             raise SystemExit(f"/{name}/small has no RateLimit header: {headers}")
 
-    started = time.monotonic()
-    results = rig.route_rounds(proxy.pid, port, {name: f"/{name}/small" for name in ROUTES},
-                               args.rounds, args.conns, args.duration)
-    print(rig.route_table(
-        results, {name: f"/{name}/" for name in ROUTES}, "plain",
-        f"edgeproxy 1 worker, wrk -c{args.conns} -t1, {args.rounds} rounds x "
-        f"{args.duration:g} s, small body (13 B), medians; {time.monotonic() - started:.0f} s"))
+    rig.route_bench(proxy.pid, port, {name: f"/{name}/small" for name in ROUTES}, args,
+                    base="plain", labels={name: f"/{name}/" for name in ROUTES},
+                    body="small body (13 B), ")
     return 0
 
 

@@ -16,11 +16,9 @@ proxy core (the proxy's CPU share, measured by bench/rig.py). Default: 3 rounds 
 routes, about 45 s. Every process it starts is killed at exit.
 """
 
-import argparse
 import json
 import socket
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -85,11 +83,7 @@ required = false
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--duration", type=float, default=4.0)
-    ap.add_argument("--conns", type=int, default=50)
-    args = ap.parse_args()
+    args = rig.route_args(__doc__, duration=4.0)
     rig.ensure_tools()
     _, procs = rig.workspace("bench-shaping-")
     origin_port = procs.origin({name: json.dumps(doc).encode() for name, doc in DOCS.items()},
@@ -107,12 +101,7 @@ def main() -> int:
         if status != 200 or json.loads(body) != expected[name]:
             raise SystemExit(f"{path} answered {status}: {body[:200]!r}")
 
-    started = time.monotonic()
-    results = rig.route_rounds(proxy.pid, port, PATHS, args.rounds, args.conns, args.duration)
-    print(rig.route_table(
-        results, PATHS, "plain",
-        f"edgeproxy 1 worker, wrk -c{args.conns} -t1, {args.rounds} rounds x "
-        f"{args.duration:g} s, medians; {time.monotonic() - started:.0f} s"))
+    rig.route_bench(proxy.pid, port, PATHS, args, base="plain")
     return 0
 
 

@@ -10,6 +10,7 @@ and the median tables. bench/ is a folder of scripts, not a package: scripts put
 on sys.path and import ``rig``.
 """
 
+import argparse
 import atexit
 import os
 import re
@@ -480,6 +481,27 @@ def route_table(results: dict, labels: dict, base: str, title: str) -> str:
                      f"{median(runs, 'per_core'):.0f} | {median(runs, 'p50'):.2f} | "
                      f"{median(runs, 'p99'):.2f} |")
     return "\n".join(lines)
+
+
+def route_args(doc: str, duration: float):
+    """The command line of a bench over one proxy's routes: --rounds, --duration, --conns."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--duration", type=float, default=duration)
+    ap.add_argument("--conns", type=int, default=50)
+    return ap.parse_args()
+
+
+def route_bench(pid: int, port: int, paths: dict, args, base: str, labels: dict | None = None,
+                headers: dict | None = None, body: str = "") -> None:
+    """route_rounds with ``args`` (see route_args), then its table on stdout; ``body`` names
+    the response body for the title."""
+    started = time.monotonic()
+    results = route_rounds(pid, port, paths, args.rounds, args.conns, args.duration, headers)
+    print(route_table(
+        results, labels or paths, base,
+        f"edgeproxy 1 worker, wrk -c{args.conns} -t1, {args.rounds} rounds x "
+        f"{args.duration:g} s, {body}medians; {time.monotonic() - started:.0f} s"))
 
 
 def write_results(path: Path, text: str) -> None:
