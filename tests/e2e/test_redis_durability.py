@@ -29,20 +29,14 @@ on_store_error = "{name}"
 
 @pytest.fixture
 def group():
-    g = SentinelGroup()
-    try:
+    with SentinelGroup() as g:
         yield g
-    finally:
-        g.close()
 
 
 @pytest.fixture
 def pair():
-    p = Replicated()
-    try:
+    with Replicated() as p:
         yield p
-    finally:
-        p.close()
 
 
 def test_claims_in_flight_survive_a_failover_and_their_answers_replay(group):

@@ -73,7 +73,17 @@ class Certs:
                 "--tls-ca-cert-file", self.ca, "--tls-auth-clients", clients]
 
 
-class Replicated:
+class _Closed:
+    """``with X() as x:`` closes x at the end (the fixtures' form)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class Replicated(_Closed):
     """A master and one replica of it, in sync."""
 
     def __init__(self):
@@ -149,7 +159,7 @@ class SentinelGroup(Replicated):
         super().close()
 
 
-class Cluster:
+class Cluster(_Closed):
     """A Redis Cluster of ``masters`` masters and no replicas (enough to prove slots,
     redirects and migrations; a replica per master would double the start time)."""
 

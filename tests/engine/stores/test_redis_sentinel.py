@@ -20,11 +20,8 @@ INCR = "return redis.call('INCR', KEYS[1])"
 
 @pytest.fixture(scope="module")
 def group():
-    g = SentinelGroup()
-    try:
+    with SentinelGroup() as g:
         yield g
-    finally:
-        g.close()
 
 
 def sentinel_store(group, sentinels=None, **kw):
