@@ -9,10 +9,10 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from tests.e2e.test_idempotency import Ledger, post
-from tests.support.e2e import assert_error, proxy_config
+from tests.support.e2e import assert_error, proxy_config, wait_for
 from tests.support.origin import Origin
 from tests.support.proxy import InProcessProxy
-from tests.support.redis_ha import Replicated, SentinelGroup, wait_for
+from tests.support.redis_ha import Replicated, SentinelGroup
 
 SECTION = """
 [[routes]]

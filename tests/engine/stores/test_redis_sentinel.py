@@ -13,7 +13,8 @@ from engine.stores import ratelimit
 from engine.stores.redis import RedisStore, StoreUnavailable
 from tests.engine.stores.test_redis_store import run
 from tests.support.redis import free_port
-from tests.support.redis_ha import SentinelGroup, wait_for
+from tests.support.e2e import wait_for
+from tests.support.redis_ha import SentinelGroup
 
 INCR = "return redis.call('INCR', KEYS[1])"
 
