@@ -346,3 +346,19 @@ def check_header_value(value: str) -> str:
     if any(c in value for c in "\r\n\x00"):
         raise ValueError("header values must not contain CR, LF or NUL")
     return value
+
+
+def check_regex(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"not a regular expression: {exc}") from None
+    return value
+
+
+def check_request_path(value: str) -> str:
+    """A path (and query) the proxy asks a service for: origin-form (RFC 9112 §3.2.1), so it
+    starts with "/" and holds no space, CR, LF, NUL or fragment."""
+    if not value.startswith("/") or any(c in value for c in " \r\n\x00#"):
+        raise ValueError(f'"{value}" must be a path starting with "/"')
+    return value

@@ -43,7 +43,7 @@ from functools import partial
 
 from engine.chain.filter import IDEMPOTENCY, STREAM, Filter as FilterBase
 from engine.chain.keys import check_key_spec, compile_key
-from engine.chain.schema import Duration, Size, check_header_name, key
+from engine.chain.schema import Duration, Size, check_header_name, check_regex, key
 from engine.errors import error_response
 from engine.errors import Response
 from engine.stores import STORE_ERROR_ALIASES, STORE_ERROR_POLICIES
@@ -77,14 +77,6 @@ def _methods(values):
     return values
 
 
-def _pattern(value):
-    try:
-        re.compile(value)
-    except re.error as exc:
-        raise ValueError(f"not a regular expression: {exc}") from None
-    return value
-
-
 def _release(values):
     for v in values:
         if not re.fullmatch(r"[1-5](\d\d|xx)", v):
@@ -110,7 +102,7 @@ class Config:
     min_length: int = key(1, "shortest key accepted", min=1, max=1024)
     max_length: int = key(255, "longest key accepted (Stripe: 255)", min=1, max=1024)
     pattern: str = key(r"[A-Za-z0-9_.:~+/=-]+", "regular expression the whole key must "
-                                                "match", check=_pattern)
+                                                "match", check=check_regex)
     ttl: Duration = key(86400.0, "how long a completed response is kept and replayed")
     lease: Duration = key(60.0, "how long a claim outlives a proxy that crashed mid-request "
                                 "(a running request renews it every lease/3)")
