@@ -336,6 +336,15 @@ def _type_name(tp) -> str:
 TOKEN_RE = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 
 
+def check_methods(values: tuple) -> tuple:
+    # RFC 9110 §9.1: a method is a token, case-sensitive; the standard ones are upper case,
+    # and a lower-case "get" in a config is a typo that would never match.
+    for v in values:
+        if not TOKEN_RE.match(v) or v != v.upper():
+            raise ValueError(f'"{v}" is not an uppercase HTTP method token (e.g. "POST")')
+    return values
+
+
 def check_header_name(name: str) -> str:
     if not TOKEN_RE.match(name):
         raise ValueError(f'"{name}" is not a valid header name')

@@ -43,7 +43,7 @@ from functools import partial
 
 from engine.chain.filter import IDEMPOTENCY, STREAM, Filter as FilterBase
 from engine.chain.keys import check_key_spec, compile_key
-from engine.chain.schema import Duration, Size, check_header_name, check_regex, key
+from engine.chain.schema import Duration, Size, check_header_name, check_methods, check_regex, key
 from engine.errors import error_response
 from engine.errors import Response
 from engine.stores import STORE_ERROR_ALIASES, STORE_ERROR_POLICIES
@@ -70,13 +70,6 @@ _REPLAYED = (b"Idempotent-Replayed", b"true")
 _NOT_STORED = frozenset((b"x-request-id",))
 
 
-def _methods(values):
-    for m in values:
-        if not re.fullmatch(r"[A-Z]+", m):
-            raise ValueError(f'"{m}" is not a method name (upper case, e.g. "POST")')
-    return values
-
-
 def _release(values):
     for v in values:
         if not re.fullmatch(r"[1-5](\d\d|xx)", v):
@@ -93,7 +86,7 @@ def _headers(values):
 @dataclass(frozen=True)
 class Config:
     methods: tuple[str, ...] = key(("POST", "PATCH"), "methods the key applies to; others "
-                                                      "pass through untouched", check=_methods)
+                                                      "pass through untouched", check=check_methods)
     header: str = key("Idempotency-Key", "request header carrying the key",
                       check=check_header_name)
     required: bool = key(False, "answer 400 to a request of those methods without a key")
