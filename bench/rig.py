@@ -196,8 +196,7 @@ class Processes:
                              LOAD_CORE)
         return port
 
-    def edgeproxy(self, name: str, config, core: str = PROXY_CORE,
-                  ) -> tuple[int, subprocess.Popen]:
+    def edgeproxy(self, name: str, config, core: str = PROXY_CORE) -> tuple[int, subprocess.Popen]:
         """``config(port)`` is the config.toml text (see edgeproxy_config)."""
         port = free_port()
         path = self.tmp / f"{name}.toml"
