@@ -13,18 +13,13 @@ Routes to the same origin:
 
 Every request carries a valid credential (one key, one token per algorithm, as a client with
 a long-lived token sends it); a 401 in the run is an error. Rounds interleave the routes; the
-table shows medians, the ratio to /open and req/s per proxy core (as bench/vs_nginx.py).
+table shows medians, the ratio to /open and req/s per proxy core (as bench/vs_nginx.py, with bench/rig.py).
 Keys are made here with `cryptography`. Default: 3 rounds x 3 s x 9 routes, about 90 s.
 """
 
-import argparse
-import atexit
 import hashlib
-import shutil
 import socket
-import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -34,10 +29,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from vs_nginx import (  # noqa: E402  (bench/ is not a package)
-    BODIES, HOST, LOAD_CORE, PROXY_CORE, ROOT, Processes, _nginx_binary, ensure_tools, fetch,
-    free_port, origin_nginx_conf, run_wrk, wait_ready,
-)
+import rig  # noqa: E402  (bench/ is a folder of scripts, not a package)
+from rig import BODIES  # noqa: E402
 
 API_KEY = "bench-key-7c1d9e2f4a6b8c0d"
 SECRET = b"bench-hmac-secret-of-32-bytes-ok"
@@ -87,90 +80,28 @@ def credential(name: str) -> tuple:
 
 
 def edgeproxy_config(port: int, origin_port: int) -> str:
-    routes = "".join(f"""
-[[routes]]
-name = "{name}"
-paths = ["/{name}/*"]
-upstream = "origin"
-strip_prefix = true
-{section}""" for name, section in ROUTES.items())
-    return f"""
-[server]
-listen = "{HOST}:{port}"
-workers = 1
-access_log = "off"
-
-[admin]
-listen = "{HOST}:0"
-
+    return rig.edgeproxy_config(port, origin_port, rig.prefixed_routes(ROUTES), top=f"""
 [[consumers]]
 name = "bench"
 api_keys = ["sha256:{hashlib.sha256(API_KEY.encode()).hexdigest()}"]
-
-[[upstreams]]
-name = "origin"
-servers = ["http://{HOST}:{origin_port}"]
-keepalive = 1024
-{routes}"""
+""")
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--duration", type=float, default=3.0)
-    ap.add_argument("--conns", type=int, default=50)
-    args = ap.parse_args()
-    ensure_tools()
-    tmp = Path(tempfile.mkdtemp(prefix="bench-auth-"))
-    procs = Processes(tmp)
-    atexit.register(lambda: (procs.stop(), shutil.rmtree(tmp, ignore_errors=True)))
-
-    www = tmp / "www"
-    www.mkdir()
-    (www / "small").write_bytes(BODIES["small"])
-    for p in (tmp, www, www / "small"):
-        p.chmod(0o755)
-    origin_port = free_port()
-    (tmp / "origin.conf").write_text(origin_nginx_conf(tmp, origin_port))
-    origin = procs.start("origin", [_nginx_binary(), "-e", str(tmp / "origin-error.log"), "-p",
-                                    str(tmp), "-c", str(tmp / "origin.conf")], LOAD_CORE)
-    port = free_port()
-    (tmp / "edgeproxy.toml").write_text(edgeproxy_config(port, origin_port))
-    proxy = procs.start("edgeproxy", [sys.executable, "-m", "engine", "run", "-c",
-                                      str(tmp / "edgeproxy.toml")], PROXY_CORE, cwd=ROOT)
-    for name, proc, p in (("origin", origin, origin_port), ("edgeproxy", proxy, port)):
-        wait_ready(procs, name, proc, p)
+    args = rig.route_args(__doc__, duration=3.0)
+    rig.ensure_tools()
+    _, procs = rig.workspace("bench-auth-")
+    origin_port = procs.origin({"small": BODIES["small"]})
+    port, proxy = procs.edgeproxy("edgeproxy", lambda p: edgeproxy_config(p, origin_port))
     creds = {name: credential(name) for name in ROUTES}
     for name in ROUTES:
-        status, _, body = fetch(port, f"/{name}/small", creds[name])
+        status, _, body = rig.fetch(port, f"/{name}/small", creds[name])
         if status != 200 or body != BODIES["small"]:
             raise SystemExit(f"/{name}/small answered {status}")
 
-    results: dict = {name: [] for name in ROUTES}
-    started = time.monotonic()
-    names = list(ROUTES)
-    for r in range(args.rounds):
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            run = run_wrk(proxy.pid, port, f"/{name}/small", args.conns, args.duration,
-                          creds[name])
-            if run.errors:
-                raise SystemExit(f"/{name}: errors in the run: {run.error_lines}")
-            results[name].append(run)
-            print(f"round {r + 1} {name:9} {run.rps:9.0f} req/s  cpu {run.cpu_share:.2f}",
-                  file=sys.stderr)
-    base = statistics.median(x.rps for x in results["open"])
-    lines = [f"edgeproxy 1 worker, wrk -c{args.conns} -t1, {args.rounds} rounds x "
-             f"{args.duration:g} s, small body (13 B), medians; {time.monotonic() - started:.0f}"
-             " s", "",
-             "| route | req/s | vs open | req/s per proxy core | p50 ms | p99 ms |",
-             "|---|---|---|---|---|---|"]
-    for name, runs in results.items():
-        rps = statistics.median(x.rps for x in runs)
-        lines.append(f"| /{name}/ | {rps:.0f} | {rps / base:.2f} | "
-                     f"{statistics.median(x.per_core for x in runs):.0f} | "
-                     f"{statistics.median(x.p50 for x in runs):.2f} | "
-                     f"{statistics.median(x.p99 for x in runs):.2f} |")
-    print("\n".join(lines))
+    rig.route_bench(proxy.pid, port, {name: f"/{name}/small" for name in ROUTES}, args,
+                    base="open", labels={name: f"/{name}/" for name in ROUTES},
+                    headers=creds, body="small body (13 B), ")
     return 0
 
 

@@ -7,29 +7,24 @@
 2. Static files of 1 KiB and 1 MiB served by nginx (``sendfile on``, open_file_cache) and by an
    edgeproxy ``static_files`` route.
 
-wrk and the origin share core 0, the system under test gets core 1 (as bench/vs_nginx.py,
-whose process, wrk and CPU-accounting helpers this reuses); "per core" is req/s divided by
+wrk and the origin share core 0, the system under test gets core 1 (the rig of
+bench/vs_nginx.py, bench/rig.py); "per core" is req/s divided by
 the share of a core the system used. Tables go to stdout and
 bench/results/bench_browser-latest.md. Every process started is killed at exit.
 """
 
 import argparse
 import json
-import shutil
 import sys
-import tempfile
 import time
 import urllib.request
 import zlib
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from vs_nginx import (  # noqa: E402  (the sibling script, not a package)
-    HOST, LOAD_CORE, PROXY_CORE, Processes, _nginx_binary, _temp_paths, free_port, run_wrk,
-    wait_ready,
-)
+import rig  # noqa: E402  (bench/ is a folder of scripts, not a package)
+from rig import HOST, LOAD_CORE, PROXY_CORE, ROOT  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "bench_browser-latest.md"
 LEVEL = 5  # gzip level on both sides
 
@@ -47,15 +42,7 @@ def json_body(size: int = 64 * 1024) -> bytes:
 
 
 def nginx_conf(tmp: Path, name: str, server: str) -> str:
-    return f"""
-daemon off;
-master_process on;
-worker_processes 1;
-pid {tmp}/{name}.pid;
-error_log {tmp}/{name}-error.log warn;
-events {{ worker_connections 8192; }}
-http {{
-    access_log off;
+    return rig.nginx_conf(tmp, name, f"""
     include /etc/nginx/mime.types;
     default_type application/octet-stream;
     sendfile on;
@@ -63,29 +50,13 @@ http {{
     open_file_cache max=64 inactive=600s;
     keepalive_requests 1000000;
     keepalive_timeout 300s;
-{_temp_paths(tmp, name)}
     server {{
 {server}
-    }}
-}}
-"""
+    }}""")
 
 
 def edge_conf(port: int, origin_port: int, www: Path) -> str:
-    return f"""
-[server]
-listen = "{HOST}:{port}"
-workers = 1
-access_log = "off"
-
-[admin]
-listen = "{HOST}:0"
-
-[[upstreams]]
-name = "origin"
-servers = ["http://{HOST}:{origin_port}"]
-keepalive = 1024
-
+    return rig.edgeproxy_config(port, origin_port, f"""
 [[routes]]
 name = "api"
 paths = ["/api/*"]
@@ -102,32 +73,19 @@ strip_prefix = true
 [routes.static_files]
 root = "{www}"
 precompressed = false
-"""
+""")
 
 
-def start(procs: Processes, tmp: Path, body: bytes) -> dict:
-    www = tmp / "www"
-    (www / "api").mkdir(parents=True)
-    (www / "api" / "data.json").write_bytes(body)
-    (www / "1k.bin").write_bytes(bytes(range(256)) * 4)
-    (www / "1m.bin").write_bytes(bytes(range(256)) * 4096)
-    for p in (tmp, www, www / "api"):
-        p.chmod(0o755)
-    nginx = _nginx_binary()
-    ports = {}
-
-    def run_nginx(name, server, core):
-        port = free_port()
-        (tmp / f"{name}.conf").write_text(nginx_conf(tmp, name, server.replace("{port}", str(port))))
-        proc = procs.start(name, [nginx, "-e", str(tmp / f"{name}-error.log"), "-p", str(tmp),
-                                  "-c", str(tmp / f"{name}.conf")], core)
-        wait_ready(procs, name, proc, port)
-        ports[name] = (port, proc)
-
-    run_nginx("origin", f"        listen {HOST}:{{port}};\n        root {www};\n"
-                        "        default_type application/json;", LOAD_CORE)
+def start(procs: rig.Processes, body: bytes) -> dict:
+    tmp = procs.tmp
+    www = rig.write_www(tmp, {"api/data.json": body, "1k.bin": bytes(range(256)) * 4,
+                              "1m.bin": bytes(range(256)) * 4096})
+    ports = {"origin": procs.nginx("origin", lambda p: nginx_conf(
+        tmp, "origin", f"        listen {HOST}:{p};\n        root {www};\n"
+                       "        default_type application/json;"), LOAD_CORE)}
     origin_port = ports["origin"][0]
-    run_nginx("nginx", f"""        listen {HOST}:{{port}};
+    ports["nginx"] = procs.nginx("nginx", lambda p: nginx_conf(tmp, "nginx", f"""\
+        listen {HOST}:{p};
         location /api/ {{
             proxy_pass http://{HOST}:{origin_port};
             proxy_http_version 1.1;
@@ -138,13 +96,8 @@ def start(procs: Processes, tmp: Path, body: bytes) -> dict:
             gzip_types application/json;
             gzip_min_length 1024;
         }}
-        location /static/ {{ alias {www}/; }}""", PROXY_CORE)
-    port = free_port()
-    (tmp / "edge.toml").write_text(edge_conf(port, origin_port, www))
-    proc = procs.start("edgeproxy", [sys.executable, "-m", "engine", "run", "-c",
-                                     str(tmp / "edge.toml")], PROXY_CORE, cwd=ROOT)
-    wait_ready(procs, "edgeproxy", proc, port)
-    ports["edgeproxy"] = (port, proc)
+        location /static/ {{ alias {www}/; }}"""), PROXY_CORE)
+    ports["edgeproxy"] = procs.edgeproxy("edgeproxy", lambda p: edge_conf(p, origin_port, www))
     return ports
 
 
@@ -172,16 +125,13 @@ def main() -> None:
     ap.add_argument("--conns", type=int, default=50)
     args = ap.parse_args()
     duration = 2.0 if args.quick else args.duration
-    for tool in ("wrk", "taskset"):
-        if shutil.which(tool) is None:
-            raise SystemExit(f"{tool} is needed (apt-get install wrk util-linux)")
+    rig.ensure_tools()
     body = json_body()
     files = {"/static/1k.bin": bytes(range(256)) * 4, "/static/1m.bin": bytes(range(256)) * 4096}
-    tmp = Path(tempfile.mkdtemp(prefix="bench-browser-"))
-    procs = Processes(tmp)
+    _, procs = rig.workspace("bench-browser-")
     rows = []
     try:
-        ports = start(procs, tmp, body)
+        ports = start(procs, body)
         cases = [
             ("64 KiB JSON, plain", "/api/data.json", None),
             ("64 KiB JSON, gzip 5", "/api/data.json", "gzip"),
@@ -196,14 +146,13 @@ def main() -> None:
                 port, proc = ports[system]
                 check(port, path, encoding, files.get(path, body))
                 headers = (f"Accept-Encoding: {encoding}",) if encoding else ()
-                run = run_wrk(proc.pid, port, path, args.conns, duration, headers)
+                run = rig.run_wrk(proc.pid, port, path, args.conns, duration, headers)
                 rows.append((label, system, run))
                 print(f"{label:22} {system:10} {run.rps:10.0f} req/s  {run.per_core:10.0f} "
                       f"per core  p99 {run.p99:7.2f} ms  errors {run.errors}", flush=True)
                 time.sleep(0.5)
     finally:
         procs.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
     lines = ["# bench_browser (shared machine figures are noisy)", "",
              f"wrk -c{args.conns}, {duration:g} s per case; system under test on core "
              f"{PROXY_CORE}, wrk and origin on core {LOAD_CORE}.", "",

@@ -4,7 +4,7 @@
 
 An nginx origin serves 1 KiB and 64 KiB bodies with ``Cache-Control: max-age=600`` (and the
 same bodies with ``no-store`` under /nostore/). wrk loads each system; the measurement rig is
-bench/vs_nginx.py's (wrk and the origin on core 0, the system under test on core 1, req/s per
+bench/rig.py (wrk and the origin on core 0, the system under test on core 1, req/s per
 proxy core from the proxy's own CPU time). Cases:
 
 - hit: nginx with proxy_cache (a keys zone, its file cache in the page cache) vs edgeproxy
@@ -18,134 +18,41 @@ exit, its temp dir removed.
 """
 
 import argparse
-import atexit
-import shutil
-import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import vs_nginx as rig  # noqa: E402 (the measurement rig, shared)
+import rig  # noqa: E402  (bench/ is a folder of scripts, not a package)
+from rig import median  # noqa: E402
 
-ROOT = rig.ROOT
-RESULTS = ROOT / "bench" / "results" / "cache-latest.md"
-HOST = rig.HOST
+RESULTS = rig.ROOT / "bench" / "results" / "cache-latest.md"
 BODIES = {"1k": bytes(range(256)) * 4, "64k": bytes(range(256)) * 256}
 CONNS = 50
 
 
-def origin_conf(tmp: Path, port: int) -> str:
-    return f"""
-daemon off;
-master_process on;
-worker_processes 1;
-pid {tmp}/origin.pid;
-error_log {tmp}/origin-error.log warn;
-events {{ worker_connections 8192; }}
-http {{
-    access_log off;
-    default_type application/octet-stream;
-    sendfile on;
-    keepalive_requests 1000000;
-    keepalive_timeout 300s;
-{rig._temp_paths(tmp, "origin")}
-    server {{
-        listen {HOST}:{port};
-        root {tmp}/www;
-        location / {{ add_header Cache-Control "max-age=600"; }}
-        location /nostore/ {{ add_header Cache-Control "no-store"; }}
-    }}
-}}
-"""
-
-
-def nginx_cache_conf(tmp: Path, port: int, origin_port: int) -> str:
-    return f"""
-daemon off;
-master_process on;
-worker_processes 1;
-pid {tmp}/proxy.pid;
-error_log {tmp}/nginx-error.log warn;
-events {{ worker_connections 8192; }}
-http {{
-    access_log off;
-{rig._temp_paths(tmp, "proxy")}
-    proxy_cache_path {tmp}/nginx-cache keys_zone=bench:10m max_size=256m use_temp_path=off;
-    upstream origin {{
-        server {HOST}:{origin_port};
-        keepalive 1024;
-    }}
-    server {{
-        listen {HOST}:{port};
-        location / {{
-            proxy_pass http://origin;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_buffers 8 64k;
+def start(procs) -> dict:
+    tmp = procs.tmp
+    origin_port = procs.origin(
+        {path: body for name, body in BODIES.items() for path in (name, f"nostore/{name}")},
+        locations='location / { add_header Cache-Control "max-age=600"; }\n'
+                  '        location /nostore/ { add_header Cache-Control "no-store"; }')
+    systems = {"nginx-cache": procs.nginx("nginx-cache", lambda p: rig.nginx_proxy_conf(
+        tmp, "nginx-cache", p, origin_port, top=f"""
+    proxy_cache_path {tmp}/nginx-cache keys_zone=bench:10m max_size=256m use_temp_path=off;""",
+        extra="""
             proxy_cache bench;
             proxy_cache_lock on;
-            add_header X-Cache $upstream_cache_status;
-        }}
-    }}
-}}
-"""
-
-
-def edgeproxy_conf(port: int, origin_port: int, cache: bool) -> str:
-    return f"""
-[server]
-listen = "{HOST}:{port}"
-workers = 1
-access_log = "off"
-
-[admin]
-listen = "{HOST}:0"
-
-[[upstreams]]
-name = "origin"
-servers = ["http://{HOST}:{origin_port}"]
-keepalive = 1024
-
+            add_header X-Cache $upstream_cache_status;"""), rig.PROXY_CORE)}
+    for name, cache in (("edgeproxy-cache", True), ("edgeproxy", False)):
+        systems[name] = procs.edgeproxy(name, lambda p, c=cache: rig.edgeproxy_config(
+            p, origin_port, f"""
 [[routes]]
 name = "bench"
 paths = ["/*"]
 upstream = "origin"
-{'[routes.cache]' if cache else ''}
-"""
-
-
-def start(procs, tmp: Path) -> dict:
-    www = tmp / "www"
-    (www / "nostore").mkdir(parents=True)
-    for name, body in BODIES.items():
-        for path in (www / name, www / "nostore" / name):
-            path.write_bytes(body)
-            path.chmod(0o644)
-    for d in (tmp, www, www / "nostore"):
-        d.chmod(0o755)  # nginx workers run unprivileged when started as root
-    nginx = rig._nginx_binary()
-    origin_port = rig.free_port()
-    (tmp / "origin.conf").write_text(origin_conf(tmp, origin_port))
-    origin = procs.start("origin", [nginx, "-e", str(tmp / "origin-error.log"), "-p", str(tmp),
-                                    "-c", str(tmp / "origin.conf")], rig.LOAD_CORE)
-    rig.wait_ready(procs, "origin", origin, origin_port)
-
-    systems = {}
-    port = rig.free_port()
-    (tmp / "proxy.conf").write_text(nginx_cache_conf(tmp, port, origin_port))
-    systems["nginx-cache"] = (port, procs.start(
-        "nginx-cache", [nginx, "-e", str(tmp / "nginx-error.log"), "-p", str(tmp), "-c",
-                        str(tmp / "proxy.conf")], rig.PROXY_CORE))
-    for name, cache in (("edgeproxy-cache", True), ("edgeproxy", False)):
-        port = rig.free_port()
-        (tmp / f"{name}.toml").write_text(edgeproxy_conf(port, origin_port, cache))
-        systems[name] = (port, procs.start(
-            name, [sys.executable, "-m", "engine", "run", "-c", str(tmp / f"{name}.toml")],
-            rig.PROXY_CORE, cwd=ROOT))
-    for name, (port, proc) in systems.items():
-        rig.wait_ready(procs, name, proc, port)
+{'[routes.cache]' if c else ''}
+"""))
     # Warm and check: the second GET of a cacheable path must be a hit.
     for name in ("nginx-cache", "edgeproxy-cache"):
         port = systems[name][0]
@@ -174,16 +81,13 @@ def main() -> int:
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.duration = 1, 2.0
-    if shutil.which("wrk") is None or not Path(rig._nginx_binary()).exists():
-        raise SystemExit("bench_cache needs wrk and nginx: apt-get install wrk nginx")
-    tmp = Path(tempfile.mkdtemp(prefix="bench-cache-"))
-    procs = rig.Processes(tmp)
-    atexit.register(lambda: (procs.stop(), shutil.rmtree(tmp, True)))
-    systems = start(procs, tmp)
+    rig.ensure_tools()
+    _, procs = rig.workspace("bench-cache-")
+    systems = start(procs)
     results = {}
     for r in range(args.rounds):
         for case, path, names in CASES:
-            for name in (names if r % 2 == 0 else names[::-1]):
+            for name in rig.rotated(names, r):
                 port, proc = systems[name]
                 run = rig.run_wrk(proc.pid, port, path, CONNS, args.duration)
                 if run.errors:
@@ -194,24 +98,18 @@ def main() -> int:
              "| case | system | req/s | proxy CPU | req/s per proxy core | p99 ms | ratio |",
              "|---|---|---|---|---|---|---|"]
     for case, _, names in CASES:
-        per_core = {}
-        for name in names:
-            runs = results[(case, name)]
-            per_core[name] = statistics.median([x.per_core for x in runs])
+        per_core = {name: median(results[(case, name)], "per_core") for name in names}
         base = per_core[names[0]]
         for name in names:
             runs = results[(case, name)]
             lines.append(
-                f"| {case} | {name} | {statistics.median([x.rps for x in runs]):,.0f} | "
-                f"{statistics.median([x.cpu_share for x in runs]):.2f} | "
-                f"{per_core[name]:,.0f} | {statistics.median([x.p99 for x in runs]):.2f} | "
+                f"| {case} | {name} | {median(runs, 'rps'):,.0f} | "
+                f"{median(runs, 'cpu_share'):.2f} | "
+                f"{per_core[name]:,.0f} | {median(runs, 'p99'):.2f} | "
                 f"{per_core[name] / base:.2f}x {names[0]} |")
-    busy = statistics.median([x.foreign_share for runs in results.values() for x in runs])
+    busy = median([x for runs in results.values() for x in runs], "foreign_share")
     lines += ["", f"Other load on the machine meanwhile (median, cores): {busy:.2f}"]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(text)
+    rig.write_results(RESULTS, "\n".join(lines) + "\n")
     return 0
 
 

@@ -19,22 +19,14 @@ bench/results/idempotency-latest.md. Every process started here is killed at exi
 """
 
 import argparse
-import atexit
-import os
 import secrets
-import shutil
-import statistics
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
-from vs_nginx import (
-    HOST, LOAD_CORE, PROXY_CORE, Processes, Run, _nginx_binary, _temp_paths, cpu_snapshot,
-    ensure_tools, free_port, machine_busy, parse_wrk, tree_cpu, wait_ready)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import rig  # noqa: E402  (bench/ is a folder of scripts, not a package)
+from rig import HOST, ROOT, median  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "idempotency-latest.md"
 SYSTEMS = ("plain", "memory", "redis")
 MODES = ("fresh", "replay")
@@ -60,27 +52,16 @@ wrk.path = "/pay"
 
 
 def origin_conf(tmp: Path, port: int) -> str:
-    return f"""
-daemon off;
-master_process on;
-worker_processes 1;
-pid {tmp}/origin.pid;
-error_log {tmp}/origin-error.log warn;
-events {{ worker_connections 8192; }}
-http {{
-    access_log off;
+    return rig.nginx_conf(tmp, "origin", f"""
     keepalive_requests 1000000;
     keepalive_timeout 300s;
-{_temp_paths(tmp, "origin")}
     server {{
         listen {HOST}:{port};
         location / {{
             default_type application/json;
             return 201 '{{"id": "ch_1Nx5Yq2eZvKYlo2C", "amount": 10, "status": "succeeded"}}';
         }}
-    }}
-}}
-"""
+    }}""")
 
 
 def edgeproxy_conf(port: int, origin_port: int, system: str, redis_port: int) -> str:
@@ -90,40 +71,12 @@ def edgeproxy_conf(port: int, origin_port: int, system: str, redis_port: int) ->
         section = f'[routes.idempotency]\nstore = "{system}"\nconcurrent = "wait"\n'
     if system == "redis":
         section += f'\n[redis]\nurl = "redis://{HOST}:{redis_port}/0"\n'
-    return f"""
-[server]
-listen = "{HOST}:{port}"
-workers = 1
-access_log = "off"
-
-[admin]
-listen = "{HOST}:0"
-
-[[upstreams]]
-name = "origin"
-servers = ["http://{HOST}:{origin_port}"]
-keepalive = 1024
-
+    return rig.edgeproxy_config(port, origin_port, f"""
 [[routes]]
 name = "pay"
 paths = ["/*"]
 upstream = "origin"
-{section}"""
-
-
-def run_wrk(pid: int, port: int, script: Path, conns: int, duration: float) -> Run:
-    argv = ["taskset", "-c", LOAD_CORE, "wrk", "-t1", f"-c{conns}", f"-d{duration:g}s",
-            "--latency", "--timeout", "5s", "-s", str(script), f"http://{HOST}:{port}/pay"]
-    snap0, busy0, t0 = cpu_snapshot(), machine_busy(), time.monotonic()
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 30)
-    t1, busy1, snap1 = time.monotonic(), machine_busy(), cpu_snapshot()
-    if done.returncode != 0:
-        raise SystemExit(f"wrk failed ({done.returncode}): {done.stderr or done.stdout}")
-    me = os.getpid()
-    proxy_cpu = tree_cpu(snap1, pid) - tree_cpu(snap0, pid)
-    foreign = max(0.0, (busy1 - busy0) - (tree_cpu(snap1, me) - tree_cpu(snap0, me)))
-    return Run(cpu_share=proxy_cpu / (t1 - t0), foreign_share=foreign / (t1 - t0),
-               **parse_wrk(done.stdout))
+{section}""")
 
 
 def main() -> None:
@@ -135,46 +88,23 @@ def main() -> None:
     args = ap.parse_args()
     if args.quick:
         args.rounds, args.duration = 1, 3.0
-    ensure_tools()
-    if shutil.which("redis-server") is None:
-        raise SystemExit("redis-server not found (apt-get install -y redis-server)")
-
-    tmp = Path(tempfile.mkdtemp(prefix="edgeproxy-bench-idem-"))
-    procs = Processes(tmp)
-    atexit.register(lambda: (procs.stop(), shutil.rmtree(tmp, ignore_errors=True)))
-
-    origin_port = free_port()
-    (tmp / "origin.conf").write_text(origin_conf(tmp, origin_port))
-    nginx = _nginx_binary()
-    origin = procs.start("origin", [nginx, "-e", str(tmp / "origin-error.log"), "-p", str(tmp),
-                                    "-c", str(tmp / "origin.conf")], LOAD_CORE)
-    wait_ready(procs, "origin", origin, origin_port)
-    redis_port = free_port()
-    redis = procs.start("redis", ["redis-server", "--port", str(redis_port), "--bind", HOST,
-                                  "--save", "", "--appendonly", "no", "--dir", str(tmp)],
-                        LOAD_CORE)
-    wait_ready(procs, "redis", redis, redis_port)
-
-    proxies = {}
-    for system in SYSTEMS:
-        port = free_port()
-        conf = tmp / f"{system}.toml"
-        conf.write_text(edgeproxy_conf(port, origin_port, system, redis_port))
-        proc = procs.start(system, [sys.executable, "-m", "engine", "run", "-c", str(conf)],
-                           PROXY_CORE, cwd=ROOT)
-        wait_ready(procs, system, proc, port)
-        proxies[system] = (proc, port)
+    rig.ensure_tools("redis-server")
+    tmp, procs = rig.workspace("edgeproxy-bench-idem-")
+    origin_port, _ = procs.nginx("origin", lambda p: origin_conf(tmp, p), rig.LOAD_CORE)
+    redis_port = procs.redis()
+    proxies = {system: procs.edgeproxy(system, lambda p, s=system: edgeproxy_conf(
+        p, origin_port, s, redis_port)) for system in SYSTEMS}
 
     results: dict = {(s, m): [] for s in SYSTEMS for m in MODES}
     for rnd in range(args.rounds):
-        order = SYSTEMS[rnd % 3:] + SYSTEMS[:rnd % 3]
         for mode in MODES:
-            for system in order:
+            for system in rig.rotated(SYSTEMS, rnd):
                 script = tmp / f"{system}-{mode}-{rnd}.lua"
                 lua = FRESH_LUA if mode == "fresh" else REPLAY_LUA
                 script.write_text(lua % {"prefix": secrets.token_hex(6)})
-                proc, port = proxies[system]
-                r = run_wrk(proc.pid, port, script, args.conns, args.duration)
+                port, proc = proxies[system]
+                r = rig.run_wrk(proc.pid, port, "/pay", args.conns, args.duration,
+                                script=script)
                 results[(system, mode)].append(r)
                 print(f"round {rnd + 1} {mode:6} {system:6} {r.rps:9.0f} req/s "
                       f"p99 {r.p99:6.2f} ms cpu {r.cpu_share:4.2f} errors {r.errors}",
@@ -185,23 +115,18 @@ def main() -> None:
              "| route | keys | req/s | req/s per proxy core | vs plain | p50 ms | p99 ms | "
              "errors |", "|---|---|---|---|---|---|---|---|"]
     for mode in MODES:
-        base = statistics.median(r.per_core for r in results[("plain", mode)])
+        base = median(results[("plain", mode)], "per_core")
         for system in SYSTEMS:
             runs = results[(system, mode)]
-            per_core = statistics.median(r.per_core for r in runs)
+            per_core = median(runs, "per_core")
             lines.append(
-                f"| {system} | {mode} | {statistics.median(r.rps for r in runs):,.0f} | "
-                f"{per_core:,.0f} | {per_core / base:.2f} | "
-                f"{statistics.median(r.p50 for r in runs):.2f} | "
-                f"{statistics.median(r.p99 for r in runs):.2f} | "
-                f"{sum(r.errors for r in runs)} |")
-    foreign = statistics.median(r.foreign_share for rs in results.values() for r in rs)
+                f"| {system} | {mode} | {median(runs, 'rps'):,.0f} | "
+                f"{per_core:,.0f} | {per_core / base:.2f} | {median(runs, 'p50'):.2f} | "
+                f"{median(runs, 'p99'):.2f} | {sum(r.errors for r in runs)} |")
+    foreign = median([r for rs in results.values() for r in rs], "foreign_share")
     lines += ["", f"Other load on the machine meanwhile: {foreign:.2f} cores (median).",
               "`plain` ignores the key; `replay` answers from the store without the origin."]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(text)
+    rig.write_results(RESULTS, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -17,22 +17,17 @@ Every process it starts is killed at exit. Needs redis-server, redis-cli, nginx 
 
 import argparse
 import asyncio
-import atexit
-import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from vs_nginx import (  # noqa: E402  (bench/ is not a package)
-    BODIES, HOST, LOAD_CORE, ROOT, Processes, _nginx_binary, ensure_tools, fetch, free_port,
-    origin_nginx_conf, parse_wrk, wait_ready,
-)
+import rig  # noqa: E402  (bench/ is a folder of scripts, not a package)
+from rig import BODIES, HOST  # noqa: E402
 
 LIMIT = """
 [routes.rate_limit]
@@ -55,24 +50,18 @@ end
 
 def cluster_port() -> int:
     while True:  # the cluster bus listens on port + 10000
-        port = free_port()
+        port = rig.free_port()
         if port + 10000 < 65536:
             return port
 
 
-def start_redis(procs, tmp: Path, redis: str) -> dict:
+def start_redis(procs) -> dict:
     """{"standalone": [port], "cluster": [port, port, port]}, all answering."""
-    ports = {"standalone": [free_port()], "cluster": [cluster_port() for _ in range(3)]}
-    for kind, plist in ports.items():
-        for port in plist:
-            d = tmp / f"redis-{port}"
-            d.mkdir()
-            argv = [redis, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly",
-                    "no", "--dir", str(d)]
-            if kind == "cluster":
-                argv += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
-            proc = procs.start(f"redis-{port}", argv, LOAD_CORE)
-            wait_ready(procs, f"redis-{port}", proc, port)
+    ports = {"standalone": [procs.redis()],
+             "cluster": [procs.redis(f"redis-{port}", port, ["--cluster-enabled", "yes",
+                                                             "--cluster-config-file",
+                                                             "nodes.conf"])
+                         for port in (cluster_port() for _ in range(3))]}
     subprocess.run(["redis-cli", "--cluster", "create",
                     *(f"{HOST}:{p}" for p in ports["cluster"]), "--cluster-yes"],
                    check=True, capture_output=True, timeout=60)
@@ -93,26 +82,12 @@ def redis_table(kind: str, ports: list) -> str:
 
 
 def proxy_config(port: int, origin_port: int, redis: str) -> str:
-    return f"""
-[server]
-listen = "{HOST}:{port}"
-workers = 1
-access_log = "off"
-
-[admin]
-enabled = false
-
-{redis}
-[[upstreams]]
-name = "origin"
-servers = ["http://{HOST}:{origin_port}"]
-keepalive = 1024
-
+    return rig.edgeproxy_config(port, origin_port, f"""
 [[routes]]
 name = "limited"
 paths = ["/*"]
 upstream = "origin"
-{LIMIT}"""
+{LIMIT}""", top=f"\n{redis}", admin="enabled = false")
 
 
 async def _decisions(redis: str, n: int) -> tuple[float, float, float]:
@@ -151,12 +126,10 @@ def decisions(redis: str, n: int) -> tuple[float, float, float]:
 
 def run_wrk_pair(ports: list, conns: int, duration: float, script: Path) -> tuple:
     """wrk on each proxy port at once; (summed req/s, worst p50 ms, worst p99 ms, errors)."""
-    runs = [subprocess.Popen(["taskset", "-c", LOAD_CORE, "wrk", "-t1", f"-c{conns}",
-                              f"-d{duration:g}s", "--latency", "--timeout", "5s", "-s",
-                              str(script), f"http://{HOST}:{p}/small"],
+    runs = [subprocess.Popen(rig.wrk_argv(p, "/small", conns, duration, script=script),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             for p in ports]
-    out = [parse_wrk(r.communicate(timeout=duration + 30)[0]) for r in runs]
+    out = [rig.parse_wrk(r.communicate(timeout=duration + 30)[0]) for r in runs]
     return (sum(o["rps"] for o in out), max(o["p50"] for o in out),
             max(o["p99"] for o in out), sum(o["non2xx"] + sum(o["socket_errors"].values())
                                             for o in out))
@@ -168,24 +141,10 @@ def main() -> int:
     ap.add_argument("--conns", type=int, default=50)
     ap.add_argument("--decisions", type=int, default=5000)
     args = ap.parse_args()
-    ensure_tools()
-    redis = shutil.which("redis-server")
-    if redis is None or shutil.which("redis-cli") is None:
-        raise SystemExit("redis-server and redis-cli are needed (apt-get install redis-server)")
-    tmp = Path(tempfile.mkdtemp(prefix="bench-redis-ha-"))
-    procs = Processes(tmp)
-    atexit.register(lambda: (procs.stop(), shutil.rmtree(tmp, ignore_errors=True)))
-    www = tmp / "www"
-    www.mkdir()
-    (www / "small").write_bytes(BODIES["small"])
-    for p in (tmp, www, www / "small"):
-        p.chmod(0o755)
-    origin_port = free_port()
-    (tmp / "origin.conf").write_text(origin_nginx_conf(tmp, origin_port))
-    origin = procs.start("origin", [_nginx_binary(), "-e", str(tmp / "origin-error.log"), "-p",
-                                    str(tmp), "-c", str(tmp / "origin.conf")], LOAD_CORE)
-    wait_ready(procs, "origin", origin, origin_port)
-    redis_ports = start_redis(procs, tmp, redis)
+    rig.ensure_tools("redis-server", "redis-cli")
+    tmp, procs = rig.workspace("bench-redis-ha-")
+    origin_port = procs.origin({"small": BODIES["small"]})
+    redis_ports = start_redis(procs)
     script = tmp / "clients.lua"
     script.write_text(WRK_SCRIPT)
 
@@ -199,13 +158,10 @@ def main() -> int:
         for n in (1, 2):
             proxy_ports = []
             for i in range(n):
-                port = free_port()
-                cfg = tmp / f"edgeproxy-{kind}-{n}-{i}.toml"
-                cfg.write_text(proxy_config(port, origin_port, table))
-                proc = procs.start(f"edgeproxy-{kind}-{n}-{i}", [
-                    sys.executable, "-m", "engine", "run", "-c", str(cfg)], "0-1", cwd=ROOT)
-                wait_ready(procs, f"edgeproxy-{kind}-{n}-{i}", proc, port)
-                status, headers, _ = fetch(port, "/small", ["X-Client: probe"])
+                port, proc = procs.edgeproxy(
+                    f"edgeproxy-{kind}-{n}-{i}",
+                    lambda p, t=table: proxy_config(p, origin_port, t), core="0-1")
+                status, headers, _ = rig.fetch(port, "/small", ["X-Client: probe"])
                 if status != 200 or "RateLimit" not in headers:
                     raise SystemExit(f"{kind}: the limited route answered {status}")
                 proxy_ports.append((port, proc))

@@ -12,30 +12,19 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import trustme
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.vs_nginx import (  # noqa: E402
-    HOST, LOAD_CORE, PROXY_CORE, ROOT, Processes, _nginx_binary, _temp_paths, free_port,
-    origin_nginx_conf, wait_ready,
-)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import rig  # noqa: E402  (bench/ is a folder of scripts, not a package)
+from rig import HOST, LOAD_CORE, PROXY_CORE  # noqa: E402
 
 CIPHER = "ECDHE-ECDSA-AES128-GCM-SHA256"  # TLS 1.2 runs; TLS 1.3 uses TLS_AES_128_GCM_SHA256
 
 
 def nginx_conf(tmp: Path, port: int, origin_port: int, cert: str, key: str) -> str:
-    return f"""
-daemon off;
-worker_processes 1;
-pid {tmp}/tls.pid;
-error_log {tmp}/tls-error.log warn;
-events {{ worker_connections 8192; }}
-http {{
-    access_log off;
-{_temp_paths(tmp, "tls")}
+    return rig.nginx_conf(tmp, "nginx", f"""
     upstream origin {{ server {HOST}:{origin_port}; keepalive 1024; }}
     server {{
         listen {HOST}:{port} ssl http2;  # (nginx < 1.25 syntax, Debian 12)
@@ -49,9 +38,7 @@ http {{
             proxy_http_version 1.1;
             proxy_set_header Connection "";
         }}
-    }}
-}}
-"""
+    }}""")
 
 
 def edgeproxy_conf(port: int, origin_port: int, cert: str, key: str) -> str:
@@ -98,34 +85,20 @@ def main() -> int:
     if shutil.which("h2load") is None:
         print("needs h2load: apt-get install nghttp2-client", file=sys.stderr)
         return 2
-    tmp = Path(tempfile.mkdtemp(prefix="bench-tls-"))
-    tmp.chmod(0o755)
-    (tmp / "www").mkdir()
-    (tmp / "www" / "ok").write_bytes(b"ok")
+    tmp, procs = rig.workspace("bench-tls-")
     ca = trustme.CA()
     leaf = ca.issue_cert("bench.test")
     cert, key = tmp / "cert.pem", tmp / "key.pem"
     cert.write_bytes(b"".join(p.bytes() for p in leaf.cert_chain_pems))
     key.write_bytes(leaf.private_key_pem.bytes())
-    procs = Processes(tmp)
     try:
-        nginx = _nginx_binary()
-        origin_port = free_port()
-        (tmp / "origin.conf").write_text(origin_nginx_conf(tmp, origin_port))
-        wait_ready(procs, "origin", procs.start("origin", [nginx, "-p", str(tmp), "-c",
-                   str(tmp / "origin.conf")], LOAD_CORE), origin_port)
-        systems = {}
-        port = free_port()
-        (tmp / "tls.conf").write_text(nginx_conf(tmp, port, origin_port, cert, key))
-        procs.start("nginx", [nginx, "-p", str(tmp), "-c", str(tmp / "tls.conf")], PROXY_CORE)
-        systems["nginx"] = port
-        port = free_port()
-        (tmp / "edge.toml").write_text(edgeproxy_conf(port, origin_port, cert, key))
-        procs.start("edgeproxy", [sys.executable, "-m", "engine", "run", "-c",
-                                  str(tmp / "edge.toml")], PROXY_CORE, cwd=ROOT)
-        systems["edgeproxy"] = port
-        import time
-        time.sleep(2)
+        origin_port = procs.origin({"ok": b"ok"})
+        systems = {
+            "nginx": procs.nginx("nginx", lambda p: nginx_conf(tmp, p, origin_port, cert, key),
+                                 PROXY_CORE)[0],
+            "edgeproxy": procs.edgeproxy("edgeproxy", lambda p: edgeproxy_conf(
+                p, origin_port, cert, key))[0],
+        }
         n, c = a.requests, a.clients
         print(f"{'case':<34}{'nginx':>12}{'edgeproxy':>12}")
         cases = [

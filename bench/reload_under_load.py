@@ -32,7 +32,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from vs_nginx import parse_wrk  # noqa: E402  (bench/ is scripts, not a package)
+from rig import parse_wrk  # noqa: E402  (bench/ is scripts, not a package)
 
 HOST = "127.0.0.1"
 

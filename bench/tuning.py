@@ -5,7 +5,7 @@
 One nginx origin serves a 4 KiB body; wrk loads edgeproxy in front of it, one case per config
 variant, each against the same baseline (1 worker, upstream keepalive 1024, access log off).
 wrk and the origin run on core 0, edgeproxy on core 1 (the ``workers = 2`` case on both), as in
-bench/vs_nginx.py, whose helpers this reuses. Reported: req/s, req/s per proxy core, p50 and p99
+bench/vs_nginx.py, with its rig (bench/rig.py). Reported: req/s, req/s per proxy core, p50 and p99
 and the per-core ratio to the baseline of the same run (the cost of a request, which the load
 generator and neighbours skew less than req/s). Defaults: 1 round x 5 s per case (about 1.5
 minutes). On a shared machine every figure moves by 10-20 % from run to run: read the ratios
@@ -13,17 +13,17 @@ of one run, never figures across runs. Results go to stdout and bench/results/tu
 """
 
 import argparse
-import statistics
+import signal
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import vs_nginx as vn  # noqa: E402  (bench/ is a folder of scripts, not a package)
+import rig  # noqa: E402  (bench/ is a folder of scripts, not a package)
+from rig import median  # noqa: E402
 
-RESULTS = vn.ROOT / "bench" / "results" / "tuning-latest.md"
+RESULTS = rig.ROOT / "bench" / "results" / "tuning-latest.md"
 CONNS = 50
 
 
@@ -33,7 +33,7 @@ class Case:
     what: str
     server: str = ""          # lines added to [server]
     upstream: str = "keepalive = 1024"  # lines of [[upstreams]] besides name and servers
-    cores: str = vn.PROXY_CORE
+    cores: str = rig.PROXY_CORE
     conns: int = CONNS
 
 
@@ -65,15 +65,15 @@ def config(case: Case, port: int, origin_port: int, tmp: Path) -> str:
     log = "" if "access_log" in server else 'access_log = "off"\n'
     return f"""
 [server]
-listen = "{vn.HOST}:{port}"
+listen = "{rig.HOST}:{port}"
 {workers}{log}{server}
 
 [admin]
-listen = "{vn.HOST}:0"
+listen = "{rig.HOST}:0"
 
 [[upstreams]]
 name = "origin"
-servers = ["http://{vn.HOST}:{origin_port}"]
+servers = ["http://{rig.HOST}:{origin_port}"]
 {case.upstream}
 
 [[routes]]
@@ -83,35 +83,15 @@ upstream = "origin"
 """
 
 
-def start_origin(procs, tmp: Path) -> int:
-    www = tmp / "www"
-    www.mkdir()
-    (www / "4k").write_bytes(vn.BODIES["4k"])
-    for p in (tmp, www):
-        p.chmod(0o755)  # nginx workers run unprivileged when started as root
-    (www / "4k").chmod(0o644)
-    port = vn.free_port()
-    (tmp / "origin.conf").write_text(vn.origin_nginx_conf(tmp, port))
-    proc = procs.start("origin", [vn._nginx_binary(), "-e", str(tmp / "origin-error.log"),
-                                  "-p", str(tmp), "-c", str(tmp / "origin.conf")], vn.LOAD_CORE)
-    vn.wait_ready(procs, "origin", proc, port)
-    return port
-
-
-def measure(procs, case: Case, origin_port: int, tmp: Path, duration: float) -> vn.Run:
-    port = vn.free_port()
-    path = tmp / f"{case.name.replace(' ', '_')}.toml"
-    path.write_text(config(case, port, origin_port, tmp))
-    name = f"edgeproxy-{case.name}"
-    proc = procs.start(name, [sys.executable, "-m", "engine", "run", "-c", str(path)],
-                       case.cores, cwd=vn.ROOT)
+def measure(procs, case: Case, origin_port: int, duration: float) -> rig.Run:
+    port, proc = procs.edgeproxy(f"edgeproxy-{case.name.replace(' ', '_')}",
+                                 lambda p: config(case, p, origin_port, procs.tmp), case.cores)
     try:
-        vn.wait_ready(procs, name, proc, port)
-        vn.fetch(port, "/4k")
-        vn.run_wrk(proc.pid, port, "/4k", case.conns, 1.0)  # warm-up: pools, caches
-        return vn.run_wrk(proc.pid, port, "/4k", case.conns, duration)
+        rig.fetch(port, "/4k")
+        rig.run_wrk(proc.pid, port, "/4k", case.conns, 1.0)  # warm-up: pools, caches
+        return rig.run_wrk(proc.pid, port, "/4k", case.conns, duration)
     finally:
-        vn._signal_group(proc, vn.signal.SIGTERM)
+        rig.signal_group(proc, signal.SIGTERM)
         proc.wait(15)
 
 
@@ -133,32 +113,28 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--only", nargs="*", help="case names (the baseline always runs)")
     args = ap.parse_args()
-    vn.ensure_tools()
+    rig.ensure_tools()
     cases = [c for c in CASES if not args.only or c.name == "baseline" or c.name in args.only]
     t0 = time.monotonic()
     runs: dict[str, list] = {c.name: [] for c in cases}
-    with tempfile.TemporaryDirectory(prefix="edgeproxy-tuning-") as tmp_name:
-        tmp = Path(tmp_name)
-        procs = vn.Processes(tmp)
-        try:
-            origin_port = start_origin(procs, tmp)
-            for _ in range(args.rounds):
-                for case in cases:
-                    runs[case.name].append(measure(procs, case, origin_port, tmp,
-                                                   args.duration))
-        finally:
-            procs.stop()
+    _, procs = rig.workspace("edgeproxy-tuning-")
+    try:
+        origin_port = procs.origin({"4k": rig.BODIES["4k"]})
+        for _ in range(args.rounds):
+            for case in cases:
+                runs[case.name].append(measure(procs, case, origin_port, args.duration))
+    finally:
+        procs.stop()
     # Per proxy core: what a request costs the proxy, which wrk and the origin saturating
     # core 0 first (or a neighbour's load) skews far less than req/s.
-    base = statistics.median(r.per_core for r in runs["baseline"])
+    base = median(runs["baseline"], "per_core")
     rows = []
     for case in cases:
         rs = runs[case.name]
-        per_core = statistics.median(r.per_core for r in rs)
-        rows.append((case, statistics.median(r.rps for r in rs), per_core,
-                     statistics.median(r.p50 for r in rs), statistics.median(r.p99 for r in rs),
+        per_core = median(rs, "per_core")
+        rows.append((case, median(rs, "rps"), per_core, median(rs, "p50"), median(rs, "p99"),
                      per_core / base, sum(r.errors for r in rs)))
-    foreign = statistics.median(r.foreign_share for rs in runs.values() for r in rs)
+    foreign = median([r for rs in runs.values() for r in rs], "foreign_share")
     header = (f"`python bench/tuning.py --duration {args.duration:g} --rounds {args.rounds}`: "
               f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, wrk {CONNS} connections "
               f"(unless stated), 4 KiB bodies, medians of {args.rounds} round(s); other load on "

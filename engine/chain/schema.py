@@ -336,6 +336,15 @@ def _type_name(tp) -> str:
 TOKEN_RE = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 
 
+def check_methods(values: tuple) -> tuple:
+    # RFC 9110 §9.1: a method is a token, case-sensitive; the standard ones are upper case,
+    # and a lower-case "get" in a config is a typo that would never match.
+    for v in values:
+        if not TOKEN_RE.match(v) or v != v.upper():
+            raise ValueError(f'"{v}" is not an uppercase HTTP method token (e.g. "POST")')
+    return values
+
+
 def check_header_name(name: str) -> str:
     if not TOKEN_RE.match(name):
         raise ValueError(f'"{name}" is not a valid header name')
@@ -345,4 +354,20 @@ def check_header_name(name: str) -> str:
 def check_header_value(value: str) -> str:
     if any(c in value for c in "\r\n\x00"):
         raise ValueError("header values must not contain CR, LF or NUL")
+    return value
+
+
+def check_regex(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"not a regular expression: {exc}") from None
+    return value
+
+
+def check_request_path(value: str) -> str:
+    """A path (and query) the proxy asks a service for: origin-form (RFC 9112 §3.2.1), so it
+    starts with "/" and holds no space, CR, LF, NUL or fragment."""
+    if not value.startswith("/") or any(c in value for c in " \r\n\x00#"):
+        raise ValueError(f'"{value}" must be a path starting with "/"')
     return value

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 from engine.chain.keys import check_key_spec
 from engine.chain.schema import (
     REQUIRED, TOKEN_RE, ConfigError, Duration, Size, build, check_header_name, check_header_value,
-    join, key, suggest,
+    check_methods, join, key, suggest,
 )
 from engine.control.tls import check_tls
 from engine.filters.consumers import ConsumerConfig, check_consumers
@@ -89,13 +89,6 @@ def _check_hosts(values: tuple) -> tuple:
                              "literal (no port; leave hosts empty to match any host)")
         out.append(v)
     return tuple(out)
-
-
-def _check_methods(values: tuple) -> tuple:
-    for v in values:
-        if not TOKEN_RE.match(v) or v != v.upper():
-            raise ValueError(f'"{v}" is not an uppercase HTTP method token')
-    return values
 
 
 def _check_via(value: str) -> str:
@@ -357,7 +350,7 @@ class RouteConfig:
                                      "empty = any host", check=_check_hosts)
     paths: tuple[str, ...] = key(("/*",), 'path patterns: "/exact", "/users/{id}", '
                                           '"/static/*", "/files/{rest*}"')
-    methods: tuple[str, ...] = key((), "methods accepted; empty = any", check=_check_methods)
+    methods: tuple[str, ...] = key((), "methods accepted; empty = any", check=check_methods)
     upstream: str | None = key(None, "upstream to proxy to (or a static section answers)")
     strip_prefix: bool = key(False, "remove the matched pattern's static prefix before the "
                                     "tail from the path sent upstream")

@@ -12,7 +12,7 @@ import hashlib
 import time
 from dataclasses import dataclass
 
-from engine.chain.schema import REQUIRED, Duration, check_header_name, key
+from engine.chain.schema import REQUIRED, Duration, check_header_name, check_request_path, key
 from engine.errors import Response
 from engine.wire.framing import HOP_BY_HOP
 
@@ -34,17 +34,11 @@ def _check_names(values: tuple) -> tuple:
     return values
 
 
-def _check_path(value: str) -> str:
-    if not value.startswith("/") or any(c in value for c in " \r\n\x00#"):
-        raise ValueError(f'"{value}" must be a path starting with "/"')
-    return value
-
-
 @dataclass(frozen=True)
 class ForwardConfig:
     upstream: str = key(REQUIRED, "the upstream of the auth service")
     path: str = key("/", "path asked (the original one goes in X-Forwarded-Uri)",
-                    check=_check_path)
+                    check=check_request_path)
     request_headers: tuple[str, ...] = key(("Authorization", "Cookie"),
                                            "request headers sent to the auth service: the "
                                            "credential (and the cache key)",

@@ -24,7 +24,7 @@ import orjson
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
-from engine.chain.schema import REQUIRED, Duration, key
+from engine.chain.schema import REQUIRED, Duration, check_request_path, key
 
 try:
     from ext.lru import LruCache
@@ -178,17 +178,11 @@ def _check_jwks_file(path: str) -> str:
     return path
 
 
-def _check_path(value: str) -> str:
-    if not value.startswith("/") or any(c in value for c in " \r\n\x00#"):
-        raise ValueError(f'"{value}" must be a path starting with "/"')
-    return value
-
-
 @dataclass(frozen=True)
 class JwksConfig:
     upstream: str = key(REQUIRED, "the upstream serving the JWK Set (fetched through it: its "
                                   "balancing, retries and breakers)")
-    path: str = key("/.well-known/jwks.json", "its path (and query)", check=_check_path)
+    path: str = key("/.well-known/jwks.json", "its path (and query)", check=check_request_path)
     refresh: Duration = key(300.0, "how often the set is fetched again")
     min_refresh: Duration = key(30.0, "a token with an unknown kid fetches the set again at "
                                       "most this often")

@@ -43,7 +43,7 @@ from functools import partial
 
 from engine.chain.filter import IDEMPOTENCY, STREAM, Filter as FilterBase
 from engine.chain.keys import check_key_spec, compile_key
-from engine.chain.schema import Duration, Size, check_header_name, key
+from engine.chain.schema import Duration, Size, check_header_name, check_methods, check_regex, key
 from engine.errors import error_response
 from engine.errors import Response
 from engine.stores import STORE_ERROR_ALIASES, STORE_ERROR_POLICIES
@@ -70,21 +70,6 @@ _REPLAYED = (b"Idempotent-Replayed", b"true")
 _NOT_STORED = frozenset((b"x-request-id",))
 
 
-def _methods(values):
-    for m in values:
-        if not re.fullmatch(r"[A-Z]+", m):
-            raise ValueError(f'"{m}" is not a method name (upper case, e.g. "POST")')
-    return values
-
-
-def _pattern(value):
-    try:
-        re.compile(value)
-    except re.error as exc:
-        raise ValueError(f"not a regular expression: {exc}") from None
-    return value
-
-
 def _release(values):
     for v in values:
         if not re.fullmatch(r"[1-5](\d\d|xx)", v):
@@ -101,7 +86,7 @@ def _headers(values):
 @dataclass(frozen=True)
 class Config:
     methods: tuple[str, ...] = key(("POST", "PATCH"), "methods the key applies to; others "
-                                                      "pass through untouched", check=_methods)
+                                                      "pass through untouched", check=check_methods)
     header: str = key("Idempotency-Key", "request header carrying the key",
                       check=check_header_name)
     required: bool = key(False, "answer 400 to a request of those methods without a key")
@@ -110,7 +95,7 @@ class Config:
     min_length: int = key(1, "shortest key accepted", min=1, max=1024)
     max_length: int = key(255, "longest key accepted (Stripe: 255)", min=1, max=1024)
     pattern: str = key(r"[A-Za-z0-9_.:~+/=-]+", "regular expression the whole key must "
-                                                "match", check=_pattern)
+                                                "match", check=check_regex)
     ttl: Duration = key(86400.0, "how long a completed response is kept and replayed")
     lease: Duration = key(60.0, "how long a claim outlives a proxy that crashed mid-request "
                                 "(a running request renews it every lease/3)")

@@ -18,7 +18,7 @@ from urllib.parse import parse_qsl, quote, unquote_plus
 import orjson
 
 from engine.chain.filter import BUFFERED, TRANSFORM, Filter as FilterBase
-from engine.chain.schema import REQUIRED, Json, Size, key
+from engine.chain.schema import REQUIRED, Json, Size, check_regex, key
 from engine.errors import error_response
 from engine.filters import jsonpointer
 from engine.filters.headers import _names, _renames
@@ -50,14 +50,6 @@ def is_json(mtype: bytes | None) -> bool:
     # application/json and the structured syntax suffix "+json" (RFC 6839 §3.1).
     return mtype is not None and (mtype == JSON_TYPE or (mtype.startswith(b"application/")
                                                          and mtype.endswith(b"+json")))
-
-
-def _check_regex(value: str) -> str:
-    try:
-        re.compile(value)
-    except re.error as exc:
-        raise ValueError(f"not a regular expression: {exc}") from None
-    return value
 
 
 def _template_pairs(values):
@@ -109,7 +101,7 @@ def _check_status_map(values):
 @dataclass(frozen=True)
 class PathRewrite:
     match: str = key(REQUIRED, "regular expression searched in the request path (Python "
-                               "syntax; anchor it with ^ and $)", check=_check_regex)
+                               "syntax; anchor it with ^ and $)", check=check_regex)
     replace: str = key(REQUIRED, 'the path sent upstream when it matches: "$1" and "${name}" '
                                  "insert captures (nginx/APISIX style)")
 

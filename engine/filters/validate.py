@@ -14,7 +14,7 @@ from urllib.parse import parse_qsl
 import orjson
 
 from engine.chain.filter import CACHE, Filter as FilterBase
-from engine.chain.schema import REQUIRED, Json, Size, key
+from engine.chain.schema import REQUIRED, Json, Size, check_methods, key
 from engine.errors import error_response
 from engine.filters.transform import FORM_TYPE, is_json, media_type
 
@@ -71,19 +71,12 @@ def _check_media_types(values):
     return values
 
 
-def _check_methods(values):
-    for v in values:
-        if not v.isalpha() or v != v.upper():
-            raise ValueError(f'"{v}" is not an uppercase method name')
-    return values
-
-
 @dataclass(frozen=True)
 class BodyRule:
     schema: Json = key(REQUIRED, "JSON Schema (draft 2020-12) the body must match",
                        check=_check_schema)
     methods: tuple[str, ...] = key(("POST", "PUT", "PATCH"), "methods this rule applies to",
-                                   check=_check_methods)
+                                   check=check_methods)
     content_types: tuple[str, ...] = key(("application/json",),
                                          "media types it applies to; form data "
                                          '("application/x-www-form-urlencoded") is checked '

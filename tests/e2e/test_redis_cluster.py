@@ -30,11 +30,8 @@ key = ["header:X-Client"]
 
 @pytest.fixture(scope="module")
 def cluster():
-    c = Cluster()
-    try:
+    with Cluster() as c:
         yield c
-    finally:
-        c.close()
 
 
 def redis_table(cluster) -> str:

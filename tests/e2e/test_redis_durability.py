@@ -9,10 +9,10 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from tests.e2e.test_idempotency import Ledger, post
-from tests.support.e2e import assert_error, proxy_config
+from tests.support.e2e import assert_error, proxy_config, wait_for
 from tests.support.origin import Origin
 from tests.support.proxy import InProcessProxy
-from tests.support.redis_ha import Replicated, SentinelGroup, wait_for
+from tests.support.redis_ha import Replicated, SentinelGroup
 
 SECTION = """
 [[routes]]
@@ -29,20 +29,14 @@ on_store_error = "{name}"
 
 @pytest.fixture
 def group():
-    g = SentinelGroup()
-    try:
+    with SentinelGroup() as g:
         yield g
-    finally:
-        g.close()
 
 
 @pytest.fixture
 def pair():
-    p = Replicated()
-    try:
+    with Replicated() as p:
         yield p
-    finally:
-        p.close()
 
 
 def test_claims_in_flight_survive_a_failover_and_their_answers_replay(group):

@@ -37,11 +37,8 @@ RECOVERY_BOUND = 10.0
 
 @pytest.fixture
 def group():
-    g = SentinelGroup()
-    try:
+    with SentinelGroup() as g:
         yield g
-    finally:
-        g.close()
 
 
 def test_master_killed_under_load_policy_during_failover_then_limits_on_the_new_master(group):

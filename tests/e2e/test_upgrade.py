@@ -12,6 +12,7 @@ import threading
 import time
 
 from tests.support.client import Conn
+from tests.support.e2e import gone
 from tests.support.origin import Origin
 
 CONFIG = """
@@ -80,12 +81,22 @@ def client(port: int, stop: threading.Event, results: dict, fresh: bool) -> None
         conn.sock.close()
 
 
-def gone(pid: int) -> bool:
+def start_supervisor(tmp_path, config):
+    """``edgeproxy run`` of ``config`` in its own process group, and its stderr."""
+    old = subprocess.Popen([sys.executable, "-m", "engine", "run", "-c", str(config)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                           start_new_session=True, env={**os.environ, "TMPDIR": str(tmp_path)})
+    return old, Stderr(old)
+
+
+def kill_supervisor(old) -> None:
+    """The old supervisor's group killed (workers of either generation, if any is left)."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
-    except FileNotFoundError:
-        return True
+        os.killpg(old.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    old.wait(5)
+    old.stderr.close()
 
 
 def test_sigusr2_hands_the_sockets_over_with_no_failed_request(tmp_path):
@@ -93,11 +104,7 @@ def test_sigusr2_hands_the_sockets_over_with_no_failed_request(tmp_path):
     new_pid = None
     with Origin() as origin:
         config.write_text(CONFIG.replace("{url}", origin.url))
-        old = subprocess.Popen([sys.executable, "-m", "engine", "run", "-c", str(config)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               start_new_session=True,
-                               env={**os.environ, "TMPDIR": str(tmp_path)})
-        err = Stderr(old)
+        old, err = start_supervisor(tmp_path, config)
         try:
             port = int(err.wait(rb"listening on 127\.0\.0\.1:(\d+)", 20).group(1))
             admin = int(err.wait(rb"admin API on 127\.0\.0\.1:(\d+)", 5).group(1))
@@ -139,23 +146,14 @@ def test_sigusr2_hands_the_sockets_over_with_no_failed_request(tmp_path):
                         os.kill(pid, signal.SIGKILL)
                     except ProcessLookupError:
                         pass
-            try:
-                os.killpg(old.pid, signal.SIGKILL)  # workers of either, if any is left
-            except ProcessLookupError:
-                pass
-            old.wait(5)
-            old.stderr.close()
+            kill_supervisor(old)
 
 
 def test_a_new_version_that_cannot_start_leaves_the_old_one_serving(tmp_path):
     config = tmp_path / "edgeproxy.toml"
     with Origin() as origin:
         config.write_text(CONFIG.replace("{url}", origin.url))
-        old = subprocess.Popen([sys.executable, "-m", "engine", "run", "-c", str(config)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               start_new_session=True,
-                               env={**os.environ, "TMPDIR": str(tmp_path)})
-        err = Stderr(old)
+        old, err = start_supervisor(tmp_path, config)
         try:
             port = int(err.wait(rb"listening on 127\.0\.0\.1:(\d+)", 20).group(1))
             config.write_text(CONFIG.replace("{url}", "not a url"))  # the new one refuses it
@@ -167,9 +165,4 @@ def test_a_new_version_that_cannot_start_leaves_the_old_one_serving(tmp_path):
             old.send_signal(signal.SIGTERM)
             assert old.wait(timeout=20) == 0
         finally:
-            try:
-                os.killpg(old.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            old.wait(5)
-            old.stderr.close()
+            kill_supervisor(old)

@@ -13,12 +13,12 @@ import re
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 from tests.support.cli import CliProxy
 from tests.support.client import Conn
+from tests.support.e2e import gone, wait_for
 from tests.support.origin import Origin
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -100,13 +100,13 @@ upstream = "app"
             with Conn(proxy.port) as c:
                 assert c.request("GET", "/app/x").status == 200
             # SIGUSR1: the access log reopened by name after a rotation.
-            wait_for(lambda: log.exists() and log.read_bytes().count(b"\n") >= 2, "2 lines")
+            wait_for(lambda: log.exists() and log.read_bytes().count(b"\n") >= 2, 10, "2 lines")
             os.rename(log, tmp_path / "access.log.1")
             os.kill(proxy.proc.pid, signal.SIGUSR1)
-            wait_for(log.exists, "the reopened log")
+            wait_for(log.exists, 10, "the reopened log")
             with Conn(proxy.port) as c:
                 assert c.request("GET", "/app/rotated").status == 200
-            wait_for(lambda: b"/app/rotated" in log.read_bytes(), "a line in the new file")
+            wait_for(lambda: b"/app/rotated" in log.read_bytes(), 10, "a line in the new file")
             # SIGUSR2: the executable on disk starts again with the sockets; the old
             # bootloader exits once its supervisor drained.
             os.kill(proxy.proc.pid, signal.SIGUSR2)
@@ -117,21 +117,4 @@ upstream = "app"
             with Conn(proxy.port) as c:
                 assert c.request("GET", "/app/upgraded").status == 200
             os.kill(new, signal.SIGTERM)  # the new bootloader, passed on to its supervisor
-            wait_for(lambda: gone(new), "the new generation to stop", timeout=30)
-
-
-def wait_for(predicate, what: str, timeout: float = 10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def gone(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
-    except FileNotFoundError:
-        return True
+            wait_for(lambda: gone(new), 30, "the new generation to stop")

@@ -1,5 +1,5 @@
-"""Shared pieces of the HTTP end-to-end suites: config builders, response assertions and a
-bounded wait."""
+"""Shared pieces of the HTTP end-to-end suites: config builders, response assertions, bounded
+waits and a process check."""
 
 import time
 
@@ -14,6 +14,28 @@ def wait_until(cond, timeout: float = 10.0, step: float = 0.02) -> bool:
             return True
         time.sleep(step)
     return False
+
+
+def wait_for(check, timeout: float, what: str):
+    """Poll ``check`` until it returns something true, which it returns; after ``timeout``
+    seconds, an error naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = check()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what}: not within {timeout} s")
+        time.sleep(0.05)
+
+
+def gone(pid: int) -> bool:
+    """Whether process ``pid`` has exited (no such process, or a zombie: proc(5) state)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
 
 
 def servers_config(servers: list[str], upstream: str = "", extra: str = "") -> str:

@@ -6,10 +6,10 @@ bounded and ``close()`` kills every process it started, failed start included.""
 import os
 import shutil
 import subprocess
-import time
 
 import pytest
 
+from tests.support.e2e import wait_for
 from tests.support.redis import RedisServer, cluster_port
 
 
@@ -23,17 +23,6 @@ def redis_version() -> tuple:
 def need_redis(major: int, what: str) -> None:
     if redis_version()[0] < major:
         pytest.skip(f"{what} needs redis-server {major}+")
-
-
-def wait_for(check, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        got = check()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{what}: not within {timeout} s")
-        time.sleep(0.05)
 
 
 def info(server: RedisServer, section: str = "all") -> dict:
@@ -73,7 +62,17 @@ class Certs:
                 "--tls-ca-cert-file", self.ca, "--tls-auth-clients", clients]
 
 
-class Replicated:
+class _Closed:
+    """``with X() as x:`` closes x at the end (the fixtures' form)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class Replicated(_Closed):
     """A master and one replica of it, in sync."""
 
     def __init__(self):
@@ -149,7 +148,7 @@ class SentinelGroup(Replicated):
         super().close()
 
 
-class Cluster:
+class Cluster(_Closed):
     """A Redis Cluster of ``masters`` masters and no replicas (enough to prove slots,
     redirects and migrations; a replica per master would double the start time)."""
 

@@ -46,7 +46,7 @@ def test_parse_key(raw, bare_ok, expected):
 
 
 @pytest.mark.parametrize("section, path, fragment", [
-    pytest.param('methods = ["post"]', "methods", "upper case", id="method-case"),
+    pytest.param('methods = ["post"]', "methods", "uppercase", id="method-case"),
     pytest.param('release = ["5x"]', "release", "neither a status", id="release"),
     pytest.param('pattern = "["', "pattern", "regular expression", id="pattern"),
     pytest.param('concurrent = "queue"', "concurrent", "one of", id="concurrent"),

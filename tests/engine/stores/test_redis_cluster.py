@@ -19,11 +19,8 @@ INCR = "return redis.call('INCR', KEYS[1])"
 
 @pytest.fixture(scope="module")
 def cluster():
-    c = Cluster()
-    try:
+    with Cluster() as c:
         yield c
-    finally:
-        c.close()
 
 
 def cluster_store(cluster, **kw):

@@ -16,11 +16,8 @@ from tests.support.redis_ha import Replicated
 
 @pytest.fixture
 def pair():
-    p = Replicated()
-    try:
+    with Replicated() as p:
         yield p
-    finally:
-        p.close()
 
 
 def store_on(pair):

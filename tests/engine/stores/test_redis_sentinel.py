@@ -13,18 +13,16 @@ from engine.stores import ratelimit
 from engine.stores.redis import RedisStore, StoreUnavailable
 from tests.engine.stores.test_redis_store import run
 from tests.support.redis import free_port
-from tests.support.redis_ha import SentinelGroup, wait_for
+from tests.support.e2e import wait_for
+from tests.support.redis_ha import SentinelGroup
 
 INCR = "return redis.call('INCR', KEYS[1])"
 
 
 @pytest.fixture(scope="module")
 def group():
-    g = SentinelGroup()
-    try:
+    with SentinelGroup() as g:
         yield g
-    finally:
-        g.close()
 
 
 def sentinel_store(group, sentinels=None, **kw):
