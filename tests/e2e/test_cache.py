@@ -11,7 +11,7 @@ import pytest
 from engine.chain.schema import ConfigError
 from engine.control.config import parse
 from engine.filters import cache as cache_module
-from tests.support.client import Conn
+from tests.support.client import Conn, raw
 from tests.support.e2e import proxy_config, wait_until
 from tests.support.origin import Origin, closed_port
 from tests.support.proxy import InProcessProxy
@@ -313,6 +313,35 @@ def test_max_stale_accepts_a_stale_response(setup, clock):
     r = get(proxy.port, "/ms", [(b"Cache-Control", b"max-stale=60")])
     assert r.body == b"old" and r.header(b"x-cache") == b"STALE"
     assert script.count("/ms") == 1
+
+
+# -- interim responses (RFC 9110 §15.2)
+
+INTERIM = (b"HTTP/1.1 100 Continue\r\n\r\n"
+           b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n"
+           b"Connection: X-Hop\r\nX-Hop: 1\r\n\r\n"
+           b"HTTP/1.1 200 OK\r\nCache-Control: max-age=100\r\nContent-Length: 5\r\n\r\nfinal")
+
+
+def test_interim_responses_reach_http11_clients_and_are_never_stored(clock):
+    # 103 (and 102) are relayed ahead of the final response, without hop-by-hop fields and
+    # with Via; a 100 answers an Expect the proxy never sent upstream and stays here. The
+    # stored answer is the final one alone, and an HTTP/1.0 client gets no 1xx at all.
+    with Origin(lambda req: INTERIM) as origin, \
+            InProcessProxy(proxy_config(origin.url, route=CACHE.format(extra=""))) as proxy:
+        got = raw(proxy.port, b"GET /i HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        interim, _, final = got.partition(b"\r\n\r\n")
+        assert interim.startswith(b"HTTP/1.1 103 Early Hints\r\n")
+        assert b"Link: </s.css>; rel=preload" in interim and b"Via: 1.1 " in interim
+        assert b"X-Hop" not in interim and b"100 Continue" not in got
+        assert final.startswith(b"HTTP/1.1 200 ") and got.endswith(b"final")
+        assert b"Link" not in final and got.count(b"HTTP/1.1 ") == 2
+        again = raw(proxy.port, b"GET /i HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        assert again.startswith(b"HTTP/1.1 200 ") and b"X-Cache: HIT" in again
+        assert b"103" not in again and b"Link" not in again
+        old = raw(proxy.port, b"GET /other HTTP/1.0\r\nHost: t\r\n\r\n")
+        assert old.startswith(b"HTTP/1.1 200 ") and b"Link" not in old
+        assert len(origin.requests) == 2
 
 
 # -- Vary (§4.1)
