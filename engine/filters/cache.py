@@ -173,7 +173,8 @@ class Filter(FilterBase):
     __slots__ = ("store", "flights", "refreshing", "events", "gauges", "max_object",
                  "max_variants", "extra", "query_args", "heuristic_max", "keep_stale",
                  "unreachable", "lock_timeout", "set_cookie", "tag_header", "status_name",
-                 "x_cache", "client_directives", "targets", "tier", "writes", "uncollapsed", "per_consumer")
+                 "x_cache", "client_directives", "targets", "tier", "writes", "uncollapsed",
+                 "per_consumer")
     PHASE = CACHE
 
     def __init__(self, cfg: Config, build):
