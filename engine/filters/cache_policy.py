@@ -460,9 +460,12 @@ def not_modified(stored: Stored, request_headers, now: float) -> bool:
                     return True
         return False
     ims = field_values(request_headers, b"if-modified-since")
-    if ims and stored.last_modified is not None:
+    if ims:
         since = parse_date(ims[0], now)
-        modified = parse_date(stored.last_modified, now)
+        # §4.3.2: without a Last-Modified, the stored Date stands for it (``date`` is the
+        # receive time when the response had none).
+        modified = (stored.date if stored.last_modified is None
+                    else parse_date(stored.last_modified, now))
         # RFC 9110 §13.1.3: a date later than our own clock is invalid.
         if since is not None and modified is not None and since <= now:
             return modified <= since

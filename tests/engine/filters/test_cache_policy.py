@@ -176,6 +176,16 @@ def test_not_modified(request_headers, expected):
     assert rfc.not_modified(s, request_headers, NOW) is expected
 
 
+@pytest.mark.parametrize("since,expected", [
+    pytest.param(b"Mon, 01 Jun 2026 11:30:00 GMT", True, id="after-date"),
+    pytest.param(b"Mon, 01 Jun 2026 11:00:00 GMT", False, id="before-date"),
+])
+def test_if_modified_since_goes_by_date_without_last_modified(since, expected):
+    # RFC 9111 §4.3.2
+    s = stored((b"Date", b"Mon, 01 Jun 2026 11:10:00 GMT"))
+    assert rfc.not_modified(s, [(b"If-Modified-Since", since)], NOW) is expected
+
+
 def test_a_304_selects_by_strong_etag_then_last_modified():
     s = stored((b"ETag", b'"a"'), (b"Last-Modified", DATE))
     assert rfc.validator_matches(s, [(b"ETag", b'"a"')])
