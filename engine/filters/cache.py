@@ -472,6 +472,11 @@ class Filter(FilterBase):
         resp = await ctx.fetch(ctx.upstream, _GET, target, headers, None, self.max_object,
                                ctx.host)
         response_time = clock()
+        if ctx.stream.via is not None and not _proxy_made(resp):
+            # RFC 9110 §7.6.3: the origin's answer is forwarded (now, or later from the
+            # store), so it gets this hop's Via entry, as on the proxied path. (A sub-request
+            # is the gateway's own: ctx.fetch adds none.)
+            resp.headers = _via_added(resp.headers, ctx.stream.via)
         if resp.status == 304:
             # §4.3.4: freshen the stored response the 304 selects. The conditional request
             # (``_conditional``) named ``entry`` alone when no other variant gave it an ETag.
@@ -842,6 +847,12 @@ def _proxy_made(resp) -> bool:
         return orjson.loads(resp.body)["error"]["code"] in _NO_SERVER
     except (orjson.JSONDecodeError, KeyError, TypeError):
         return False
+
+
+def _via_added(headers, entry: bytes) -> list:
+    received = rfc.field_values(headers, b"via")
+    kept = [h for h in headers if h[0].lower() != b"via"]
+    return kept + [(b"Via", b", ".join(received + [entry]))]
 
 
 def _too_large(resp) -> bool:

@@ -444,8 +444,10 @@ def test_a_new_200_replaces_the_stored_response(setup, clock):
     get(proxy.port, "/n")
     clock.advance(5)
     script["/n"] = (200, [(b"Cache-Control", b"max-age=100"), (b"ETag", b'"2"')], b"two")
-    assert get(proxy.port, "/n").body == b"two"
-    assert get(proxy.port, "/n").header(b"x-cache") == b"HIT"
+    r = get(proxy.port, "/n")
+    assert r.body == b"two" and r.header(b"via") == b"1.1 edgeproxy"  # RFC 9110 §7.6.3
+    r = get(proxy.port, "/n")
+    assert r.header(b"x-cache") == b"HIT" and r.header(b"via") == b"1.1 edgeproxy"
     assert script.count("/n") == 2
 
 
