@@ -393,16 +393,23 @@ def vary_names(headers) -> tuple | None:
     return tuple(sorted(names))
 
 
+# §4.1 allows case-normalising values defined as case-insensitive: language ranges (RFC
+# 4647 §2) and content codings (RFC 9110 §8.4.1), with their q parameters.
+_CASELESS = frozenset((b"accept-language", b"accept-encoding"))
+
+
 def normalised(headers, lname: bytes):
     """A request field's value for Vary matching (§4.1): all its lines as one list, OWS
-    around members removed; None when absent (which differs from empty)."""
+    around members removed, lowercase where its values are case-insensitive; None when
+    absent (which differs from empty)."""
     values = field_values(headers, lname)
     if not values:
         return None
     members = []
     for v in values:
         members.extend(m.strip(_OWS) for m in v.split(b","))
-    return b",".join(members)
+    joined = b",".join(members)
+    return joined.lower() if lname in _CASELESS else joined
 
 
 def secondary_key(names: tuple, headers) -> tuple:

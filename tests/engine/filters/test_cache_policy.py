@@ -145,6 +145,15 @@ def test_vary_names_and_normalised_values():
                                                                           [(b"Foo", b"")])
 
 
+def test_vary_values_defined_case_insensitive_match_in_any_case():
+    # RFC 9111 §4.1: Accept-Language's language ranges are case-insensitive; other fields'
+    # values keep their case.
+    assert (rfc.secondary_key((b"accept-language",), [(b"Accept-Language", b"en-US, FR")])
+            == rfc.secondary_key((b"accept-language",), [(b"accept-language", b"EN-us,fr")]))
+    assert (rfc.secondary_key((b"foo",), [(b"Foo", b"A")])
+            != rfc.secondary_key((b"foo",), [(b"Foo", b"a")]))
+
+
 def test_pragma_stands_for_no_cache_only_without_cache_control():
     assert rfc.request_directives([(b"Pragma", b"no-cache")]) == {"no-cache": None}
     assert rfc.request_directives([(b"Pragma", b"no-cache"),
