@@ -42,6 +42,8 @@ cdef class Stream:
     cdef int write_body(self, RequestContext ctx, bytes data) except -1
     cdef int end_body(self, RequestContext ctx) except -1
     cdef int send_continue(self, RequestContext ctx) except -1
+    cdef int write_interim(self, RequestContext ctx, int status, bytes reason,
+                           list fields) except -1
     cdef int start_tunnel(self, RequestContext ctx, object transport, double timeout) except -1
     cdef int begin_batch(self) except -1
     cdef int flush(self) except -1

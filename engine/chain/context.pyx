@@ -76,6 +76,10 @@ cdef class Stream:
     cdef int send_continue(self, RequestContext ctx) except -1:
         return 0
 
+    cdef int write_interim(self, RequestContext ctx, int status, bytes reason,
+                           list fields) except -1:
+        return 0  # a codec that cannot send 1xx (HTTP/2 here) leaves them out
+
     cdef int start_tunnel(self, RequestContext ctx, object transport,
                           double timeout) except -1:
         raise NotImplementedError
@@ -542,6 +546,23 @@ cdef class RequestContext(Sink):
                 return 0
         return self._head(None, status, reason, fields, True, content_length, no_body, None,
                           False)
+
+    cdef int on_interim(self, UpstreamCall call, int status, bytes reason, list fields,
+                        bytes via) except -1:
+        # RFC 9110 §15.2: an interim response (103 Early Hints, 102) goes to the client at
+        # once, ahead of the final one; no filter sees it and no cache keeps it. Via as on
+        # the final head (§7.6.3).
+        cdef bytes ours = self.stream.via
+        if self.finished or self.head_sent:
+            return 0
+        if ours is not None:
+            ours = _via_entry(ours, call.conn is not None and call.conn.http10)
+            fields.append(b"Via")
+            fields.append(via + b", " + ours if via else ours)
+        elif via is not None:
+            fields.append(b"Via")
+            fields.append(via)
+        return self.stream.write_interim(self, status, reason, fields)
 
     cdef int on_body(self, bytes chunk) except -1:
         cdef list copy = self.body_copy

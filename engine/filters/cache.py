@@ -57,7 +57,6 @@ METRICS = {
 
 _GET = b"GET"
 _HEAD = b"HEAD"
-_CACHE_CONTROL = b"cache-control"
 # Request fields not forwarded on a revalidation: the client's own conditionals (ours
 # replace them, §4.3.1) and hop-by-hop fields (RFC 9110 §7.6.1).
 _NOT_FORWARDED = frozenset((b"if-none-match", b"if-modified-since", b"if-match",
@@ -95,6 +94,12 @@ def _key_parts(parts):
     return check_key_spec(parts) if parts else parts
 
 
+def _header_names(names):
+    for name in names:
+        check_header_name(name)
+    return names
+
+
 @dataclass(frozen=True)
 class Config:
     memory_size: Size = key(64 << 20, "bytes of responses kept per route and worker (LRU)",
@@ -130,6 +135,10 @@ class Config:
                                "the shared Redis, for every worker and instance (a memory "
                                "hit never asks Redis; Redis down: a miss)",
                      choices=("memory", "redis"))
+    targeted_fields: tuple[str, ...] = key(("CDN-Cache-Control",), "targeted cache-control "
+                                           "fields this cache obeys over Cache-Control and "
+                                           "Expires, first valid one wins (RFC 9213); [] "
+                                           "for none", check=_header_names)
     client_directives: bool = key(True, "honour the client's Cache-Control (no-cache, "
                                         "no-store, max-age, min-fresh, max-stale, "
                                         "only-if-cached) and Pragma; off: clients cannot "
@@ -164,7 +173,8 @@ class Filter(FilterBase):
     __slots__ = ("store", "flights", "refreshing", "events", "gauges", "max_object",
                  "max_variants", "extra", "query_args", "heuristic_max", "keep_stale",
                  "unreachable", "lock_timeout", "set_cookie", "tag_header", "status_name",
-                 "x_cache", "client_directives", "tier", "writes", "uncollapsed", "per_consumer")
+                 "x_cache", "client_directives", "targets", "tier", "writes", "uncollapsed",
+                 "per_consumer")
     PHASE = CACHE
 
     def __init__(self, cfg: Config, build):
@@ -194,6 +204,8 @@ class Filter(FilterBase):
         self.status_name = cfg.cache_status.encode()
         self.x_cache = cfg.x_cache
         self.client_directives = cfg.client_directives
+        self.targets = tuple(dict.fromkeys(n.lower().encode("latin-1")
+                                           for n in cfg.targeted_fields))
         self.tier = None
         if cfg.store == "redis":
             self.tier = shared.keep(("cache-tier", build.route, shared.redis),
@@ -366,7 +378,7 @@ class Filter(FilterBase):
         if raw:
             now = clock()
             try:
-                variants = unpack(raw, self.heuristic_max)
+                variants = unpack(raw, self.heuristic_max, self.targets)
             except (ValueError, KeyError, IndexError, TypeError):
                 variants = None  # not ours, or from an older layout: a miss
             if variants:
@@ -460,14 +472,23 @@ class Filter(FilterBase):
         resp = await ctx.fetch(ctx.upstream, _GET, target, headers, None, self.max_object,
                                ctx.host)
         response_time = clock()
+        if ctx.stream.via is not None and not _proxy_made(resp):
+            # RFC 9110 §7.6.3: the origin's answer is forwarded (now, or later from the
+            # store), so it gets this hop's Via entry, as on the proxied path. (A sub-request
+            # is the gateway's own: ctx.fetch adds none.)
+            resp.headers = _via_added(resp.headers, ctx.stream.via)
         if resp.status == 304:
-            # §4.3.4: freshen the stored response the 304 selects.
-            for candidate in [entry] + [e for e in variants if e is not entry]:
-                if rfc.validator_matches(candidate, resp.headers):
-                    candidate.freshen(resp.headers, request_time, response_time,
-                                      response_time, self.heuristic_max)
-                    self._put(url, None, response_time)
-                    return resp, candidate, None, request_time
+            # §4.3.4: freshen the stored response the 304 selects. The conditional request
+            # (``_conditional``) named ``entry`` alone when no other variant gave it an ETag.
+            sole = entry if all(e.etag is None or e.etag == entry.etag
+                                for e in variants if e.vary != (b"*",)) else None
+            candidate = rfc.selected([entry] + [e for e in variants if e is not entry],
+                                     resp.headers, sole)
+            if candidate is not None:
+                candidate.freshen(resp.headers, request_time, response_time, response_time,
+                                  self.heuristic_max, self.targets)
+                self._put(url, None, response_time)
+                return resp, candidate, None, request_time
             return resp, None, None, request_time
         stored = None
         if not self._no_server(ctx, resp):
@@ -623,7 +644,8 @@ class Filter(FilterBase):
         now = clock()
         if resp.body is None:
             if resp.status == 200 and rfc.validator_matches(entry, resp.headers):
-                entry.freshen(resp.headers, st.request_time, now, now, self.heuristic_max)
+                entry.freshen(resp.headers, st.request_time, now, now, self.heuristic_max,
+                              self.targets)
                 self._put(st.url, None, now)
                 self._count("revalidated")
             return False
@@ -663,14 +685,14 @@ class Filter(FilterBase):
 
     def _storable(self, status, headers, secondary, ctx, request_time, response_time):
         """A Stored for a response to this request if §3 and the route's policy allow."""
-        cc = rfc.parse_directives(rfc.field_values(headers, _CACHE_CONTROL))
+        cc, targeted = rfc.response_directives(headers, self.targets)
         st = ctx.vars["cache"]
-        if not rfc.storable(status, cc, headers, st.req_cc, st.authorized):
+        if not rfc.storable(status, cc, headers, st.req_cc, st.authorized, targeted):
             return None
         if not self.set_cookie and rfc.field_values(headers, b"set-cookie"):
             return None
         stored = rfc.describe(status, headers, request_time, response_time, response_time,
-                              self.heuristic_max)
+                              self.heuristic_max, self.targets)
         if stored.vary == (b"*",):
             return None  # §4.1: it can never be selected
         if stored.lifetime <= 0 and stored.etag is None and stored.last_modified is None:
@@ -743,8 +765,8 @@ class Filter(FilterBase):
         location = rfc.field_values(resp.headers, b"content-location")
         if not location or self._same_origin(st.url, location[0]) != st.url:
             return
-        cc = rfc.parse_directives(rfc.field_values(resp.headers, _CACHE_CONTROL))
-        if not rfc.has_explicit_freshness(cc, resp.headers):
+        cc, targeted = rfc.response_directives(resp.headers, self.targets)
+        if not rfc.has_explicit_freshness(cc, resp.headers, targeted):
             return
         st.req_cc = _NONE
         st.authorized = any(n.lower() == b"authorization" for n, _ in ctx.headers) or (
@@ -827,6 +849,12 @@ def _proxy_made(resp) -> bool:
         return False
 
 
+def _via_added(headers, entry: bytes) -> list:
+    received = rfc.field_values(headers, b"via")
+    kept = [h for h in headers if h[0].lower() != b"via"]
+    return kept + [(b"Via", b", ".join(received + [entry]))]
+
+
 def _too_large(resp) -> bool:
     return (resp.status == 502 and _proxy_made(resp)
             and b"the sub-request's answer is too large" in resp.body)
@@ -844,7 +872,7 @@ def pack(variants) -> bytes:
     return len(head).to_bytes(4, "big") + head + b"".join([e.body for e in variants])
 
 
-def unpack(raw: bytes, heuristic_max: float) -> list:
+def unpack(raw: bytes, heuristic_max: float, targets=()) -> list:
     n = int.from_bytes(raw[:4], "big")
     pos = 4 + n
     out = []
@@ -852,7 +880,7 @@ def unpack(raw: bytes, heuristic_max: float) -> list:
             orjson.loads(raw[4:pos]):
         headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
         e = rfc.describe(status, headers, request_time, response_time, response_time,
-                         heuristic_max)
+                         heuristic_max, targets)
         e.body = raw[pos:pos + size]
         if len(e.body) != size:
             raise ValueError("truncated")

@@ -10,6 +10,8 @@ stale-while-revalidate / stale-if-error extensions.
 import calendar
 import re
 
+import http_sf
+
 # §1.2.2: a delta-seconds too large to represent is taken as 2^31.
 DELTA_MAX = 2147483648
 
@@ -28,9 +30,13 @@ NOT_STORED = frozenset((b"connection", b"proxy-connection", b"keep-alive", b"te"
                         b"transfer-encoding", b"upgrade", b"proxy-authenticate",
                         b"proxy-authentication-info", b"proxy-authorization", b"age",
                         b"x-request-id", b"content-length"))
-# §3.2: a 304 or HEAD response updates stored fields except these (Content-Length is the
-# stored body's; the rest are not stored at all).
-NOT_UPDATED = NOT_STORED
+# §3.2: a 304 or HEAD response updates stored fields except those not stored at all, the
+# Content-Length, and those the stored response depends upon: the fields that describe the
+# stored bytes (their coding, the range they are, their digests) stay the stored body's, so
+# a 304 that names another coding cannot make a gzip body pass for identity. The ETag stays
+# too: a 304 only selects a response whose validator it matches (§4.3.4), or one without.
+NOT_UPDATED = NOT_STORED | frozenset((b"content-encoding", b"content-range", b"content-md5",
+                                      b"content-digest", b"digest", b"etag"))
 # RFC 9110 §15.4.5: what a 304 carries of the stored response.
 NOT_MODIFIED_FIELDS = frozenset((b"cache-control", b"content-location", b"date", b"etag",
                                  b"expires", b"vary", b"last-modified"))
@@ -199,7 +205,7 @@ class Stored:
         return max(apparent, corrected_age) + (now - self.response_time)
 
     def freshen(self, headers, request_time: float, response_time: float, now: float,
-                heuristic_max: float) -> None:
+                heuristic_max: float, targets=()) -> None:
         """§4.3.4: the header fields of a 304 (or a HEAD response, §4.3.5) replace the stored
         ones of the same name, and freshness is recomputed as of the new response."""
         update = {}
@@ -212,7 +218,8 @@ class Stored:
         merged = [h for h in self.headers if h[0].lower() not in update]
         for group in update.values():
             merged.extend(group)
-        fresh = describe(self.status, merged, request_time, response_time, now, heuristic_max)
+        fresh = describe(self.status, merged, request_time, response_time, now, heuristic_max,
+                         targets)
         for attr in ("headers", "cc", "request_time", "response_time", "date", "age",
                      "lifetime", "etag", "last_modified", "vary", "no_cache", "revalidate",
                      "auth_ok", "swr", "sie"):
@@ -220,14 +227,16 @@ class Stored:
 
 
 def describe(status: int, headers: list, request_time: float, response_time: float,
-             now: float, heuristic_max: float) -> Stored:
-    """A Stored for a response (no storability decision: see ``storable``)."""
+             now: float, heuristic_max: float, targets=()) -> Stored:
+    """A Stored for a response (no storability decision: see ``storable``). ``targets``: the
+    targeted fields this cache obeys (``response_directives``)."""
     s = Stored()
     s.status = status
     s.headers = [(n, v) for n, v in headers if n.lower() not in NOT_STORED]
     s.body = b""
     s.size = 0
-    cc = s.cc = parse_directives(field_values(headers, b"cache-control"))
+    cc, targeted = response_directives(headers, targets)
+    s.cc = cc
     s.request_time = request_time
     s.response_time = response_time
     dates = field_values(headers, b"date")
@@ -235,7 +244,7 @@ def describe(status: int, headers: list, request_time: float, response_time: flo
     s.date = response_time if date is None else date  # §4.2.3: else the receive time
     age = delta_seconds(_text(first_member(field_values(headers, b"age"))))
     s.age = float(age or 0)  # an invalid Age is ignored
-    s.lifetime = freshness_lifetime(status, cc, headers, s.date, now, heuristic_max)
+    s.lifetime = freshness_lifetime(status, cc, headers, s.date, now, heuristic_max, targeted)
     etag = field_values(headers, b"etag")
     s.etag = etag[0].strip(_OWS) if etag else None
     lm = field_values(headers, b"last-modified")
@@ -274,14 +283,15 @@ def _text(value):
 
 
 def freshness_lifetime(status: int, cc: dict, headers: list, date: float, now: float,
-                       heuristic_max: float) -> float:
+                       heuristic_max: float, targeted: bool = False) -> float:
     """§4.2.1 for a shared cache: s-maxage, else max-age, else Expires - Date, else a
-    heuristic (§4.2.2). Invalid explicit values make the response stale (lifetime 0)."""
+    heuristic (§4.2.2). Invalid explicit values make the response stale (lifetime 0).
+    ``targeted``: ``cc`` is a targeted field's, and Expires does not count (RFC 9213 §2.1)."""
     if "s-maxage" in cc:
         return float(delta_seconds(cc["s-maxage"]) or 0)
     if "max-age" in cc:
         return float(delta_seconds(cc["max-age"]) or 0)
-    expires = field_values(headers, b"expires")
+    expires = () if targeted else field_values(headers, b"expires")
     if expires:
         # §5.3: an invalid date (such as "0") is in the past; of several, the first counts
         # (§4.2.1).
@@ -296,15 +306,16 @@ def freshness_lifetime(status: int, cc: dict, headers: list, date: float, now: f
     return 0.0
 
 
-def has_explicit_freshness(cc: dict, headers: list) -> bool:
+def has_explicit_freshness(cc: dict, headers: list, targeted: bool = False) -> bool:
     return ("max-age" in cc or "s-maxage" in cc or
-            any(n.lower() == b"expires" for n, _ in headers))
+            (not targeted and any(n.lower() == b"expires" for n, _ in headers)))
 
 
 def storable(status: int, cc: dict, headers: list, request_cc: dict,
-             authorized: bool) -> bool:
+             authorized: bool, targeted: bool = False) -> bool:
     """§3: may a shared cache store this response to a GET? (The caller checks the method,
-    Vary: * and its own policy, e.g. Set-Cookie.)"""
+    Vary: * and its own policy, e.g. Set-Cookie.) ``cc`` and ``targeted``: as
+    ``response_directives`` gives them."""
     if status < 200 or status in (206, 304):
         return False  # final, and not a partial or a validation answer (§3, §3.3)
     if "must-understand" in cc:
@@ -320,7 +331,52 @@ def storable(status: int, cc: dict, headers: list, request_cc: dict,
     if authorized and not ("public" in cc or "must-revalidate" in cc or "s-maxage" in cc):
         return False  # §3.5
     # §3: something that says it may be reused, or a status cacheable by default.
-    return has_explicit_freshness(cc, headers) or "public" in cc or status in HEURISTIC
+    return (has_explicit_freshness(cc, headers, targeted) or "public" in cc
+            or status in HEURISTIC)
+
+
+# -- targeted cache control (RFC 9213)
+
+# RFC 9213 §2.2: directives whose value is delta-seconds take an sf-integer.
+_DELTA_DIRECTIVES = frozenset(("max-age", "s-maxage", "stale-while-revalidate",
+                               "stale-if-error"))
+
+
+def response_directives(headers, targets=()) -> tuple[dict, bool]:
+    """A response's cache directives for this cache, and whether they came from a targeted
+    field. RFC 9213 §2.1: the first field of ``targets`` (lowercase names, in the operator's
+    order) with a valid, non-empty value is used, and Cache-Control and Expires are then
+    ignored; with none such, Cache-Control as usual."""
+    for lname in targets:
+        values = field_values(headers, lname)
+        if values:
+            cc = targeted_directives(values)
+            if cc:
+                return cc, True
+    return parse_directives(field_values(headers, b"cache-control")), False
+
+
+def targeted_directives(values) -> dict | None:
+    """A targeted field (RFC 9213 §2.2: a Structured Fields Dictionary, RFC 8941 §3.2) as
+    {directive: value or None}, like ``parse_directives``; None when it does not parse or a
+    delta-seconds directive is not a non-negative Integer: such a field is ignored, as if
+    absent (§2.2). Parameters are ignored; a directive of another type (a Decimal, an inner
+    list) is an extension this cache does not know, and is dropped."""
+    try:
+        members = http_sf.parse(b", ".join(values), tltype="dictionary")
+    except http_sf.StructuredFieldError:
+        return None
+    out = {}
+    for name, (value, _params) in members.items():
+        if name in _DELTA_DIRECTIVES:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                return None
+            out[name] = str(value)
+        elif value is True:
+            out[name] = None
+        elif isinstance(value, (str, http_sf.Token)):  # no-cache="a, b", ...
+            out[name] = str(value)
+    return out
 
 
 def vary_names(headers) -> tuple | None:
@@ -337,31 +393,49 @@ def vary_names(headers) -> tuple | None:
     return tuple(sorted(names))
 
 
+# §4.1 allows case-normalising values defined as case-insensitive: language ranges (RFC
+# 4647 §2) and content codings (RFC 9110 §8.4.1), with their q parameters.
+_CASELESS = frozenset((b"accept-language", b"accept-encoding"))
+
+
 def normalised(headers, lname: bytes):
     """A request field's value for Vary matching (§4.1): all its lines as one list, OWS
-    around members removed; None when absent (which differs from empty)."""
+    around members removed, lowercase where its values are case-insensitive; None when
+    absent (which differs from empty)."""
     values = field_values(headers, lname)
     if not values:
         return None
     members = []
     for v in values:
         members.extend(m.strip(_OWS) for m in v.split(b","))
-    return b",".join(members)
+    joined = b",".join(members)
+    return joined.lower() if lname in _CASELESS else joined
 
 
 def secondary_key(names: tuple, headers) -> tuple:
     return tuple(normalised(headers, n) for n in names)
 
 
+# §5.2.1 request directives, and RFC 5861 §4's stale-if-error: the ones this cache acts on.
+REQUEST_DIRECTIVES = frozenset(("max-age", "max-stale", "min-fresh", "no-cache", "no-store",
+                                "only-if-cached", "stale-if-error"))
+
+
 def request_directives(headers) -> dict:
-    """A request's Cache-Control (§5.2.1); with none, ``Pragma: no-cache`` stands for
-    ``Cache-Control: no-cache`` (§5.4)."""
+    """The request directives this cache acts on (§5.2.1); the others are ignored (§5.2.3),
+    so a request carrying only unknown ones is served like one without any. With no
+    Cache-Control, a Pragma whose members include ``no-cache`` stands for
+    ``Cache-Control: no-cache`` (§5.4); any other Pragma means nothing."""
     cc = field_values(headers, b"cache-control")
     if cc:
-        return parse_directives(cc)
+        parsed = parse_directives(cc)
+        if parsed.keys() <= REQUEST_DIRECTIVES:
+            return parsed
+        return {k: v for k, v in parsed.items() if k in REQUEST_DIRECTIVES}
     for value in field_values(headers, b"pragma"):
-        if b"no-cache" in value.lower():
-            return {"no-cache": None}
+        for member in value.split(b","):
+            if member.strip(_OWS).lower() == b"no-cache":
+                return {"no-cache": None}
     return {}
 
 
@@ -393,9 +467,12 @@ def not_modified(stored: Stored, request_headers, now: float) -> bool:
                     return True
         return False
     ims = field_values(request_headers, b"if-modified-since")
-    if ims and stored.last_modified is not None:
+    if ims:
         since = parse_date(ims[0], now)
-        modified = parse_date(stored.last_modified, now)
+        # §4.3.2: without a Last-Modified, the stored Date stands for it (``date`` is the
+        # receive time when the response had none).
+        modified = (stored.date if stored.last_modified is None
+                    else parse_date(stored.last_modified, now))
         # RFC 9110 §13.1.3: a date later than our own clock is invalid.
         if since is not None and modified is not None and since <= now:
             return modified <= since
@@ -403,17 +480,35 @@ def not_modified(stored: Stored, request_headers, now: float) -> bool:
 
 
 def validator_matches(stored: Stored, headers) -> bool:
-    """§4.3.4: does a 304 (or HEAD response) select this stored response? By strong ETag,
-    else by Last-Modified, else when neither side has a validator."""
+    """§4.3.4: does a 304 (or HEAD response) select this stored response? By ETag (a strong
+    one, or a weak one identical to the stored one), else by Last-Modified, else when
+    neither side has a validator."""
     etag = field_values(headers, b"etag")
     if etag:
-        tag = etag[0].strip(_OWS)
-        return (stored.etag is not None and not tag.startswith(b"W/")
-                and tag == stored.etag)
+        return stored.etag is not None and etag[0].strip(_OWS) == stored.etag
     lm = field_values(headers, b"last-modified")
     if lm:
         return stored.last_modified is not None and lm[0].strip(_OWS) == stored.last_modified
     return stored.etag is None and stored.last_modified is None
+
+
+def selected(stored: list, headers, sole=None):
+    """The stored response a 304 to our conditional request selects for update (§4.3.4), or
+    None. ``stored``: the URL's responses, newest first; ``sole``: the one response whose
+    validators alone made up the conditional request, if it was so.
+
+    A 304 with a validator selects the newest response with that validator. A 304 without
+    any (RFC 9110 §15.4.5 asks the origin for its ETag, but not all send it) selects
+    ``sole``: a request that named one response's validators only can have been answered
+    "not modified" for that response only. §4.3.4 itself selects on a validator-less 304
+    only a validator-less response; when the conditional named several responses (Vary
+    variants), it stays so and nothing is selected."""
+    if field_values(headers, b"etag") or field_values(headers, b"last-modified"):
+        return next((e for e in stored if validator_matches(e, headers)), None)
+    if sole is not None:
+        return sole
+    bare = [e for e in stored if e.etag is None and e.last_modified is None]
+    return bare[0] if len(stored) == 1 and bare else None
 
 
 # -- ranges served from a stored complete response (RFC 9110 §14)

@@ -788,6 +788,26 @@ cdef class ClientProtocol(Stream):
             self.transport.write(_CONTINUE)
         return 0
 
+    cdef int write_interim(self, RequestContext ctx, int status, bytes reason,
+                           list fields) except -1:
+        # RFC 9110 §15.2: never to an HTTP/1.0 client. ``fields`` flat (name, value, ...).
+        cdef Py_ssize_t i
+        cdef Writer w
+        cdef char stack[WRITER_STACK]
+        cdef bytes data
+        if ctx.version != "1.1" or self.closed:
+            return 0
+        w_init(&w, stack, WRITER_STACK)
+        try:
+            _status_line(&w, status, reason)
+            for i in range(0, len(fields) - 1, 2):
+                w_field(&w, fields[i], fields[i + 1])
+            w_raw(&w, "\r\n", 2)
+            data = w_bytes(&w)
+        finally:
+            w_free(&w)
+        return self._write(data)
+
     cdef int _write(self, bytes data) except -1:
         if self.out is not None:
             self.out.append(data)

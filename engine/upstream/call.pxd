@@ -39,6 +39,8 @@ cdef class Sink:
     cdef bytes request_head(self, UpstreamCall call)
     cdef int on_head(self, UpstreamCall call, int status, bytes reason, list fields,
                      bytes content_length, bint no_body) except -1
+    cdef int on_interim(self, UpstreamCall call, int status, bytes reason, list fields,
+                        bytes via) except -1
     cdef int on_body(self, bytes chunk) except -1
     cdef int on_complete(self) except -1
     cdef int on_answer(self, object resp) except -1
@@ -104,6 +106,8 @@ cdef class UpstreamCall:
     # the answer, from UpstreamConnection
     cdef bint upstream_head(self, UpstreamConnection conn, int status, bytes reason,
                             list fields) except -1
+    cdef int upstream_interim(self, UpstreamConnection conn, int status, bytes reason,
+                              list fields) except -1
     cdef int upstream_body(self, bytes data) except -1
     cdef int upstream_complete(self, UpstreamConnection conn, bint reusable) except -1
     cdef int upstream_failed(self, UpstreamConnection conn, str code, bint retry=*) except -1

@@ -82,6 +82,10 @@ cdef class Sink:
                      bytes content_length, bint no_body) except -1:
         return 0
 
+    cdef int on_interim(self, UpstreamCall call, int status, bytes reason, list fields,
+                        bytes via) except -1:
+        return 0  # (a sub-request's sink has no client to tell)
+
     cdef int on_body(self, bytes chunk) except -1:
         return 0
 
@@ -456,6 +460,39 @@ cdef class UpstreamCall:
         self.head_sent = True
         sink.on_head(self, status, reason, out, cl, no_body)
         return True
+
+    cdef int upstream_interim(self, UpstreamConnection conn, int status, bytes reason,
+                              list fields) except -1:
+        """An interim (1xx) head, before the final one: relayed without its hop-by-hop
+        fields (RFC 9110 §7.6.1); Via apart, as for ``upstream_head``."""
+        cdef list out = []
+        cdef list connection = None
+        cdef bytes via = None
+        cdef bytes name, value
+        cdef Py_ssize_t i
+        cdef int kind
+        if self.sink.finished:
+            return 0
+        for i in range(0, len(fields) - 1, 2):
+            name = fields[i]
+            value = fields[i + 1]
+            kind = header_kind(_RESPONSE_KINDS, name)
+            if kind == _R_RELAY:
+                out.append(name)
+                out.append(value)
+            elif kind == _R_CONNECTION:
+                if connection is None:
+                    connection = [value]
+                else:
+                    connection.append(value)
+            elif kind == _R_VIA:
+                via = value if via is None else via + b", " + value
+        if connection is not None and not only_keep_alive(connection):
+            named = tokens(connection)
+            out = drop_named(out, named, True)
+            if b"via" in named:
+                via = None
+        return self.sink.on_interim(self, status, reason, out, via)
 
     cdef int upstream_body(self, bytes data) except -1:
         return self.sink.on_body(data)

@@ -148,8 +148,12 @@ cdef class UpstreamConnection:
             self.stop = None  # malformed as far as we are concerned: a 502, never relayed
             raise _StopParsing
         if status < 200 and status != 101:
-            # Interim responses (100, 103) are not relayed: the proxy sent no Expect
-            # upstream, and nginx drops them too. The final response follows.
+            # An interim response; the final one follows. RFC 9110 §15.2: 102 and 103 (Early
+            # Hints) are relayed to the client. A 100 is not: the proxy answers the client's
+            # Expect itself and sends none upstream (§10.1.1), so it answers nothing asked.
+            if status != 100:
+                (<UpstreamCall?>self.call).upstream_interim(self, status, self.reason,
+                                                            self.headers)
             return
         self.head_done = True
         self.head_bytes = None

@@ -11,7 +11,7 @@ import pytest
 from engine.chain.schema import ConfigError
 from engine.control.config import parse
 from engine.filters import cache as cache_module
-from tests.support.client import Conn
+from tests.support.client import Conn, raw
 from tests.support.e2e import proxy_config, wait_until
 from tests.support.origin import Origin, closed_port
 from tests.support.proxy import InProcessProxy
@@ -116,6 +116,24 @@ def test_heuristic_freshness_only_for_statuses_cacheable_by_default(setup, statu
     r = get(proxy.port, "/h")
     assert r.status == status
     assert script.count("/h") == (1 if cached else 2)
+
+
+@pytest.mark.parametrize("extra,cached", [
+    pytest.param("", True, id="default-cdn-cache-control"),
+    pytest.param('targeted_fields = ["Edge-CC", "CDN-Cache-Control"]', True, id="listed"),
+    pytest.param("targeted_fields = []", False, id="none"),
+])
+def test_cdn_cache_control_overrides_cache_control(setup, extra, cached):
+    # RFC 9213 §2.1: the targeted field is this cache's, Cache-Control the browser's; it is
+    # passed on (a CDN's next tier may obey it too).
+    proxy, script, _ = setup(extra)
+    script["/cdn"] = (200, [(b"Cache-Control", b"no-store"),
+                            (b"CDN-Cache-Control", b"max-age=600")], b"cdn")
+    get(proxy.port, "/cdn")
+    r = get(proxy.port, "/cdn")
+    assert r.header(b"cdn-cache-control") == b"max-age=600"
+    assert r.header(b"cache-control") == b"no-store"
+    assert script.count("/cdn") == (1 if cached else 2)
 
 
 def test_a_hit_carries_age_and_cache_status(setup, clock):
@@ -262,6 +280,25 @@ def test_pragma_no_cache_counts_without_cache_control(setup):
     assert script.count("/pg") == 2
 
 
+@pytest.mark.parametrize("headers,hit", [
+    pytest.param([(b"Pragma", b"foo"), (b"Cache-Control", b"nothing-to-see-here")], True,
+                 id="unknown-directives"),
+    pytest.param([(b"Pragma", b"x-no-cache-please")], True, id="pragma-other-token"),
+    pytest.param([(b"Pragma", b"foo, No-Cache")], False, id="pragma-no-cache-member"),
+    pytest.param([(b"Cookie", b"a=b")], True, id="cookie"),
+])
+def test_what_request_fields_make_the_cache_validate(setup, headers, hit):
+    # RFC 9111 §5.2.3: unknown request directives are ignored; §5.4: only Pragma's no-cache
+    # means anything, and only without Cache-Control. A Cookie changes nothing unless the
+    # response varies on it (§4.1).
+    proxy, script, _ = setup()
+    script["/rq"] = (200, [(b"Cache-Control", b"max-age=100"), (b"ETag", b'"r"')], b"r")
+    get(proxy.port, "/rq")
+    r = get(proxy.port, "/rq", headers)
+    assert (r.header(b"x-cache") == b"HIT") is hit
+    assert script.count("/rq") == (1 if hit else 2)
+
+
 def test_only_if_cached_miss_is_504(setup):
     proxy, script, _ = setup()
     r = get(proxy.port, "/none", [(b"Cache-Control", b"only-if-cached")])
@@ -276,6 +313,35 @@ def test_max_stale_accepts_a_stale_response(setup, clock):
     r = get(proxy.port, "/ms", [(b"Cache-Control", b"max-stale=60")])
     assert r.body == b"old" and r.header(b"x-cache") == b"STALE"
     assert script.count("/ms") == 1
+
+
+# -- interim responses (RFC 9110 §15.2)
+
+INTERIM = (b"HTTP/1.1 100 Continue\r\n\r\n"
+           b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n"
+           b"Connection: X-Hop\r\nX-Hop: 1\r\n\r\n"
+           b"HTTP/1.1 200 OK\r\nCache-Control: max-age=100\r\nContent-Length: 5\r\n\r\nfinal")
+
+
+def test_interim_responses_reach_http11_clients_and_are_never_stored(clock):
+    # 103 (and 102) are relayed ahead of the final response, without hop-by-hop fields and
+    # with Via; a 100 answers an Expect the proxy never sent upstream and stays here. The
+    # stored answer is the final one alone, and an HTTP/1.0 client gets no 1xx at all.
+    with Origin(lambda req: INTERIM) as origin, \
+            InProcessProxy(proxy_config(origin.url, route=CACHE.format(extra=""))) as proxy:
+        got = raw(proxy.port, b"GET /i HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        interim, _, final = got.partition(b"\r\n\r\n")
+        assert interim.startswith(b"HTTP/1.1 103 Early Hints\r\n")
+        assert b"Link: </s.css>; rel=preload" in interim and b"Via: 1.1 " in interim
+        assert b"X-Hop" not in interim and b"100 Continue" not in got
+        assert final.startswith(b"HTTP/1.1 200 ") and got.endswith(b"final")
+        assert b"Link" not in final and got.count(b"HTTP/1.1 ") == 2
+        again = raw(proxy.port, b"GET /i HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        assert again.startswith(b"HTTP/1.1 200 ") and b"X-Cache: HIT" in again
+        assert b"103" not in again and b"Link" not in again
+        old = raw(proxy.port, b"GET /other HTTP/1.0\r\nHost: t\r\n\r\n")
+        assert old.startswith(b"HTTP/1.1 200 ") and b"Link" not in old
+        assert len(origin.requests) == 2
 
 
 # -- Vary (§4.1)
@@ -314,6 +380,53 @@ def test_a_304_freshens_the_stored_response(setup, clock):
     assert script.count("/e") == 2
 
 
+@pytest.mark.parametrize("validator", [
+    pytest.param((b"ETag", b'"e1"'), id="etag"),
+    pytest.param((b"Last-Modified", b"Thu, 01 Jan 2015 00:00:00 GMT"), id="last-modified"),
+])
+def test_a_304_without_validators_freshens_the_response_it_was_asked_about(setup, clock,
+                                                                            validator):
+    # RFC 9111 §4.3.4 / RFC 9110 §15.4.5: the origin should repeat the validator, but a
+    # 304 to a conditional naming one stored response can only be about that response.
+    proxy, script, _ = setup()
+    script["/nv"] = (200, [(b"Cache-Control", b"max-age=1"), validator,
+                           (b"Content-Encoding", b"x-stored"), (b"Test-Header", b"A")],
+                     b"stored-body")
+    get(proxy.port, "/nv")
+    clock.advance(5)
+    # §3.2: the fields describing the stored bytes are not updated from a 304.
+    script["/nv"] = (304, [(b"Cache-Control", b"max-age=100"), (b"Test-Header", b"B"),
+                           (b"Content-Encoding", b"x-other"), (b"Content-MD5", b"bm90")],
+                     b"")
+    r = get(proxy.port, "/nv")
+    assert r.status == 200 and r.body == b"stored-body"
+    assert r.header(b"x-cache") == b"REVALIDATED" and r.header(b"test-header") == b"B"
+    assert r.header(b"content-encoding") == b"x-stored" and r.header(b"content-md5") is None
+    assert script.count("/nv") == 2  # not sent again without its conditional
+    assert get(proxy.port, "/nv").header(b"x-cache") == b"HIT"
+    assert script.count("/nv") == 2
+
+
+def test_a_304_naming_no_variant_of_several_is_not_applied(setup, clock):
+    # Two variants sent their ETags in one If-None-Match: a 304 without a validator does
+    # not say which (§4.3.4), so the request goes upstream again as it came.
+    proxy, script, _ = setup()
+    script["/vv"] = lambda req: (200, [(b"Cache-Control", b"max-age=1"), (b"Vary", b"Foo"),
+                                       (b"ETag", b'"%s"' % req.header(b"foo"))],
+                                 req.header(b"foo"))
+    get(proxy.port, "/vv", [(b"Foo", b"a")])
+    get(proxy.port, "/vv", [(b"Foo", b"b")])
+    clock.advance(5)
+    script["/vv"] = lambda req: ((304, [(b"Cache-Control", b"max-age=100")], b"")
+                                 if req.header(b"if-none-match") else
+                                 (200, [(b"Cache-Control", b"max-age=100")], b"new"))
+    r = get(proxy.port, "/vv", [(b"Foo", b"a")])
+    assert r.status == 200 and r.body == b"new"
+    assert script.seen["/vv"][2].header(b"if-none-match") == b'"b", "a"'  # newest first
+    assert script.seen["/vv"][3].header(b"if-none-match") is None
+    assert script.count("/vv") == 4
+
+
 def test_last_modified_is_sent_as_if_modified_since(setup, clock):
     proxy, script, _ = setup()
     lm = b"Thu, 01 Jan 2015 00:00:00 GMT"
@@ -331,8 +444,10 @@ def test_a_new_200_replaces_the_stored_response(setup, clock):
     get(proxy.port, "/n")
     clock.advance(5)
     script["/n"] = (200, [(b"Cache-Control", b"max-age=100"), (b"ETag", b'"2"')], b"two")
-    assert get(proxy.port, "/n").body == b"two"
-    assert get(proxy.port, "/n").header(b"x-cache") == b"HIT"
+    r = get(proxy.port, "/n")
+    assert r.body == b"two" and r.header(b"via") == b"1.1 edgeproxy"  # RFC 9110 §7.6.3
+    r = get(proxy.port, "/n")
+    assert r.header(b"x-cache") == b"HIT" and r.header(b"via") == b"1.1 edgeproxy"
     assert script.count("/n") == 2
 
 
@@ -542,6 +657,8 @@ def test_location_and_content_location_are_invalidated(setup):
                  id="cache-status-name"),
     pytest.param('surrogate_key_header = "Bad Header"', "routes[0].cache.surrogate_key_header",
                  "", id="tag-header"),
+    pytest.param('targeted_fields = ["CDN Cache-Control"]', "routes[0].cache.targeted_fields",
+                 "not a valid header name", id="targeted-field"),
 ])
 def test_a_bad_cache_config_names_its_key(line, path, words):
     with pytest.raises(ConfigError) as err:

@@ -126,15 +126,19 @@ def test_head_response_with_a_stray_body_does_not_leak_into_the_next_response():
             c.sock.recv(1)
 
 
-def test_interim_1xx_responses_are_dropped():
+def test_interim_1xx_responses_are_relayed_but_not_100():
+    # RFC 9110 §15.2: 103 (and 102) go to an HTTP/1.1 client ahead of the final response;
+    # the upstream's 100 answers nothing the proxy asked (it sends no Expect upstream).
     answer = (b"HTTP/1.1 100 Continue\r\n\r\n"
               b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
               + ok(b"final", headers=[(b"X-Final", b"1")]))
     with Setup(lambda req: answer) as (origin, proxy, c):
         r = c.request("GET", "/")
+        assert r.status == 103 and r.header(b"link") == b"</a.css>; rel=preload"
+        r = c.response()
         assert r.status == 200 and r.body == b"final"
         assert r.header(b"x-final") == b"1" and r.header(b"link") is None
-        assert c.request("GET", "/again").status == 200
+        assert c.request("GET", "/again").status == 103 and c.response().status == 200
         assert origin.connections == 1
 
 

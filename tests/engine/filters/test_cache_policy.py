@@ -145,6 +145,15 @@ def test_vary_names_and_normalised_values():
                                                                           [(b"Foo", b"")])
 
 
+def test_vary_values_defined_case_insensitive_match_in_any_case():
+    # RFC 9111 §4.1: Accept-Language's language ranges are case-insensitive; other fields'
+    # values keep their case.
+    assert (rfc.secondary_key((b"accept-language",), [(b"Accept-Language", b"en-US, FR")])
+            == rfc.secondary_key((b"accept-language",), [(b"accept-language", b"EN-us,fr")]))
+    assert (rfc.secondary_key((b"foo",), [(b"Foo", b"A")])
+            != rfc.secondary_key((b"foo",), [(b"Foo", b"a")]))
+
+
 def test_pragma_stands_for_no_cache_only_without_cache_control():
     assert rfc.request_directives([(b"Pragma", b"no-cache")]) == {"no-cache": None}
     assert rfc.request_directives([(b"Pragma", b"no-cache"),
@@ -174,6 +183,16 @@ def stored(*headers):
 def test_not_modified(request_headers, expected):
     s = stored((b"ETag", b'"a"'), (b"Last-Modified", b"Mon, 01 Jun 2026 11:00:00 GMT"))
     assert rfc.not_modified(s, request_headers, NOW) is expected
+
+
+@pytest.mark.parametrize("since,expected", [
+    pytest.param(b"Mon, 01 Jun 2026 11:30:00 GMT", True, id="after-date"),
+    pytest.param(b"Mon, 01 Jun 2026 11:00:00 GMT", False, id="before-date"),
+])
+def test_if_modified_since_goes_by_date_without_last_modified(since, expected):
+    # RFC 9111 §4.3.2
+    s = stored((b"Date", b"Mon, 01 Jun 2026 11:10:00 GMT"))
+    assert rfc.not_modified(s, [(b"If-Modified-Since", since)], NOW) is expected
 
 
 def test_a_304_selects_by_strong_etag_then_last_modified():
@@ -214,3 +233,86 @@ def test_byte_range(headers, expected):
     s = stored((b"ETag", b'"a"'))
     s.body = b"0123456789A"
     assert rfc.byte_range(headers, s) == expected
+
+
+def test_unknown_request_directives_and_pragma_members_are_ignored():
+    # RFC 9111 §5.2.3, §5.4
+    assert rfc.request_directives([(b"Cache-Control", b"nothing-to-see-here"),
+                                   (b"Pragma", b"no-cache")]) == {}
+    assert rfc.request_directives([(b"Cache-Control", b"foo, max-age=5")]) == {"max-age": "5"}
+    assert rfc.request_directives([(b"Pragma", b"x-no-cache")]) == {}
+    assert rfc.request_directives([(b"Pragma", b"foo, No-Cache")]) == {"no-cache": None}
+
+
+def test_a_304_selects_by_validator_or_the_sole_response_asked_about():
+    # RFC 9111 §4.3.4
+    a = stored((b"ETag", b'"a"'))
+    w = stored((b"ETag", b'W/"w"'))
+    lm = stored((b"Last-Modified", DATE))
+    assert rfc.selected([w, a], [(b"ETag", b'"a"')]) is a
+    assert rfc.selected([a, w], [(b"ETag", b'W/"w"')]) is w
+    assert rfc.selected([a], [(b"ETag", b'"other"')], a) is None  # it names another
+    assert rfc.selected([lm], [(b"Last-Modified", DATE)]) is lm
+    assert rfc.selected([a, lm], [], a) is a  # no validator: the one asked about
+    assert rfc.selected([a, lm], []) is None
+    bare = stored()
+    assert rfc.selected([bare], []) is bare
+
+
+def test_freshen_keeps_what_describes_the_stored_bytes():
+    # RFC 9111 §3.2: the fields the stored response depends upon are not updated.
+    s = stored((b"ETag", b'"a"'), (b"Content-Encoding", b"gzip"), (b"Content-MD5", b"x"),
+               (b"Content-Type", b"text/plain"))
+    s.freshen([(b"Content-Encoding", b"br"), (b"Content-MD5", b"y"), (b"ETag", b'"b"'),
+               (b"Content-Range", b"bytes 0-1/2"), (b"Content-Type", b"text/html")],
+              NOW, NOW, NOW, 86400.0)
+    h = dict(s.headers)
+    assert h[b"Content-Encoding"] == b"gzip" and h[b"Content-MD5"] == b"x"
+    assert h[b"ETag"] == b'"a"' and b"Content-Range" not in h
+    assert h[b"Content-Type"] == b"text/html"
+
+
+CDN = (b"cdn-cache-control",)
+
+
+@pytest.mark.parametrize("headers,lifetime,ok", [
+    pytest.param([(b"CDN-Cache-Control", b"max-age=60"), (b"Cache-Control", b"no-store")],
+                 60, True, id="overrides-no-store"),
+    pytest.param([(b"CDN-Cache-Control", b"max-age=5"), (b"Cache-Control", b"max-age=900")],
+                 5, True, id="shorter-wins"),
+    pytest.param([(b"CDN-Cache-Control", b"no-store"), (b"Cache-Control", b"max-age=900")],
+                 0, False, id="no-store"),
+    pytest.param([(b"CDN-Cache-Control", b"private"), (b"Cache-Control", b"max-age=900")],
+                 0, False, id="private"),
+    pytest.param([(b"CDN-Cache-Control", b"no-cache"),
+                  (b"Expires", b"Thu, 01 Jan 2099 00:00:00 GMT")], 0, True,
+                 id="expires-ignored"),
+    pytest.param([(b"CDN-Cache-Control", b"max-age=0"),
+                  (b"Expires", b"Thu, 01 Jan 2099 00:00:00 GMT")], 0, True,
+                 id="max-age-0-over-expires"),
+    pytest.param([(b"CDN-Cache-Control", b"foobar, max-age=99999999999")], rfc.DELTA_MAX, True,
+                 id="extension-and-huge"),
+    pytest.param([(b"CDN-Cache-Control", b"max-age=60, &&&"), (b"Cache-Control", b"no-store")],
+                 0, False, id="invalid-sf-falls-back"),
+    pytest.param([(b"CDN-Cache-Control", b'max-age="60"'), (b"Cache-Control", b"max-age=7")],
+                 7, True, id="wrong-type-falls-back"),
+    pytest.param([(b"CDN-Cache-Control", b"MaX-aGe=60"), (b"Cache-Control", b"max-age=7")],
+                 7, True, id="uppercase-key-is-invalid"),
+    pytest.param([(b"CDN-Cache-Control", b""), (b"Cache-Control", b"max-age=7")],
+                 7, True, id="empty-falls-back"),
+])
+def test_cdn_cache_control_stands_in_for_cache_control(headers, lifetime, ok):
+    # RFC 9213 §2.1, §2.2
+    cc, targeted = rfc.response_directives(headers, CDN)
+    assert rfc.storable(200, cc, headers, {}, False, targeted) is ok
+    s = rfc.describe(200, headers, NOW, NOW, NOW, 86400.0, CDN)
+    assert s.lifetime == lifetime
+    # A cache without targets (or another target) goes by Cache-Control alone.
+    assert rfc.response_directives(headers, (b"other-cdn-cache-control",))[1] is False
+
+
+def test_the_first_valid_targeted_field_wins():
+    headers = [(b"CDN-Cache-Control", b"max-age=5"), (b"Acme-CDN-Cache-Control", b"bad=&"),
+               (b"Edge-Cache-Control", b"max-age=9")]
+    targets = (b"acme-cdn-cache-control", b"edge-cache-control", b"cdn-cache-control")
+    assert rfc.response_directives(headers, targets) == ({"max-age": "9"}, True)
