@@ -484,8 +484,9 @@ class RedisConfig:
                                             "instead of the host connected to (cluster nodes "
                                             "and sentinel masters are reached by address)")
     prefix: str = key("edgeproxy:", "prefix of every key edgeproxy writes")
-    timeout: Duration = key(0.25, "longest wait for one Redis command (connect included); "
-                                  "then the feature's on_store_error policy applies")
+    timeout: Duration = key(0.25, "longest wait for one Redis command (connect included; "
+                                  "0.1 s more per MiB a command carries, such as a stored "
+                                  "answer); then the feature's on_store_error policy applies")
     breaker_failures: int = key(3, "consecutive Redis failures that open the breaker "
                                    "(calls then fail at once, without waiting)", min=1)
     breaker_cooldown: Duration = key(2.0, "how long the breaker stays open before one call "

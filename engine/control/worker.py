@@ -7,6 +7,7 @@ path free of timer churn; the sweep interval bounds the timeouts' precision.
 
 import asyncio
 import os
+import select
 import signal
 import socket
 import time
@@ -212,7 +213,7 @@ class Worker:
                 seen = idle.get(conn)
                 if seen is None or seen[0] != conn.requests:
                     idle[conn] = (conn.requests, now)
-                elif now - seen[1] >= grace:
+                elif now - seen[1] >= grace and not _unread(conn):
                     conn.close()
             await asyncio.sleep(0.02)
             now = self.loop.time()
@@ -226,6 +227,23 @@ class Worker:
             self.access_log.close()
         if self.stats_path is not None:
             self.write_stats()  # the final counts, which the supervisor folds in when we exit
+
+
+def _unread(conn) -> bool:
+    """Whether bytes (or the client's FIN) wait in the connection's socket, not read yet. A
+    process the host stalled wakes to run its due timers before it reads: the drain then
+    sees as idle for DRAIN_IDLE a connection whose request came in meanwhile, and closing
+    it would reset that request."""
+    transport = conn.transport
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None:
+        return False
+    poller = select.poll()
+    try:
+        poller.register(sock.fileno(), select.POLLIN)
+        return bool(poller.poll(0))
+    except (OSError, ValueError):  # closed meanwhile: nothing left to read
+        return False
 
 
 def run_worker(runtime, pairs, rundir: str | None = None, generation: int = 0) -> int:

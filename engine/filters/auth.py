@@ -495,12 +495,17 @@ class Filter(FilterBase):
         except TokenError as exc:
             return _Refused("jwt:" + str(exc))
         jwks = v.jwks
+        # A fetch is joined (or started) here, in the step that found the keys lacking, not
+        # when the coroutine first runs: by then the fetch in flight may have ended, and a
+        # second one would go to the provider for nothing.
         if jwks is not None and not jwks.fetched and not v.static:
-            return self._jwt_fetch_first(ctx, token, header, digest, from_cookie)
+            return self._jwt_fetch_first(ctx, self._jwks_refresh(ctx), token, header, digest,
+                                         from_cookie)
         candidates = v.candidates(header, jwks is None)
         if candidates is None:
             if jwks is not None and jwks.may_refresh_for_kid(time.monotonic()):
-                return self._jwt_kid_miss(ctx, token, header, digest, from_cookie)
+                return self._jwt_kid_miss(ctx, self._jwks_refresh(ctx), token, header, digest,
+                                          from_cookie)
             candidates = v.candidates(header)
             if candidates is None:
                 return _Refused("jwt:unknown_kid")
@@ -519,15 +524,15 @@ class Filter(FilterBase):
             up, b"GET", path, [(b"Accept", b"application/json")], None,
             auth_jwt.JWKS_MAX_BYTES))
 
-    async def _jwt_fetch_first(self, ctx, token, header, digest, from_cookie):
-        if not await self._jwks_refresh(ctx):
+    async def _jwt_fetch_first(self, ctx, refresh, token, header, digest, from_cookie):
+        if not await refresh:
             return _Refused("jwt:jwks_unavailable", error_response(
                 "auth_unavailable", ctx.request_id.decode(), None,
                 [(b"Retry-After", b"%d" % max(1, int(self.verifier.jwks.cfg.min_refresh)))]))
         return self._jwt_after_fetch(ctx, token, header, digest, from_cookie)
 
-    async def _jwt_kid_miss(self, ctx, token, header, digest, from_cookie):
-        await self._jwks_refresh(ctx)
+    async def _jwt_kid_miss(self, ctx, refresh, token, header, digest, from_cookie):
+        await refresh
         return self._jwt_after_fetch(ctx, token, header, digest, from_cookie)
 
     def _jwt_after_fetch(self, ctx, token, header, digest, from_cookie):

@@ -300,7 +300,8 @@ class RedisStore:
         args = [owner, stored.status, dump_headers(stored.headers),
                 body if body is not None else b"", -1 if body is None else len(body), _ms(ttl)]
         return bool(await self.redis.run(_COMPLETE, self._keys(key), args, self.replicas,
-                                         self.replica_timeout, _completed))
+                                         self.replica_timeout, _completed,
+                                         len(body) if body is not None else 0))
 
     async def release(self, key, owner) -> bool:
         return bool(await self.redis.run(_RELEASE, self._keys(key), [owner]))

@@ -41,6 +41,12 @@ __all__ = ["RedisStore", "RedisURL", "StoreError", "StoreUnavailable", "NotRepli
            "parse_url"]
 
 MAX_REDIRECTS = 16  # MOVED/ASK/TRYAGAIN hops of one call (the deadline bounds them too)
+# A call carrying at least BULK bytes (an idempotent answer's body) goes on the side connection,
+# so the small per-request calls pipelined on the main one never wait behind it, and it gets
+# 1 s more per BULK_RATE bytes to move them: ``timeout`` is meant to catch a Redis that stopped
+# answering, not one busy copying 8 MiB on a loaded host.
+BULK = 64 << 10
+BULK_RATE = 10 << 20  # bytes/s: far below any loopback or LAN, so only a stall trips it
 
 
 class NotReplicated(StoreUnavailable):
@@ -88,8 +94,9 @@ class RedisStore:
             def open_server(loop):
                 return opener.open(loop, url.host, url.port, url.path)
             self._link = Link(open_server)
-            # Scripts whose writes replicas must acknowledge (WAIT) go on a connection of
-            # their own: WAIT holds its connection, and must not hold the rate limits'.
+            # Scripts whose writes replicas must acknowledge (WAIT), and bulky ones (BULK), go
+            # on a connection of their own: WAIT holds its connection, and megabytes in
+            # flight hold theirs; neither must hold the rate limits'.
             self._durable_link = Link(open_server)
             where = f"{url.where}/{url.db}"
         self.breaker = Circuit(consecutive=cfg.breaker_failures, rate=0.0,
@@ -123,7 +130,7 @@ class RedisStore:
         return any(link.conn is not None and not link.conn.lost for link in links)
 
     async def run(self, source: str, keys: list, args: list, replicas: int = 0,
-                  replica_timeout: float = 0.0, wrote=None):
+                  replica_timeout: float = 0.0, wrote=None, bulk: int = 0):
         """Run a Lua script atomically and return its reply (bytes, int, list or None):
         one round trip, EVAL the first time on a connection, EVALSHA after; a NOSCRIPT (after
         SCRIPT FLUSH), a cluster redirect or a demoted master's READONLY cost one more. Calls
@@ -134,6 +141,8 @@ class RedisStore:
         at most ``replica_timeout`` seconds more; fewer raises NotReplicated (the script ran).
         ``wrote(reply)`` tells whether the script wrote anything (None: assume it did): a
         reply that wrote nothing needs no acknowledgement.
+
+        ``bulk``: the bytes the call carries, when that may be many (see BULK).
         """
         breaker = self.breaker
         token = 0
@@ -144,30 +153,35 @@ class RedisStore:
             # Past the cool-down: this call probes; the rest fail at once until it answers.
             token = breaker.begin(now)
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._timeout
+        durable = replicas > 0
+        side = durable  # on the side connection (see _durable_link)
+        if bulk >= BULK:
+            side = True
+            deadline = loop.time() + self._timeout + bulk / BULK_RATE
+        else:
+            deadline = loop.time() + self._timeout
         sha = self._shas.get(source)
         if sha is None:
             sha = self._shas[source] = sha1(source.encode()).hexdigest()
-        durable = replicas > 0
         try:
             cluster = self._cluster
             if cluster is None:
-                link = self._durable_link if durable else self._link
+                link = self._durable_link if side else self._link
                 conn = link.conn
                 if conn is None or conn.lost or conn.loop is not loop:
                     conn = await link.get(loop, deadline)
                 if self._sentinels is not None:
                     self._sentinels.watch(loop, (self._link, self._durable_link))
             else:
-                conn = cluster.ready(keys, durable)
+                conn = cluster.ready(keys, side)
                 if conn is None or conn.loop is not loop:
-                    conn = await cluster.connection(loop, keys, deadline, durable)
+                    conn = await cluster.connection(loop, keys, deadline, side)
             fut = loop.create_future()
             send_script(conn, fut, deadline, sha, source, keys, args)
             reply = await fut
             if reply.__class__ is ErrorReply:
                 reply, conn = await self._mend(loop, conn, reply, sha, source, keys, args,
-                                               deadline, durable)
+                                               deadline, side)
             acked = replicas
             if durable and reply.__class__ is not ErrorReply and (wrote is None or wrote(reply)):
                 acked = await asyncio.shield(wait_replicas(
@@ -191,9 +205,10 @@ class RedisStore:
             raise NotReplicated(reply, acked, replicas)
         return reply
 
-    async def _mend(self, loop, conn, reply, sha, source, keys, args, deadline, durable):
+    async def _mend(self, loop, conn, reply, sha, source, keys, args, deadline, side):
         """Send again a script whose error reply another try can mend; (reply, connection
-        that gave it). Every other error reply is returned as it came."""
+        that gave it). Every other error reply is returned as it came. ``side``: on the side
+        connections."""
         cluster = self._cluster
         readonly = False
         for _ in range(MAX_REDIRECTS):
@@ -206,13 +221,12 @@ class RedisStore:
                 conn.send(pack(("EVAL", source, len(keys), *keys, *args)), fut, deadline)
             elif kind == "MOVED" and cluster is not None:
                 addr = cluster.moved(loop, text, conn)
-                conn = await cluster.link(addr, durable).get(loop, deadline)
+                conn = await cluster.link(addr, side).get(loop, deadline)
                 send_script(conn, fut, deadline, sha, source, keys, args)
             elif kind == "ASK" and cluster is not None:
                 # The slot is migrating and this key has left: one command to the importing
                 # node, announced by ASKING (EVAL: a NOSCRIPT would need a second ASKING).
-                conn = await cluster.link(cluster.asked(text, conn), durable).get(loop,
-                                                                                   deadline)
+                conn = await cluster.link(cluster.asked(text, conn), side).get(loop, deadline)
                 asking = loop.create_future()
                 asking.add_done_callback(_seen)
                 conn.send(pack(("ASKING",)), asking, deadline)
@@ -223,7 +237,7 @@ class RedisStore:
                 if loop.time() + 0.02 >= deadline:
                     break
                 await asyncio.sleep(0.01)
-                conn = await cluster.connection(loop, keys, deadline, durable)
+                conn = await cluster.connection(loop, keys, deadline, side)
                 send_script(conn, fut, deadline, sha, source, keys, args)
             elif kind == "READONLY" and not readonly:
                 # The master was demoted: ask again where the master is (the sentinels, or a
@@ -232,9 +246,9 @@ class RedisStore:
                 conn.abort("redis: the server is a replica now (READONLY)")
                 if cluster is not None:
                     cluster.refresh(loop)
-                    conn = await cluster.connection(loop, keys, deadline, durable)
+                    conn = await cluster.connection(loop, keys, deadline, side)
                 else:
-                    link = self._durable_link if durable else self._link
+                    link = self._side_link if side else self._link
                     conn = await link.get(loop, deadline)
                 send_script(conn, fut, deadline, sha, source, keys, args)
             else:

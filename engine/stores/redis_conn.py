@@ -152,7 +152,11 @@ class Connection(asyncio.Protocol):
             self.loop.call_soon(self._flush)
         out.append(command)
         self.pending.append((fut, deadline))
-        if self.timer is None:
+        timer = self.timer
+        if timer is None:
+            self.timer = self.loop.call_at(deadline, self._expire)
+        elif deadline < timer.when():  # a short call after a bulky one (see redis.BULK)
+            timer.cancel()
             self.timer = self.loop.call_at(deadline, self._expire)
 
     async def call(self, deadline: float, *command):

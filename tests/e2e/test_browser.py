@@ -7,20 +7,16 @@ with a conditional request.
 Skipped only when /usr/bin/chromium is absent (.ci/run installs it)."""
 
 import json
-import os
 
 import pytest
 
+from tests.support.browser import chromium, needs_chromium
 from tests.support.e2e import wait_until
 from tests.support.origin import Origin, ok
 from tests.support.proxy import InProcessProxy
 
-CHROMIUM = "/usr/bin/chromium"
-pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM),
-                                reason=f"{CHROMIUM} is not installed (apt-get install chromium)")
+pytestmark = needs_chromium
 
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 TIMEOUT_MS = 5000
 DATA = json.dumps([{"id": i, "name": f"item {i}"} for i in range(500)]).encode()
 PAGE = b"<!doctype html><title>app</title><p>the app</p>"
@@ -97,13 +93,8 @@ root = "{assets}"
 
 @pytest.fixture(scope="module")
 def browser():
-    from playwright.sync_api import sync_playwright
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, timeout=20000)
-        try:
-            yield b
-        finally:
-            b.close()
+    with chromium() as b:
+        yield b
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@ origin that answers each path as the test scripts it and counts what reaches it.
 cache module's ``clock``, moved by the tests (no sleeping for freshness)."""
 
 import hashlib
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -581,9 +582,23 @@ upstream = "app"
 
 def test_fifty_concurrent_misses_send_one_request_upstream(setup):
     proxy, script, _ = setup()
-    script["/slow"] = (200, [(b"Cache-Control", b"max-age=100")], b"s" * 2000, 0.3)
+    all_in = threading.Event()
+
+    def slow(req):  # answers once the proxy holds all fifty (the origin's thread waits)
+        all_in.wait(10)
+        return 200, [(b"Cache-Control", b"max-age=100")], b"s" * 2000
+
+    def in_flight():
+        return sum(c.active is not None for c in proxy.worker.conns)
+
+    script["/slow"] = slow
     with ThreadPoolExecutor(50) as pool:
-        results = list(pool.map(lambda _: get(proxy.port, "/slow"), range(50)))
+        sent = [pool.submit(get, proxy.port, "/slow") for _ in range(50)]
+        try:
+            assert wait_until(lambda: proxy.call(in_flight) == 50, 10)
+        finally:
+            all_in.set()
+        results = [f.result() for f in sent]
     assert all(r.status == 200 and r.body == b"s" * 2000 for r in results)
     assert script.count("/slow") == 1
     statuses = sorted(r.header(b"cache-status").split(b";")[1].strip() for r in results)

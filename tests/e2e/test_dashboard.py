@@ -1,7 +1,7 @@
 """The live status page on the admin listener: its files and JSON over HTTP, then in a real
-browser (headless Chromium driven by selenium through the system chromedriver): what it renders
-for a running proxy under a little load, and an upstream server shown down once its origin
-stops."""
+browser (headless Debian chromium driven by Playwright, tests/support/browser.py): what it
+renders for a running proxy under a little load, and an upstream server shown down once its
+origin stops."""
 
 import os
 import pathlib
@@ -10,13 +10,10 @@ import time
 
 import pytest
 
+from tests.support.browser import chromium, needs_chromium
 from tests.support.cli import CliProxy
 from tests.support.client import Conn
 from tests.support.origin import Origin
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
-
 
 
 def config(a: str, b: str) -> str:
@@ -52,26 +49,15 @@ token = "s3cret-admin-token"
 
 
 @pytest.fixture
-def browser():
-    if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
-        pytest.skip(f"needs {CHROMIUM} and {CHROMEDRIVER} (Debian's chromium and "
-                    "chromium-driver; .ci/run installs them)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    options = Options()
-    options.binary_location = CHROMIUM
-    for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                "--no-first-run", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--window-size=1400,1600"):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(20)
-    try:
-        yield driver
-    finally:
-        driver.quit()
+def page():
+    with chromium() as browser:
+        context = browser.new_context(viewport={"width": 1400, "height": 1600})
+        context.set_default_timeout(10000)
+        context.set_default_navigation_timeout(20000)
+        try:
+            yield context.new_page()
+        finally:
+            context.close()
 
 
 def wait_for(predicate, timeout: float, what: str):
@@ -92,9 +78,8 @@ def load(port: int, stop: threading.Event) -> None:
             stop.wait(0.02)
 
 
-def test_dashboard_renders_live_state_and_an_upstream_going_down(tmp_path, browser):
-    from selenium.webdriver.common.by import By
-
+@needs_chromium
+def test_dashboard_renders_live_state_and_an_upstream_going_down(tmp_path, page):
     shot = pathlib.Path(os.environ.get("EDGEPROXY_ARTIFACTS", tmp_path)) / "dashboard.png"
     stop = threading.Event()
     b_origin = Origin().__enter__()
@@ -105,17 +90,15 @@ def test_dashboard_renders_live_state_and_an_upstream_going_down(tmp_path, brows
             traffic = threading.Thread(target=load, args=(proxy.port, stop), daemon=True)
             traffic.start()
             try:
-                browser.get(f"http://127.0.0.1:{proxy.admin_port}/dashboard")
+                page.goto(f"http://127.0.0.1:{proxy.admin_port}/dashboard")
                 # The page needs no token; its JSON does: it asks for the token.
-                login = wait_for(lambda: browser.find_element(By.ID, "login").is_displayed(),
-                                 10, "the token form")
-                assert login
-                browser.find_element(By.ID, "token").send_keys("s3cret-admin-token")
-                browser.find_element(By.CSS_SELECTOR, "#login button").click()
+                page.locator("#login").wait_for(state="visible")
+                page.fill("#token", "s3cret-admin-token")
+                page.click("#login button")
 
                 def rows(table):  # read in one go: the page replaces rows every poll
-                    return browser.execute_script(
-                        "return [...document.querySelectorAll(arguments[0] + ' tbody tr')]"
+                    return page.evaluate(
+                        "table => [...document.querySelectorAll(table + ' tbody tr')]"
                         ".map(tr => ({attrs: Object.fromEntries([...tr.attributes]"
                         ".map(a => [a.name, a.value])), cells: [...tr.cells]"
                         ".map(td => td.textContent)}))", "#" + table)
@@ -141,7 +124,7 @@ def test_dashboard_renders_live_state_and_an_upstream_going_down(tmp_path, brows
                 events = wait_for(lambda: [" ".join(r["cells"]) for r in rows("events")],
                                   10, "the rate-limit counters")
                 assert any("ratelimit catalog rate_limited" in e for e in events), events
-                config_text = browser.find_element(By.ID, "config").text
+                config_text = page.inner_text("#config")
                 assert "s3cret-admin-token" not in config_text and "<redacted>" in config_text
 
                 b_origin.__exit__(None, None, None)  # the origin stops: checks fail
@@ -151,7 +134,7 @@ def test_dashboard_renders_live_state_and_an_upstream_going_down(tmp_path, brows
                 (down,) = [r for r in rows("servers")
                            if r["attrs"].get("data-server") == f"shop {b}"]
                 assert "down" in down["cells"]
-                browser.save_screenshot(str(shot))
+                page.screenshot(path=str(shot))
             finally:
                 stop.set()
                 traffic.join(5)

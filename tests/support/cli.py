@@ -9,11 +9,33 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 
 _LISTENING = re.compile(rb"listening on (.+?) with (\d+) worker")
 _ADDRESS = re.compile(rb"(\S+):(\d+)(?: \(([^)]*)\))?")  # "host:port (name)", name optional
 _ADMIN = re.compile(rb"admin API on (\S+):(\d+)")
 _ADMIN_TABLE = re.compile(r"^\[admin\]", re.M)
+
+
+def hermetic(text: str) -> str:
+    """The config with a free loopback port wherever it would take a default one (the
+    proxy's 0.0.0.0:8080, the admin API's 127.0.0.1:9901): two suites running at once on one
+    machine would otherwise fight for those ports. A config TOML cannot parse is left as is
+    (the test is about that error)."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError:
+        return text
+    server = doc.get("server", {})
+    if "listen" not in server and "listeners" not in doc:
+        text = (text.replace("[server]", '[server]\nlisten = "127.0.0.1:0"', 1)
+                if "[server]" in text else '[server]\nlisten = "127.0.0.1:0"\n' + text)
+    admin = doc.get("admin")
+    if admin is None:
+        text += '\n[admin]\nlisten = "127.0.0.1:0"\n'
+    elif "listen" not in admin:
+        text = _ADMIN_TABLE.sub('[admin]\nlisten = "127.0.0.1:0"', text, count=1)
+    return text
 
 
 class CliProxy:
@@ -33,14 +55,7 @@ class CliProxy:
         """``command``: what runs ``run -c <config>`` (default: this Python's ``-m engine``);
         ``env``: the whole environment (default: this one's), TMPDIR set either way."""
         self.path = tmp_path / "edgeproxy.toml"
-        if "listen" not in config_text:  # hermetic: never the default 0.0.0.0:8080
-            if "[server]" in config_text:
-                config_text = config_text.replace("[server]", '[server]\nlisten = "127.0.0.1:0"', 1)
-            else:
-                config_text = '[server]\nlisten = "127.0.0.1:0"\n' + config_text
-        if not _ADMIN_TABLE.search(config_text):  # hermetic: never the default admin port
-            config_text += '\n[admin]\nlisten = "127.0.0.1:0"\n'
-        self.path.write_text(config_text)
+        self.path.write_text(hermetic(config_text))
         self.start_timeout = start_timeout
         self.proc = None
         self.port = None
@@ -77,9 +92,12 @@ class CliProxy:
                     self.admin_port = int(admin.group(2)) if admin else None
                     time.sleep(0.2)  # workers bind right after the supervisor logs
                     return self
+        exited = self.proc.poll()
         self.stop()
         self._cleanup()
-        raise RuntimeError(f"edgeproxy did not start: {self.stderr.decode(errors='replace')}")
+        why = (f"exited ({exited})" if exited is not None
+               else f"did not log its listeners within {self.start_timeout:g} s")
+        raise RuntimeError(f"edgeproxy {why}: {self.stderr.decode(errors='replace')}")
 
     def run_dir(self) -> str | None:
         """The supervisor's run folder (published config, worker snapshots), once made."""
@@ -120,13 +138,8 @@ class CliProxy:
 
     def write_config(self, text: str) -> None:
         """Replace the config file in one step (as config managers do: write, rename)."""
-        if "listen" not in text:
-            text = (text.replace("[server]", '[server]\nlisten = "127.0.0.1:0"', 1)
-                    if "[server]" in text else '[server]\nlisten = "127.0.0.1:0"\n' + text)
-        if not _ADMIN_TABLE.search(text):
-            text += '\n[admin]\nlisten = "127.0.0.1:0"\n'
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(text)
+        tmp.write_text(hermetic(text))
         os.replace(tmp, self.path)
 
     def wait_stderr(self, pattern: bytes, timeout: float = 10.0) -> bool:

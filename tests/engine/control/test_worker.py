@@ -167,6 +167,38 @@ def test_drain_still_answers_a_request_sent_on_an_idle_connection():
         drained.result(5)
 
 
+def test_drain_answers_a_request_that_came_while_the_worker_was_stalled():
+    # The worker stalls past DRAIN_IDLE while handling I/O (as a host under load may stall
+    # it anywhere): on waking, its due timers run before its next read, so the connection
+    # still looks idle; the request that came meanwhile must be answered, not reset.
+    import asyncio
+    import socket
+    import threading
+
+    from engine.control.worker import DRAIN_IDLE
+
+    stalled = threading.Event()
+    wake, stall = socket.socketpair()
+
+    def stall_loop():
+        proxy.loop.remove_reader(stall.fileno())
+        stalled.set()
+        time.sleep(DRAIN_IDLE + 0.3)
+
+    with InProcessProxy(STATIC) as proxy, Conn(proxy.port) as c, wake, stall:
+        assert c.request("GET", "/").status == 200
+        drained = asyncio.run_coroutine_threadsafe(proxy.worker.drain(10.0), proxy.loop)
+        time.sleep(0.2)  # the drain has seen the connection idle
+        proxy.call(proxy.loop.add_reader, stall.fileno(), stall_loop)
+        wake.send(b"!")  # an I/O callback of the worker's loop stalls it
+        assert stalled.wait(5)
+        c.send(b"GET /again HTTP/1.1\r\nHost: test\r\n\r\n")
+        r = c.response()
+        assert r.status == 200 and r.header(b"connection") == b"close"
+        assert c.closed(2.0)
+        drained.result(5)
+
+
 def test_drain_closes_a_connection_that_stays_idle_after_a_grace():
     import asyncio
 

@@ -300,6 +300,32 @@ def test_a_slow_command_times_out_and_the_next_call_reconnects(redis_server):
     run(main)
 
 
+def test_a_bulky_call_gets_time_for_its_bytes_and_a_connection_of_its_own(redis_server):
+    # An idempotent answer of megabytes: Redis busy with it beyond ``timeout`` is not Redis
+    # gone, and its timing out must not take the per-request calls' connection with it.
+    async def main():
+        store = store_for(redis_server.url, timeout=0.1, breaker_failures=1000)
+        try:
+            assert await store.run(ECHO, ["t:{n}"], ["a"]) == [b"a", 1]
+            main_conn = store._link.conn
+            big = b"x" * (8 << 20)  # 0.8 s more: Redis spinning 150 ms fits
+            assert await store.run(SPIN, [], [150, big], bulk=len(big)) == 1
+            pad = b"x" * (64 << 10)  # the least that is bulky: about 0.1 s more
+            with pytest.raises(StoreUnavailable):
+                await store.run(SPIN, [], [600, pad], bulk=len(pad))
+            assert store._link.conn is main_conn and not main_conn.lost
+            deadline = time.monotonic() + 5
+            while True:  # once Redis is done spinning
+                try:
+                    assert (await store.run(ECHO, ["t:{n}"], ["b"]))[0] == b"b"
+                    break
+                except StoreUnavailable:
+                    assert time.monotonic() < deadline
+        finally:
+            await store.close()
+    run(main)
+
+
 def test_a_cancelled_caller_leaves_the_others_replies_aligned(redis_server):
     async def main():
         store = store_for(redis_server.url)
