@@ -101,6 +101,14 @@ class H2Client:
         self.sock.close()
 
 
+def _curl_speaks_h2() -> bool:
+    if shutil.which("curl") is None:
+        return False
+    version = subprocess.run(["curl", "--version"], capture_output=True, text=True, timeout=10)
+    return "HTTP2" in version.stdout
+
+
+@pytest.mark.skipif(not _curl_speaks_h2(), reason="curl with HTTP/2 missing (.ci/run installs it)")
 def test_curl_over_tls_negotiates_h2_and_plain_http11_still_works():
     with Origin(echo) as o, InProcessProxy(config(o.url, tls=True)) as p:
         out = subprocess.run(
@@ -117,7 +125,8 @@ def test_curl_over_tls_negotiates_h2_and_plain_http11_still_works():
         assert out.stdout == b"/one 1.1", out.stderr
 
 
-@pytest.mark.skipif(shutil.which("nghttp") is None, reason="nghttp (nghttp2-client) missing")
+@pytest.mark.skipif(shutil.which("nghttp") is None,
+                    reason="nghttp (nghttp2-client) missing (.ci/run installs it)")
 def test_nghttp_multiplexes_over_h2c():
     with Origin(echo) as o, InProcessProxy(config(o.url)) as p:
         urls = [f"http://127.0.0.1:{p.port}/n{i}" for i in range(5)]
