@@ -32,6 +32,9 @@ EXT_MODULES = [
     "engine.http.stats",
     "engine.http.protocol",
     "engine.http.h2",
+    # Filters' compiled hooks (engine/filters/*.pyx), bound by their filter modules.
+    "engine.filters.header_edit",
+    "engine.filters.ratelimit_hooks",
 ]
 
 DIRECTIVES = {

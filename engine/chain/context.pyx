@@ -116,7 +116,9 @@ cdef class Stream:
 
 
 def _defines(obj, str name):
-    return getattr(type(obj), name, None) is not None
+    # A hook is what the filter's attribute holds: a method, or a compiled hook the filter
+    # bound in __init__ (engine/filters/header_edit.pyx), which runs with no Python frame.
+    return getattr(obj, name, None) is not None
 
 
 @cython.final

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from engine.chain.filter import TRANSFORM, Filter as FilterBase
 from engine.chain.schema import check_header_name, check_header_value, key
+from engine.filters.header_edit import HeaderEdit
 from engine.wire.framing import HOP_BY_HOP
 
 # Set by the proxy itself (framing, forwarding, correlation): a transform would duplicate them.
@@ -53,47 +54,21 @@ class Config:
     response: HeaderOps | None = key(None, "edits to the response sent to the client")
 
 
-class _CompiledOps:
-    """HeaderOps as bytes, applied to a list of (name, value) pairs in one pass."""
-
-    __slots__ = ("drop", "rename", "append")
-
-    def __init__(self, ops: HeaderOps):
-        self.drop = frozenset(n.lower().encode() for n in ops.remove) | frozenset(
-            n.lower().encode() for n, _ in ops.set)
-        self.rename = {old.lower().encode(): new.encode() for old, new in ops.rename}
-        self.append = [(n.encode(), v.encode()) for n, v in (*ops.set, *ops.add)]
-
-    def apply(self, headers: list) -> list:
-        drop = self.drop
-        rename = self.rename
-        if not drop and not rename:
-            return headers + self.append
-        out = []
-        for header in headers:
-            lname = header[0].lower()
-            if lname in drop:
-                continue
-            new = rename.get(lname)
-            out.append(header if new is None else (new, header[1]))
-        out += self.append
-        return out
+def _edit(ops: HeaderOps) -> HeaderEdit:
+    return HeaderEdit(
+        drop=[n.encode() for n in (*ops.remove, *(n for n, _ in ops.set))],
+        rename=[(old.encode(), new.encode()) for old, new in ops.rename],
+        append=[(n.encode(), v.encode()) for n, v in (*ops.set, *ops.add)])
 
 
 class Filter(FilterBase):
-    __slots__ = ("request", "response")
+    # The hooks are HeaderEdit's own (compiled), bound only for the sides the config edits.
+    __slots__ = ("on_request", "on_response")
     PHASE = TRANSFORM
 
     def __init__(self, cfg: Config, build):
         super().__init__(cfg, build)
-        self.request = _CompiledOps(cfg.request) if cfg.request else None
-        self.response = _CompiledOps(cfg.response) if cfg.response else None
-
-    def on_request(self, ctx):
-        if self.request is not None:
-            ctx.headers = self.request.apply(ctx.headers)
-        return None
-
-    def on_response(self, ctx, resp):
-        if self.response is not None:
-            resp.headers = self.response.apply(resp.headers)
+        if cfg.request:
+            self.on_request = _edit(cfg.request).on_request
+        if cfg.response:
+            self.on_response = _edit(cfg.response).on_response

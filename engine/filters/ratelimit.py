@@ -26,6 +26,7 @@ from engine.chain.keys import check_key_spec, compile_key
 from engine.chain.schema import REQUIRED, Duration
 from engine.chain.schema import key as setting  # "key" is also a field name here
 from engine.errors import error_response
+from engine.filters.ratelimit_hooks import SingleLimit
 from engine.stores import STORE_ERROR_ALIASES, STORE_ERROR_POLICIES
 from engine.stores import ratelimit as rstore
 from engine.stores.ratelimit_memory import DAY, MONTH, LoadMonitor, QuotaTable, SlotTable
@@ -303,13 +304,18 @@ class _Tier:
 class Filter(FilterBase):
     """The route's rate-limit section. ``clock``: None in production (ext tables use the
     monotonic clock, quotas the wall clock, Redis its own TIME); tests set a function
-    returning seconds and it is used for all of them."""
+    returning seconds and it is used for all of them.
 
-    __slots__ = ("limits", "simple", "redis", "deny", "quota", "tiers", "default_tier",
-                 "tier_of", "tier_key", "quota_key", "quota_table", "quota_cost", "monitor",
-                 "conn_key", "conn_max", "conn_ttl", "slots", "conn_check", "clock",
-                 "policy", "ietf", "classic", "quota_headers", "route", "events",
-                 "overridden", "consumer_tier")
+    The hooks are bound per route: a route with one limit in memory and nothing else gets
+    SingleLimit's compiled ones (engine/filters/ratelimit_hooks.pyx), any other the general
+    ``_check`` / ``_headers`` below, and ``on_log`` only when a connection limit holds
+    slots."""
+
+    __slots__ = ("on_request", "on_response", "on_log", "single", "_clock", "limits",
+                 "redis", "deny", "quota", "tiers", "default_tier", "tier_of", "tier_key",
+                 "quota_key", "quota_table", "quota_cost", "monitor", "conn_key", "conn_max",
+                 "conn_ttl", "slots", "conn_check", "policy", "ietf", "classic",
+                 "quota_headers", "route", "events", "overridden", "consumer_tier")
     PHASE = RATE_LIMIT
 
     def __init__(self, cfg: Config, build):
@@ -320,7 +326,7 @@ class Filter(FilterBase):
         memory = cfg.store == "memory"
         self.redis = None if memory else shared.redis
         self.deny = cfg.on_store_error == "deny"
-        self.clock = None
+        self._clock = None
         consumers = build.config.consumers
         self.limits = tuple(_Limit(route, lc, shared, memory, [
             (c.name, o) for c in consumers for o in c.rate_limits if o.name == lc.name])
@@ -360,35 +366,36 @@ class Filter(FilterBase):
                                            f"{route}:conn", "connections")
             if memory:
                 self.slots = shared.keep(("ratelimit-conn", route, c), SlotTable)
-        self.simple = (memory and len(self.limits) == 1 and q is None and c is None
-                       and self.monitor is None)
         self.events = shared.counter("ratelimit", route)
         self.ietf = cfg.ratelimit_headers
         self.classic = cfg.x_ratelimit_headers
         self.quota_headers = cfg.quota_headers
+        self.single = None
+        if (memory and len(self.limits) == 1 and q is None and c is None
+                and self.monitor is None and not self.overridden):
+            lim = self.limits[0]
+            self.single = SingleLimit(lim.table, lim.keyfn, lim.cost, _REFUSE, self._refused,
+                                      self._refuse_keyless, _sleep, lim.limit_bytes, lim.sf,
+                                      self.policy, self.classic, self.ietf)
+            self.on_request, self.on_response = self.single.on_request, self.single.on_response
+        else:
+            self.on_request, self.on_response = self._check, self._headers
+        if c is not None:
+            self.on_log = self._release_slot
+
+    @property
+    def clock(self):
+        return self._clock
+
+    @clock.setter
+    def clock(self, fn):
+        self._clock = fn
+        if self.single is not None:
+            self.single.clock = fn
 
     # -- request
 
-    def on_request(self, ctx):
-        if self.simple:
-            lim = self.limits[0]
-            if lim.variants is not None:
-                lim = lim.variants.get(ctx.consumer, lim)
-            k = lim.keyfn(ctx)
-            if k is None:
-                return None
-            if k is _REFUSE:
-                return self._refuse_keyless(ctx)
-            now = self.clock() if self.clock is not None else time.monotonic()
-            verdict, remaining, reset, wait = lim.table.check(k, now, lim.cost)
-            if ctx.vars is None:
-                ctx.vars = {}
-            ctx.vars["ratelimit"] = ((lim, remaining, reset, wait, verdict),), None, 1
-            if verdict == 1:
-                return None
-            if verdict == 2:
-                return _sleep(wait)
-            return self._refused(ctx, "rate_limited", wait)
+    def _check(self, ctx):
         if self.redis is not None:
             return self._redis(ctx)
         return self._memory(ctx)
@@ -546,7 +553,7 @@ class Filter(FilterBase):
             await asyncio.sleep(wait)
         return None
 
-    def on_log(self, ctx):
+    def _release_slot(self, ctx):
         """The request ended, however: its connection-limit slot is given back."""
         v = ctx.vars
         slot = v.get("ratelimit-slot") if v is not None else None
@@ -585,7 +592,7 @@ class Filter(FilterBase):
         return error_response("rate_limited", ctx.request_id.decode(),
                               "the request lacks the fields this route's limits count by")
 
-    def on_response(self, ctx, resp):
+    def _headers(self, ctx, resp):
         v = ctx.vars
         state = v.get("ratelimit") if v is not None else None
         if state is None:

@@ -7,6 +7,7 @@ import inspect
 
 import orjson
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from engine.control.config import parse
 from engine.chain.schema import ConfigError
@@ -86,6 +87,47 @@ def test_each_algorithm_admits_exactly_its_limit_at_one_instant(algorithm, param
     assert h["x-ratelimit-remaining"] == "0"
     clock["now"] += 20.0  # long enough for every algorithm to recover
     assert ask(f)[0] == 200
+
+
+def _general(f):
+    """The same filter answering through its general hooks instead of SingleLimit's."""
+    f.on_request, f.on_response = f._check, f._headers
+    return f
+
+
+def test_a_single_memory_limit_gets_the_compiled_hooks_and_others_the_general_ones():
+    from engine.filters.ratelimit_hooks import SingleLimit
+
+    f, _, _ = build(limit(limit=3, window=60))
+    assert isinstance(f.single, SingleLimit) and f.on_request == f.single.on_request
+    f, _, _ = build(limit("a", limit=3, window=60) + limit("b", limit=9, window=60))
+    assert f.single is None and f.on_request == f._check
+
+
+@pytest.mark.parametrize("algorithm, params, admitted", ALGOS, ids=[a[0] for a in ALGOS])
+@settings(max_examples=25, deadline=None)
+@given(steps=st.lists(st.tuples(st.floats(0, 3, allow_nan=False), st.sampled_from(
+    ["10.0.0.1", "10.0.0.2", None])), min_size=1, max_size=30),
+       classic=st.booleans(), ietf=st.booleans())
+def test_compiled_and_general_hooks_answer_alike(algorithm, params, admitted, steps, classic,
+                                                 ietf):
+    # Differential: SingleLimit against the general hooks, same config, same clock, same
+    # requests (None: a request whose key part, a header, is missing: refused by fallback).
+    section = limit(algorithm=algorithm, key=["header:x-user"], fallback="reject", **params)
+    section = (f"ratelimit_headers = {str(ietf).lower()}\n"
+               f"x_ratelimit_headers = {str(classic).lower()}\n" + section)
+    compiled, c1, _ = build(section)
+    general, c2, _ = build(section)
+    _general(general)
+    assert compiled.single is not None
+    for dt, user in steps:
+        c1["now"] += dt
+        c2["now"] += dt
+        headers = [] if user is None else [(b"X-User", user.encode())]
+        s1, h1, r1 = ask(compiled, Ctx(headers=headers))
+        s2, h2, r2 = ask(general, Ctx(headers=headers))
+        assert (s1, h1) == (s2, h2)
+        assert (r1.body or b"") == (r2.body or b"")
 
 
 def test_fixed_window_counts_and_headers_with_a_controlled_clock():

@@ -1,0 +1,7 @@
+cdef class HeaderEdit:
+    cdef readonly tuple drop          # lowercase names
+    cdef readonly tuple rename_from   # lowercase names ...
+    cdef readonly tuple rename_to     # ... and what each becomes
+    cdef readonly list append         # (name, value) pairs
+
+    cpdef list apply(self, list headers)

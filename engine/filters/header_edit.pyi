@@ -1,0 +1,13 @@
+from collections.abc import Iterable
+
+class HeaderEdit:
+    drop: tuple[bytes, ...]
+    rename_from: tuple[bytes, ...]
+    rename_to: tuple[bytes, ...]
+    append: list[tuple[bytes, bytes]]
+
+    def __init__(self, drop: Iterable[bytes], rename: Iterable[tuple[bytes, bytes]],
+                 append: Iterable[tuple[bytes, bytes]]) -> None: ...
+    def apply(self, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]: ...
+    def on_request(self, ctx) -> None: ...
+    def on_response(self, ctx, resp) -> None: ...

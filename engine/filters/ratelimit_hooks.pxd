@@ -1,0 +1,19 @@
+from ext.ratelimit cimport Limiter
+
+
+cdef class SingleLimit:
+    cdef readonly Limiter table
+    cdef readonly object keyfn
+    cdef readonly long cost
+    cdef readonly object refuse     # what keyfn returns for "refuse: the key is missing"
+    cdef readonly object refused    # (ctx, code, wait) -> the 429
+    cdef readonly object keyless    # (ctx) -> the 429 of a request without the key
+    cdef readonly object delay      # (wait) -> an awaitable that holds the request
+    cdef readonly bytes limit       # X-RateLimit-Limit
+    cdef readonly bytes sf          # the policy's name as a Structured Field item
+    cdef readonly bytes policy      # RateLimit-Policy
+    cdef readonly bint classic      # X-RateLimit-* headers
+    cdef readonly bint ietf         # RateLimit and RateLimit-Policy
+    cdef public object clock        # None: CLOCK_MONOTONIC; tests set a function of seconds
+
+    cdef bytes _item(self, long long remaining, long long t)
