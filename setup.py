@@ -22,6 +22,7 @@ EXT_MODULES = [
     # The data plane's hot path: cdef classes that call each other at the C level, listed
     # in import order (wire -> upstream -> chain -> http, DESIGN.md).
     "engine.wire.h1",
+    "engine.wire.message",
     "engine.upstream.pool",
     "engine.upstream.health",
     "engine.upstream.balancer",

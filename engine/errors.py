@@ -7,6 +7,8 @@ plane looks an error up here by code and returns it; it never formats its own.
 
 import orjson
 
+from engine.wire.message import Response  # the type filters make and edit: a C type
+
 # code -> (status, default message): the proxy's own answers; filter modules add theirs
 # (their ERRORS) when the registry loads them.
 CATALOG: dict[str, tuple[int, str]] = {
@@ -39,21 +41,6 @@ def register(codes: dict) -> None:
         if CATALOG.get(code, entry) != entry:
             raise ValueError(f'error code "{code}" is registered twice, differently')
         CATALOG[code] = entry
-
-
-class Response:
-    """A response head plus, for answers the proxy makes itself, the whole body.
-
-    For a response streamed from an upstream, ``body`` is None and filters may only edit
-    ``status`` and ``headers`` (a list of (name, value) bytes pairs, original case).
-    """
-
-    __slots__ = ("status", "headers", "body")
-
-    def __init__(self, status: int, headers: list, body: bytes | None = b""):
-        self.status = status
-        self.headers = headers
-        self.body = body
 
 
 class StreamResponse(Response):

@@ -21,10 +21,11 @@ from engine.wire._common cimport (
     WRITER_STACK, Writer, join_bytes, w_bytes, w_field, w_free, w_init, w_put, w_raw,
 )
 from engine.wire.h1 cimport drop_named, tokens
+from engine.wire.message cimport Response
 from ext.router cimport Router
 
 from engine.chain.filter import BUFFERED, STREAM
-from engine.errors import Response, StreamResponse, error_response
+from engine.errors import StreamResponse, error_response
 from engine.upstream.call import fetch as _fetch
 from engine.wire.framing import random_hex
 
@@ -37,7 +38,6 @@ PENDING_LIMIT = 256 * 1024
 cdef Py_ssize_t _PENDING_LIMIT = PENDING_LIMIT
 
 cdef bytes _HEAD = b"HEAD"
-cdef object _Response = Response
 cdef object _StreamResponse = StreamResponse
 # Bytes a StreamResponse's source is asked for at a time (a static file's read size), and
 # at most this many per turn of the loop, so one fast download does not starve the others.
@@ -262,7 +262,7 @@ cdef class RequestContext(Sink):
             self.ran = <Py_ssize_t>entry[0] + 1
             answer = entry[1](self)
             if answer is not None:
-                if isinstance(answer, _Response):
+                if isinstance(answer, Response):
                     self.respond(answer)
                     return 0
                 stream = self.stream
@@ -275,7 +275,7 @@ cdef class RequestContext(Sink):
                 return self.answer(self.miss, [(b"Allow", b", ".join(self.allow))])
             if self.miss == "server_options":
                 # RFC 9110 §9.3.7: no content, so "Content-Length: 0"
-                self.respond(_Response(200, [], b""))
+                self.respond(Response(200, [], b""))
                 return 0
             return self.answer(self.miss)
         return self.proxy()
@@ -786,24 +786,28 @@ cdef class RequestContext(Sink):
         cdef Py_ssize_t i
         cdef Chain chain = self.chain
         cdef bint local = resp is not None
+        cdef Response r
         if chain is not None and self.ran:
             if chain.response:
-                if not local:
+                if local:
+                    r = <Response?>resp
+                else:
                     if flat:
                         headers = [(headers[i], headers[i + 1])
                                    for i in range(0, len(headers) - 1, 2)]
-                    resp = _Response(status, headers, None)
+                    r = Response.__new__(Response)
+                    r.status, r.headers, r.body = status, headers, None
                     self.response_length = content_length
                 for entry in chain.response:
                     if <Py_ssize_t>(<tuple>entry)[0] < self.ran:
-                        (<tuple>entry)[1](self, resp)
-                if resp.status != status:
+                        (<tuple>entry)[1](self, r)
+                if r.status != status:
                     reason = None  # the upstream's phrase named its own status (RFC 9112 §4)
-                    status = resp.status
-                headers = resp.headers
+                    status = r.status
+                headers = r.headers
                 flat = False
                 if local:
-                    body = resp.body or b""  # a hook may replace a local answer's body
+                    body = r.body or b""  # a hook may replace a local answer's body
             if body is not None and chain.response_body:
                 body = self._body_hooks(body)  # a local answer's, or a held one's
             if self.transform is not None:

@@ -7,6 +7,7 @@ cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 
 from engine.wire._common cimport is_lower
+from engine.wire.message cimport Response
 
 
 cdef inline Py_ssize_t _find(tuple names, bytes name) noexcept:
@@ -56,4 +57,5 @@ cdef class HeaderEdit:
         ctx.headers = self.apply(ctx.headers)
 
     def on_response(self, ctx, resp):
-        resp.headers = self.apply(resp.headers)
+        cdef Response r = <Response?>resp
+        r.headers = self.apply(r.headers)

@@ -9,6 +9,7 @@ cimport cython
 from libc.math cimport ceil, isinf
 
 from engine.wire._common cimport Writer, monotonic, w_bytes, w_free, w_init, w_int, w_put, w_raw
+from engine.wire.message cimport Response
 from ext.ratelimit cimport Limiter, RL_ALLOW, RL_DELAY, RL_REJECT
 
 # The per-request state's key in ctx.vars, as the general hooks use it.
@@ -88,7 +89,7 @@ cdef class SingleLimit:
         remaining = state[1]
         # On a refusal t is the wait (draft §6: like Retry-After); else the window's reset.
         t = _seconds(state[3] if state[0] == RL_REJECT else state[2])
-        h = resp.headers
+        h = (<Response?>resp).headers
         if self.classic:
             h.append((b"X-RateLimit-Limit", self.limit))
             h.append((b"X-RateLimit-Remaining", _number(remaining)))
