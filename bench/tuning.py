@@ -52,6 +52,10 @@ CASES = (
          server='access_log = "{tmp}/access.json"'),
     Case("access_log combined", 'access_log = a file, "combined"',
          server='access_log = "{tmp}/access.log"\naccess_log_format = "combined"'),
+    Case("upstream keepalive default", "the shipped default pool size (50 client "
+         "connections)", upstream=""),
+    Case("upstream keepalive default, 200 connections", "the shipped default pool size, 200 "
+         "client connections", upstream="", conns=200),
     Case("upstream keepalive 32", "nginx's example pool size (50 client connections)",
          upstream="keepalive = 32"),
     Case("upstream keepalive 32, 200 connections", "nginx's example pool size, 200 client "
