@@ -5,6 +5,7 @@ The origin holds every request of a round until all of them have arrived, so eac
 exactly ``n`` requests in flight to the server at once, each on its own upstream connection.
 """
 
+from engine.control.metrics import worker_snapshot
 from tests.support.client import Conn
 from tests.support.e2e import proxy_config, wait_until
 from tests.support.origin import Origin, ok
@@ -42,13 +43,19 @@ def rounds(proxy_port: int, n: int, count: int) -> None:
             c.__exit__(None, None, None)
 
 
+def opened(proxy) -> int:
+    """The worker's own count of connections it made to the server (/metrics)."""
+    (server,) = proxy.call(worker_snapshot, proxy.worker)["servers"]
+    return server[8]
+
+
 def test_default_pool_reuses_every_connection_a_burst_opened():
     # 48 in flight: more than nginx's example of 32, which would close 16 connections after
     # each round and open 16 new ones in the next.
     n = 48
     with GatedOrigin(n) as origin, InProcessProxy(proxy_config(origin.url)) as proxy:
         rounds(proxy.port, n, 3)
-        assert origin.connections == n
+        assert origin.connections == opened(proxy) == n
         assert len(origin.requests) == 3 * n
         assert len(origin.open) == n  # all kept in the pool, none closed
 
@@ -62,5 +69,5 @@ def test_keepalive_caps_the_idle_connections_kept():
         assert wait_until(lambda: len(origin.open) == keepalive, 5), len(origin.open)
         rounds(proxy.port, n, 1)
         # the second round reused the 6 kept and opened 10
-        assert origin.connections == n + (n - keepalive)
+        assert origin.connections == opened(proxy) == n + (n - keepalive)
         assert wait_until(lambda: len(origin.open) == keepalive, 5), len(origin.open)
