@@ -10,9 +10,11 @@ and the per-core ratio to the baseline of the same run (the cost of a request, w
 generator and neighbours skew less than req/s), and the upstream side of each run: connections
 the origin accepted per 1000 requests (nginx stub_status) and the sockets to the origin the run
 left in TIME_WAIT on this host (the proxy closes what its pool does not keep; each such socket
-holds a local port for 60 s). ``--keepalive N ...`` adds a sweep: upstream keepalive N at 50 and
-200 client connections. Defaults: 1 round x 5 s per case (about 1.5 minutes). On a shared machine every figure moves by 10-20 % from run to run: read the ratios
-of one run, never figures across runs. Results go to stdout and bench/results/tuning-latest.md.
+holds a local port for 60 s; loopback understates them, as Linux reuses TIME_WAIT ports there,
+net.ipv4.tcp_tw_reuse = 2). ``--keepalive N ...`` adds a sweep: upstream keepalive N at 50 and
+200 client connections. Defaults: 1 round x 5 s per case (about 2 minutes). On a shared
+machine every figure moves by 10-20 % from run to run: read the ratios of one run, never
+figures across runs. Results go to stdout and bench/results/tuning-latest.md.
 """
 
 import argparse
@@ -197,7 +199,10 @@ def main() -> int:
                      per_core / base, sum(r.errors for r in rs),
                      median(ups, "connects_per_1k"), median(ups, "time_wait")))
     foreign = median([r for rs in runs.values() for r in rs], "foreign_share")
-    header = (f"`python bench/tuning.py --duration {args.duration:g} --rounds {args.rounds}`: "
+    sweep_args = "".join(f" {n}" for n in args.keepalive)
+    sweep_args = f" --keepalive{sweep_args}" if sweep_args else ""
+    header = (f"`python bench/tuning.py --duration {args.duration:g} --rounds {args.rounds}"
+              f"{sweep_args}`: "
               f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, wrk {CONNS} connections "
               f"(unless stated), 4 KiB bodies, medians of {args.rounds} round(s); other load on "
               f"the machine meanwhile: {foreign:.2f} cores (a shared machine: figures are "
