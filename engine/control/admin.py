@@ -253,13 +253,13 @@ class AdminHandler(BaseHTTPRequestHandler):
             item = config_json(up)
             servers = []
             for s in up.servers:
-                active, idle, available, circuit, requests, failures = totals.servers.get(
-                    (up.name, s.url), (0, 0, 0, 0, 0, 0))
+                active, idle, available, circuit, requests, failures, opened = \
+                    totals.servers.get((up.name, s.url), (0, 0, 0, 0, 0, 0, 0))
                 servers.append({"url": s.url, "weight": s.weight, "backup": s.backup,
                                 "down": s.down, "active": active, "idle": idle,
                                 "available_in_workers": available,
                                 "circuit": CIRCUIT_STATES[circuit], "requests": requests,
-                                "failures": failures})
+                                "failures": failures, "connections_opened": opened})
             item["servers"] = servers
             retries, circuit = totals.upstreams.get(up.name, (0, 0))
             item["retries"] = retries

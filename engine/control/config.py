@@ -296,7 +296,13 @@ class UpstreamConfig:
     consistent: bool = key(False, "hash with a consistent (ketama) ring: adding or removing a "
                                   "server moves only its share of keys")
     host: str | None = key(None, "Host header sent upstream; default: the client's Host")
-    keepalive: int = key(32, "idle keep-alive connections kept per server", min=0, max=100000)
+    # 512 (Kong's default; Traefik keeps 200, Envoy and HAProxy do not cap idle connections):
+    # nginx's example of 32 churns a connection per request over 32 in flight (docs/tuning.md).
+    keepalive: int = key(512, "idle keep-alive connections kept per server, per worker; a "
+                              "connection released when this many are idle is closed, so set "
+                              "it to at least the requests in flight to one server at peak "
+                              "(idle ones close after keepalive_timeout; 0 = a new connection "
+                              "per request)", min=0, max=100000)
     keepalive_timeout: Duration = key(60.0, "idle upstream connections close after")
     keepalive_requests: int = key(1000, "requests sent on one upstream connection", min=1)
     connect_timeout: Duration = key(60.0, "time to connect; then 504")

@@ -35,7 +35,7 @@ def worker_snapshot(worker) -> dict:
             h = s.health
             servers.append((up.name, s.url, s.pool.active, len(s.pool.idle),
                             int(s.available(now)), h.circuit.state if h.circuit else 0,
-                            h.total_requests, h.total_failures))
+                            h.total_requests, h.total_failures, s.pool.opened))
         upstreams[up.name] = (up.budget.total, up.circuit.state if up.circuit else 0)
     redis = worker.runtime.shared.redis
     return {
@@ -97,7 +97,7 @@ class Totals:
         self.routes: dict[str, dict] = {}
         self.connections = 0
         # (upstream, url) -> [active, idle, workers seeing it available, worst circuit
-        # state, requests, failures]
+        # state, requests, failures, connections opened]
         self.servers: dict[tuple[str, str], list[int]] = {}
         self.upstreams: dict[str, list[int]] = {}  # name -> [retries, worst circuit state]
         self.events: dict[tuple[str, str, str], int] = {}  # (family, route, event) -> n
@@ -126,15 +126,16 @@ class Totals:
 
     def add_gauges(self, snap: dict) -> None:
         self.connections += snap["connections"]
-        for upstream, url, active, idle, available, circuit, requests, failures in \
+        for upstream, url, active, idle, available, circuit, requests, failures, opened in \
                 snap["servers"]:
-            acc = self.servers.setdefault((upstream, url), [0, 0, 0, 0, 0, 0])
+            acc = self.servers.setdefault((upstream, url), [0, 0, 0, 0, 0, 0, 0])
             acc[0] += active
             acc[1] += idle
             acc[2] += available
             acc[3] = _worse(acc[3], circuit)
             acc[4] += requests
             acc[5] += failures
+            acc[6] += opened
         breaker = snap.get("redis_breaker")
         if breaker is not None:
             self.redis_breaker = _worse(self.redis_breaker or 0, breaker)
@@ -280,6 +281,12 @@ def render(totals: Totals, control: dict) -> str:
                "Attempts that failed (what fail_on counts), by live workers.")
     for (upstream, url), acc in servers:
         out.sample("edgeproxy_upstream_server_failures_total", acc[5],
+                   (("upstream", upstream), ("server", url)))
+    out.family("edgeproxy_upstream_server_connections_opened_total", "counter",
+               "Upstream connections made to the server, by live workers. Far fewer than "
+               "requests_total when the keep-alive pool is large enough (docs/tuning.md).")
+    for (upstream, url), acc in servers:
+        out.sample("edgeproxy_upstream_server_connections_opened_total", acc[6],
                    (("upstream", upstream), ("server", url)))
     upstreams = sorted(totals.upstreams.items())
     out.family("edgeproxy_upstream_retries_total", "counter",

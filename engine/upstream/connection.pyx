@@ -55,6 +55,7 @@ cdef class UpstreamConnection:
 
     def connection_made(self, transport):
         self.transport = transport
+        self.pool.opened += 1
 
     def data_received(self, data):
         cdef UpstreamCall ex

@@ -9,6 +9,7 @@ cdef class Pool:
     cdef public Py_ssize_t max_requests
     cdef public list idle           # UpstreamConnections
     cdef public Py_ssize_t active   # connections carrying a request now (least_conn, admin API)
+    cdef public Py_ssize_t opened   # connections made to the server, ever (/metrics: churn)
     cdef public bint closed
 
     cpdef object acquire(self)

@@ -20,6 +20,7 @@ cdef class Pool:
         self.max_requests = min(max_requests, PY_SSIZE_T_MAX)
         self.idle = []
         self.active = 0
+        self.opened = 0
         self.closed = False
 
     cpdef object acquire(self):

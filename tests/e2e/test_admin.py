@@ -105,6 +105,8 @@ def test_status_routes_and_upstreams_describe_the_running_proxy(tmp_path):
         assert server["url"] == origin.url and server["weight"] == 1
         assert wait_until(lambda: p.admin("GET", "/upstreams")[1]["upstreams"][0]["servers"][0]
                         ["idle"] == 1)  # the pooled keep-alive connection
+        assert p.admin("GET", "/upstreams")[1]["upstreams"][0]["servers"][0][
+            "connections_opened"] == 1
 
 
 def test_metrics_count_real_traffic_across_two_workers(tmp_path):

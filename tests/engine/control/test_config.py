@@ -29,7 +29,7 @@ def test_minimal_config_gets_nginx_like_defaults():
     assert (s.max_request_line, s.max_header_size, s.max_body_size) == (8192, 32768, 1 << 20)
     assert (s.client_header_timeout, s.keepalive_timeout) == (60.0, 75.0)
     up = cfg.upstreams[0]
-    assert (up.connect_timeout, up.read_timeout, up.keepalive) == (60.0, 60.0, 32)
+    assert (up.connect_timeout, up.read_timeout, up.keepalive) == (60.0, 60.0, 512)
     assert up.servers[0].host == "127.0.0.1" and up.servers[0].port == 9001
 
 

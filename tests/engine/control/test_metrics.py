@@ -68,10 +68,10 @@ def test_method_and_status_classes_are_bounded():
 
 def test_totals_sum_workers_and_retired_counters():
     a = snapshot({"api": [("GET", "2xx", 0.002, 0.001, 0, 10)]}, connections=3,
-                 servers=[("app", "http://a", 1, 4, 1, 0, 10, 1)])
+                 servers=[("app", "http://a", 1, 4, 1, 0, 10, 1, 5)])
     b = snapshot({"api": [("POST", "5xx", 0.2, 0.19, 7, 20)],
                   "": [("GET", "4xx", 0.0001, None, 0, 50)]}, connections=2,
-                 servers=[("app", "http://a", 0, 2, 0, 1, 5, 5)])
+                 servers=[("app", "http://a", 0, 2, 0, 1, 5, 5, 2)])
     retired = Totals()
     retired.add_counters(snapshot({"api": [("GET", "2xx", 0.002, 0.001, 0, 10)]}))
     totals = Totals()
@@ -81,8 +81,9 @@ def test_totals_sum_workers_and_retired_counters():
         totals.add_gauges(snap)
     assert totals.requests_by_route() == {"api": 3, "": 1}
     assert totals.connections == 5
-    # active and idle summed, available counted, the worst circuit state, attempts summed
-    assert totals.servers == {("app", "http://a"): [1, 6, 1, 1, 15, 6]}
+    # active and idle summed, available counted, the worst circuit state, attempts and
+    # connections opened summed
+    assert totals.servers == {("app", "http://a"): [1, 6, 1, 1, 15, 6, 7]}
     assert totals.routes["api"]["bytes_out"] == 40 and totals.routes["api"]["bytes_in"] == 7
     # the retired total itself is not changed by the sum
     assert retired.requests_by_route() == {"api": 1}
@@ -93,7 +94,7 @@ def test_exposition_parses_and_carries_every_figure():
     for snap in (
         snapshot({"api": [("GET", "2xx", 0.002, 0.001, 0, 10), ("GET", "2xx", 0.3, 0.29, 0, 5)],
                   "": [("BREW", "4xx", 0.0001, None, 0, 50)]},
-                 connections=3, servers=[("app", "http://127.0.0.1:1", 1, 4, 1, 2, 7, 3)]),
+                 connections=3, servers=[("app", "http://127.0.0.1:1", 1, 4, 1, 2, 7, 3, 2)]),
     ):
         totals.add_counters(snap)
         totals.add_gauges(snap)
@@ -126,6 +127,7 @@ def test_exposition_parses_and_carries_every_figure():
     assert samples(fams, "edgeproxy_upstream_server_circuit_state") == {server: 2}
     assert samples(fams, "edgeproxy_upstream_server_requests") == {server: 7}
     assert samples(fams, "edgeproxy_upstream_server_failures") == {server: 3}
+    assert samples(fams, "edgeproxy_upstream_server_connections_opened") == {server: 2}
     assert samples(fams, "edgeproxy_upstream_retries") == {(("upstream", "app"),): 2}
     assert samples(fams, "edgeproxy_upstream_circuit_state") == {(("upstream", "app"),): 1}
     assert samples(fams, "edgeproxy_config_reloads") == {
