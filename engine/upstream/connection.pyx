@@ -29,6 +29,33 @@ cdef object HttpParserError = httptools.HttpParserError
 cdef bytes _LINGER_ZERO = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close sends a reset
 
 
+# Field names most responses carry, spelled as most servers send them: a name found here is
+# this object again rather than a new one per response (exact case: names are relayed as sent).
+cdef list _COMMON_NAMES = [() for _ in range(32)]
+for _name in (b"Date", b"Server", b"Content-Type", b"Content-Length", b"Connection",
+              b"Last-Modified", b"ETag", b"Accept-Ranges", b"Cache-Control", b"Vary",
+              b"Expires", b"Keep-Alive", b"Transfer-Encoding", b"Content-Encoding",
+              b"Location", b"Set-Cookie", b"date", b"server", b"content-type",
+              b"content-length", b"connection", b"etag", b"vary", b"cache-control"):
+    _COMMON_NAMES[len(_name)] += (_name,)
+
+
+cdef inline bytes _field_name(const char* p, Py_ssize_t n):
+    cdef tuple known
+    cdef Py_ssize_t i
+    cdef const char* k
+    if n < 32:
+        known = <tuple>_COMMON_NAMES[n]
+        for i in range(len(known)):
+            k = PyBytes_AS_STRING(<bytes>known[i])
+            if k[0] == p[0] and memcmp(k, p, n) == 0:
+                return <bytes>known[i]
+    return PyBytes_FromStringAndSize(p, n)
+
+
+cdef bytes _OK = b"OK"
+
+
 class _StopParsing(Exception):
     """Raised from a parser callback to stop feeding this response (see ``stop``)."""
 
@@ -203,7 +230,10 @@ cdef class UpstreamConnection:
             return False
         # The version, for Via's received-protocol (RFC 9110 §7.6.3).
         self.http10 = sp - p == 8 and memcmp(p, b"HTTP/1.0", 8) == 0
-        self.reason = PyBytes_FromStringAndSize(sp + 5, eol - sp - 5) if eol - sp > 5 else b""
+        if eol - sp == 7 and sp[5] == b"O" and sp[6] == b"K":
+            self.reason = _OK
+        else:
+            self.reason = PyBytes_FromStringAndSize(sp + 5, eol - sp - 5) if eol - sp > 5 else b""
         p = eol + 2
         while True:
             eol = <const char*>memchr(p, b"\r", stop - p) if p < stop else NULL
@@ -220,7 +250,7 @@ cdef class UpstreamConnection:
                 v += 1
             while ve > v and (ve[-1] == b" " or ve[-1] == b"\t"):
                 ve -= 1
-            fields.append(PyBytes_FromStringAndSize(p, colon - p))
+            fields.append(_field_name(p, colon - p))
             fields.append(PyBytes_FromStringAndSize(v, ve - v))
             p = eol + 2
         self.headers = fields
