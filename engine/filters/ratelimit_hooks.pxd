@@ -9,9 +9,9 @@ cdef class SingleLimit:
     cdef readonly object refused    # (ctx, code, wait) -> the 429
     cdef readonly object keyless    # (ctx) -> the 429 of a request without the key
     cdef readonly object delay      # (wait) -> an awaitable that holds the request
-    cdef readonly bytes limit       # X-RateLimit-Limit
+    cdef readonly tuple limit       # the X-RateLimit-Limit field
     cdef readonly bytes sf          # the policy's name as a Structured Field item
-    cdef readonly bytes policy      # RateLimit-Policy
+    cdef readonly tuple policy      # the RateLimit-Policy field
     cdef readonly bint classic      # X-RateLimit-* headers
     cdef readonly bint ietf         # RateLimit and RateLimit-Policy
     cdef public object clock        # None: CLOCK_MONOTONIC; tests set a function of seconds

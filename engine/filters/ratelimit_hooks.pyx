@@ -47,9 +47,9 @@ cdef class SingleLimit:
         self.refused = refused
         self.keyless = keyless
         self.delay = delay
-        self.limit = limit
+        self.limit = (b"X-RateLimit-Limit", limit)  # (the constant fields, made once)
         self.sf = sf
-        self.policy = policy
+        self.policy = (b"RateLimit-Policy", policy)
         self.classic = classic
         self.ietf = ietf
         self.clock = None
@@ -91,11 +91,11 @@ cdef class SingleLimit:
         t = _seconds(state[3] if state[0] == RL_REJECT else state[2])
         h = (<Response?>resp).headers
         if self.classic:
-            h.append((b"X-RateLimit-Limit", self.limit))
+            h.append(self.limit)
             h.append((b"X-RateLimit-Remaining", _number(remaining)))
             h.append((b"X-RateLimit-Reset", _number(t)))
         if self.ietf:
-            h.append((b"RateLimit-Policy", self.policy))
+            h.append(self.policy)
             h.append((b"RateLimit", self._item(remaining, t)))
 
     cdef bytes _item(self, long long remaining, long long t):
