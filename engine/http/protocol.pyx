@@ -29,8 +29,8 @@ from engine.chain.context cimport (
 )
 from engine.http.stats cimport RouteStats
 from engine.wire._common cimport (
-    WRITER_STACK, Writer, header_kind, is_lower, join_bytes, kind_table, monotonic, w_bytes,
-    w_field, w_free, w_init, w_put, w_raw,
+    WRITER_STACK, Writer, header_kind, is_lower, join_bytes, kind_at, kind_table, monotonic,
+    same_lower, w_bytes, w_field, w_free, w_init, w_put, w_raw,
 )
 from engine.wire.h1 cimport chunk
 
@@ -92,6 +92,7 @@ for _c in range(256):
                   or _c in b"!#$%&'*+-.^_`|~")
 cdef bytes _CONTINUE = CONTINUE
 cdef bytes _HEAD = b"HEAD"
+cdef bytes _CONNECT = b"CONNECT"
 
 # b"%d" % status for 100..999, so a status line is joined, not formatted.
 cdef tuple _STATUS_CODES = tuple(b"%d" % s for s in range(1000))
@@ -135,6 +136,25 @@ cdef inline bint _line_is_http11(object data) noexcept:
         return False  # (no method at the start, A-Z: a leading empty line, say)
     end = <const char*>memchr(p, b"\n", PyBytes_GET_SIZE(data))
     return end is not NULL and end - p >= 13 and memcmp(end - 10, b" HTTP/1.1\r", 10) == 0
+
+
+cdef inline bint _gives_body(const unsigned char* name, Py_ssize_t n) noexcept:
+    # A field that gives a request a body or an upgrade: not for the fast parser.
+    if n == 14:
+        return same_lower(name, <const unsigned char*>"content-length", 14)
+    if n == 17:
+        return same_lower(name, <const unsigned char*>"transfer-encoding", 17)
+    if n == 7:
+        return same_lower(name, <const unsigned char*>"upgrade", 7)
+    return False
+
+
+cdef inline bint _keeps_name(int kind) noexcept:
+    # Whether ClientProtocol._field may use the name of a field of this kind: all but those
+    # it keeps by value alone.
+    return not (kind == K_HOST or kind == K_CONTENT_LENGTH or kind == K_TRANSFER_ENCODING
+                or kind == K_CONNECTION or kind == K_EXPECT or kind == K_UPGRADE
+                or kind == K_XFF or kind == K_REQUEST_ID or kind == K_VIA)
 
 
 cdef const char* _HEX = b"0123456789abcdef"
@@ -223,7 +243,9 @@ cdef class ClientProtocol(Stream):
         self.scheme = listener.scheme if listener is not None else b"http"
         self.front = listener.front if listener is not None else None
         self.transport = None
-        self.parser = HttpRequestParser(self)
+        self.parser = self.general = HttpRequestParser(self)
+        self.fast = None
+        self.reusable = True
         self.peer_ip = ""
         self.peer_ip_bytes = b""
         self.trusted = False
@@ -283,6 +305,7 @@ cdef class ClientProtocol(Stream):
         cdef RequestContext ex
         cdef bint in_head
         cdef Py_ssize_t received
+        cdef bint whole = False
         if self.tunnel is not None:
             self.tunnel.write(data)
             self.deadline = <double>self.clock.now + self.tunnel_timeout
@@ -312,6 +335,21 @@ cdef class ClientProtocol(Stream):
                 data = self._request_line(data)
                 if data is None:
                     return  # the method is held until it ends, or answered 400
+            elif self.reusable:
+                whole = self._whole_head(data)
+            if self.reusable:
+                # Both parsers are between messages: this one goes to the fast parser when
+                # the read is one whole head (split here in C, so llhttp makes no Python
+                # call per field), else to the general one. After a message that left
+                # llhttp closed (RFC 9112 §9.6) the parser that saw it keeps the stream, so
+                # llhttp refuses what follows as it always did.
+                if not whole:
+                    self.parser = self.general
+                else:
+                    if self.fast is None:
+                        self.fast = HttpRequestParser(_WholeHeads(self))
+                    self.parser = self.fast
+                    self.whole_head = data
         elif self.line_open and self._line_continues(data, 0) is None:
             return  # answered 400
         # The whole read is parsed before anything derived from it goes upstream (a request's
@@ -319,7 +357,20 @@ cdef class ClientProtocol(Stream):
         # same read must find nothing sent (RFC 9112 §7.1, §2.2). See _read_parsed.
         self.parsing = True
         try:
-            self.parser.feed_data(data)
+            try:
+                self.parser.feed_data(data)
+            except HttpParserError as exc:
+                if (not whole or self.whole_head is None
+                        or isinstance(exc, HttpParserCallbackError)):
+                    raise
+                # llhttp refused the head the fast path split (no callback ran): the general
+                # parser parses the read instead, so the answer is the one it always gave
+                # (fields it takes in order, X-Request-ID say, before the bad byte). A
+                # parser that failed is not used again.
+                whole = False
+                self.whole_head = self.fast = None
+                self.parser = self.general
+                self.parser.feed_data(data)
         except HttpParserUpgrade as exc:
             self.parsing = False
             self._upgrade_requested(data[exc.args[0]:] if exc.args else b"")
@@ -332,6 +383,15 @@ cdef class ClientProtocol(Stream):
             self._read_parsed(False)
             return
         self.parsing = False
+        if whole and self.whole_head is not None:
+            # llhttp took the whole read without a head: it did not parse what was split.
+            # Never expected (the head ends the read, after a strict parser's CRLF CRLF);
+            # nothing was derived from it, and nothing after it is trusted.
+            self.fast = self.whole_head = None
+            self.parser = self.general
+            self._bad_request("bad_request")
+            self._read_parsed(False)
+            return
         self._read_parsed(True)
         if (ex is not None and self.ex is ex and self.in_head == in_head
                 and ex.body_received == received and not ex.body_done):
@@ -406,6 +466,9 @@ cdef class ClientProtocol(Stream):
     # -- httptools callbacks
 
     def on_message_begin(self):
+        self._begin()
+
+    cdef int _begin(self) except -1:
         cdef RequestContext ex
         if self.broken or self.closed:
             # An answer already decided to close (or linger): RFC 9112 §9.6, no request after
@@ -429,6 +492,7 @@ cdef class ClientProtocol(Stream):
         self.in_head = True
         if self.active is None:
             self.deadline = <double>self.clock.now + self.client_header_timeout
+        return 0
 
     def on_url(self, bytes url):
         cdef RequestContext ex = <RequestContext?>self.ex
@@ -438,7 +502,6 @@ cdef class ClientProtocol(Stream):
 
     def on_header(self, bytes name, bytes value):
         cdef RequestContext ex = <RequestContext?>self.ex
-        cdef int kind
         self.header_size += PyBytes_GET_SIZE(name) + PyBytes_GET_SIZE(value) + 4
         self.header_count += 1
         self.stalled = 0  # a field ended: only the one after it is unfinished
@@ -447,9 +510,12 @@ cdef class ClientProtocol(Stream):
                 self._bad_request("headers_too_large")  # trailers count too
                 raise _Rejected("headers_too_large")
             self._reject(ex, "headers_too_large")
-        if not self.in_head:
-            return  # trailer fields are not forwarded (RFC 9110 §6.5.1 allows discarding)
-        kind = header_kind(_REQUEST_KINDS, name)
+        if self.in_head:  # (trailer fields are not forwarded: RFC 9110 §6.5.1 allows that)
+            self._field(ex, header_kind(_REQUEST_KINDS, name), name, value)
+
+    cdef int _field(self, RequestContext ex, int kind, bytes name, bytes value) except -1:
+        # One field of the head, of header_kind ``kind``: the ones the codec acts on are kept
+        # apart, the rest relayed. ``name`` is None when _keeps_name(kind) is false.
         if kind == 0:
             ex.headers.append((name, value))
         elif kind == K_HOST:
@@ -494,8 +560,49 @@ cdef class ClientProtocol(Stream):
             # Several tracestate lines are one list (§3.3.1.1); combined as RFC 9110 §5.3.
             ex.tracestate = value if ex.tracestate is None else ex.tracestate + b"," + value
         # else H_HOP: dropped
+        return 0
 
     def on_headers_complete(self):
+        self._head_complete()
+
+    cdef int _whole_head_complete(self) except -1:
+        # The fast parser accepted the read _whole_head saw: the message begins and ends here
+        # (it has no body), its fields taken in order as on_header takes them.
+        cdef bytes head = self.whole_head
+        cdef const char* p
+        cdef const char* eol
+        cdef const char* colon
+        cdef const char* v
+        cdef RequestContext ex
+        cdef int kind
+        if head is None:  # (a second head in one read: never, see data_received)
+            self._bad_request("bad_request")
+            raise _Rejected("bad_request")
+        self.whole_head = None
+        self._begin()
+        ex = <RequestContext>self.ex
+        p = PyBytes_AS_STRING(head)
+        self.url = PyBytes_FromStringAndSize(p + 4, self.whole_target)
+        p = <const char*>memchr(p, b"\n", PyBytes_GET_SIZE(head)) + 1
+        while True:
+            eol = <const char*>memchr(p, b"\r", PyBytes_AS_STRING(head)
+                                      + PyBytes_GET_SIZE(head) - p)
+            if eol == p:
+                break
+            colon = <const char*>memchr(p, b":", eol - p)
+            v = colon + 1
+            while v < eol and (v[0] == b" " or v[0] == b"\t"):
+                v += 1
+            kind = kind_at(_REQUEST_KINDS, <const unsigned char*>p, colon - p)
+            self._field(ex, kind,
+                        PyBytes_FromStringAndSize(p, colon - p) if _keeps_name(kind) else None,
+                        PyBytes_FromStringAndSize(v, eol - v))
+            p = eol + 2
+        self._head_complete()
+        self.between = True
+        return 0
+
+    cdef int _head_complete(self) except -1:
         cdef RequestContext ex = <RequestContext?>self.ex
         cdef str version, path_str
         cdef bint keep_alive
@@ -506,6 +613,9 @@ cdef class ClientProtocol(Stream):
         parser = self.parser
         ex.method = parser.get_method() if self.line_method is None else self.line_method
         keep_alive = parser.should_keep_alive()
+        # Whether the next message may go to either parser (see data_received): not after
+        # one that closes (llhttp refuses what follows) or that upgrades (it pauses).
+        self.reusable = keep_alive and ex.upgrade is None and ex.method != _CONNECT
         if self.line_http11 and (keep_alive or ex.connection is not None):
             # (llhttp keeps an HTTP/1.1 request without Connection alive: a check for free)
             version = "1.1"
@@ -592,7 +702,7 @@ cdef class ClientProtocol(Stream):
             ex.trace_id = random_hex(16)
             ex.trace_flags = b"01"  # a trace the edge starts is sampled
             ex.tracestate = None
-        self._dispatch(ex)
+        return self._dispatch(ex)
 
     def on_body(self, bytes body):
         cdef RequestContext ex = <RequestContext?>self.ex
@@ -938,6 +1048,59 @@ cdef class ClientProtocol(Stream):
         self.next_method = data[i:j]
         return data[:i] + _PLACEHOLDER + data[j:]
 
+    cdef bint _whole_head(self, bytes data) except -1:
+        # Whether ``data``, a read that starts with a whole "GET ... HTTP/1.1" line, is one
+        # head and nothing more, with no field that gives it a body or an upgrade
+        # (Content-Length, Transfer-Encoding, Upgrade: RFC 9112 §6.3, RFC 9110 §7.8) and
+        # within the limits on_url and on_header check: such a head goes to the fast parser
+        # and is split by _whole_head_complete, once llhttp accepted it. Anything else, the
+        # general parser takes.
+        #
+        # llhttp is strict here (no lenient flags): a head's lines end CRLF; a bare CR or LF,
+        # an obs-fold, whitespace before a colon or a control byte is an error. So a head it
+        # accepts ends at its first CRLF CRLF, and its lines are the ones seen here.
+        cdef const char* start = PyBytes_AS_STRING(data)
+        cdef const char* stop = start + PyBytes_GET_SIZE(data)
+        cdef const char* p
+        cdef const char* eol
+        cdef const char* colon
+        cdef const char* v
+        cdef Py_ssize_t target
+        cdef Py_ssize_t size = 0
+        cdef Py_ssize_t count = 0
+        if PyBytes_GET_SIZE(data) < 18 or memcmp(stop - 4, b"\r\n\r\n", 4) != 0:
+            return False
+        # The request line, "GET " target " HTTP/1.1" CRLF (_line_is_http11 saw its end).
+        eol = <const char*>memchr(start, b"\n", stop - start) - 1
+        target = eol - 9 - (start + 4)
+        if (target <= 0 or target > self.max_request_line
+                or memchr(start + 4, b" ", target) is not NULL):
+            return False  # (more spaces: llhttp takes them; the general parser sees to it)
+        p = eol + 2
+        while True:
+            eol = <const char*>memchr(p, b"\r", stop - p) if p < stop else NULL
+            if eol is NULL:
+                return False
+            if eol == p:
+                break  # the empty line
+            colon = <const char*>memchr(p, b":", eol - p)
+            if colon is NULL or colon == p or _gives_body(<const unsigned char*>p, colon - p):
+                return False
+            v = colon + 1
+            while v < eol and (v[0] == b" " or v[0] == b"\t"):
+                v += 1
+            # on_header's accounting (its value starts after the whitespace, as here), so a
+            # head at a limit goes where it is refused as before
+            size += (colon - p) + (eol - v) + 4
+            count += 1
+            if size > self.max_header_size or count > self.max_header_count:
+                return False
+            p = eol + 2
+        if eol + 2 != stop:
+            return False  # more after the head: pipelined requests
+        self.whole_target = target
+        return True
+
     cdef object _line_continues(self, bytes data, Py_ssize_t k):
         # RFC 9112 §3: request-line = method SP request-target SP HTTP-version. llhttp takes a
         # line without the version for HTTP/0.9 and waits on a header section: 400 now. From
@@ -1138,3 +1301,18 @@ cdef class ClientProtocol(Stream):
         if not self.closed:
             self.closed = True
             self.transport.abort()
+
+
+@cython.final
+cdef class _WholeHeads:
+    """The fast parser's protocol (see ClientProtocol.data_received): it is told only that
+    llhttp accepted a head, which ClientProtocol._whole_head split beforehand. With no
+    on_url or on_header here, httptools makes no bytes and no Python call per field."""
+
+    cdef ClientProtocol proto
+
+    def __init__(self, ClientProtocol proto):
+        self.proto = proto
+
+    def on_headers_complete(self):
+        self.proto._whole_head_complete()
