@@ -30,14 +30,14 @@ from engine.chain.context cimport (
 from engine.http.stats cimport RouteStats
 from engine.wire._common cimport (
     WRITER_STACK, Writer, header_kind, is_lower, join_bytes, kind_at, kind_table, monotonic,
-    same_lower, w_bytes, w_field, w_free, w_init, w_put, w_raw,
+    w_bytes, w_field, w_free, w_init, w_put, w_raw,
 )
 from engine.wire.h1 cimport chunk
 
 from engine.chain.context import PENDING_LIMIT
 from engine.errors import error_response
 from engine.wire.framing import (
-    H_CONNECTION, H_CONTENT_LENGTH, H_EXPECT, H_FORWARDED, H_HOST, H_REQUEST_ID,
+    H_CONNECTION, H_CONTENT_LENGTH, H_EXPECT, H_FORWARDED, H_HOP, H_HOST, H_REQUEST_ID,
     H_FORWARDED_7239, H_TRACEPARENT, H_TRACESTATE, H_VIA, parse_traceparent, random_hex,
     H_TRANSFER_ENCODING, H_UPGRADE, H_XFF, REQUEST_KINDS, connection_tokens, host_for_routing,
     normalize_percent, remove_dot_segments, split_target, transfer_codings, valid_host,
@@ -68,6 +68,7 @@ cdef int K_REQUEST_ID = H_REQUEST_ID
 cdef int K_FORWARDED = H_FORWARDED
 cdef int K_FORWARDED_7239 = H_FORWARDED_7239
 cdef int K_VIA = H_VIA
+cdef int K_HOP = H_HOP
 cdef int K_TRACEPARENT = H_TRACEPARENT
 cdef int K_TRACESTATE = H_TRACESTATE
 
@@ -93,6 +94,7 @@ for _c in range(256):
 cdef bytes _CONTINUE = CONTINUE
 cdef bytes _HEAD = b"HEAD"
 cdef bytes _CONNECT = b"CONNECT"
+cdef bytes _GET = b"GET"
 
 # b"%d" % status for 100..999, so a status line is joined, not formatted.
 cdef tuple _STATUS_CODES = tuple(b"%d" % s for s in range(1000))
@@ -136,17 +138,6 @@ cdef inline bint _line_is_http11(object data) noexcept:
         return False  # (no method at the start, A-Z: a leading empty line, say)
     end = <const char*>memchr(p, b"\n", PyBytes_GET_SIZE(data))
     return end is not NULL and end - p >= 13 and memcmp(end - 10, b" HTTP/1.1\r", 10) == 0
-
-
-cdef inline bint _gives_body(const unsigned char* name, Py_ssize_t n) noexcept:
-    # A field that gives a request a body or an upgrade: not for the fast parser.
-    if n == 14:
-        return same_lower(name, <const unsigned char*>"content-length", 14)
-    if n == 17:
-        return same_lower(name, <const unsigned char*>"transfer-encoding", 17)
-    if n == 7:
-        return same_lower(name, <const unsigned char*>"upgrade", 7)
-    return False
 
 
 cdef inline bint _keeps_name(int kind) noexcept:
@@ -306,6 +297,7 @@ cdef class ClientProtocol(Stream):
         cdef bint in_head
         cdef Py_ssize_t received
         cdef bint whole = False
+        cdef Span spans[WHOLE_FIELDS]
         if self.tunnel is not None:
             self.tunnel.write(data)
             self.deadline = <double>self.clock.now + self.tunnel_timeout
@@ -336,7 +328,8 @@ cdef class ClientProtocol(Stream):
                 if data is None:
                     return  # the method is held until it ends, or answered 400
             elif self.reusable:
-                whole = self._whole_head(data)
+                self.span_count = self._whole_head(data, spans)
+                whole = self.span_count >= 0
             if self.reusable:
                 # Both parsers are between messages: this one goes to the fast parser when
                 # the read is one whole head (split here in C, so llhttp makes no Python
@@ -350,6 +343,7 @@ cdef class ClientProtocol(Stream):
                         self.fast = HttpRequestParser(_WholeHeads(self))
                     self.parser = self.fast
                     self.whole_head = data
+                    self.spans = spans
         elif self.line_open and self._line_continues(data, 0) is None:
             return  # answered 400
         # The whole read is parsed before anything derived from it goes upstream (a request's
@@ -371,6 +365,8 @@ cdef class ClientProtocol(Stream):
                 self.whole_head = self.fast = None
                 self.parser = self.general
                 self.parser.feed_data(data)
+            finally:
+                self.spans = NULL  # (``spans`` lives as long as this call)
         except HttpParserUpgrade as exc:
             self.parsing = False
             self._upgrade_requested(data[exc.args[0]:] if exc.args else b"")
@@ -563,46 +559,44 @@ cdef class ClientProtocol(Stream):
         return 0
 
     def on_headers_complete(self):
-        self._head_complete()
+        self._head_complete(None, False)
 
     cdef int _whole_head_complete(self) except -1:
-        # The fast parser accepted the read _whole_head saw: the message begins and ends here
-        # (it has no body), its fields taken in order as on_header takes them.
+        # The fast parser accepted the read _whole_head split: the message begins and ends
+        # here (it has no body), its fields taken in order as on_header takes them.
         cdef bytes head = self.whole_head
+        cdef const Span* spans = self.spans
         cdef const char* p
-        cdef const char* eol
-        cdef const char* colon
-        cdef const char* v
         cdef RequestContext ex
+        cdef Py_ssize_t i
         cdef int kind
-        if head is None:  # (a second head in one read: never, see data_received)
-            self._bad_request("bad_request")
+        cdef bint connection = False
+        if head is None or spans is NULL:  # (a second head in one read: never, see
+            self._bad_request("bad_request")  # data_received)
             raise _Rejected("bad_request")
         self.whole_head = None
         self._begin()
         ex = <RequestContext>self.ex
         p = PyBytes_AS_STRING(head)
         self.url = PyBytes_FromStringAndSize(p + 4, self.whole_target)
-        p = <const char*>memchr(p, b"\n", PyBytes_GET_SIZE(head)) + 1
-        while True:
-            eol = <const char*>memchr(p, b"\r", PyBytes_AS_STRING(head)
-                                      + PyBytes_GET_SIZE(head) - p)
-            if eol == p:
-                break
-            colon = <const char*>memchr(p, b":", eol - p)
-            v = colon + 1
-            while v < eol and (v[0] == b" " or v[0] == b"\t"):
-                v += 1
-            kind = kind_at(_REQUEST_KINDS, <const unsigned char*>p, colon - p)
+        for i in range(self.span_count):
+            kind = spans[i].kind
             self._field(ex, kind,
-                        PyBytes_FromStringAndSize(p, colon - p) if _keeps_name(kind) else None,
-                        PyBytes_FromStringAndSize(v, eol - v))
-            p = eol + 2
-        self._head_complete()
+                        PyBytes_FromStringAndSize(p + spans[i].start,
+                                                  spans[i].colon - spans[i].start)
+                        if _keeps_name(kind) else None,
+                        PyBytes_FromStringAndSize(p + spans[i].value,
+                                                  spans[i].end - spans[i].value))
+            connection = connection or kind == K_CONNECTION or kind == K_HOP
+        # (llhttp's method, and its keep-alive for an HTTP/1.1 request with no Connection nor
+        # Proxy-Connection, which it also reads: known without asking it)
+        self._head_complete(_GET, not connection)
         self.between = True
         return 0
 
-    cdef int _head_complete(self) except -1:
+    cdef int _head_complete(self, bytes method, bint persists) except -1:
+        # llhttp accepted the head of ``ex``. ``method``: llhttp's, when known without asking
+        # it (None: ask); ``persists``: llhttp keeps the connection alive, known so.
         cdef RequestContext ex = <RequestContext?>self.ex
         cdef str version, path_str
         cdef bint keep_alive
@@ -611,8 +605,11 @@ cdef class ClientProtocol(Stream):
         cdef const char* q
         self.in_head = False
         parser = self.parser
-        ex.method = parser.get_method() if self.line_method is None else self.line_method
-        keep_alive = parser.should_keep_alive()
+        if self.line_method is not None:
+            ex.method = self.line_method
+        else:
+            ex.method = parser.get_method() if method is None else method
+        keep_alive = persists or parser.should_keep_alive()
         # Whether the next message may go to either parser (see data_received): not after
         # one that closes (llhttp refuses what follows) or that upgrades (it pauses).
         self.reusable = keep_alive and ex.upgrade is None and ex.method != _CONNECT
@@ -1048,13 +1045,14 @@ cdef class ClientProtocol(Stream):
         self.next_method = data[i:j]
         return data[:i] + _PLACEHOLDER + data[j:]
 
-    cdef bint _whole_head(self, bytes data) except -1:
+    cdef Py_ssize_t _whole_head(self, bytes data, Span* spans) except -2:
         # Whether ``data``, a read that starts with a whole "GET ... HTTP/1.1" line, is one
         # head and nothing more, with no field that gives it a body or an upgrade
-        # (Content-Length, Transfer-Encoding, Upgrade: RFC 9112 §6.3, RFC 9110 §7.8) and
-        # within the limits on_url and on_header check: such a head goes to the fast parser
-        # and is split by _whole_head_complete, once llhttp accepted it. Anything else, the
-        # general parser takes.
+        # (Content-Length, Transfer-Encoding, Upgrade: RFC 9112 §6.3, RFC 9110 §7.8), at most
+        # WHOLE_FIELDS fields and within the limits on_url and on_header check: then the
+        # number of its fields, each in ``spans``, for the fast parser; else -1, and the
+        # general parser takes it. Nothing is taken from the spans before llhttp accepted
+        # the head (_whole_head_complete).
         #
         # llhttp is strict here (no lenient flags): a head's lines end CRLF; a bare CR or LF,
         # an obs-fold, whitespace before a colon or a control byte is an error. So a head it
@@ -1068,38 +1066,47 @@ cdef class ClientProtocol(Stream):
         cdef Py_ssize_t target
         cdef Py_ssize_t size = 0
         cdef Py_ssize_t count = 0
+        cdef int kind
         if PyBytes_GET_SIZE(data) < 18 or memcmp(stop - 4, b"\r\n\r\n", 4) != 0:
-            return False
+            return -1
         # The request line, "GET " target " HTTP/1.1" CRLF (_line_is_http11 saw its end).
         eol = <const char*>memchr(start, b"\n", stop - start) - 1
         target = eol - 9 - (start + 4)
         if (target <= 0 or target > self.max_request_line
                 or memchr(start + 4, b" ", target) is not NULL):
-            return False  # (more spaces: llhttp takes them; the general parser sees to it)
+            return -1  # (more spaces: llhttp takes them; the general parser sees to it)
         p = eol + 2
         while True:
             eol = <const char*>memchr(p, b"\r", stop - p) if p < stop else NULL
             if eol is NULL:
-                return False
+                return -1
             if eol == p:
                 break  # the empty line
             colon = <const char*>memchr(p, b":", eol - p)
-            if colon is NULL or colon == p or _gives_body(<const unsigned char*>p, colon - p):
-                return False
+            if colon is NULL or colon == p or count == WHOLE_FIELDS:
+                return -1
+            kind = kind_at(_REQUEST_KINDS, <const unsigned char*>p, colon - p)
+            if kind == K_CONTENT_LENGTH or kind == K_TRANSFER_ENCODING or kind == K_UPGRADE:
+                return -1
             v = colon + 1
             while v < eol and (v[0] == b" " or v[0] == b"\t"):
                 v += 1
             # on_header's accounting (its value starts after the whitespace, as here), so a
             # head at a limit goes where it is refused as before
             size += (colon - p) + (eol - v) + 4
+            if size > self.max_header_size or count + 1 > self.max_header_count:
+                return -1
+            spans[count].start = p - start
+            spans[count].colon = colon - start
+            spans[count].value = v - start
+            spans[count].end = eol - start
+            spans[count].kind = kind
             count += 1
-            if size > self.max_header_size or count > self.max_header_count:
-                return False
             p = eol + 2
         if eol + 2 != stop:
-            return False  # more after the head: pipelined requests
+            return -1  # more after the head: pipelined requests
         self.whole_target = target
-        return True
+        return count
 
     cdef object _line_continues(self, bytes data, Py_ssize_t k):
         # RFC 9112 §3: request-line = method SP request-target SP HTTP-version. llhttp takes a
