@@ -2,6 +2,13 @@
 RequestContexts (engine/chain/context.pyx), and the context writes its answer back through the
 Stream methods here, which alone know HTTP/1.1 framing.
 
+Two llhttp parsers take turns, at message boundaries only. The general one calls back per
+field (on_url, on_header) and takes any message. A read that is one whole bodyless "GET ...
+HTTP/1.1" head, the usual request, goes to the fast one instead: its fields are located in C
+before it is fed (_whole_head), and taken only once llhttp says it accepted the head
+(_whole_head_complete), without a Python call or two bytes objects per field. What llhttp
+refuses there is parsed again by the general parser, so every error is answered as it was.
+
 Pipelined requests are parsed as they arrive but answered strictly in order: the request being
 answered is ``active``; later ones wait in ``queue`` and reading pauses until it drains.
 
