@@ -554,15 +554,16 @@ cdef class ClientProtocol(Stream):
             # Like X-Forwarded-For: what an untrusted client claims about hops is dropped.
             if self.trusted:
                 ex.headers.append((name, value))
-        elif not self.tracing:
-            ex.headers.append((name, value))  # tracing off: relayed like any field
-        elif kind == K_TRACEPARENT:
-            # Two traceparent fields make it invalid (W3C Trace Context §3.2).
-            ex.traceparent = value if ex.traceparent is None else b""
-        elif kind == K_TRACESTATE:
-            # Several tracestate lines are one list (§3.3.1.1); combined as RFC 9110 §5.3.
-            ex.tracestate = value if ex.tracestate is None else ex.tracestate + b"," + value
-        # else H_HOP: dropped
+        elif kind == K_TRACEPARENT or kind == K_TRACESTATE:
+            if not self.tracing:
+                ex.headers.append((name, value))  # tracing off: relayed like any field
+            elif kind == K_TRACEPARENT:
+                # Two traceparent fields make it invalid (W3C Trace Context §3.2).
+                ex.traceparent = value if ex.traceparent is None else b""
+            else:
+                # Several tracestate lines are one list (§3.3.1.1); combined as RFC 9110 §5.3.
+                ex.tracestate = value if ex.tracestate is None else ex.tracestate + b"," + value
+        # else H_HOP: dropped, tracing or not (RFC 9110 §7.6.1)
         return 0
 
     def on_headers_complete(self):
