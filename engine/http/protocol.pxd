@@ -90,6 +90,7 @@ cdef class ClientProtocol(Stream):
 
     cdef int _use_settings(self, object rt) except -1
     cdef Py_ssize_t _whole_head(self, bytes data, Span* spans) except -2
+    cdef bint _feed_whole(self, bytes data) except -1
     cdef int _begin(self) except -1
     cdef int _field(self, RequestContext ex, int kind, bytes name, bytes value) except -1
     cdef int _head_complete(self, bytes method, bint persists) except -1

@@ -358,22 +358,21 @@ cdef class ClientProtocol(Stream):
         # same read must find nothing sent (RFC 9112 §7.1, §2.2). See _read_parsed.
         self.parsing = True
         try:
-            try:
+            if whole:
+                try:
+                    whole = self._feed_whole(data)
+                finally:
+                    self.spans = NULL  # (``spans`` lives as long as this call)
+                if not whole:
+                    # llhttp refused the head the fast path split (no callback ran): the
+                    # general parser parses the read instead, so the answer is the one it
+                    # always gave (fields it takes in order, X-Request-ID say, before the bad
+                    # byte). A parser that failed is not used again.
+                    self.whole_head = self.fast = None
+                    self.parser = self.general
+                    self.parser.feed_data(data)
+            else:
                 self.parser.feed_data(data)
-            except HttpParserError as exc:
-                if (not whole or self.whole_head is None
-                        or isinstance(exc, HttpParserCallbackError)):
-                    raise
-                # llhttp refused the head the fast path split (no callback ran): the general
-                # parser parses the read instead, so the answer is the one it always gave
-                # (fields it takes in order, X-Request-ID say, before the bad byte). A
-                # parser that failed is not used again.
-                whole = False
-                self.whole_head = self.fast = None
-                self.parser = self.general
-                self.parser.feed_data(data)
-            finally:
-                self.spans = NULL  # (``spans`` lives as long as this call)
         except HttpParserUpgrade as exc:
             self.parsing = False
             self._upgrade_requested(data[exc.args[0]:] if exc.args else b"")
@@ -1052,6 +1051,19 @@ cdef class ClientProtocol(Stream):
         # the request keeps its own (on_headers_complete).
         self.next_method = data[i:j]
         return data[:i] + _PLACEHOLDER + data[j:]
+
+    cdef bint _feed_whole(self, bytes data) except -1:
+        # The fast parser is fed ``data``: False if llhttp refused its bytes before the head
+        # ended (then nothing was taken from them); an error a callback raised propagates.
+        try:
+            self.parser.feed_data(data)
+        except HttpParserCallbackError:
+            raise
+        except HttpParserError:
+            if self.whole_head is None:
+                raise  # (after the head was taken: never, it ends the read)
+            return False
+        return True
 
     cdef Py_ssize_t _whole_head(self, bytes data, Span* spans) except -2:
         # Whether ``data``, a read that starts with a whole "GET ... HTTP/1.1" line, is one

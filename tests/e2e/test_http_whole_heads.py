@@ -83,7 +83,8 @@ def exchange(proxy, origin, data: bytes, general: bool):
         got = (req.method, req.url, req.version,
                [(n.lower(), _same_either_way(n, v, rid)) for n, v in req.headers])
     json = r.header(b"content-type") == b"application/json"
-    answer = (r.status, r.header(b"connection"), r.json()["error"]["code"] if json else r.body)
+    answer = (r.status, r.header(b"connection"), r.json()["error"]["code"] if json else r.body,
+              rid if rid in data else None)  # (the client's own X-Request-ID, echoed)
     return got, answer, parser
 
 
@@ -163,7 +164,7 @@ def test_the_plain_head_reaches_the_origin_field_for_field(proxy, origin):
     got, answer, parser = exchange(
         proxy, origin, head(b"/p?q=1", b"Host: t\r\nX-A:  a b \r\nX-Empty:\r\nAccept: */*\r\n"),
         general=False)
-    assert parser == "fast" and answer == (200, None, b"/p?q=1")
+    assert parser == "fast" and answer == (200, None, b"/p?q=1", None)
     method, url, version, headers = got
     assert (method, url, version) == (b"GET", b"/p?q=1", "1.1")
     assert (b"x-a", b"a b ") in headers and (b"x-empty", b"") in headers
