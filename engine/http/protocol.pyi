@@ -7,7 +7,11 @@ class ClientProtocol(Stream):
     fed by httptools."""
 
     transport: object
-    parser: object
+    parser: object  # the one holding the stream: ``general`` or ``fast``
+    @property
+    def general(self) -> object: ...
+    @property
+    def fast(self) -> object | None: ...
     ex: RequestContext | None
     active: RequestContext | None
     queue: deque[RequestContext] | None

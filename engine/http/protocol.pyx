@@ -2,6 +2,13 @@
 RequestContexts (engine/chain/context.pyx), and the context writes its answer back through the
 Stream methods here, which alone know HTTP/1.1 framing.
 
+Two llhttp parsers take turns, at message boundaries only. The general one calls back per
+field (on_url, on_header) and takes any message. A read that is one whole bodyless "GET ...
+HTTP/1.1" head, the usual request, goes to the fast one instead: its fields are located in C
+before it is fed (_whole_head), and taken only once llhttp says it accepted the head
+(_whole_head_complete), without a Python call or two bytes objects per field. What llhttp
+refuses there is parsed again by the general parser, so every error is answered as it was.
+
 Pipelined requests are parsed as they arrive but answered strictly in order: the request being
 answered is ``active``; later ones wait in ``queue`` and reading pauses until it drains.
 
@@ -29,15 +36,15 @@ from engine.chain.context cimport (
 )
 from engine.http.stats cimport RouteStats
 from engine.wire._common cimport (
-    WRITER_STACK, Writer, header_kind, is_lower, join_bytes, kind_table, monotonic, w_bytes,
-    w_field, w_free, w_init, w_put, w_raw,
+    WRITER_STACK, Writer, header_kind, is_lower, join_bytes, kind_at, kind_table, monotonic,
+    w_bytes, w_field, w_free, w_init, w_put, w_raw,
 )
 from engine.wire.h1 cimport chunk
 
 from engine.chain.context import PENDING_LIMIT
 from engine.errors import error_response
 from engine.wire.framing import (
-    H_CONNECTION, H_CONTENT_LENGTH, H_EXPECT, H_FORWARDED, H_HOST, H_REQUEST_ID,
+    H_CONNECTION, H_CONTENT_LENGTH, H_EXPECT, H_FORWARDED, H_HOP, H_HOST, H_REQUEST_ID,
     H_FORWARDED_7239, H_TRACEPARENT, H_TRACESTATE, H_VIA, parse_traceparent, random_hex,
     H_TRANSFER_ENCODING, H_UPGRADE, H_XFF, REQUEST_KINDS, connection_tokens, host_for_routing,
     normalize_percent, remove_dot_segments, split_target, transfer_codings, valid_host,
@@ -68,6 +75,7 @@ cdef int K_REQUEST_ID = H_REQUEST_ID
 cdef int K_FORWARDED = H_FORWARDED
 cdef int K_FORWARDED_7239 = H_FORWARDED_7239
 cdef int K_VIA = H_VIA
+cdef int K_HOP = H_HOP
 cdef int K_TRACEPARENT = H_TRACEPARENT
 cdef int K_TRACESTATE = H_TRACESTATE
 
@@ -92,6 +100,8 @@ for _c in range(256):
                   or _c in b"!#$%&'*+-.^_`|~")
 cdef bytes _CONTINUE = CONTINUE
 cdef bytes _HEAD = b"HEAD"
+cdef bytes _CONNECT = b"CONNECT"
+cdef bytes _GET = b"GET"
 
 # b"%d" % status for 100..999, so a status line is joined, not formatted.
 cdef tuple _STATUS_CODES = tuple(b"%d" % s for s in range(1000))
@@ -135,6 +145,14 @@ cdef inline bint _line_is_http11(object data) noexcept:
         return False  # (no method at the start, A-Z: a leading empty line, say)
     end = <const char*>memchr(p, b"\n", PyBytes_GET_SIZE(data))
     return end is not NULL and end - p >= 13 and memcmp(end - 10, b" HTTP/1.1\r", 10) == 0
+
+
+cdef inline bint _keeps_name(int kind) noexcept:
+    # Whether ClientProtocol._field may use the name of a field of this kind: all but those
+    # it keeps by value alone.
+    return not (kind == K_HOST or kind == K_CONTENT_LENGTH or kind == K_TRANSFER_ENCODING
+                or kind == K_CONNECTION or kind == K_EXPECT or kind == K_UPGRADE
+                or kind == K_XFF or kind == K_REQUEST_ID or kind == K_VIA)
 
 
 cdef const char* _HEX = b"0123456789abcdef"
@@ -223,7 +241,9 @@ cdef class ClientProtocol(Stream):
         self.scheme = listener.scheme if listener is not None else b"http"
         self.front = listener.front if listener is not None else None
         self.transport = None
-        self.parser = HttpRequestParser(self)
+        self.parser = self.general = HttpRequestParser(self)
+        self.fast = None
+        self.reusable = True
         self.peer_ip = ""
         self.peer_ip_bytes = b""
         self.trusted = False
@@ -283,6 +303,8 @@ cdef class ClientProtocol(Stream):
         cdef RequestContext ex
         cdef bint in_head
         cdef Py_ssize_t received
+        cdef bint whole = False
+        cdef Span spans[WHOLE_FIELDS]
         if self.tunnel is not None:
             self.tunnel.write(data)
             self.deadline = <double>self.clock.now + self.tunnel_timeout
@@ -312,6 +334,23 @@ cdef class ClientProtocol(Stream):
                 data = self._request_line(data)
                 if data is None:
                     return  # the method is held until it ends, or answered 400
+            elif self.reusable:
+                self.span_count = self._whole_head(data, spans)
+                whole = self.span_count >= 0
+            if self.reusable:
+                # Both parsers are between messages: this one goes to the fast parser when
+                # the read is one whole head (split here in C, so llhttp makes no Python
+                # call per field), else to the general one. After a message that left
+                # llhttp closed (RFC 9112 §9.6) the parser that saw it keeps the stream, so
+                # llhttp refuses what follows as it always did.
+                if not whole:
+                    self.parser = self.general
+                else:
+                    if self.fast is None:
+                        self.fast = HttpRequestParser(_WholeHeads(self))
+                    self.parser = self.fast
+                    self.whole_head = data
+                    self.spans = spans
         elif self.line_open and self._line_continues(data, 0) is None:
             return  # answered 400
         # The whole read is parsed before anything derived from it goes upstream (a request's
@@ -319,7 +358,21 @@ cdef class ClientProtocol(Stream):
         # same read must find nothing sent (RFC 9112 §7.1, §2.2). See _read_parsed.
         self.parsing = True
         try:
-            self.parser.feed_data(data)
+            if whole:
+                try:
+                    whole = self._feed_whole(data)
+                finally:
+                    self.spans = NULL  # (``spans`` lives as long as this call)
+                if not whole:
+                    # llhttp refused the head the fast path split (no callback ran): the
+                    # general parser parses the read instead, so the answer is the one it
+                    # always gave (fields it takes in order, X-Request-ID say, before the bad
+                    # byte). A parser that failed is not used again.
+                    self.whole_head = self.fast = None
+                    self.parser = self.general
+                    self.parser.feed_data(data)
+            else:
+                self.parser.feed_data(data)
         except HttpParserUpgrade as exc:
             self.parsing = False
             self._upgrade_requested(data[exc.args[0]:] if exc.args else b"")
@@ -332,6 +385,15 @@ cdef class ClientProtocol(Stream):
             self._read_parsed(False)
             return
         self.parsing = False
+        if whole and self.whole_head is not None:
+            # llhttp took the whole read without a head: it did not parse what was split.
+            # Never expected (the head ends the read, after a strict parser's CRLF CRLF);
+            # nothing was derived from it, and nothing after it is trusted.
+            self.fast = self.whole_head = None
+            self.parser = self.general
+            self._bad_request("bad_request")
+            self._read_parsed(False)
+            return
         self._read_parsed(True)
         if (ex is not None and self.ex is ex and self.in_head == in_head
                 and ex.body_received == received and not ex.body_done):
@@ -406,6 +468,9 @@ cdef class ClientProtocol(Stream):
     # -- httptools callbacks
 
     def on_message_begin(self):
+        self._begin()
+
+    cdef int _begin(self) except -1:
         cdef RequestContext ex
         if self.broken or self.closed:
             # An answer already decided to close (or linger): RFC 9112 §9.6, no request after
@@ -429,6 +494,7 @@ cdef class ClientProtocol(Stream):
         self.in_head = True
         if self.active is None:
             self.deadline = <double>self.clock.now + self.client_header_timeout
+        return 0
 
     def on_url(self, bytes url):
         cdef RequestContext ex = <RequestContext?>self.ex
@@ -438,7 +504,6 @@ cdef class ClientProtocol(Stream):
 
     def on_header(self, bytes name, bytes value):
         cdef RequestContext ex = <RequestContext?>self.ex
-        cdef int kind
         self.header_size += PyBytes_GET_SIZE(name) + PyBytes_GET_SIZE(value) + 4
         self.header_count += 1
         self.stalled = 0  # a field ended: only the one after it is unfinished
@@ -447,9 +512,12 @@ cdef class ClientProtocol(Stream):
                 self._bad_request("headers_too_large")  # trailers count too
                 raise _Rejected("headers_too_large")
             self._reject(ex, "headers_too_large")
-        if not self.in_head:
-            return  # trailer fields are not forwarded (RFC 9110 §6.5.1 allows discarding)
-        kind = header_kind(_REQUEST_KINDS, name)
+        if self.in_head:  # (trailer fields are not forwarded: RFC 9110 §6.5.1 allows that)
+            self._field(ex, header_kind(_REQUEST_KINDS, name), name, value)
+
+    cdef int _field(self, RequestContext ex, int kind, bytes name, bytes value) except -1:
+        # One field of the head, of header_kind ``kind``: the ones the codec acts on are kept
+        # apart, the rest relayed. ``name`` is None when _keeps_name(kind) is false.
         if kind == 0:
             ex.headers.append((name, value))
         elif kind == K_HOST:
@@ -485,17 +553,57 @@ cdef class ClientProtocol(Stream):
             # Like X-Forwarded-For: what an untrusted client claims about hops is dropped.
             if self.trusted:
                 ex.headers.append((name, value))
-        elif not self.tracing:
-            ex.headers.append((name, value))  # tracing off: relayed like any field
-        elif kind == K_TRACEPARENT:
-            # Two traceparent fields make it invalid (W3C Trace Context §3.2).
-            ex.traceparent = value if ex.traceparent is None else b""
-        elif kind == K_TRACESTATE:
-            # Several tracestate lines are one list (§3.3.1.1); combined as RFC 9110 §5.3.
-            ex.tracestate = value if ex.tracestate is None else ex.tracestate + b"," + value
-        # else H_HOP: dropped
+        elif kind == K_TRACEPARENT or kind == K_TRACESTATE:
+            if not self.tracing:
+                ex.headers.append((name, value))  # tracing off: relayed like any field
+            elif kind == K_TRACEPARENT:
+                # Two traceparent fields make it invalid (W3C Trace Context §3.2).
+                ex.traceparent = value if ex.traceparent is None else b""
+            else:
+                # Several tracestate lines are one list (§3.3.1.1); combined as RFC 9110 §5.3.
+                ex.tracestate = value if ex.tracestate is None else ex.tracestate + b"," + value
+        # else H_HOP: dropped, tracing or not (RFC 9110 §7.6.1)
+        return 0
 
     def on_headers_complete(self):
+        self._head_complete(None, False)
+
+    cdef int _whole_head_complete(self) except -1:
+        # The fast parser accepted the read _whole_head split: the message begins and ends
+        # here (it has no body), its fields taken in order as on_header takes them.
+        cdef bytes head = self.whole_head
+        cdef const Span* spans = self.spans
+        cdef const char* p
+        cdef RequestContext ex
+        cdef Py_ssize_t i
+        cdef int kind
+        cdef bint connection = False
+        if head is None or spans is NULL:  # (a second head in one read: never, see
+            self._bad_request("bad_request")  # data_received)
+            raise _Rejected("bad_request")
+        self.whole_head = None
+        self._begin()
+        ex = <RequestContext>self.ex
+        p = PyBytes_AS_STRING(head)
+        self.url = PyBytes_FromStringAndSize(p + 4, self.whole_target)
+        for i in range(self.span_count):
+            kind = spans[i].kind
+            self._field(ex, kind,
+                        PyBytes_FromStringAndSize(p + spans[i].start,
+                                                  spans[i].colon - spans[i].start)
+                        if _keeps_name(kind) else None,
+                        PyBytes_FromStringAndSize(p + spans[i].value,
+                                                  spans[i].end - spans[i].value))
+            connection = connection or kind == K_CONNECTION or kind == K_HOP
+        # (llhttp's method, and its keep-alive for an HTTP/1.1 request with no Connection nor
+        # Proxy-Connection, which it also reads: known without asking it)
+        self._head_complete(_GET, not connection)
+        self.between = True
+        return 0
+
+    cdef int _head_complete(self, bytes method, bint persists) except -1:
+        # llhttp accepted the head of ``ex``. ``method``: llhttp's, when known without asking
+        # it (None: ask); ``persists``: llhttp keeps the connection alive, known so.
         cdef RequestContext ex = <RequestContext?>self.ex
         cdef str version, path_str
         cdef bint keep_alive
@@ -504,8 +612,14 @@ cdef class ClientProtocol(Stream):
         cdef const char* q
         self.in_head = False
         parser = self.parser
-        ex.method = parser.get_method() if self.line_method is None else self.line_method
-        keep_alive = parser.should_keep_alive()
+        if self.line_method is not None:
+            ex.method = self.line_method
+        else:
+            ex.method = parser.get_method() if method is None else method
+        keep_alive = persists or parser.should_keep_alive()
+        # Whether the next message may go to either parser (see data_received): not after
+        # one that closes (llhttp refuses what follows) or that upgrades (it pauses).
+        self.reusable = keep_alive and ex.upgrade is None and ex.method != _CONNECT
         if self.line_http11 and (keep_alive or ex.connection is not None):
             # (llhttp keeps an HTTP/1.1 request without Connection alive: a check for free)
             version = "1.1"
@@ -592,7 +706,7 @@ cdef class ClientProtocol(Stream):
             ex.trace_id = random_hex(16)
             ex.trace_flags = b"01"  # a trace the edge starts is sampled
             ex.tracestate = None
-        self._dispatch(ex)
+        return self._dispatch(ex)
 
     def on_body(self, bytes body):
         cdef RequestContext ex = <RequestContext?>self.ex
@@ -938,6 +1052,82 @@ cdef class ClientProtocol(Stream):
         self.next_method = data[i:j]
         return data[:i] + _PLACEHOLDER + data[j:]
 
+    cdef bint _feed_whole(self, bytes data) except -1:
+        # The fast parser is fed ``data``: False if llhttp refused its bytes before the head
+        # ended (then nothing was taken from them); an error a callback raised propagates.
+        try:
+            self.parser.feed_data(data)
+        except HttpParserCallbackError:
+            raise
+        except HttpParserError:
+            if self.whole_head is None:
+                raise  # (after the head was taken: never, it ends the read)
+            return False
+        return True
+
+    cdef Py_ssize_t _whole_head(self, bytes data, Span* spans) except -2:
+        # Whether ``data``, a read that starts with a whole "GET ... HTTP/1.1" line, is one
+        # head and nothing more, with no field that gives it a body or an upgrade
+        # (Content-Length, Transfer-Encoding, Upgrade: RFC 9112 §6.3, RFC 9110 §7.8), at most
+        # WHOLE_FIELDS fields and within the limits on_url and on_header check: then the
+        # number of its fields, each in ``spans``, for the fast parser; else -1, and the
+        # general parser takes it. Nothing is taken from the spans before llhttp accepted
+        # the head (_whole_head_complete).
+        #
+        # llhttp is strict here (no lenient flags): a head's lines end CRLF; a bare CR or LF,
+        # an obs-fold, whitespace before a colon or a control byte is an error. So a head it
+        # accepts ends at its first CRLF CRLF, and its lines are the ones seen here.
+        cdef const char* start = PyBytes_AS_STRING(data)
+        cdef const char* stop = start + PyBytes_GET_SIZE(data)
+        cdef const char* p
+        cdef const char* eol
+        cdef const char* colon
+        cdef const char* v
+        cdef Py_ssize_t target
+        cdef Py_ssize_t size = 0
+        cdef Py_ssize_t count = 0
+        cdef int kind
+        if PyBytes_GET_SIZE(data) < 18 or memcmp(stop - 4, b"\r\n\r\n", 4) != 0:
+            return -1
+        # The request line, "GET " target " HTTP/1.1" CRLF (_line_is_http11 saw its end).
+        eol = <const char*>memchr(start, b"\n", stop - start) - 1
+        target = eol - 9 - (start + 4)
+        if (target <= 0 or target > self.max_request_line
+                or memchr(start + 4, b" ", target) is not NULL):
+            return -1  # (more spaces: llhttp takes them; the general parser sees to it)
+        p = eol + 2
+        while True:
+            eol = <const char*>memchr(p, b"\r", stop - p) if p < stop else NULL
+            if eol is NULL:
+                return -1
+            if eol == p:
+                break  # the empty line
+            colon = <const char*>memchr(p, b":", eol - p)
+            if colon is NULL or colon == p or count == WHOLE_FIELDS:
+                return -1
+            kind = kind_at(_REQUEST_KINDS, <const unsigned char*>p, colon - p)
+            if kind == K_CONTENT_LENGTH or kind == K_TRANSFER_ENCODING or kind == K_UPGRADE:
+                return -1
+            v = colon + 1
+            while v < eol and (v[0] == b" " or v[0] == b"\t"):
+                v += 1
+            # on_header's accounting (its value starts after the whitespace, as here), so a
+            # head at a limit goes where it is refused as before
+            size += (colon - p) + (eol - v) + 4
+            if size > self.max_header_size or count + 1 > self.max_header_count:
+                return -1
+            spans[count].start = p - start
+            spans[count].colon = colon - start
+            spans[count].value = v - start
+            spans[count].end = eol - start
+            spans[count].kind = kind
+            count += 1
+            p = eol + 2
+        if eol + 2 != stop:
+            return -1  # more after the head: pipelined requests
+        self.whole_target = target
+        return count
+
     cdef object _line_continues(self, bytes data, Py_ssize_t k):
         # RFC 9112 §3: request-line = method SP request-target SP HTTP-version. llhttp takes a
         # line without the version for HTTP/0.9 and waits on a header section: 400 now. From
@@ -1138,3 +1328,18 @@ cdef class ClientProtocol(Stream):
         if not self.closed:
             self.closed = True
             self.transport.abort()
+
+
+@cython.final
+cdef class _WholeHeads:
+    """The fast parser's protocol (see ClientProtocol.data_received): it is told only that
+    llhttp accepted a head, which ClientProtocol._whole_head split beforehand. With no
+    on_url or on_header here, httptools makes no bytes and no Python call per field."""
+
+    cdef ClientProtocol proto
+
+    def __init__(self, ClientProtocol proto):
+        self.proto = proto
+
+    def on_headers_complete(self):
+        self.proto._whole_head_complete()

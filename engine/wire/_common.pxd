@@ -196,14 +196,16 @@ cdef inline bint is_lower(bytes value, const char* lower, Py_ssize_t n) noexcept
 cdef inline int header_kind(list table, bytes name) except -1:
     # The kind of a header field name in a kind_table, 0 when it has none: with no .lower()
     # and no hashing.
-    cdef Py_ssize_t n = PyBytes_GET_SIZE(name)
+    return kind_at(table, <const unsigned char*>PyBytes_AS_STRING(name), PyBytes_GET_SIZE(name))
+
+
+cdef inline int kind_at(list table, const unsigned char* s, Py_ssize_t n) except -1:
+    # header_kind of the name at ``s`` (``n`` bytes), before any bytes object is made of it.
     cdef Py_ssize_t i
     cdef tuple cands
-    cdef const unsigned char* s
     if n >= len(table):
         return 0
     cands = <tuple>_list_item(table, n)
-    s = <const unsigned char*>PyBytes_AS_STRING(name)
     for i in range(0, len(cands), 2):
         if same_lower(s, <const unsigned char*>PyBytes_AS_STRING(<bytes>cands[i]), n):
             return cands[i + 1]

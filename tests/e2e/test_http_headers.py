@@ -27,7 +27,8 @@ def names(headers) -> set:
     return {n.lower() for n, _ in headers}
 
 
-def test_hop_by_hop_request_fields_are_not_forwarded():
+@pytest.mark.parametrize("server", ["", 'tracing = "off"'])
+def test_hop_by_hop_request_fields_are_not_forwarded(server):
     req, _ = one_request([
         (b"Connection", b"keep-alive, X-Hop-A"),
         (b"Connection", b"x-hop-b"),
@@ -40,7 +41,7 @@ def test_hop_by_hop_request_fields_are_not_forwarded():
         (b"Proxy-Authorization", b"Basic Zm9vOmJhcg=="),
         (b"Upgrade", b"h2c"),  # no "Connection: upgrade": not an upgrade request
         (b"X-End-To-End", b"kept"),
-    ])
+    ], config_kw={"server": server})
     got = names(req.headers)
     for name in (b"connection", b"x-hop-a", b"x-hop-b", b"keep-alive", b"te", b"trailer",
                  b"proxy-connection", b"proxy-authorization", b"upgrade"):

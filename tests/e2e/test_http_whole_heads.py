@@ -1,0 +1,218 @@
+"""The fast path for a read that is one whole bodyless GET head (ClientProtocol._whole_head:
+split in C once llhttp accepted it) against the general parser (llhttp's per-field callbacks).
+
+Each head is sent twice over a real socket: alone, as one read (the fast parser), and with a
+second request after it in the same write (the general parser, which takes any read holding
+more than one head). What reaches the origin and what the client is answered must be the same
+both ways; a head the fast path split differently from llhttp would show here.
+"""
+
+import pytest
+
+from tests.support.client import Conn
+from tests.support.e2e import proxy_config, wait_until
+from tests.support.origin import Origin, ok
+from tests.support.proxy import InProcessProxy
+
+LIMITS = """
+max_request_line = 200
+max_header_size = 600
+max_header_count = 40
+"""
+
+NEXT = b"GET /next HTTP/1.1\r\nHost: t\r\n\r\n"
+
+
+@pytest.fixture(scope="module")
+def origin():
+    with Origin() as o:
+        yield o
+
+
+@pytest.fixture(scope="module")
+def proxy(origin):
+    with InProcessProxy(proxy_config(origin.url, server=LIMITS)) as p:
+        yield p
+
+
+def head(target: bytes = b"/x", fields: bytes = b"Host: t\r\n") -> bytes:
+    return b"GET %s HTTP/1.1\r\n%s\r\n" % (target, fields)
+
+
+def numbered(n: int) -> bytes:
+    return b"".join(b"X-F%d: v\r\n" % i for i in range(n))
+
+
+def server_side(proxy, c: Conn):
+    """The proxy's ClientProtocol for the client connection ``c`` (None before it has one)."""
+    port = c.sock.getsockname()[1]
+    for conn in list(proxy.worker.conns):
+        peer = conn.transport.get_extra_info("peername")
+        if peer and peer[1] == port:
+            return conn
+    return None
+
+
+def _same_either_way(name: bytes, value: bytes, rid: bytes) -> bytes:
+    # The request id the proxy made, and the span id of its hop in traceparent, are new for
+    # every request.
+    if value == rid:
+        return b"<request id>"
+    if name.lower() == b"traceparent":
+        return value[:36] + b"<span id>" + value[52:]
+    return value
+
+
+def exchange(proxy, origin, data: bytes, general: bool):
+    """What the origin got for ``data`` (None if nothing), how the client was answered, and
+    which parser holds the connection after (None once it closed)."""
+    before = len(origin.requests)
+    with Conn(proxy.port) as c:
+        c.send(data + NEXT if general else data)
+        r = c.response()
+        rid = r.header(b"x-request-id")
+        parser = None
+        if r.header(b"connection") != b"close":
+            if general:
+                assert c.response().status == 200  # NEXT
+            conn = server_side(proxy, c)
+            parser = "fast" if conn.parser is conn.fast else "general"
+    got = None
+    if len(origin.requests) > before:
+        req = origin.requests[before]
+        got = (req.method, req.url, req.version,
+               [(n.lower(), _same_either_way(n, v, rid)) for n, v in req.headers])
+    json = r.header(b"content-type") == b"application/json"
+    answer = (r.status, r.header(b"connection"), r.json()["error"]["code"] if json else r.body,
+              rid if rid in data else None)  # (the client's own X-Request-ID, echoed)
+    return got, answer, parser
+
+
+CASES = [
+    # (id, head, whether the fast parser takes it when it comes alone)
+    ("plain", head(fields=b"Host: 127.0.0.1:18080\r\nUser-Agent: wrk\r\nAccept: */*\r\n"), True),
+    ("no-fields-but-host", head(), True),
+    ("whitespace", head(fields=b"Host:t\r\nX-A:   spaced \t \r\nX-B:\tq\r\nX-Empty:\r\n"
+                               b"X-Blank: \t \r\nX-In: a  b\r\n"), True),
+    ("colons-and-obs-text", head(fields=b"Host: t\r\nX-C: a:b::c\r\nX-Obs: caf\xe9 \x80\xff\r\n"),
+     True),
+    ("repeated-and-case", head(fields=b"hOsT: t\r\nX-Forwarded-For: 10.0.0.1\r\n"
+                                      b"x-forwarded-for: 10.0.0.2\r\nVia: 1.0 a\r\nVIA: 1.1 b\r\n"
+                                      b"Cookie: a=1\r\nCookie: b=2\r\n"), True),
+    ("request-id", head(fields=b"Host: t\r\nX-Request-ID: abc-123\r\n"), True),
+    ("bad-request-id", head(fields=b"Host: t\r\nX-Request-ID: a b\r\n"), True),
+    ("hop-by-hop", head(fields=b"Host: t\r\nConnection: keep-alive, X-Drop\r\nX-Drop: 1\r\n"
+                               b"Keep-Alive: timeout=5\r\nTE: trailers\r\n"
+                               b"Proxy-Connection: keep-alive\r\n"), True),
+    ("proxy-connection-close", head(fields=b"Host: t\r\nProxy-Connection: close\r\n"), None),
+    ("connection-close", head(fields=b"Host: t\r\nConnection: close\r\n"), None),
+    ("connection-close-in-a-list", head(fields=b"Host: t\r\nConnection: keep-alive, CLOSE\r\n"),
+     None),
+    ("forwarded-fields", head(fields=b"Host: t\r\nX-Forwarded-Proto: https\r\n"
+                                     b"X-Forwarded-Host: h\r\nX-Real-IP: 1.2.3.4\r\n"
+                                     b"Forwarded: for=1.2.3.4\r\n"), True),
+    ("trace-context", head(fields=b"Host: t\r\ntraceparent: "
+                                  b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\n"
+                                  b"tracestate: a=1\r\ntracestate: b=2\r\n"), True),
+    ("query-dots-percent", head(target=b"/a/./b/../c%2fd%41?x=1&y=%20"), True),
+    ("absolute-form", head(target=b"http://other.example/abs?q=1"), True),
+    ("expect-continue", head(fields=b"Host: t\r\nExpect: 100-continue\r\n"), True),
+    ("expect-other", head(fields=b"Host: t\r\nExpect: something\r\n"), None),
+    ("no-host", head(fields=b""), None),
+    ("two-hosts", head(fields=b"Host: t\r\nHost: u\r\n"), None),
+    ("bad-host", head(fields=b"Host: t u\r\n"), None),
+    ("content-length-zero", head(fields=b"Host: t\r\nContent-Length: 0\r\n"), False),
+    ("upgrade-without-connection", head(fields=b"Host: t\r\nUpgrade: websocket\r\n"), False),
+    # ClientProtocol's WHOLE_FIELDS (32) and the configured limits, on either side.
+    ("fields-at-whole-fields", head(fields=b"Host: t\r\n" + numbered(31)), True),
+    ("fields-over-whole-fields", head(fields=b"Host: t\r\n" + numbered(32)), False),
+    ("fields-at-count-limit", head(fields=b"Host: t\r\n" + numbered(39)), False),
+    ("fields-over-count-limit", head(fields=b"Host: t\r\n" + numbered(40)), None),
+    # on_header counts name + value + 4 per field: Host: t is 9, X-Big: ... is 9 + n.
+    ("size-at-limit", head(fields=b"Host: t\r\nX-Big: " + b"v" * 582 + b"\r\n"), True),
+    ("size-over-limit", head(fields=b"Host: t\r\nX-Big: " + b"v" * 583 + b"\r\n"), None),
+    ("size-at-limit-with-whitespace",
+     head(fields=b"Host: t\r\nX-Big:  \t" + b"v" * 580 + b" \r\n"), True),
+    ("target-at-limit", head(target=b"/" + b"a" * 199), True),
+    ("target-over-limit", head(target=b"/" + b"a" * 200), None),
+    # What llhttp refuses, first taken by the fast parser, then parsed again by the general one.
+    ("space-in-name", head(fields=b"Host: t\r\nX-Request-ID: early\r\nBad Name: 1\r\n"), None),
+    ("space-before-colon", head(fields=b"Host : t\r\n"), None),
+    ("empty-name", head(fields=b"Host: t\r\n: v\r\n"), None),
+    ("no-colon", head(fields=b"Host: t\r\nX-None\r\n"), None),
+    ("control-byte", head(fields=b"Host: t\r\nX: a\x01b\r\n"), None),
+    ("obs-fold", head(fields=b"Host: t\r\nX: a\r\n b\r\n"), None),
+    ("bare-lf", head(fields=b"Host: t\nX: 1\r\n"), None),
+    ("bare-cr", head(fields=b"Host: t\r\nX: a\rb\r\n"), None),
+    ("tab-in-target", head(target=b"/a\tb"), None),
+    ("two-spaces-before-target", b"GET  /x HTTP/1.1\r\nHost: t\r\n\r\n", False),
+]
+
+
+@pytest.mark.parametrize("data, fast", [pytest.param(d, f, id=i) for i, d, f in CASES])
+def test_one_read_and_a_pipelined_read_are_parsed_alike(proxy, origin, data, fast):
+    alone = exchange(proxy, origin, data, general=False)
+    pipelined = exchange(proxy, origin, data, general=True)
+    assert alone[:2] == pipelined[:2]
+    if fast is not None:  # (None: an answer that closes the connection)
+        assert alone[2] == ("fast" if fast else "general")
+        assert pipelined[2] == "general"
+
+
+def test_the_plain_head_reaches_the_origin_field_for_field(proxy, origin):
+    # Not only alike both ways: right (a split both paths shared would pass the test above).
+    got, answer, parser = exchange(
+        proxy, origin, head(b"/p?q=1", b"Host: t\r\nX-A:  a b \r\nX-Empty:\r\nAccept: */*\r\n"),
+        general=False)
+    assert parser == "fast" and answer == (200, None, b"/p?q=1", None)
+    method, url, version, headers = got
+    assert (method, url, version) == (b"GET", b"/p?q=1", "1.1")
+    assert (b"x-a", b"a b ") in headers and (b"x-empty", b"") in headers
+    assert (b"accept", b"*/*") in headers and (b"host", b"t") in headers
+
+
+def test_one_connection_moves_between_the_parsers(proxy, origin):
+    with Conn(proxy.port) as c:
+        conn = None
+        for data, body, fast in [
+            (head(b"/1"), b"/1", True),
+            (b"POST /2 HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello", b"hello", False),
+            (head(b"/3"), b"/3", True),
+            (b"POST /4 HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+             b"3\r\nabc\r\n0\r\n\r\n", b"abc", False),
+            (head(b"/5"), b"/5", True),
+            (head(b"/6") + head(b"/7"), b"/6", False),
+        ]:
+            c.send(data)
+            r = c.response()
+            assert (r.status, r.body) == (200, body)
+            conn = conn or server_side(proxy, c)
+            assert conn.parser is (conn.fast if fast else conn.general)
+        assert c.response().body == b"/7"
+
+
+def test_a_head_split_across_reads_goes_to_the_general_parser(proxy, origin):
+    data = head(b"/split", b"Host: t\r\nX-A: 1\r\n")
+    with Conn(proxy.port) as c:
+        c.send(data[:20])  # (the request line without its LF)
+        assert wait_until(lambda: getattr(server_side(proxy, c), "in_head", False), 5)
+        c.send(data[20:])
+        r = c.response()
+        assert (r.status, r.body) == (200, b"/split")
+        conn = server_side(proxy, c)
+        assert conn.parser is conn.general
+        assert (b"X-A", b"1") in origin.requests[-1].headers
+
+
+def test_after_connection_close_a_later_read_is_not_processed():
+    # RFC 9112 §9.6. The request that closes came to the fast parser; the next one comes in a
+    # read of its own while the first is still being answered: llhttp refuses it, as before.
+    with Origin(handler=lambda req: (ok(req.url), 0.5)) as origin, \
+            InProcessProxy(proxy_config(origin.url)) as proxy, Conn(proxy.port) as c:
+        c.send(head(b"/first", b"Host: t\r\nConnection: close\r\n"))
+        assert wait_until(lambda: len(origin.requests) == 1, 5)
+        c.send(head(b"/later"))
+        r = c.response()
+        assert (r.status, r.body, r.header(b"connection")) == (200, b"/first", b"close")
+        assert c.closed()
+        assert [req.url for req in origin.requests] == [b"/first"]
