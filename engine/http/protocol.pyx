@@ -1042,11 +1042,12 @@ cdef class ClientProtocol(Stream):
         if j == i or j == limit or p[j] != b" ":
             return data  # no method and a space: llhttp's error, a 400
         common = _common_method(p + i, j - i)
-        if not (common and self.next_http11):  # (else the usual request line, whole)
-            self.line_open = 1
-            data = self._line_continues(data, j)
-            if data is None or common:
-                return data
+        if common and self.next_http11:
+            return data  # the usual request line, whole: llhttp parses it as it is
+        self.line_open = 1
+        data = self._line_continues(data, j)
+        if data is None or common:
+            return data
         # An extension method (RFC 9110 §9.1): llhttp parses the message with _PLACEHOLDER,
         # the request keeps its own (on_headers_complete).
         self.next_method = data[i:j]

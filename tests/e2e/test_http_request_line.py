@@ -152,3 +152,15 @@ def test_an_http09_request_line_is_400_at_once(proxy, parts):
             assert c.response().status == 200
         assert_error(c.response(), 400, "bad_request")
         assert c.closed()
+
+
+@pytest.mark.parametrize("version", ["1.1", "1.0"])
+def test_connect_is_refused_alike_in_both_versions(proxy, version):
+    # An authority-form target is for a forward proxy, which this gateway is not (RFC 9110
+    # §9.3.6): 400 and the connection closes, whatever the version.
+    with Conn(proxy.port) as c:
+        c.send(f"CONNECT example.com:443 HTTP/{version}\r\nHost: example.com:443\r\n\r\n"
+               .encode())
+        r = c.response()
+        assert_error(r, 400, "bad_target")
+        assert c.closed()
