@@ -6,6 +6,7 @@ them with no Python frame, and a field name is matched without .lower() or hashi
 cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 
+from engine.chain.context cimport RequestContext
 from engine.wire._common cimport is_lower
 from engine.wire.message cimport Response
 
@@ -54,7 +55,8 @@ cdef class HeaderEdit:
         return out
 
     def on_request(self, ctx):
-        ctx.headers = self.apply(ctx.headers)
+        cdef RequestContext c = <RequestContext?>ctx
+        c.headers = self.apply(c.headers)
 
     def on_response(self, ctx, resp):
         cdef Response r = <Response?>resp

@@ -1,6 +1,11 @@
 from ext.ratelimit cimport Limiter
 
 
+cdef struct Digits:
+    char buf[24]
+    Py_ssize_t start                # the number is buf[start:]
+
+
 cdef class SingleLimit:
     cdef readonly Limiter table
     cdef readonly object keyfn
@@ -16,4 +21,4 @@ cdef class SingleLimit:
     cdef readonly bint ietf         # RateLimit and RateLimit-Policy
     cdef public object clock        # None: CLOCK_MONOTONIC; tests set a function of seconds
 
-    cdef bytes _item(self, long long remaining, long long t)
+    cdef bytes _item(self, Digits* remaining, Digits* t)

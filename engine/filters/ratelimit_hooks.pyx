@@ -6,9 +6,12 @@ are the same (tests/engine/filters/test_ratelimit.py runs both).
 """
 
 cimport cython
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.math cimport ceil, isinf
+from libc.string cimport memcpy
 
-from engine.wire._common cimport Writer, monotonic, w_bytes, w_free, w_init, w_int, w_put, w_raw
+from engine.chain.context cimport RequestContext
+from engine.wire._common cimport monotonic
 from engine.wire.message cimport Response
 from ext.ratelimit cimport Limiter, RL_ALLOW, RL_DELAY, RL_REJECT
 
@@ -24,12 +27,23 @@ cdef inline long long _seconds(double t) noexcept:
     return <long long>ceil(min(t, 1e15))  # (a bound no window reaches: no overflow)
 
 
-cdef inline bytes _number(long long v):
-    cdef char buf[24]
-    cdef Writer w
-    w_init(&w, buf, 24)
-    w_int(&w, v)
-    return w_bytes(&w)
+cdef inline void _digits(Digits* d, long long v) noexcept:
+    # A decimal integer, without printf's format parsing (three header values per response).
+    cdef unsigned long long u = <unsigned long long>(-v) if v < 0 else <unsigned long long>v
+    d.start = 24
+    while True:
+        d.start -= 1
+        d.buf[d.start] = <char>(48 + u % 10)
+        u //= 10
+        if u == 0:
+            break
+    if v < 0:
+        d.start -= 1
+        d.buf[d.start] = b"-"
+
+
+cdef inline bytes _number(Digits* d):
+    return PyBytes_FromStringAndSize(d.buf + d.start, 24 - d.start)
 
 
 @cython.final
@@ -55,6 +69,7 @@ cdef class SingleLimit:
         self.clock = None
 
     def on_request(self, ctx):
+        cdef RequestContext c = <RequestContext?>ctx
         cdef tuple state
         cdef int verdict
         cdef double now
@@ -65,10 +80,9 @@ cdef class SingleLimit:
             return self.keyless(ctx)
         now = monotonic() if self.clock is None else self.clock()
         state = self.table.check(key, now, self.cost)  # (verdict, remaining, reset, wait)
-        vars = ctx.vars
-        if vars is None:
-            ctx.vars = vars = {}
-        vars[_STATE] = state
+        if c.vars is None:
+            c.vars = {}
+        (<dict?>c.vars)[_STATE] = state
         verdict = state[0]
         if verdict == RL_ALLOW:
             return None
@@ -79,36 +93,37 @@ cdef class SingleLimit:
     def on_response(self, ctx, resp):
         cdef tuple state
         cdef list h
-        cdef long long remaining, t
-        vars = ctx.vars
+        cdef Digits remaining, t
+        vars = (<RequestContext?>ctx).vars
         if vars is None:
             return
-        state = vars.get(_STATE)
+        state = (<dict?>vars).get(_STATE)
         if state is None:
             return
-        remaining = state[1]
+        _digits(&remaining, state[1])
         # On a refusal t is the wait (draft §6: like Retry-After); else the window's reset.
-        t = _seconds(state[3] if state[0] == RL_REJECT else state[2])
+        _digits(&t, _seconds(state[3] if state[0] == RL_REJECT else state[2]))
         h = (<Response?>resp).headers
         if self.classic:
             h.append(self.limit)
-            h.append((b"X-RateLimit-Remaining", _number(remaining)))
-            h.append((b"X-RateLimit-Reset", _number(t)))
+            h.append((b"X-RateLimit-Remaining", _number(&remaining)))
+            h.append((b"X-RateLimit-Reset", _number(&t)))
         if self.ietf:
             h.append(self.policy)
-            h.append((b"RateLimit", self._item(remaining, t)))
+            h.append((b"RateLimit", self._item(&remaining, &t)))
 
-    cdef bytes _item(self, long long remaining, long long t):
+    cdef bytes _item(self, Digits* remaining, Digits* t):
         # draft §4: the policy's item with its remaining quota and reset, "name;r=..;t=.."
-        cdef char buf[256]
-        cdef Writer w
-        w_init(&w, buf, 256)
-        try:
-            w_put(&w, self.sf)
-            w_raw(&w, ";r=", 3)
-            w_int(&w, remaining)
-            w_raw(&w, ";t=", 3)
-            w_int(&w, t)
-            return w_bytes(&w)
-        finally:
-            w_free(&w)
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(self.sf)
+        cdef Py_ssize_t nr = 24 - remaining.start
+        cdef Py_ssize_t nt = 24 - t.start
+        cdef bytes out = PyBytes_FromStringAndSize(NULL, n + 6 + nr + nt)
+        cdef char* p = PyBytes_AS_STRING(out)
+        memcpy(p, PyBytes_AS_STRING(self.sf), n)
+        p += n
+        memcpy(p, b";r=", 3)
+        memcpy(p + 3, remaining.buf + remaining.start, nr)
+        p += 3 + nr
+        memcpy(p, b";t=", 3)
+        memcpy(p + 3, t.buf + t.start, nt)
+        return out

@@ -132,23 +132,6 @@ cdef inline int w_field(Writer* w, object name, object value) except -1:
     return 0
 
 
-cdef inline int w_int(Writer* w, long long v) except -1:
-    # A decimal integer, without printf's format parsing (a header value per request).
-    cdef char digits[24]
-    cdef Py_ssize_t i = 24
-    cdef unsigned long long u = <unsigned long long>(-v) if v < 0 else <unsigned long long>v
-    while True:
-        i -= 1
-        digits[i] = <char>(48 + u % 10)
-        u //= 10
-        if u == 0:
-            break
-    if v < 0:
-        i -= 1
-        digits[i] = b"-"
-    return w_raw(w, digits + i, 24 - i)
-
-
 cdef inline bytes w_bytes(Writer* w):
     return PyBytes_FromStringAndSize(w.buf, w.len)
 

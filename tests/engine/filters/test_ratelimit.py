@@ -9,23 +9,22 @@ import orjson
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from engine.chain.context import RequestContext
 from engine.control.config import parse
 from engine.chain.schema import ConfigError
 from engine.control.snapshot import Runtime
 from engine.errors import Response
 
 
-class Ctx:
-    """The request fields the filter reads (engine.chain.context.RequestContext has them all)."""
-
-    def __init__(self, ip="10.0.0.1", headers=(), query=b""):
-        self.client_ip = ip
-        self.headers = list(headers)
-        self.query = query
-        self.path = "/"
-        self.consumer = None
-        self.vars = None
-        self.request_id = b"rid"
+def Ctx(ip="10.0.0.1", headers=(), query=b""):
+    """A request context with the fields the filter reads (as the codec would set them)."""
+    ctx = RequestContext.__new__(RequestContext)
+    ctx.client_ip = ip
+    ctx.headers = list(headers)
+    ctx.query = query
+    ctx.path = "/"
+    ctx.request_id = b"rid"
+    return ctx
 
 
 def config(section: str) -> str:
