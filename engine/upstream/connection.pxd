@@ -22,6 +22,7 @@ cdef class UpstreamConnection:
     cdef bytes head_bytes           # what arrived since the response began, until its head
     cdef Py_ssize_t head_from       # where in it the head being parsed starts (after a 1xx)
     cdef public bint http10         # the response's status line says HTTP/1.0
+    cdef int status                 # ... and its status code
 
     cpdef bint usable(self) except -1
     cpdef start(self, object call, bytes head, bint skip_body)

@@ -171,10 +171,11 @@ cdef class UpstreamConnection:
             raise _StopParsing
 
     def on_headers_complete(self):
-        cdef int status = self.parser.get_status_code()
+        cdef int status
         if not self._scan_head():
             self.stop = None  # malformed as far as we are concerned: a 502, never relayed
             raise _StopParsing
+        status = self.status
         if status < 200 and status != 101:
             # An interim response; the final one follows. RFC 9110 §15.2: 102 and 103 (Early
             # Hints) are relayed to the client. A 100 is not: the proxy answers the client's
@@ -230,6 +231,10 @@ cdef class UpstreamConnection:
             return False
         # The version, for Via's received-protocol (RFC 9110 §7.6.3).
         self.http10 = sp - p == 8 and memcmp(p, b"HTTP/1.0", 8) == 0
+        # status-code = 3DIGIT (RFC 9112 §4), as llhttp checked: read here, not asked of it
+        if not (b"0" <= sp[1] <= b"9" and b"0" <= sp[2] <= b"9" and b"0" <= sp[3] <= b"9"):
+            return False
+        self.status = (sp[1] - 48) * 100 + (sp[2] - 48) * 10 + (sp[3] - 48)
         if eol - sp == 7 and sp[5] == b"O" and sp[6] == b"K":
             self.reason = _OK
         else:
