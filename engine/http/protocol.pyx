@@ -335,6 +335,10 @@ cdef class ClientProtocol(Stream):
                 if data is None:
                     return  # the method is held until it ends, or answered 400
             elif self.reusable:
+                if self.worker.runtime is not self.rt:
+                    # (a reload's limits apply from this message on, as on_message_begin
+                    # applies them for the general parser)
+                    self._use_settings(self.worker.runtime)
                 self.span_count = self._whole_head(data, spans)
                 whole = self.span_count >= 0
             if self.reusable:

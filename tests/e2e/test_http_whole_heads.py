@@ -216,3 +216,16 @@ def test_after_connection_close_a_later_read_is_not_processed():
         assert (r.status, r.body, r.header(b"connection")) == (200, b"/first", b"close")
         assert c.closed()
         assert [req.url for req in origin.requests] == [b"/first"]
+
+
+def test_a_reload_s_limits_apply_to_the_next_whole_head_on_an_open_connection(origin):
+    # The fast path checks the head against the limits before llhttp sees it: they must be
+    # the reloaded ones from the first message after the reload, as for the general parser.
+    big = head(fields=b"Host: t\r\nX-Big: " + b"v" * 300 + b"\r\n")
+    with InProcessProxy(proxy_config(origin.url, server=LIMITS)) as p:
+        with Conn(p.port) as c:
+            c.send(big)
+            assert c.response().status == 200
+            p.swap(proxy_config(origin.url, server=LIMITS.replace("600", "256")))
+            c.send(big)
+            assert c.response().status == 431
