@@ -314,3 +314,73 @@ def test_a_head_split_across_reads_keeps_its_fields_reason_and_trimmed_values():
             assert c.request("GET", "/again").status == 201  # the connection stays in step
         got = raw(proxy.port, b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
         assert got.startswith(b"HTTP/1.1 201 Made It\r\n"), got[:40]
+
+
+# A body spanning many reads (100 KiB): framed by its Content-Length to the byte, whatever
+# the reads look like.
+BIG = bytes(range(256)) * 400
+
+
+def test_a_large_body_is_relayed_whole_and_the_connection_reused():
+    with Setup(lambda req: ok(BIG + req.url)) as (origin, proxy, c):
+        for path in ("/a", "/b", "/c"):
+            r = c.request("GET", path)
+            assert r.status == 200 and r.body == BIG + path.encode()
+            assert r.header(b"content-length") == b"%d" % (len(BIG) + 2)
+        assert origin.connections == 1
+
+
+def test_large_and_small_bodies_alternate_on_one_upstream_connection():
+    answers = {b"/big": ok(BIG), b"/small": ok(b"tiny")}
+    with Setup(lambda req: answers[req.url]) as (origin, proxy, c):
+        assert c.request("GET", "/big").body == BIG
+        assert c.request("GET", "/small").body == b"tiny"
+        assert c.request("GET", "/big").body == BIG
+        assert origin.connections == 1
+
+
+def test_a_large_body_sent_slowly_in_pieces_is_relayed_whole():
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(BIG)
+
+    def handler(req):
+        return head + BIG[:1000], "hang"
+
+    with Setup(handler) as (origin, proxy, c):
+        c.send(b"GET /t HTTP/1.1\r\nHost: t\r\n\r\n")
+        time.sleep(0.1)
+        for i in range(1000, len(BIG), 30000):
+            piece = BIG[i:i + 30000]
+            origin.loop.call_soon_threadsafe(
+                lambda piece=piece: [p.transport.write(piece) for p in origin.open])
+            time.sleep(0.02)
+        r = c.response()
+        assert r.status == 200 and r.body == BIG and r.complete
+
+
+@pytest.mark.parametrize("action", ["close", "reset"])
+def test_a_large_body_cut_short_cuts_the_client_connection(action):
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(BIG)
+    with Setup(lambda req: (head + BIG[:50000], action)) as (origin, proxy, c):
+        c.send(b"GET /t HTTP/1.1\r\nHost: t\r\n\r\n")
+        r = read_response_or_reset(c)
+        assert r is None or (r.status == 200 and not r.complete)
+        assert c.closed()
+
+
+def test_bytes_after_a_large_body_are_never_an_answer():
+    # The server sends more than its Content-Length: the extra bytes are not relayed and the
+    # connection is not reused (RFC 9112 §9.3), so they never answer the next request.
+    stray = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstray"
+    answers = {b"/big": ok(BIG) + stray, b"/next": ok(b"fresh")}
+    with Setup(lambda req: answers[req.url]) as (origin, proxy, c):
+        r = c.request("GET", "/big")
+        assert r.status == 200 and r.body == BIG
+        assert c.request("GET", "/next").body == b"fresh"
+        assert origin.connections == 2
+
+
+def test_a_large_body_with_connection_close_is_not_reused():
+    with Setup(lambda req: ok(BIG, headers=[(b"Connection", b"close")])) as (origin, proxy, c):
+        assert c.request("GET", "/a").body == BIG
+        assert c.request("GET", "/b").body == BIG
+        assert origin.connections == 2
