@@ -34,12 +34,11 @@ from engine.http.stats cimport RouteStats
 from engine.wire._common cimport monotonic
 
 from engine.errors import error_response
-from engine.wire.tls import client_cert_of
 from engine.wire.framing import (
     H_CONNECTION, H_CONTENT_LENGTH, H_EXPECT, H_FORWARDED, H_FORWARDED_7239, H_HOP, H_HOST,
     H_REQUEST_ID, H_TRACEPARENT, H_TRACESTATE, H_TRANSFER_ENCODING, H_UPGRADE, H_VIA, H_XFF,
-    REQUEST_KINDS, host_for_routing, normalize_percent, parse_traceparent, random_hex,
-    remove_dot_segments, valid_host,
+    REQUEST_KINDS, host_for_routing, normalize_percent, parse_traceparent, peer_of, random_hex,
+    remove_dot_segments, valid_host, via_entry,
 )
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"  # RFC 9113 §3.4
@@ -346,7 +345,7 @@ cdef class H2Connection:
     cdef bytes peer_ip_bytes
     cdef bint trusted
     cdef object front
-    cdef object client_cert
+    cdef public object client_cert     # set by the listener's front (engine/chain/front.py)
     cdef bytes via
     cdef bytes via_field
     cdef double reset_budget
@@ -370,20 +369,16 @@ cdef class H2Connection:
         self.rt = rt
         self.settings = settings
         self.send_timeout = settings.send_timeout
-        self.via = b"1.1 " + settings.via if settings.via is not None else None
-        self.via_field = b"Via: " + self.via + b"\r\n" if self.via is not None else None
+        self.via, self.via_field = via_entry(settings.via)
         return 0
 
     # -- asyncio.Protocol
 
     def connection_made(self, transport):
         self.transport = transport
-        peer = transport.get_extra_info("peername")
-        self.peer_ip = peer[0] if peer else "unix"
-        self.peer_ip_bytes = self.peer_ip.encode()
-        self.trusted = self.settings.is_trusted(self.peer_ip)
-        if self.front is not None and self.front.peer_certs:
-            self.client_cert = client_cert_of(transport)
+        self.peer_ip, self.peer_ip_bytes, self.trusted = peer_of(transport, self.settings)
+        if self.front is not None:
+            self.front.connection_made(self, transport)  # (a TLS client certificate)
         # Outbound fields are the upstream's, parsed by llhttp, lowercased and stripped of
         # connection-specific ones in write_head: h2's second look would only cost time.
         config = h2.config.H2Configuration(client_side=False, header_encoding=None,

@@ -47,7 +47,8 @@ from engine.wire.framing import (
     H_CONNECTION, H_CONTENT_LENGTH, H_EXPECT, H_FORWARDED, H_HOP, H_HOST, H_REQUEST_ID,
     H_FORWARDED_7239, H_TRACEPARENT, H_TRACESTATE, H_VIA, parse_traceparent, random_hex,
     H_TRANSFER_ENCODING, H_UPGRADE, H_XFF, REQUEST_KINDS, connection_tokens, host_for_routing,
-    normalize_percent, remove_dot_segments, split_target, transfer_codings, valid_host,
+    normalize_percent, peer_of, remove_dot_segments, split_target, transfer_codings,
+    valid_host, via_entry,
 )
 from engine.wire.framing import CHUNK_END, CONTINUE, STATUS_LINES
 
@@ -281,19 +282,14 @@ cdef class ClientProtocol(Stream):
         self.send_timeout = settings.send_timeout
         self.lingering_timeout = settings.lingering_timeout
         self.tracing = settings.tracing
-        self.via = b"1.1 " + settings.via if settings.via is not None else None
-        self.via_field = b"Via: " + self.via + b"\r\n" if self.via is not None else None
+        self.via, self.via_field = via_entry(settings.via)
         return 0
 
     # -- asyncio.Protocol
 
     def connection_made(self, transport):
         self.transport = transport
-        peer = transport.get_extra_info("peername")
-        ip = peer[0] if peer else "unix"
-        self.peer_ip = ip
-        self.peer_ip_bytes = ip.encode()
-        self.trusted = self.settings.is_trusted(ip)
+        self.peer_ip, self.peer_ip_bytes, self.trusted = peer_of(transport, self.settings)
         if self.front is not None:
             self.front.connection_made(self, transport)  # (a TLS client certificate)
         self.deadline = <double>self.clock.now + self.client_header_timeout

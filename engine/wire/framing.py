@@ -61,6 +61,24 @@ _HOST_RE = re.compile(
 )
 
 
+def via_entry(via: bytes | None) -> tuple[bytes | None, bytes | None]:
+    """This hop's Via entry, "1.1 <via>" (RFC 9110 §7.6.3), and the field line a request that
+    came without Via gets; (None, None) when the server sends no Via. One per codec, made when
+    a connection takes its settings."""
+    if via is None:
+        return None, None
+    entry = b"1.1 " + via
+    return entry, b"Via: " + entry + b"\r\n"
+
+
+def peer_of(transport, settings) -> tuple[str, bytes, bool]:
+    """A new client connection's address ("unix" on a socket path), as bytes too, and whether
+    it is a trusted proxy (its X-Forwarded-* count)."""
+    peer = transport.get_extra_info("peername")
+    ip = peer[0] if peer else "unix"
+    return ip, ip.encode(), settings.is_trusted(ip)
+
+
 def valid_host(value: bytes) -> bool:
     return _HOST_RE.fullmatch(value) is not None
 

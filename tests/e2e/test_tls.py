@@ -229,6 +229,36 @@ def test_required_client_certificate_is_verified_and_forwarded(origin):
                     c.request()  # (TLS 1.3: the refusal arrives after the handshake)
 
 
+def test_a_client_certificate_on_http2_is_forwarded_too(origin):
+    # The HTTP/2 codec takes the certificate the same way as HTTP/1.1 (the listener's front).
+    import socket
+
+    import h2.connection
+    import h2.events
+
+    with InProcessProxy(config(origin.url, MTLS % "required", http2=True)) as p:
+        leaf = CA.issue_cert("billing.test", common_name="billing")
+        before = len(origin.requests)
+        ctx = client_context(alpn=["h2"], cert=leaf)
+        with ctx.wrap_socket(socket.create_connection(("127.0.0.1", p.port), timeout=5),
+                             server_hostname="default.test") as sock:
+            assert sock.selected_alpn_protocol() == "h2"
+            conn = h2.connection.H2Connection()
+            conn.initiate_connection()
+            conn.send_headers(1, [(":method", "GET"), (":path", "/mtls"), (":scheme", "https"),
+                                  (":authority", "default.test"),
+                                  ("x-client-cert-subject", "CN=admin")], end_stream=True)
+            sock.sendall(conn.data_to_send())
+            ended = False
+            while not ended:
+                data = sock.recv(65536)
+                assert data, "the proxy closed the connection"
+                ended = any(isinstance(e, h2.events.StreamEnded)
+                            for e in conn.receive_data(data))
+                sock.sendall(conn.data_to_send())
+        assert origin.requests[before].header(b"x-client-cert-subject").startswith(b"CN=billing,")
+
+
 def test_optional_client_certificate_strips_a_forged_subject(origin):
     with InProcessProxy(config(origin.url, MTLS % "optional")) as p:
         before = len(origin.requests)
