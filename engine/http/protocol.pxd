@@ -4,10 +4,10 @@ from engine.chain.context cimport RequestContext, Stream
 
 
 cdef enum:
-    WHOLE_FIELDS = 32                   # the most fields a head has for the fast parser
+    WHOLE_FIELDS = 32                   # the most fields of a head taken without llhttp
 
 
-cdef struct Span:                       # a field of the head the fast parser is given
+cdef struct Span:                       # a field of such a head (see _whole_head)
     Py_ssize_t start, colon, value, end # offsets: name, ':', value (after OWS), CR
     int kind                            # its header_kind
 
@@ -26,15 +26,10 @@ cdef class ClientProtocol(Stream):
     # write_paused, paused, deadline, client_body_timeout.
     cdef public object transport
     cdef RequestIds ids                 # the worker's
-    cdef public object parser           # the httptools.HttpRequestParser holding the stream:
-    cdef readonly object general        # ... this one, told of every field (any message)
-    cdef readonly object fast           # ... or this one, told only of whole heads (see
-                                        # data_received); made on first use
+    cdef public object parser           # the httptools.HttpRequestParser of the stream
     cdef bint reusable                  # the last message left llhttp open between messages
-    cdef bytes whole_head               # the read the fast parser is given (_whole_head)
-    cdef Py_ssize_t whole_target        # ... the size of its request-target
-    cdef Span* spans                    # ... its fields (data_received's, while it feeds)
-    cdef Py_ssize_t span_count
+    cdef Py_ssize_t whole_target        # the size of the request-target _whole_head checked
+    cdef readonly Py_ssize_t whole_heads  # heads taken without llhttp (see _whole_head)
     cdef public RequestContext ex       # the request whose bytes are being parsed
     cdef public RequestContext active   # the request being answered
     cdef public object queue            # deque of parsed requests waiting for ``active``
@@ -90,11 +85,12 @@ cdef class ClientProtocol(Stream):
 
     cdef int _use_settings(self, object rt) except -1
     cdef Py_ssize_t _whole_head(self, bytes data, Span* spans) except -2
-    cdef bint _feed_whole(self, bytes data) except -1
     cdef int _begin(self) except -1
     cdef int _field(self, RequestContext ex, int kind, bytes name, bytes value) except -1
     cdef int _head_complete(self, bytes method, bint persists) except -1
-    cdef int _whole_head_complete(self) except -1
+    cdef int _take_whole_head(self, bytes head, const Span* spans, Py_ssize_t count) except -1
+    cdef int _whole_head_complete(self, bytes head, const Span* spans,
+                                  Py_ssize_t count) except -1
     cdef int _dispatch(self, object ex) except -1
     cdef int _start(self, RequestContext ex) except -1
     cdef int _read_parsed(self, bint clean) except -1

@@ -2,12 +2,12 @@
 RequestContexts (engine/chain/context.pyx), and the context writes its answer back through the
 Stream methods here, which alone know HTTP/1.1 framing.
 
-Two llhttp parsers take turns, at message boundaries only. The general one calls back per
-field (on_url, on_header) and takes any message. A read that is one whole bodyless "GET ...
-HTTP/1.1" head, the usual request, goes to the fast one instead: its fields are located in C
-before it is fed (_whole_head), and taken only once llhttp says it accepted the head
-(_whole_head_complete), without a Python call or two bytes objects per field. What llhttp
-refuses there is parsed again by the general parser, so every error is answered as it was.
+llhttp (httptools) parses every message but one kind: a read that is one whole bodyless "GET
+... HTTP/1.1" head, the usual request, made only of bytes and fields whose meaning llhttp would
+take exactly so (_whole_head: tokens, printable values, an origin-form target, no framing or
+connection field but "Connection: keep-alive"). That head is split and taken here in C
+(_whole_head_complete) with no Python call into the parser and none per field. Everything else,
+and so every error, is llhttp's as before: the check only narrows what skips it.
 
 Pipelined requests are parsed as they arrive but answered strictly in order: the request being
 answered is ``active``; later ones wait in ``queue`` and reading pauses until it drains.
@@ -37,7 +37,7 @@ from engine.chain.context cimport (
 from engine.http.stats cimport RouteStats
 from engine.wire._common cimport (
     WRITER_STACK, Writer, header_kind, is_lower, join_bytes, kind_at, kind_table, monotonic,
-    w_bytes, w_field, w_free, w_init, w_put, w_raw,
+    same_lower, w_bytes, w_field, w_free, w_init, w_put, w_raw,
 )
 from engine.wire.h1 cimport chunk
 
@@ -99,6 +99,16 @@ cdef bint _TCHAR[256]
 for _c in range(256):
     _TCHAR[_c] = (48 <= _c <= 57 or 65 <= _c <= 90 or 97 <= _c <= 122
                   or _c in b"!#$%&'*+-.^_`|~")
+# What _whole_head takes without llhttp, a strict subset of what llhttp takes (so skipping it
+# changes no answer). Field values: VCHAR, SP and HTAB (RFC 9110 §5.5; obs-text and control
+# bytes go to llhttp). A request-target: the bytes of RFC 3986 pchar, "/" and "?" (origin-form,
+# RFC 9112 §3.2.1), all in llhttp's strict URL alphabet.
+cdef bint _VALUE_BYTE[256]
+cdef bint _TARGET_BYTE[256]
+for _c in range(256):
+    _VALUE_BYTE[_c] = _c == 9 or 32 <= _c <= 126
+    _TARGET_BYTE[_c] = (48 <= _c <= 57 or 65 <= _c <= 90 or 97 <= _c <= 122
+                        or _c in b"-._~%!$&'()*+,;=:@/?")
 cdef bytes _CONTINUE = CONTINUE
 cdef bytes _HEAD = b"HEAD"
 cdef bytes _CONNECT = b"CONNECT"
@@ -242,8 +252,7 @@ cdef class ClientProtocol(Stream):
         self.scheme = listener.scheme if listener is not None else b"http"
         self.front = listener.front if listener is not None else None
         self.transport = None
-        self.parser = self.general = HttpRequestParser(self)
-        self.fast = None
+        self.parser = HttpRequestParser(self)
         self.reusable = True
         self.peer_ip = ""
         self.peer_ip_bytes = b""
@@ -299,7 +308,7 @@ cdef class ClientProtocol(Stream):
         cdef RequestContext ex
         cdef bint in_head
         cdef Py_ssize_t received
-        cdef bint whole = False
+        cdef Py_ssize_t count
         cdef Span spans[WHOLE_FIELDS]
         if self.tunnel is not None:
             self.tunnel.write(data)
@@ -331,26 +340,16 @@ cdef class ClientProtocol(Stream):
                 if data is None:
                     return  # the method is held until it ends, or answered 400
             elif self.reusable:
+                # llhttp is between messages and the last one left the connection open: this
+                # one may skip it, when it is one whole head _whole_head can take.
                 if self.worker.runtime is not self.rt:
                     # (a reload's limits apply from this message on, as on_message_begin
-                    # applies them for the general parser)
+                    # applies them for llhttp)
                     self._use_settings(self.worker.runtime)
-                self.span_count = self._whole_head(data, spans)
-                whole = self.span_count >= 0
-            if self.reusable:
-                # Both parsers are between messages: this one goes to the fast parser when
-                # the read is one whole head (split here in C, so llhttp makes no Python
-                # call per field), else to the general one. After a message that left
-                # llhttp closed (RFC 9112 §9.6) the parser that saw it keeps the stream, so
-                # llhttp refuses what follows as it always did.
-                if not whole:
-                    self.parser = self.general
-                else:
-                    if self.fast is None:
-                        self.fast = HttpRequestParser(_WholeHeads(self))
-                    self.parser = self.fast
-                    self.whole_head = data
-                    self.spans = spans
+                count = self._whole_head(data, spans)
+                if count >= 0:
+                    self._take_whole_head(data, spans, count)
+                    return
         elif self.line_open and self._line_continues(data, 0) is None:
             return  # answered 400
         # The whole read is parsed before anything derived from it goes upstream (a request's
@@ -358,21 +357,7 @@ cdef class ClientProtocol(Stream):
         # same read must find nothing sent (RFC 9112 §7.1, §2.2). See _read_parsed.
         self.parsing = True
         try:
-            if whole:
-                try:
-                    whole = self._feed_whole(data)
-                finally:
-                    self.spans = NULL  # (``spans`` lives as long as this call)
-                if not whole:
-                    # llhttp refused the head the fast path split (no callback ran): the
-                    # general parser parses the read instead, so the answer is the one it
-                    # always gave (fields it takes in order, X-Request-ID say, before the bad
-                    # byte). A parser that failed is not used again.
-                    self.whole_head = self.fast = None
-                    self.parser = self.general
-                    self.parser.feed_data(data)
-            else:
-                self.parser.feed_data(data)
+            self.parser.feed_data(data)
         except HttpParserUpgrade as exc:
             self.parsing = False
             self._upgrade_requested(data[exc.args[0]:] if exc.args else b"")
@@ -385,15 +370,6 @@ cdef class ClientProtocol(Stream):
             self._read_parsed(False)
             return
         self.parsing = False
-        if whole and self.whole_head is not None:
-            # llhttp took the whole read without a head: it did not parse what was split.
-            # Never expected (the head ends the read, after a strict parser's CRLF CRLF);
-            # nothing was derived from it, and nothing after it is trusted.
-            self.fast = self.whole_head = None
-            self.parser = self.general
-            self._bad_request("bad_request")
-            self._read_parsed(False)
-            return
         self._read_parsed(True)
         if (ex is not None and self.ex is ex and self.in_head == in_head
                 and ex.body_received == received and not ex.body_done):
@@ -568,25 +544,39 @@ cdef class ClientProtocol(Stream):
     def on_headers_complete(self):
         self._head_complete(None, False)
 
-    cdef int _whole_head_complete(self) except -1:
-        # The fast parser accepted the read _whole_head split: the message begins and ends
-        # here (it has no body), its fields taken in order as on_header takes them.
-        cdef bytes head = self.whole_head
-        cdef const Span* spans = self.spans
-        cdef const char* p
+    cdef int _take_whole_head(self, bytes head, const Span* spans, Py_ssize_t count) except -1:
+        # The read ``head`` is the whole head _whole_head checked: its message begins and ends
+        # here, parsed as llhttp would, with what llhttp's callbacks would raise handled as
+        # data_received handles it when they do.
+        self.parsing = True
+        try:
+            self._whole_head_complete(head, spans, count)
+        except _Rejected:
+            # (answered already; inside llhttp it comes back as a callback error)
+            self.parsing = False
+            return self._read_parsed(False)
+        except Exception as exc:
+            self.parsing = False
+            if not self.broken and not self.closed:
+                self._internal_error(exc)
+            return self._read_parsed(False)
+        self.parsing = False
+        self.stalled = 0
+        return self._read_parsed(True)
+
+    cdef int _whole_head_complete(self, bytes head, const Span* spans,
+                                  Py_ssize_t count) except -1:
+        # The message begins and ends here (it has no body), its fields taken in order as
+        # on_header takes them. It persists: HTTP/1.1 with no Connection field or only
+        # "keep-alive" (RFC 9112 §9.3), as llhttp would have told.
+        cdef const char* p = PyBytes_AS_STRING(head)
         cdef RequestContext ex
         cdef Py_ssize_t i
         cdef int kind
-        cdef bint connection = False
-        if head is None or spans is NULL:  # (a second head in one read: never, see
-            self._bad_request("bad_request")  # data_received)
-            raise _Rejected("bad_request")
-        self.whole_head = None
         self._begin()
         ex = <RequestContext>self.ex
-        p = PyBytes_AS_STRING(head)
         self.url = PyBytes_FromStringAndSize(p + 4, self.whole_target)
-        for i in range(self.span_count):
+        for i in range(count):
             kind = spans[i].kind
             self._field(ex, kind,
                         PyBytes_FromStringAndSize(p + spans[i].start,
@@ -594,10 +584,8 @@ cdef class ClientProtocol(Stream):
                         if _keeps_name(kind) else None,
                         PyBytes_FromStringAndSize(p + spans[i].value,
                                                   spans[i].end - spans[i].value))
-            connection = connection or kind == K_CONNECTION or kind == K_HOP
-        # (llhttp's method, and its keep-alive for an HTTP/1.1 request with no Connection nor
-        # Proxy-Connection, which it also reads: known without asking it)
-        self._head_complete(_GET, not connection)
+        self.whole_heads += 1
+        self._head_complete(_GET, True)
         self.between = True
         return 0
 
@@ -1053,34 +1041,26 @@ cdef class ClientProtocol(Stream):
         self.next_method = data[i:j]
         return data[:i] + _PLACEHOLDER + data[j:]
 
-    cdef bint _feed_whole(self, bytes data) except -1:
-        # The fast parser is fed ``data``: False if llhttp refused its bytes before the head
-        # ended (then nothing was taken from them); an error a callback raised propagates.
-        try:
-            self.parser.feed_data(data)
-        except HttpParserCallbackError:
-            raise
-        except HttpParserError:
-            if self.whole_head is None:
-                raise  # (after the head was taken: never, it ends the read)
-            return False
-        return True
-
     cdef Py_ssize_t _whole_head(self, bytes data, Span* spans) except -2:
         # Whether ``data``, a read that starts with a whole "GET ... HTTP/1.1" line, is one
-        # head and nothing more, with no field that gives it a body or an upgrade
-        # (Content-Length, Transfer-Encoding, Upgrade: RFC 9112 §6.3, RFC 9110 §7.8), at most
-        # WHOLE_FIELDS fields and within the limits on_url and on_header check: then the
-        # number of its fields, each in ``spans``, for the fast parser; else -1, and the
-        # general parser takes it. Nothing is taken from the spans before llhttp accepted
-        # the head (_whole_head_complete).
+        # head that _whole_head_complete may take without llhttp: then the number of its
+        # fields, each in ``spans``; else -1, and llhttp parses the read.
         #
-        # llhttp is strict here (no lenient flags): a head's lines end CRLF; a bare CR or LF,
-        # an obs-fold, whitespace before a colon or a control byte is an error. So a head it
-        # accepts ends at its first CRLF CRLF, and its lines are the ones seen here.
+        # Taken is only what llhttp (strict: no lenient flags) accepts and reads the same way,
+        # so that skipping it changes no answer:
+        # - an origin-form target of _TARGET_BYTE, within max_request_line (on_url's limit);
+        # - field lines that end CRLF, each a token name, a colon and a value of _VALUE_BYTE:
+        #   so no bare CR or LF, no obs-fold, no whitespace before a colon, no control byte;
+        # - no field that frames a body or upgrades (Content-Length, Transfer-Encoding,
+        #   Upgrade: RFC 9112 §6.3, RFC 9110 §7.8); Connection and Proxy-Connection only as
+        #   "keep-alive" (llhttp reads their tokens for persistence, RFC 9112 §9.3);
+        # - at most WHOLE_FIELDS fields, within the limits on_header checks, counted as it
+        #   counts them, so a head at a limit goes where it is refused as before;
+        # - nothing after the empty line (a pipelined request is llhttp's).
         cdef const char* start = PyBytes_AS_STRING(data)
         cdef const char* stop = start + PyBytes_GET_SIZE(data)
         cdef const char* p
+        cdef const char* q
         cdef const char* eol
         cdef const char* colon
         cdef const char* v
@@ -1093,18 +1073,25 @@ cdef class ClientProtocol(Stream):
         # The request line, "GET " target " HTTP/1.1" CRLF (_line_is_http11 saw its end).
         eol = <const char*>memchr(start, b"\n", stop - start) - 1
         target = eol - 9 - (start + 4)
-        if (target <= 0 or target > self.max_request_line
-                or memchr(start + 4, b" ", target) is not NULL):
-            return -1  # (more spaces: llhttp takes them; the general parser sees to it)
+        if target <= 0 or target > self.max_request_line or start[4] != b"/":
+            return -1
+        q = start + 4
+        while q < eol - 9:
+            if not _TARGET_BYTE[<unsigned char>q[0]]:
+                return -1
+            q += 1
         p = eol + 2
         while True:
-            eol = <const char*>memchr(p, b"\r", stop - p) if p < stop else NULL
-            if eol is NULL:
+            # (the read ends CRLF CRLF: a CR found here has a byte after it)
+            eol = <const char*>memchr(p, b"\r", stop - p)
+            if eol is NULL or eol[1] != b"\n":
                 return -1
             if eol == p:
                 break  # the empty line
-            colon = <const char*>memchr(p, b":", eol - p)
-            if colon is NULL or colon == p or count == WHOLE_FIELDS:
+            colon = p
+            while colon < eol and _TCHAR[<unsigned char>colon[0]]:
+                colon += 1
+            if colon == p or colon == eol or colon[0] != b":" or count == WHOLE_FIELDS:
                 return -1
             kind = kind_at(_REQUEST_KINDS, <const unsigned char*>p, colon - p)
             if kind == K_CONTENT_LENGTH or kind == K_TRANSFER_ENCODING or kind == K_UPGRADE:
@@ -1112,8 +1099,16 @@ cdef class ClientProtocol(Stream):
             v = colon + 1
             while v < eol and (v[0] == b" " or v[0] == b"\t"):
                 v += 1
-            # on_header's accounting (its value starts after the whitespace, as here), so a
-            # head at a limit goes where it is refused as before
+            q = v
+            while q < eol:
+                if not _VALUE_BYTE[<unsigned char>q[0]]:
+                    return -1
+                q += 1
+            if (kind == K_CONNECTION or (kind == K_HOP and colon - p == 16 and same_lower(
+                    <const unsigned char*>p, <const unsigned char*>b"proxy-connection", 16))):
+                if not (eol - v == 10 and same_lower(<const unsigned char*>v,
+                                                     <const unsigned char*>b"keep-alive", 10)):
+                    return -1
             size += (colon - p) + (eol - v) + 4
             if size > self.max_header_size or count + 1 > self.max_header_count:
                 return -1
@@ -1329,18 +1324,3 @@ cdef class ClientProtocol(Stream):
         if not self.closed:
             self.closed = True
             self.transport.abort()
-
-
-@cython.final
-cdef class _WholeHeads:
-    """The fast parser's protocol (see ClientProtocol.data_received): it is told only that
-    llhttp accepted a head, which ClientProtocol._whole_head split beforehand. With no
-    on_url or on_header here, httptools makes no bytes and no Python call per field."""
-
-    cdef ClientProtocol proto
-
-    def __init__(self, ClientProtocol proto):
-        self.proto = proto
-
-    def on_headers_complete(self):
-        self.proto._whole_head_complete()
