@@ -36,8 +36,8 @@ from engine.chain.context cimport (
 )
 from engine.http.stats cimport RouteStats
 from engine.wire._common cimport (
-    WRITER_STACK, Writer, header_kind, is_lower, join_bytes, kind_at, kind_table, monotonic,
-    same_lower, w_bytes, w_field, w_free, w_init, w_put, w_raw,
+    WRITER_STACK, Writer, header_kind, is_field_byte, is_lower, is_tchar, join_bytes, kind_at,
+    kind_table, monotonic, same_lower, w_bytes, w_field, w_free, w_init, w_put, w_raw,
 )
 from engine.wire.h1 cimport chunk
 
@@ -94,19 +94,10 @@ cdef bytes _OPTIONS = b"OPTIONS"
 # knows that means nothing to its parsing (CONNECT would: it is never replaced).
 cdef bytes _PLACEHOLDER = b"GET"
 
-# RFC 9110 §5.6.2 tchar: the bytes of a token, such as a method (§9.1).
-cdef bint _TCHAR[256]
-for _c in range(256):
-    _TCHAR[_c] = (48 <= _c <= 57 or 65 <= _c <= 90 or 97 <= _c <= 122
-                  or _c in b"!#$%&'*+-.^_`|~")
-# What _whole_head takes without llhttp, a strict subset of what llhttp takes (so skipping it
-# changes no answer). Field values: VCHAR, SP and HTAB (RFC 9110 §5.5; obs-text and control
-# bytes go to llhttp). A request-target: the bytes of RFC 3986 pchar, "/" and "?" (origin-form,
-# RFC 9112 §3.2.1), all in llhttp's strict URL alphabet.
-cdef bint _VALUE_BYTE[256]
+# The request-target bytes _whole_head takes without llhttp: those of RFC 3986 pchar, "/" and
+# "?" (origin-form, RFC 9112 §3.2.1), all in llhttp's strict URL alphabet; the rest is llhttp's.
 cdef bint _TARGET_BYTE[256]
 for _c in range(256):
-    _VALUE_BYTE[_c] = _c == 9 or 32 <= _c <= 126
     _TARGET_BYTE[_c] = (48 <= _c <= 57 or 65 <= _c <= 90 or 97 <= _c <= 122
                         or _c in b"-._~%!$&'()*+,;=:@/?")
 cdef bytes _CONTINUE = CONTINUE
@@ -1023,7 +1014,7 @@ cdef class ClientProtocol(Stream):
             self.next_http11 = True
         limit = min(n, i + self.max_request_line)
         j = i
-        while j < limit and _TCHAR[<unsigned char>p[j]]:
+        while j < limit and is_tchar(<unsigned char>p[j]):
             j += 1
         if j == n and i < n and n - i < self.max_request_line:
             return self._hold_line(data)  # the method has not ended
@@ -1049,8 +1040,9 @@ cdef class ClientProtocol(Stream):
         # Taken is only what llhttp (strict: no lenient flags) accepts and reads the same way,
         # so that skipping it changes no answer:
         # - an origin-form target of _TARGET_BYTE, within max_request_line (on_url's limit);
-        # - field lines that end CRLF, each a token name, a colon and a value of _VALUE_BYTE:
-        #   so no bare CR or LF, no obs-fold, no whitespace before a colon, no control byte;
+        # - field lines that end CRLF, each a token name, a colon and a value of
+        #   is_field_byte: so no bare CR or LF, no obs-fold, no whitespace before a colon, no
+        #   control byte, no obs-text;
         # - no field that frames a body or upgrades (Content-Length, Transfer-Encoding,
         #   Upgrade: RFC 9112 §6.3, RFC 9110 §7.8); Connection and Proxy-Connection only as
         #   "keep-alive" (llhttp reads their tokens for persistence, RFC 9112 §9.3);
@@ -1089,7 +1081,7 @@ cdef class ClientProtocol(Stream):
             if eol == p:
                 break  # the empty line
             colon = p
-            while colon < eol and _TCHAR[<unsigned char>colon[0]]:
+            while colon < eol and is_tchar(<unsigned char>colon[0]):
                 colon += 1
             if colon == p or colon == eol or colon[0] != b":" or count == WHOLE_FIELDS:
                 return -1
@@ -1101,7 +1093,7 @@ cdef class ClientProtocol(Stream):
                 v += 1
             q = v
             while q < eol:
-                if not _VALUE_BYTE[<unsigned char>q[0]]:
+                if not is_field_byte(<unsigned char>q[0]):
                     return -1
                 q += 1
             if (kind == K_CONNECTION or (kind == K_HOP and colon - p == 16 and same_lower(

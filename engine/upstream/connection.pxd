@@ -8,6 +8,7 @@ cdef class UpstreamConnection:
     cdef public object parser       # httptools.HttpResponseParser
     cdef public object call         # the engine.upstream.call.UpstreamCall being answered, or None
     cdef public Py_ssize_t requests
+    cdef readonly Py_ssize_t whole_responses  # of them, answers taken without llhttp
     cdef public double idle_deadline
     cdef public list headers        # the response's fields, flat: [name, value, name, ...]
     cdef public bytes reason
@@ -23,10 +24,16 @@ cdef class UpstreamConnection:
     cdef Py_ssize_t head_from       # where in it the head being parsed starts (after a 1xx)
     cdef public bint http10         # the response's status line says HTTP/1.0
     cdef int status                 # ... and its status code
+    cdef long long body_left        # what is still to come of a body _take_response took,
+                                    # counted here (-1: none is, llhttp frames the body)
 
     cpdef bint usable(self) except -1
     cpdef start(self, object call, bytes head, bint skip_body)
+    cdef int _parse(self, bytes data) except -1
+    cdef bint _take_response(self, bytes data) except -1
+    cdef int _count_body(self, bytes data) except -1
     cdef bint _scan_head(self) except -1
+    cdef Py_ssize_t _split_head(self, bytes head, Py_ssize_t at, long long* length) except -2
     cdef int _complete(self, object reusable=*) except -1
     cdef int _fail(self, object exc) except -1
     cpdef close(self)

@@ -1,10 +1,13 @@
-"""One keep-alive connection to an upstream server, parsing its responses with httptools.
+"""One keep-alive connection to an upstream server, parsing its responses.
 
-llhttp (httptools) validates every response and frames its body, but it is not asked for the
-head's fields one callback at a time: once it has accepted a head, the head's bytes are split
-here in C (``_scan_head``), which saves two bytes objects' worth of Python calls per field.
-Body bytes are handed to the UpstreamCall as they arrive and never re-serialised (only re-chunked when the client
-side needs chunked framing).
+The usual response, a read that starts with a whole head framed by one Content-Length and
+persisting, is taken here without llhttp (``_take_response``): its head is checked strictly
+(a subset of what llhttp accepts, read the same way) and split in C, and its body is counted
+here, each later read relayed as the bytes object it arrived in. Any other response (chunked,
+close-delimited, 1xx, 204/304, a HEAD's, a head split across reads, anything unusual) is
+llhttp's (httptools): it validates the head and frames the body, and once it accepted a head
+that head is split by the same code (``_split_head``), not field by field in Python callbacks.
+Body bytes are never re-serialised (only re-chunked when the client side needs chunked framing).
 
 A cdef class cannot subclass asyncio.Protocol; uvloop and httptools only duck-type protocols, so
 this class implements every method they call (eof_received included).
@@ -18,6 +21,8 @@ import httptools
 cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.string cimport memchr, memcmp
+
+from engine.wire._common cimport is_field_byte, is_tchar, same_lower
 
 # pyx-level cimport: connection.pxd cimports nothing, so the .pxd files have no cycle.
 from engine.upstream.call cimport UpstreamCall
@@ -56,6 +61,38 @@ cdef inline bytes _field_name(const char* p, Py_ssize_t n):
 cdef bytes _OK = b"OK"
 
 
+cdef inline bint _framing_field(const char* name, Py_ssize_t n, const char* v, const char* end,
+                                long long* length) noexcept:
+    # Whether a field of a head no parser has seen leaves it as _take_response may take it:
+    # a Content-Length read into ``length`` (the first, all digits, at most 18 of them); no
+    # Transfer-Encoding, Upgrade or Proxy-Connection; Connection only as "keep-alive". Any
+    # other field is relayed as it is.
+    cdef const char* q
+    if n == 14 and same_lower(<const unsigned char*>name,
+                              <const unsigned char*>b"content-length", 14):
+        if length[0] >= 0 or v == end or end - v > 18:
+            return False  # a second one (llhttp checks they agree), or none, or too long
+        length[0] = 0
+        q = v
+        while q < end:
+            if not (b"0" <= q[0] <= b"9"):
+                return False
+            length[0] = length[0] * 10 + (q[0] - 48)
+            q += 1
+        return True
+    if n == 10 and same_lower(<const unsigned char*>name, <const unsigned char*>b"connection", 10):
+        while end > v and (end[-1] == b" " or end[-1] == b"\t"):
+            end -= 1
+        return end - v == 10 and same_lower(<const unsigned char*>v,
+                                            <const unsigned char*>b"keep-alive", 10)
+    return not (
+        (n == 17 and same_lower(<const unsigned char*>name,
+                                <const unsigned char*>b"transfer-encoding", 17))
+        or (n == 7 and same_lower(<const unsigned char*>name, <const unsigned char*>b"upgrade", 7))
+        or (n == 16 and same_lower(<const unsigned char*>name,
+                                   <const unsigned char*>b"proxy-connection", 16)))
+
+
 class _StopParsing(Exception):
     """Raised from a parser callback to stop feeding this response (see ``stop``)."""
 
@@ -77,6 +114,7 @@ cdef class UpstreamConnection:
         self.tunnel = False
         self.stop = None
         self.completed = False
+        self.body_left = -1
 
     # -- asyncio.Protocol
 
@@ -95,6 +133,17 @@ cdef class UpstreamConnection:
             return
         ex = <UpstreamCall>self.call
         ex.read_started()  # what this read produces for the client leaves in one write
+        try:
+            if self.body_left >= 0:
+                self._count_body(data)
+            elif (self.head_done or self.head_bytes is not None or self.skip_body
+                    or not self._take_response(data)):
+                self._parse(data)
+        finally:
+            ex.read_done()
+
+    cdef int _parse(self, bytes data) except -1:
+        # llhttp parses the read (see the module's doc).
         if not self.head_done:
             # The head being parsed: its bytes are split once llhttp accepted them.
             if self.head_bytes is None:
@@ -114,7 +163,7 @@ cdef class UpstreamConnection:
             rest = data[exc.args[0]:] if exc.args else b""
             self.tunnel = True
             if rest:
-                ex.tunnel_data(rest)
+                (<UpstreamCall>self.call).tunnel_data(rest)
         except HttpParserCallbackError as exc:
             stop = self.stop
             self.stop = None
@@ -134,8 +183,47 @@ cdef class UpstreamConnection:
             # stop == "abort": the exchange already failed this connection
         except HttpParserError as exc:
             self._fail(exc)
-        finally:
-            ex.read_done()
+        return 0
+
+    cdef bint _take_response(self, bytes data) except -1:
+        # ``data`` starts a response: take it without llhttp when it holds the whole head,
+        # which _split_head finds strict, with a final status that has a body (not 1xx, 204
+        # or 304: RFC 9112 §6.3), framed by one Content-Length and persisting, and no more
+        # than that body. False: llhttp parses it, as any other response.
+        cdef long long length = -1
+        cdef Py_ssize_t end = self._split_head(data, 0, &length)
+        cdef Py_ssize_t rest
+        if end < 0:
+            return False
+        rest = PyBytes_GET_SIZE(data) - end
+        if rest > length:
+            return False  # bytes after the response (llhttp's "unsolicited" sees to them)
+        self.head_done = True
+        self.whole_responses += 1
+        if not (<UpstreamCall>self.call).upstream_head(self, self.status, self.reason,
+                                                       self.headers):
+            return True  # the exchange already dealt with this connection
+        self.body_left = length
+        if rest:
+            self._count_body(data[end:])
+        elif length == 0:
+            self.body_left = -1
+            self._complete(True)
+        return True
+
+    cdef int _count_body(self, bytes data) except -1:
+        # A read of a body _take_response took: relayed as it came, up to its Content-Length.
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+        cdef bint over = n > self.body_left
+        if over:
+            data = data[:self.body_left]  # and the rest answers nothing asked: never reuse
+            n = self.body_left
+        self.body_left -= n
+        (<UpstreamCall>self.call).upstream_body(data)
+        if self.body_left == 0:
+            self.body_left = -1
+            self._complete(not over)
+        return 0
 
     def eof_received(self):
         return None  # asyncio.Protocol's default: the transport closes itself
@@ -204,37 +292,66 @@ cdef class UpstreamConnection:
             self.keep_alive = self.parser.should_keep_alive()
 
     cdef bint _scan_head(self) except -1:
-        # The head llhttp has just accepted, from ``head_bytes`` at ``head_from``: its reason
-        # phrase and its fields, flat. llhttp checked the syntax (CRLF line ends, token
-        # names with no space before the colon, no obs-fold, no CTLs), so the head is the
-        # lines up to the first empty one. Field values lose their surrounding whitespace
-        # (RFC 9110 §5.5). False if the bytes are not what llhttp accepted.
-        cdef bytes head = self.head_bytes
-        cdef const char* p
-        cdef const char* stop
+        # The head llhttp has just accepted, from ``head_bytes`` at ``head_from``, split.
+        # False if the bytes are not what llhttp accepted.
+        cdef Py_ssize_t end
+        if self.head_bytes is None:
+            return False
+        end = self._split_head(self.head_bytes, self.head_from, NULL)
+        if end < 0:
+            return False
+        self.head_from = end
+        return True
+
+    cdef Py_ssize_t _split_head(self, bytes head, Py_ssize_t at, long long* length) except -2:
+        # The head at ``at`` in ``head``: its status, reason phrase and fields (flat) go to
+        # ``status``, ``reason`` and ``headers``; returns where it ends, or -1. Field values
+        # lose their surrounding whitespace (RFC 9110 §5.5).
+        #
+        # With ``length`` NULL, llhttp has accepted the head: it checked the syntax (CRLF line
+        # ends, token names with no space before the colon, no obs-fold, no CTLs), so the
+        # head is the lines up to the first empty one. Otherwise no parser has seen it and it
+        # is taken only when it is all of: "HTTP/1.1", a status of 200-599 other than 204 and
+        # 304, a reason phrase and values of is_field_byte, token names, CRLF line ends, one
+        # Content-Length of digits (into ``length``), no Transfer-Encoding, Upgrade or
+        # Proxy-Connection, and Connection only as "keep-alive". That is a subset of what
+        # llhttp accepts, framed and persisting as llhttp would have it (RFC 9112 §6.3, §9.3).
+        cdef bint strict = length is not NULL
+        cdef const char* base = PyBytes_AS_STRING(head)
+        cdef const char* p = base + at
+        cdef const char* stop = base + PyBytes_GET_SIZE(head)
         cdef const char* eol
         cdef const char* colon
         cdef const char* v
         cdef const char* ve
         cdef const char* sp
+        cdef const char* q
         cdef list fields = []
-        if head is None:
-            return False
-        p = PyBytes_AS_STRING(head) + self.head_from
-        stop = PyBytes_AS_STRING(head) + PyBytes_GET_SIZE(head)
-        # Status line: HTTP-version SP status-code [SP reason-phrase] (RFC 9112 §4).
+        cdef int status
+        # Status line: HTTP-version SP status-code SP [reason-phrase] (RFC 9112 §4).
         eol = <const char*>memchr(p, b"\r", stop - p)
         if eol is NULL:
-            return False
+            return -1
         sp = <const char*>memchr(p, b" ", eol - p)
         if sp is NULL or eol - sp < 4:
-            return False
+            return -1
         # The version, for Via's received-protocol (RFC 9110 §7.6.3).
         self.http10 = sp - p == 8 and memcmp(p, b"HTTP/1.0", 8) == 0
         # status-code = 3DIGIT (RFC 9112 §4), as llhttp checked: read here, not asked of it
         if not (b"0" <= sp[1] <= b"9" and b"0" <= sp[2] <= b"9" and b"0" <= sp[3] <= b"9"):
-            return False
-        self.status = (sp[1] - 48) * 100 + (sp[2] - 48) * 10 + (sp[3] - 48)
+            return -1
+        status = (sp[1] - 48) * 100 + (sp[2] - 48) * 10 + (sp[3] - 48)
+        if strict:
+            if (sp - p != 8 or memcmp(p, b"HTTP/1.1", 8) != 0 or status < 200 or status > 599
+                    or status == 204 or status == 304 or eol - sp < 5 or sp[4] != b" "
+                    or eol + 1 == stop or eol[1] != b"\n"):
+                return -1
+            q = sp + 5
+            while q < eol:
+                if not is_field_byte(<unsigned char>q[0]):
+                    return -1
+                q += 1
+        self.status = status
         if eol - sp == 7 and sp[5] == b"O" and sp[6] == b"K":
             self.reason = _OK
         else:
@@ -243,24 +360,42 @@ cdef class UpstreamConnection:
         while True:
             eol = <const char*>memchr(p, b"\r", stop - p) if p < stop else NULL
             if eol is NULL:
-                return False
+                return -1
+            if strict and (eol + 1 == stop or eol[1] != b"\n"):
+                return -1
             if eol == p:
                 break  # the empty line that ends the head
-            colon = <const char*>memchr(p, b":", eol - p)
-            if colon is NULL or colon == p:
-                return False
+            if strict:
+                colon = p
+                while colon < eol and is_tchar(<unsigned char>colon[0]):
+                    colon += 1
+                if colon == p or colon == eol or colon[0] != b":":
+                    return -1
+            else:
+                colon = <const char*>memchr(p, b":", eol - p)
+                if colon is NULL or colon == p:
+                    return -1
             v = colon + 1
             ve = eol
             while v < ve and (v[0] == b" " or v[0] == b"\t"):
                 v += 1
+            if strict:
+                q = v
+                while q < eol:
+                    if not is_field_byte(<unsigned char>q[0]):
+                        return -1
+                    q += 1
+                if not _framing_field(p, colon - p, v, eol, length):
+                    return -1
             while ve > v and (ve[-1] == b" " or ve[-1] == b"\t"):
                 ve -= 1
             fields.append(_field_name(p, colon - p))
             fields.append(PyBytes_FromStringAndSize(v, ve - v))
             p = eol + 2
+        if strict and length[0] < 0:
+            return -1  # no Content-Length: chunked or close-delimited, llhttp's
         self.headers = fields
-        self.head_from = eol + 2 - PyBytes_AS_STRING(head)
-        return True
+        return eol + 2 - base
 
     # -- exchange side
 
@@ -277,6 +412,7 @@ cdef class UpstreamConnection:
         self.head_from = 0
         self.skip_body = skip_body
         self.http10 = False
+        self.body_left = -1
         self.transport.write(head)
 
     cdef int _complete(self, object reusable=None) except -1:

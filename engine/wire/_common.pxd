@@ -154,6 +154,21 @@ cdef inline list kind_table(dict kinds):
     return table
 
 
+cdef inline bint is_tchar(unsigned char c) noexcept:
+    # RFC 9110 §5.6.2 tchar: DIGIT, ALPHA and "!#$%&'*+-.^_`|~", as one bit per ASCII byte.
+    if c < 64:
+        return (<unsigned long long>0x03ff6cfa00000000 >> c) & 1
+    if c < 128:
+        return (<unsigned long long>0x57ffffffc7fffffe >> (c - 64)) & 1
+    return False
+
+
+cdef inline bint is_field_byte(unsigned char c) noexcept:
+    # A field value's byte short of obs-text: VCHAR, SP or HTAB (RFC 9110 §5.5). What a head
+    # taken without llhttp may hold (obs-text and control bytes are left to llhttp).
+    return c == 9 or 32 <= c <= 126
+
+
 cdef inline bint same_lower(const unsigned char* s, const unsigned char* lower,
                             Py_ssize_t n) noexcept:
     # s[:n].lower() == lower[:n], ASCII case only, as bytes.lower() does (field names are

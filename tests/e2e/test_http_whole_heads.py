@@ -268,9 +268,8 @@ _TARGET = st.tuples(
 _NAME = _mostly(
     st.sampled_from([b"X-A", b"x-a", b"Cookie", b"Accept", b"X-Request-ID", b"Via", b"TE",
                      b"X-Forwarded-For", b"Keep-Alive", b"X!#$%&'*+.^_`|~", b"Expect"]),
-    st.sampled_from([b"Connection", b"Proxy-Connection", b"Content-Length",
-                     b"Transfer-Encoding", b"Upgrade", b"Host", b"X A", b"X\x80", b"X\x7f",
-                     b"X:Y", b"", b" X", b"X\t"]))
+    st.sampled_from([b"Connection", b"Proxy-Connection", b"Upgrade", b"Host", b"X A", b"X\x80",
+                     b"X\x7f", b"X:Y", b"", b" X", b"X\t"]))
 _GOOD_VALUE = st.lists(st.sampled_from(
     [b"keep-alive", b"Keep-Alive", b"close", b"v", b" ", b"\t", b",", b":", b"0", b"5",
      b"chunked", b"100-continue", b"abc-123", b"10.0.0.1", b"~!\"#$%&'()*+"]),
@@ -283,8 +282,13 @@ _VALUE = st.tuples(
 ).map(b"".join)
 
 
+# Framing fields, with values that never leave the request waiting on a body it does not send.
+_FRAMING = st.tuples(st.sampled_from([b"Content-Length", b"Transfer-Encoding"]),
+                     st.sampled_from([b"0", b"", b"00", b"0 ", b"-1", b"abc", b"gzip"]))
+
+
 @settings(max_examples=300, deadline=None)
-@given(target=_TARGET, fields=st.lists(st.tuples(_NAME, _VALUE), max_size=4),
+@given(target=_TARGET, fields=st.lists(_mostly(st.tuples(_NAME, _VALUE), _FRAMING), max_size=4),
        with_host=_mostly(st.just(True), st.just(False)))
 def test_any_head_is_parsed_alike_alone_and_pipelined(proxy, origin, target, fields, with_host):
     data = head(target, (b"Host: t\r\n" if with_host else b"")

@@ -8,6 +8,7 @@ import httptools
 class Response:
     def __init__(self):
         self.status = 0
+        self.reason = b""
         self.headers = []
         self.body = b""
         self.complete = False
@@ -31,6 +32,10 @@ class _Parser:
         self.parser = None
         self.body = []
         self.remaining = None  # Content-Length body bytes still to come
+
+    def on_status(self, reason):
+        if not self.head_done:
+            self.resp.reason += reason
 
     def on_header(self, name, value):
         if not self.head_done:
