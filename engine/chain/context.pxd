@@ -1,6 +1,6 @@
 cimport cython
 
-from engine.upstream.call cimport Clock, Sink, UpstreamCall
+from engine.upstream.call cimport Clock, Sink, UpstreamCall, WorkerCore
 
 # Why reading from the client is paused (bits of Stream.paused).
 cdef enum:
@@ -17,7 +17,7 @@ cdef class Stream:
     # The codec seam: what a request context needs of the client connection it answers on.
     # engine/http/protocol.pyx (HTTP/1.1) implements it; an HTTP/2 codec would too, one
     # Stream per h2 stream, and no filter would notice.
-    cdef public object worker           # engine.control.worker.Worker: loop, log, sweep
+    cdef public WorkerCore worker       # engine.control.worker.Worker: loop, log, sweep
     cdef public Clock clock             # the worker's (worker.ticks)
     cdef public object listener         # engine.control.listeners.Listener accepted on
     cdef public str peer_ip

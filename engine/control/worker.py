@@ -19,7 +19,7 @@ from engine.control.tls import front_context
 from engine.http.negotiate import protocol_factory
 from engine.http.protocol import RequestIds
 from engine.http.stats import RouteStats
-from engine.upstream.call import Clock
+from engine.upstream.call import Clock, WorkerCore
 
 # How often a worker writes its counters for the admin API (also on reload and at exit).
 STATS_INTERVAL = 1.0
@@ -27,7 +27,7 @@ STATS_INTERVAL = 1.0
 DRAIN_IDLE = 1.0
 
 
-class Worker:
+class Worker(WorkerCore):
     def __init__(self, runtime, loop=None, stats_path: str | None = None, generation: int = 0):
         self.loop = loop or asyncio.get_event_loop()
         self.runtime = runtime

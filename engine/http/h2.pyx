@@ -31,6 +31,7 @@ from cpython.bytes cimport PyBytes_GET_SIZE
 
 from engine.chain.context cimport PAUSE_PENDING, PAUSE_UPSTREAM, RequestContext, Stream
 from engine.http.stats cimport RouteStats
+from engine.upstream.call cimport WorkerCore
 from engine.wire._common cimport monotonic
 
 from engine.errors import error_response
@@ -322,7 +323,7 @@ cdef class H2Stream(Stream):
 cdef class H2Connection:
     """One HTTP/2 client connection (an asyncio protocol, duck-typed as uvloop wants)."""
 
-    cdef public object worker
+    cdef public WorkerCore worker
     cdef public object listener
     cdef public object transport
     cdef public object h2

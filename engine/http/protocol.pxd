@@ -25,6 +25,7 @@ cdef class ClientProtocol(Stream):
     # Stream gives: worker, listener, peer_ip, peer_ip_bytes, trusted, scheme, closed,
     # write_paused, paused, deadline, client_body_timeout.
     cdef public object transport
+    cdef object send                    # transport.write, bound once: no lookup per write
     cdef RequestIds ids                 # the worker's
     cdef public object parser           # the httptools.HttpRequestParser of the stream
     cdef bint reusable                  # the last message left llhttp open between messages

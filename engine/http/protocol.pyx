@@ -289,6 +289,7 @@ cdef class ClientProtocol(Stream):
 
     def connection_made(self, transport):
         self.transport = transport
+        self.send = transport.write
         self.peer_ip, self.peer_ip_bytes, self.trusted = peer_of(transport, self.settings)
         if self.front is not None:
             self.front.connection_made(self, transport)  # (a TLS client certificate)
@@ -404,6 +405,7 @@ cdef class ClientProtocol(Stream):
                 # The request goes on into the void (see RequestContext.client_gone); the
                 # connection stays in worker.conns so its deadline still bounds the wait.
                 self.transport = _VOID
+                self.send = _VOID.write
                 self.write_paused = False
                 return
             self.worker.conns.discard(self)
@@ -906,7 +908,7 @@ cdef class ClientProtocol(Stream):
             self.out.append(data)
             self.out_size += PyBytes_GET_SIZE(data)
         else:
-            self.transport.write(data)
+            self.send(data)
         return 0
 
     cdef int begin_batch(self) except -1:
@@ -920,9 +922,9 @@ cdef class ClientProtocol(Stream):
         cdef list out = self.out
         if out and not self.closed:
             if PyList_GET_SIZE(out) == 1:
-                self.transport.write(out[0])
+                self.send(out[0])
             elif self.out_size < _JOIN_MAX:
-                self.transport.write(join_bytes(out))
+                self.send(join_bytes(out))
             else:
                 # Large parts (a 64 KiB body) go out as they are, in one writev: joining
                 # would copy every byte once more.

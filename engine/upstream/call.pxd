@@ -14,12 +14,26 @@ cdef class Clock:
     cdef public double now
 
 
+cdef class WorkerCore:
+    # What the data plane reads of its worker on every request, as C fields (an attribute
+    # of a Python object is a dict lookup). engine.control.worker.Worker is a Python
+    # subclass that holds the rest.
+    cdef public object loop
+    cdef public object runtime          # engine.control.snapshot.Runtime serving now
+    cdef public Clock ticks             # ``now``, advanced by the worker's sweep
+    cdef public object request_ids      # engine.http.protocol.RequestIds
+    cdef public set conns               # the client connections open
+    cdef public bint draining           # stopping: connections close once idle
+    cdef public object access_log       # or None
+    cdef public object unrouted_stats   # RouteStats of the requests no route matched
+
+
 cdef class Sink:
     # The side an UpstreamCall serves: it holds the request (its head is written by
     # ``request_head``, its body arrives in ``pending`` until ``body_done``) and receives the
     # answer as events. The client's RequestContext is one (engine/chain/context.pyx); a
     # sub-request's buffer is another (FetchSink below).
-    cdef public object worker           # engine.control.worker.Worker: its loop
+    cdef public WorkerCore worker       # engine.control.worker.Worker: its loop
     cdef public Clock clock             # the worker's clock
     cdef public bytes method
     cdef public bytes request_id

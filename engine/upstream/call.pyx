@@ -71,6 +71,11 @@ cdef class Clock:
         self.now = now
 
 
+cdef class WorkerCore:
+    """The worker's state the data plane reads per request (see call.pxd); the worker
+    itself, engine.control.worker.Worker, subclasses it in Python."""
+
+
 cdef class Sink:
     """Base of what an UpstreamCall serves; every event is a C-level call. The defaults
     make a sink that ignores what it does not need."""

@@ -120,6 +120,7 @@ cdef class UpstreamConnection:
 
     def connection_made(self, transport):
         self.transport = transport
+        self.send = transport.write
         self.pool.opened += 1
 
     def data_received(self, data):
@@ -413,7 +414,7 @@ cdef class UpstreamConnection:
         self.skip_body = skip_body
         self.http10 = False
         self.body_left = -1
-        self.transport.write(head)
+        self.send(head)
 
     cdef int _complete(self, object reusable=None) except -1:
         cdef UpstreamCall ex

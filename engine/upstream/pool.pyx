@@ -35,8 +35,9 @@ cdef class Pool:
 
     cpdef release(self, object conn, double now):
         cdef UpstreamConnection c = <UpstreamConnection?>conn
+        # (a transport closing without ``lost`` yet is caught by acquire's usable() check)
         if (self.closed or len(self.idle) >= self.max_idle
-                or c.requests >= self.max_requests or not c.usable()):
+                or c.requests >= self.max_requests or c.lost):
             c.close()
             return
         c.idle_deadline = now + self.idle_timeout
