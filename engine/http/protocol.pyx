@@ -36,7 +36,7 @@ from engine.chain.context cimport (
 )
 from engine.http.stats cimport RouteStats
 from engine.wire._common cimport (
-    WRITER_STACK, Writer, header_kind, is_field_byte, is_lower, is_tchar, join_bytes, kind_at,
+    WRITER_STACK, Writer, field_bytes, header_kind, is_lower, is_tchar, join_bytes, kind_at,
     kind_table, monotonic, same_lower, w_bytes, w_field, w_free, w_init, w_put, w_raw,
 )
 from engine.wire.h1 cimport chunk
@@ -1093,11 +1093,8 @@ cdef class ClientProtocol(Stream):
             v = colon + 1
             while v < eol and (v[0] == b" " or v[0] == b"\t"):
                 v += 1
-            q = v
-            while q < eol:
-                if not is_field_byte(<unsigned char>q[0]):
-                    return -1
-                q += 1
+            if not field_bytes(v, eol):
+                return -1
             if (kind == K_CONNECTION or (kind == K_HOP and colon - p == 16 and same_lower(
                     <const unsigned char*>p, <const unsigned char*>b"proxy-connection", 16))):
                 if not (eol - v == 10 and same_lower(<const unsigned char*>v,

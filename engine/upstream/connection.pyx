@@ -22,7 +22,7 @@ cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.string cimport memchr, memcmp
 
-from engine.wire._common cimport is_field_byte, is_tchar, same_lower
+from engine.wire._common cimport field_bytes, is_tchar, same_lower
 
 # pyx-level cimport: connection.pxd cimports nothing, so the .pxd files have no cycle.
 from engine.upstream.call cimport UpstreamCall
@@ -326,7 +326,6 @@ cdef class UpstreamConnection:
         cdef const char* v
         cdef const char* ve
         cdef const char* sp
-        cdef const char* q
         cdef list fields = []
         cdef int status
         # Status line: HTTP-version SP status-code SP [reason-phrase] (RFC 9112 §4).
@@ -347,11 +346,8 @@ cdef class UpstreamConnection:
                     or status == 204 or status == 304 or eol - sp < 5 or sp[4] != b" "
                     or eol + 1 == stop or eol[1] != b"\n"):
                 return -1
-            q = sp + 5
-            while q < eol:
-                if not is_field_byte(<unsigned char>q[0]):
-                    return -1
-                q += 1
+            if not field_bytes(sp + 5, eol):
+                return -1
         self.status = status
         if eol - sp == 7 and sp[5] == b"O" and sp[6] == b"K":
             self.reason = _OK
@@ -380,14 +376,9 @@ cdef class UpstreamConnection:
             ve = eol
             while v < ve and (v[0] == b" " or v[0] == b"\t"):
                 v += 1
-            if strict:
-                q = v
-                while q < eol:
-                    if not is_field_byte(<unsigned char>q[0]):
-                        return -1
-                    q += 1
-                if not _framing_field(p, colon - p, v, eol, length):
-                    return -1
+            if strict and not (field_bytes(v, eol)
+                               and _framing_field(p, colon - p, v, eol, length)):
+                return -1
             while ve > v and (ve[-1] == b" " or ve[-1] == b"\t"):
                 ve -= 1
             fields.append(_field_name(p, colon - p))

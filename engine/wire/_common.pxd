@@ -7,6 +7,7 @@ from cpython.bytes cimport (
 )
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.object cimport PyObject
+from libc.stdint cimport uint64_t
 from libc.string cimport memcpy
 from libc.time cimport timespec
 
@@ -167,6 +168,29 @@ cdef inline bint is_field_byte(unsigned char c) noexcept:
     # A field value's byte short of obs-text: VCHAR, SP or HTAB (RFC 9110 §5.5). What a head
     # taken without llhttp may hold (obs-text and control bytes are left to llhttp).
     return c == 9 or 32 <= c <= 126
+
+
+cdef inline bint field_bytes(const char* p, const char* end) noexcept:
+    # Whether every byte from ``p`` to ``end`` is_field_byte, looked at eight at a time: only
+    # a word with a byte under 0x20 (HTAB is one) or over 0x7E is looked at byte by byte.
+    # (x - 0x20 per byte) & ~x has a byte's top bit set exactly when some byte is under
+    # 0x20; (x + 1 per byte) | x, when some byte is 0x7F or more (a carry comes only from
+    # 0xFF, itself one).
+    cdef uint64_t x
+    cdef int i
+    while end - p >= 8:
+        memcpy(&x, p, 8)
+        if (((x - <uint64_t>0x2020202020202020) & ~x)
+                | ((x + <uint64_t>0x0101010101010101) | x)) & <uint64_t>0x8080808080808080:
+            for i in range(8):
+                if not is_field_byte(<unsigned char>p[i]):
+                    return False
+        p += 8
+    while p < end:
+        if not is_field_byte(<unsigned char>p[0]):
+            return False
+        p += 1
+    return True
 
 
 cdef inline bint same_lower(const unsigned char* s, const unsigned char* lower,

@@ -101,6 +101,8 @@ CASES = [
     ("colons", head(fields=b"Host: t\r\nX-C: a:b::c\r\n"), True),
     ("obs-text", head(fields=b"Host: t\r\nX-Obs: caf\xe9 \x80\xff\r\n"), False),
     ("del-in-value", head(fields=b"Host: t\r\nX-Del: a\x7fb\r\n"), None),
+    ("every-printable-byte", head(fields=b"Host: t\r\nX-P: " + bytes(range(0x20, 0x7f))
+                                        + b"\t\t" + bytes(range(0x21, 0x7f)) + b"\r\n"), True),
     ("repeated-and-case", head(fields=b"hOsT: t\r\nX-Forwarded-For: 10.0.0.1\r\n"
                                       b"x-forwarded-for: 10.0.0.2\r\nVia: 1.0 a\r\nVIA: 1.1 b\r\n"
                                       b"Cookie: a=1\r\nCookie: b=2\r\n"), True),
@@ -177,6 +179,18 @@ def test_one_read_and_a_pipelined_read_are_parsed_alike(proxy, origin, data, fas
     if fast is not None:  # (None: an answer that closes the connection)
         assert alone[2] == ("whole" if fast else "llhttp")
         assert pipelined[2] == "llhttp"
+
+
+@pytest.mark.parametrize("bad", [b"\x00", b"\x08", b"\x1f", b"\n", b"\x7f", b"\x80", b"\xff"])
+def test_a_byte_outside_the_check_anywhere_in_a_value_leaves_the_head_to_llhttp(
+        proxy, origin, bad):
+    # The value check looks at eight bytes at a time: a bad byte in any place of a word, and
+    # in the bytes after the last whole word, must be seen.
+    for at in range(27):
+        value = b"v" * at + bad + b"w" * (26 - at)
+        alone = exchange(proxy, origin, head(fields=b"Host: t\r\nX-V: " + value + b"\r\n"),
+                         general=False)
+        assert alone[2] in ("llhttp", None), at
 
 
 def test_the_plain_head_reaches_the_origin_field_for_field(proxy, origin):
