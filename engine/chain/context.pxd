@@ -85,6 +85,7 @@ cdef class Route:
 
 
 @cython.final
+@cython.freelist(64)
 cdef class RequestContext(Sink):
     # Every public attribute is the filter API (typed in context.pyi); the codec fills the
     # request head, the runner and the upstream call the rest.

@@ -186,6 +186,7 @@ cdef class Route:
 
 
 @cython.final
+@cython.freelist(64)
 cdef class RequestContext(Sink):
     @staticmethod
     cdef RequestContext new(Stream stream, object rt):

@@ -206,7 +206,8 @@ cdef class UpstreamConnection:
             return True  # the exchange already dealt with this connection
         self.body_left = length
         if rest:
-            self._count_body(data[end:])
+            # (a bytes copy of the rest, without a slice object's round trip)
+            self._count_body(PyBytes_FromStringAndSize(PyBytes_AS_STRING(data) + end, rest))
         elif length == 0:
             self.body_left = -1
             self._complete(True)
