@@ -1,6 +1,7 @@
 cimport cython
 
 from engine.upstream.call cimport Clock, Sink, UpstreamCall, WorkerCore
+from engine.wire.message cimport Response
 
 # Why reading from the client is paused (bits of Stream.paused).
 cdef enum:
@@ -57,11 +58,19 @@ cdef class Stream:
     cpdef abort(self)
 
 
+cdef class Hooks:
+    # A filter's hooks compiled to C (docs/filters.md, "Compiled hooks"): when a filter binds
+    # a Hooks object's on_request or on_response, the chain calls ``request`` or ``response``
+    # through the vtable, with no Python call.
+    cdef object request(self, RequestContext ctx)
+    cdef int response(self, RequestContext ctx, Response resp) except -1
+
+
 @cython.final
 cdef class Chain:
     # One route's compiled filters (or the server-wide ones, for requests no route takes).
-    cdef readonly tuple request         # filters with on_request, in phase order
-    cdef readonly tuple response        # (index, filter) with on_response, reverse order
+    cdef readonly tuple request         # (index, hook, Hooks or None) of on_request, in order
+    cdef readonly tuple response        # (index, hook, Hooks or None) of on_response, reversed
     cdef readonly tuple response_body   # (index, filter) with on_response_body, reverse
     cdef readonly tuple log             # filters with on_log
     cdef readonly tuple filters         # every filter, phase order

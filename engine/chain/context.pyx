@@ -121,6 +121,32 @@ def _defines(obj, str name):
     return getattr(obj, name, None) is not None
 
 
+cdef class Hooks:
+    """Base of a filter's hooks compiled to C (see context.pxd). Subclasses override
+    ``request`` and ``response``; their on_request and on_response, the filter contract's
+    callables, call them."""
+
+    cdef object request(self, RequestContext ctx):
+        return None
+
+    cdef int response(self, RequestContext ctx, Response resp) except -1:
+        return 0
+
+    def on_request(self, ctx):
+        return self.request(<RequestContext?>ctx)
+
+    def on_response(self, ctx, resp):
+        self.response(<RequestContext?>ctx, <Response?>resp)
+
+
+def _entry(Py_ssize_t i, hook, str name):
+    # (index, hook, the Hooks object when the hook is one's own method, for a C-level call)
+    owner = getattr(hook, "__self__", None)
+    if isinstance(owner, Hooks) and hook == getattr(owner, name):
+        return (i, hook, owner)
+    return (i, hook, None)
+
+
 @cython.final
 cdef class Chain:
     """A route's filters compiled for the runner: each hook's bound methods in the order
@@ -130,10 +156,10 @@ cdef class Chain:
         cdef list body_needs
         built = sorted(filters, key=lambda f: f.PHASE)
         self.filters = tuple(built)
-        self.request = tuple([(i, f.on_request) for i, f in enumerate(built)
+        self.request = tuple([_entry(i, f.on_request, "on_request") for i, f in enumerate(built)
                               if _defines(f, "on_request")])
-        self.response = tuple([(i, f.on_response) for i, f in enumerate(built)
-                               if _defines(f, "on_response")][::-1])
+        self.response = tuple([_entry(i, f.on_response, "on_response")
+                               for i, f in enumerate(built) if _defines(f, "on_response")][::-1])
         self.response_body = tuple([(i, f.on_response_body) for i, f in enumerate(built)
                                     if _defines(f, "on_response_body")][::-1])
         self.log = tuple([f.on_log for f in built if _defines(f, "on_log")])
@@ -261,7 +287,11 @@ cdef class RequestContext(Sink):
         for i in range(first, len(hooks)):
             entry = <tuple>hooks[i]
             self.ran = <Py_ssize_t>entry[0] + 1
-            answer = entry[1](self)
+            compiled = entry[2]
+            if compiled is not None:
+                answer = (<Hooks>compiled).request(self)
+            else:
+                answer = entry[1](self)
             if answer is not None:
                 if isinstance(answer, Response):
                     self.respond(answer)
@@ -801,7 +831,11 @@ cdef class RequestContext(Sink):
                     self.response_length = content_length
                 for entry in chain.response:
                     if <Py_ssize_t>(<tuple>entry)[0] < self.ran:
-                        (<tuple>entry)[1](self, r)
+                        compiled = (<tuple>entry)[2]
+                        if compiled is not None:
+                            (<Hooks>compiled).response(self, r)
+                        else:
+                            (<tuple>entry)[1](self, r)
                 if r.status != status:
                     reason = None  # the upstream's phrase named its own status (RFC 9112 §4)
                     status = r.status

@@ -1,4 +1,7 @@
-cdef class HeaderEdit:
+from engine.chain.context cimport Hooks
+
+
+cdef class HeaderEdit(Hooks):
     cdef readonly tuple drop          # lowercase names
     cdef readonly tuple rename_from   # lowercase names ...
     cdef readonly tuple rename_to     # ... and what each becomes

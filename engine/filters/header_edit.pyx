@@ -6,7 +6,7 @@ them with no Python frame, and a field name is matched without .lower() or hashi
 cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 
-from engine.chain.context cimport RequestContext
+from engine.chain.context cimport Hooks, RequestContext
 from engine.wire._common cimport is_lower
 from engine.wire.message cimport Response
 
@@ -25,7 +25,7 @@ cdef inline Py_ssize_t _find(tuple names, bytes name) noexcept:
 
 
 @cython.final
-cdef class HeaderEdit:
+cdef class HeaderEdit(Hooks):
     """Drop the fields named in ``drop``, rename those in ``rename`` ((old, new) pairs, old
     matched in any case), then append ``append`` ((name, value) pairs): a field being set is
     dropped and appended."""
@@ -54,10 +54,10 @@ cdef class HeaderEdit:
         out.extend(self.append)
         return out
 
-    def on_request(self, ctx):
-        cdef RequestContext c = <RequestContext?>ctx
-        c.headers = self.apply(c.headers)
+    cdef object request(self, RequestContext ctx):
+        ctx.headers = self.apply(ctx.headers)
+        return None
 
-    def on_response(self, ctx, resp):
-        cdef Response r = <Response?>resp
-        r.headers = self.apply(r.headers)
+    cdef int response(self, RequestContext ctx, Response resp) except -1:
+        resp.headers = self.apply(resp.headers)
+        return 0

@@ -1,3 +1,4 @@
+from engine.chain.context cimport Hooks
 from ext.ratelimit cimport Limiter
 
 
@@ -6,7 +7,7 @@ cdef struct Digits:
     Py_ssize_t start                # the number is buf[start:]
 
 
-cdef class SingleLimit:
+cdef class SingleLimit(Hooks):
     cdef readonly Limiter table
     cdef readonly object keyfn
     cdef readonly long cost

@@ -10,7 +10,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from libc.math cimport ceil, isinf
 from libc.string cimport memcpy
 
-from engine.chain.context cimport RequestContext
+from engine.chain.context cimport Hooks, RequestContext
 from engine.wire._common cimport monotonic
 from engine.wire.message cimport Response
 from ext.ratelimit cimport Limiter, RL_ALLOW, RL_DELAY, RL_REJECT
@@ -47,7 +47,7 @@ cdef inline bytes _number(Digits* d):
 
 
 @cython.final
-cdef class SingleLimit:
+cdef class SingleLimit(Hooks):
     """``keyfn(ctx)``: the key (str), None (not counted) or ``refuse`` (the limit's key is
     missing and its fallback says refuse); ``refused(ctx, code, wait)`` and
     ``keyless(ctx)`` make the 429s, ``delay(wait)`` the awaitable that holds a request."""
@@ -68,8 +68,7 @@ cdef class SingleLimit:
         self.ietf = ietf
         self.clock = None
 
-    def on_request(self, ctx):
-        cdef RequestContext c = <RequestContext?>ctx
+    cdef object request(self, RequestContext ctx):
         cdef tuple state
         cdef int verdict
         cdef double now
@@ -80,9 +79,9 @@ cdef class SingleLimit:
             return self.keyless(ctx)
         now = monotonic() if self.clock is None else self.clock()
         state = self.table.check(key, now, self.cost)  # (verdict, remaining, reset, wait)
-        if c.vars is None:
-            c.vars = {}
-        (<dict?>c.vars)[_STATE] = state
+        if ctx.vars is None:
+            ctx.vars = {}
+        (<dict?>ctx.vars)[_STATE] = state
         verdict = state[0]
         if verdict == RL_ALLOW:
             return None
@@ -90,20 +89,20 @@ cdef class SingleLimit:
             return self.delay(state[3])
         return self.refused(ctx, "rate_limited", state[3])
 
-    def on_response(self, ctx, resp):
+    cdef int response(self, RequestContext ctx, Response resp) except -1:
         cdef tuple state
         cdef list h
         cdef Digits remaining, t
-        vars = (<RequestContext?>ctx).vars
+        vars = ctx.vars
         if vars is None:
-            return
+            return 0
         state = (<dict?>vars).get(_STATE)
         if state is None:
-            return
+            return 0
         _digits(&remaining, state[1])
         # On a refusal t is the wait (draft §6: like Retry-After); else the window's reset.
         _digits(&t, _seconds(state[3] if state[0] == RL_REJECT else state[2]))
-        h = (<Response?>resp).headers
+        h = resp.headers
         if self.classic:
             h.append(self.limit)
             h.append((b"X-RateLimit-Remaining", _number(&remaining)))
@@ -111,6 +110,7 @@ cdef class SingleLimit:
         if self.ietf:
             h.append(self.policy)
             h.append((b"RateLimit", self._item(&remaining, &t)))
+        return 0
 
     cdef bytes _item(self, Digits* remaining, Digits* t):
         # draft §4: the policy's item with its remaining quota and reset, "name;r=..;t=.."
