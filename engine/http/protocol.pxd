@@ -55,7 +55,7 @@ cdef class ClientProtocol(Stream):
     cdef list out                       # writes gathered while an upstream read is handled
     cdef Py_ssize_t out_size            # ... and their bytes
     cdef bint chunked_out               # the answer being written is chunked
-    cdef bint parsing                   # inside parser.feed_data (see data_received)
+    cdef bint parsing                   # a read is being parsed (see data_received)
     cdef RequestContext starting        # dispatched during a read: starts once it parsed
 
     # The head being parsed (one at a time): scratch state the context never sees.
