@@ -431,8 +431,8 @@ cdef class H2Connection:
                     self.goaway = max(self.goaway, event.last_stream_id or 0)
                     if not self.streams:
                         self.close()
-                if self.closed:
-                    break
+                if self.closed or self.lingering:
+                    break  # (after an error's GOAWAY nothing more is processed, nor sent)
         except Exception as exc:  # our bug: logged, the connection closes, the worker lives
             sys.stderr.write("edgeproxy: internal error in the HTTP/2 codec:\n"
                              + "".join(traceback.format_exception(exc)))
