@@ -183,7 +183,14 @@ cdef class UpstreamConnection:
                 self._fail(exc)
             # stop == "abort": the exchange already failed this connection
         except HttpParserError as exc:
-            self._fail(exc)
+            if self.completed:
+                # The response ended in this read and what llhttp refused came after it
+                # (bytes after "Connection: close", say): the answer stands, whole, and the
+                # connection is not used again (RFC 9112 §9.6), as nginx discards them.
+                self.completed = False
+                self._complete(False)
+            else:
+                self._fail(exc)
         return 0
 
     cdef bint _take_response(self, bytes data) except -1:

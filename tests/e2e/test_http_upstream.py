@@ -161,6 +161,27 @@ def test_no_body_statuses_are_relayed_without_a_body(answer, status):
         assert origin.connections == 1
 
 
+@pytest.mark.parametrize("answer, status, body", [
+    pytest.param(b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\nConnection: close\r\n\r\n"
+                 b"hello", 204, b"", id="204-close-with-a-body"),
+    pytest.param(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nokextra",
+                 200, b"ok", id="200-close-with-bytes-after"),
+    pytest.param(b"HTTP/1.1 204 No Content\r\n\r\nHTTP/1.1 200 OK\r\n\r\n", 204, b"",
+                 id="204-then-a-stray-response"),
+])
+@pytest.mark.parametrize("action", ["keep", "close"])
+def test_bytes_after_a_complete_response_leave_it_whole_and_the_connection_unused(
+        answer, status, body, action):
+    # nginx relays such an answer and drops the connection ("upstream sent more data than
+    # specified"); the bytes must never cost the client its answer, nor answer a later request.
+    with Setup(lambda req: (answer, action) if req.url == b"/stray" else ok(b"next")) as (
+            origin, proxy, c):
+        r = c.request("GET", "/stray")
+        assert (r.status, r.body, r.complete) == (status, body, True)
+        assert c.request("GET", "/next").body == b"next"
+        assert origin.connections == 2
+
+
 TRUNCATED = [
     pytest.param((b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly some", "close"),
                  id="content-length-short-then-close"),
