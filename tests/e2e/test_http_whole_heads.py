@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.support.client import Conn
-from tests.support.e2e import proxy_config, wait_until
+from tests.support.e2e import mostly, proxy_config, wait_until
 from tests.support.origin import Origin, ok
 from tests.support.proxy import InProcessProxy
 
@@ -268,30 +268,26 @@ def test_a_reload_s_limits_apply_to_the_next_whole_head_on_an_open_connection(or
 
 # Heads near the edge of what the whole-head path takes: mostly heads it could take, each with
 # a chance of one byte or field on the wrong side of its check, so that both sides are probed.
-def _mostly(good, bad):
-    return st.one_of(good, good, good, bad)
-
-
 _TARGET = st.tuples(
     st.lists(st.sampled_from([b"a", b"Z", b"9", b"-", b"~", b"%2F", b"%zz", b"?", b"=", b"&",
                               b"@", b":", b"!", b".", b"/", b"..", b"(", b"*", b";"]),
              max_size=6).map(b"".join),
-    _mostly(st.just(b""), st.sampled_from([b"#", b"|", b"^", b"{", b"\\", b'"', b"<", b"\x7f",
-                                           b"\x80", b"\x00", b"\t", b" ", b"\r", b"\n"])),
+    mostly(st.just(b""), st.sampled_from([b"#", b"|", b"^", b"{", b"\\", b'"', b"<", b"\x7f",
+                                          b"\x80", b"\x00", b"\t", b" ", b"\r", b"\n"])),
 ).map(lambda t: b"/" + t[0] + t[1])
-_NAME = _mostly(
+_NAME = mostly(
     st.sampled_from([b"X-A", b"x-a", b"Cookie", b"Accept", b"X-Request-ID", b"Via", b"TE",
-                     b"X-Forwarded-For", b"Keep-Alive", b"X!#$%&'*+.^_`|~", b"Expect"]),
+                    b"X-Forwarded-For", b"Keep-Alive", b"X!#$%&'*+.^_`|~", b"Expect"]),
     st.sampled_from([b"Connection", b"Proxy-Connection", b"Upgrade", b"Host", b"X A", b"X\x80",
-                     b"X\x7f", b"X:Y", b"", b" X", b"X\t"]))
+                    b"X\x7f", b"X:Y", b"", b" X", b"X\t"]))
 _GOOD_VALUE = st.lists(st.sampled_from(
     [b"keep-alive", b"Keep-Alive", b"close", b"v", b" ", b"\t", b",", b":", b"0", b"5",
      b"chunked", b"100-continue", b"abc-123", b"10.0.0.1", b"~!\"#$%&'()*+"]),
     max_size=3).map(b"".join)
 _VALUE = st.tuples(
     _GOOD_VALUE,
-    _mostly(st.just(b""), st.sampled_from([b"\x7f", b"\x80", b"\xff", b"\x00", b"\x01",
-                                           b"\x1f", b"\r", b"\n", b"\r\n ", b"\r\nX"])),
+    mostly(st.just(b""), st.sampled_from([b"\x7f", b"\x80", b"\xff", b"\x00", b"\x01",
+                                          b"\x1f", b"\r", b"\n", b"\r\n ", b"\r\nX"])),
     _GOOD_VALUE,
 ).map(b"".join)
 
@@ -302,8 +298,8 @@ _FRAMING = st.tuples(st.sampled_from([b"Content-Length", b"Transfer-Encoding"]),
 
 
 @settings(max_examples=300, deadline=None)
-@given(target=_TARGET, fields=st.lists(_mostly(st.tuples(_NAME, _VALUE), _FRAMING), max_size=4),
-       with_host=_mostly(st.just(True), st.just(False)))
+@given(target=_TARGET, fields=st.lists(mostly(st.tuples(_NAME, _VALUE), _FRAMING), max_size=4),
+       with_host=mostly(st.just(True), st.just(False)))
 def test_any_head_is_parsed_alike_alone_and_pipelined(proxy, origin, target, fields, with_host):
     data = head(target, (b"Host: t\r\n" if with_host else b"")
                 + b"".join(b"%s: %s\r\n" % field for field in fields))

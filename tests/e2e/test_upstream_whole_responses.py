@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.support.client import Conn
-from tests.support.e2e import proxy_config
+from tests.support.e2e import mostly, proxy_config
 from tests.support.origin import Origin, ok
 from tests.support.proxy import InProcessProxy
 
@@ -215,35 +215,31 @@ def test_a_body_in_reads_of_its_own_is_counted_to_its_length(proxy):
 
 # Answers near the edge of what the path without llhttp takes: mostly answers it could take,
 # each with a chance of one byte or field on the wrong side of its check.
-def _mostly(good, bad):
-    return st.one_of(good, good, good, bad)
-
-
-_STATUS = _mostly(st.sampled_from([b"200 OK", b"201 Created", b"404 Not Found", b"200 ",
-                                   b"503 Busy", b"299 x\ty"]),
-                  st.sampled_from([b"200", b"204 No Content", b"304 Not Modified", b"100 Go",
-                                   b"600 X", b"2000 X", b"200 \x80", b"200 a\x01", b"20 X"]))
-_NAME = _mostly(st.sampled_from([b"X-A", b"ETag", b"Cache-Control", b"Set-Cookie",
-                                 b"Keep-Alive", b"X!#$%&'*+.^_`|~", b"Content-Type"]),
-                st.sampled_from([b"Connection", b"Proxy-Connection", b"Content-Length",
-                                 b"Transfer-Encoding", b"Upgrade", b"X A", b"X\x80", b"",
-                                 b" X", b"X\t"]))
+_STATUS = mostly(st.sampled_from([b"200 OK", b"201 Created", b"404 Not Found", b"200 ",
+                                  b"503 Busy", b"299 x\ty"]),
+                 st.sampled_from([b"200", b"204 No Content", b"304 Not Modified", b"100 Go",
+                                  b"600 X", b"2000 X", b"200 \x80", b"200 a\x01", b"20 X"]))
+_NAME = mostly(st.sampled_from([b"X-A", b"ETag", b"Cache-Control", b"Set-Cookie",
+                                b"Keep-Alive", b"X!#$%&'*+.^_`|~", b"Content-Type"]),
+               st.sampled_from([b"Connection", b"Proxy-Connection", b"Content-Length",
+                                b"Transfer-Encoding", b"Upgrade", b"X A", b"X\x80", b"",
+                                b" X", b"X\t"]))
 _GOOD_VALUE = st.lists(st.sampled_from([b"keep-alive", b"close", b"v", b" ", b"\t", b",",
                                         b"chunked", b"0", b"5", b"~!\"#$%&"]),
                        max_size=3).map(b"".join)
 _VALUE = st.tuples(_GOOD_VALUE,
-                   _mostly(st.just(b""), st.sampled_from([b"\x7f", b"\x80", b"\x00", b"\r",
-                                                          b"\n", b"\r\n ", b"\r\nX"])),
+                   mostly(st.just(b""), st.sampled_from([b"\x7f", b"\x80", b"\x00", b"\r",
+                                                         b"\n", b"\r\n ", b"\r\nX"])),
                    _GOOD_VALUE).map(b"".join)
-_LENGTH = _mostly(st.sampled_from([b"Content-Length: 5\r\n"]),
-                  st.sampled_from([b"Content-Length: 4\r\n",
-                                   b"Content-Length: 5\r\nContent-Length: 5\r\n",
-                                   b"Content-Length: 05 \r\n"]))
+_LENGTH = mostly(st.sampled_from([b"Content-Length: 5\r\n"]),
+                 st.sampled_from([b"Content-Length: 4\r\n",
+                                  b"Content-Length: 5\r\nContent-Length: 5\r\n",
+                                  b"Content-Length: 05 \r\n"]))
 
 
 @settings(max_examples=150, deadline=None)
 @given(status=_STATUS, fields=st.lists(st.tuples(_NAME, _VALUE), max_size=3), length=_LENGTH,
-       tail=_mostly(st.just(b""), st.sampled_from([b"x", b"HTTP/1.1 200 OK\r\n\r\n"])))
+       tail=mostly(st.just(b""), st.sampled_from([b"x", b"HTTP/1.1 200 OK\r\n\r\n"])))
 def test_any_answer_is_relayed_alike_whole_and_split(proxy, status, fields, length, tail):
     data = answer(status, length + b"".join(b"%s: %s\r\n" % f for f in fields)) + tail
     alone = exchange(proxy, data, split=False)
