@@ -40,6 +40,8 @@ cdef class Stream:
     cdef int write_head(self, RequestContext ctx, int status, bytes reason, list headers,
                         bint flat, bytes content_length, bint no_body, bytes body,
                         bint tunnel) except -1
+    cdef int write_raw_head(self, RequestContext ctx, int status, bytes reason, bytes block,
+                            bytes content_length) except -1
     cdef int write_body(self, RequestContext ctx, bytes data) except -1
     cdef int end_body(self, RequestContext ctx) except -1
     cdef int send_continue(self, RequestContext ctx) except -1

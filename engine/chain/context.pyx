@@ -20,7 +20,7 @@ from engine.upstream.upstream cimport Upstream
 from engine.wire._common cimport (
     WRITER_STACK, Writer, join_bytes, w_bytes, w_field, w_free, w_init, w_put, w_raw,
 )
-from engine.wire.h1 cimport drop_named, tokens
+from engine.wire.h1 cimport drop_named, fields_of, tokens
 from engine.wire.message cimport Response
 from ext.router cimport Router
 
@@ -66,6 +66,18 @@ cdef class Stream:
                         bint flat, bytes content_length, bint no_body, bytes body,
                         bint tunnel) except -1:
         raise NotImplementedError
+
+    cdef int write_raw_head(self, RequestContext ctx, int status, bytes reason, bytes block,
+                            bytes content_length) except -1:
+        # An upstream's head whose relayed fields are its own lines (``block``), with this
+        # hop's Via when it adds one (RequestContext.on_raw_head). A codec that cannot write
+        # them as they came gets them split.
+        cdef list fields = fields_of(block)
+        if self.via is not None:
+            fields.append(b"Via")
+            fields.append(self.via)
+        return self.write_head(ctx, status, reason, fields, True, content_length, False, None,
+                               False)
 
     cdef int write_body(self, RequestContext ctx, bytes data) except -1:
         raise NotImplementedError
@@ -579,6 +591,19 @@ cdef class RequestContext(Sink):
                 return 0
         return self._head(None, status, reason, fields, True, content_length, no_body, None,
                           False)
+
+    cdef int on_raw_head(self, UpstreamCall call, int status, bytes reason, bytes block,
+                         bytes content_length) except -1:
+        # The usual answer (see UpstreamCall.upstream_raw_head): when no response hook would
+        # see its fields and no body hook its body, its field lines go to the client as they
+        # came, with this hop's Via (the upstream sent none, and spoke HTTP/1.1).
+        cdef Chain chain = self.chain
+        if (self.ran and chain.response) or chain.body_limit:
+            return self.on_head(call, status, reason, fields_of(block), content_length, False)
+        self.upstream_status = status
+        self.status = status
+        self.head_sent = True
+        return self.stream.write_raw_head(self, status, reason, block, content_length)
 
     cdef int on_interim(self, UpstreamCall call, int status, bytes reason, list fields,
                         bytes via) except -1:

@@ -108,5 +108,8 @@ cdef class ClientProtocol(Stream):
     cdef int _bad_request(self, str code) except -1
     cdef int _upgrade_requested(self, bytes rest) except -1
     cdef int _write(self, bytes data) except -1
+    cdef int _write_head(self, RequestContext ctx, int status, bytes reason, list headers,
+                         bint flat, bytes block, bytes content_length, bint no_body,
+                         bytes body, bint tunnel) except -1
     cpdef timed_out(self)
     cpdef linger(self)

@@ -812,6 +812,19 @@ cdef class ClientProtocol(Stream):
                         bint tunnel) except -1:
         # ``headers`` holds (name, value) pairs, or is flat (name, value, ...) when ``flat``;
         # ``body`` is a whole body to send with the head, or None (it follows).
+        return self._write_head(ctx, status, reason, headers, flat, None, content_length,
+                                no_body, body, tunnel)
+
+    cdef int write_raw_head(self, RequestContext ctx, int status, bytes reason, bytes block,
+                            bytes content_length) except -1:
+        return self._write_head(ctx, status, reason, None, False, block, content_length,
+                                False, None, False)
+
+    cdef int _write_head(self, RequestContext ctx, int status, bytes reason, list headers,
+                         bint flat, bytes block, bytes content_length, bint no_body,
+                         bytes body, bint tunnel) except -1:
+        # The fields are ``headers`` (see write_head), or ``block``, field lines as an
+        # upstream sent them, followed by this hop's Via.
         cdef Py_ssize_t i
         cdef Writer w
         cdef char stack[WRITER_STACK]
@@ -820,7 +833,11 @@ cdef class ClientProtocol(Stream):
         w_init(&w, stack, WRITER_STACK)
         try:
             _status_line(&w, status, reason)
-            if flat:
+            if block is not None:
+                w_put(&w, block)
+                if self.via_field is not None:
+                    w_put(&w, self.via_field)
+            elif flat:
                 for i in range(0, len(headers) - 1, 2):
                     w_field(&w, headers[i], headers[i + 1])
             else:

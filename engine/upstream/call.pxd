@@ -53,6 +53,8 @@ cdef class Sink:
     cdef bytes request_head(self, UpstreamCall call)
     cdef int on_head(self, UpstreamCall call, int status, bytes reason, list fields,
                      bytes content_length, bint no_body) except -1
+    cdef int on_raw_head(self, UpstreamCall call, int status, bytes reason, bytes block,
+                         bytes content_length) except -1
     cdef int on_interim(self, UpstreamCall call, int status, bytes reason, list fields,
                         bytes via) except -1
     cdef int on_body(self, bytes chunk) except -1
@@ -120,6 +122,9 @@ cdef class UpstreamCall:
     # the answer, from UpstreamConnection
     cdef bint upstream_head(self, UpstreamConnection conn, int status, bytes reason,
                             list fields) except -1
+    cdef bint upstream_raw_head(self, UpstreamConnection conn, int status, bytes reason,
+                                bytes block, bytes content_length) except -1
+    cdef bint _status_verdict(self, int status) except -1
     cdef int upstream_interim(self, UpstreamConnection conn, int status, bytes reason,
                               list fields) except -1
     cdef int upstream_body(self, bytes data) except -1

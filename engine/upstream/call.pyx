@@ -15,7 +15,7 @@ import asyncio
 from functools import partial
 
 cimport cython
-from cpython.bytes cimport PyBytes_FromFormat, PyBytes_GET_SIZE
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromFormat, PyBytes_GET_SIZE
 from cpython.list cimport PyList_GET_SIZE
 
 from engine.upstream.connection cimport UpstreamConnection
@@ -24,14 +24,17 @@ from engine.upstream.upstream cimport (
     F_ERROR, F_HTTP_502, F_HTTP_503, F_HTTP_504, F_TIMEOUT, Server, Upstream, status_failure,
 )
 from engine.wire._common cimport (
-    WRITER_STACK, Writer, header_kind, is_lower, kind_table, monotonic, w_bytes, w_field,
+    WRITER_STACK, Writer, is_lower, monotonic, w_bytes, w_field,
     w_free, w_init, w_put, w_raw,
 )
-from engine.wire.h1 cimport chunk, drop_named, only_keep_alive, tokens
+from engine.wire.h1 cimport (
+    R_CONNECTION, R_CONTENT_LENGTH, R_RELAY, R_TRANSFER_ENCODING, R_VIA, chunk, drop_named,
+    fields_of, only_keep_alive, response_kind, tokens,
+)
 
 from engine.errors import Response, error_response
 from engine.upstream.connection import UpstreamConnection as _UpstreamConnection
-from engine.wire.framing import CHUNK_END, HOP_BY_HOP, IDEMPOTENT, transfer_codings
+from engine.wire.framing import CHUNK_END, IDEMPOTENT, transfer_codings
 
 cdef bytes _CHUNK_END = CHUNK_END
 cdef frozenset _IDEMPOTENT = IDEMPOTENT
@@ -39,29 +42,6 @@ cdef bytes _HEAD = b"HEAD"
 # Failures after which a request protected by an idempotency key may go to the next server.
 cdef int _PROTECTED_RETRY = F_HTTP_502 | F_HTTP_503 | F_HTTP_504
 cdef object _Response = Response
-
-# Response fields the proxy re-frames or replaces rather than relays.
-cdef enum:
-    _R_RELAY = 0
-    _R_CONTENT_LENGTH = 1
-    _R_TRANSFER_ENCODING = 2
-    _R_CONNECTION = 3
-    _R_DROP = 4
-    _R_VIA = 5
-
-RESPONSE_KINDS = {
-    b"content-length": _R_CONTENT_LENGTH,
-    b"transfer-encoding": _R_TRANSFER_ENCODING,
-    b"connection": _R_CONNECTION,
-    b"x-request-id": _R_DROP,  # replaced by ours, so the client sees one id
-    b"via": _R_VIA,  # combined, for the sink to append to (RFC 9110 §7.6.3)
-}
-for _name in HOP_BY_HOP:
-    RESPONSE_KINDS.setdefault(_name, _R_DROP)
-
-# RESPONSE_KINDS by name length, looked up without .lower() (header_kind).
-cdef list _RESPONSE_KINDS = kind_table(RESPONSE_KINDS)
-
 
 @cython.final
 cdef class Clock:
@@ -86,6 +66,13 @@ cdef class Sink:
     cdef int on_head(self, UpstreamCall call, int status, bytes reason, list fields,
                      bytes content_length, bint no_body) except -1:
         return 0
+
+    cdef int on_raw_head(self, UpstreamCall call, int status, bytes reason, bytes block,
+                         bytes content_length) except -1:
+        # A head whose relayed fields are still the upstream's lines (``block``, see
+        # UpstreamCall.upstream_raw_head): a sink that writes them as they came overrides
+        # this; any other gets them split, as on_head.
+        return self.on_head(call, status, reason, fields_of(block), content_length, False)
 
     cdef int on_interim(self, UpstreamCall call, int status, bytes reason, list fields,
                         bytes via) except -1:
@@ -385,9 +372,8 @@ cdef class UpstreamCall:
         cdef tuple named
         cdef bytes name, value
         cdef Py_ssize_t i
-        cdef int kind, failure
+        cdef int kind
         cdef bint no_body
-        cdef Server server
         cdef Sink sink = self.sink
         if sink.finished:
             conn.abort()
@@ -395,20 +381,20 @@ cdef class UpstreamCall:
         for i in range(0, len(fields) - 1, 2):
             name = fields[i]
             value = fields[i + 1]
-            kind = header_kind(_RESPONSE_KINDS, name)
-            if kind == _R_RELAY:
+            kind = response_kind(PyBytes_AS_STRING(name), PyBytes_GET_SIZE(name))
+            if kind == R_RELAY:
                 out.append(name)
                 out.append(value)
-            elif kind == _R_CONTENT_LENGTH:
+            elif kind == R_CONTENT_LENGTH:
                 cl = value
-            elif kind == _R_TRANSFER_ENCODING:
+            elif kind == R_TRANSFER_ENCODING:
                 te = value if te is None else te + b", " + value
-            elif kind == _R_CONNECTION:
+            elif kind == R_CONNECTION:
                 if connection is None:
                     connection = [value]
                 else:
                     connection.append(value)
-            elif kind == _R_VIA:
+            elif kind == R_VIA:
                 via = value if via is None else via + b", " + value  # (RFC 9110 §5.3)
             elif status == 101 and name.lower() == b"upgrade":
                 out.append(name)
@@ -429,17 +415,8 @@ cdef class UpstreamCall:
             out = drop_named(out, named, True)
             if b"via" in named:
                 via = None
-        failure = status_failure(status)
-        if failure:
-            server = self.retry_target(failure, True)
-            if server is not None:
-                # The next server answers instead; this response is dropped unread.
-                self.end_attempt(failure)
-                self.drop()
-                self.retry(server)
-                return False
-            self.attempt_failure = failure
-        self.failure = failure
+        if not self._status_verdict(status):
+            return False
         if status == 101:
             if sink.upgrade is None:
                 self.upstream_failed(conn, "bad_gateway", False)
@@ -466,6 +443,40 @@ cdef class UpstreamCall:
         sink.on_head(self, status, reason, out, cl, no_body)
         return True
 
+    cdef bint upstream_raw_head(self, UpstreamConnection conn, int status, bytes reason,
+                                bytes block, bytes content_length) except -1:
+        """A final head the connection took without llhttp (a status of 200-599 but 204 and
+        304, framed by ``content_length``, no Transfer-Encoding, Via or Connection but
+        keep-alive): ``block`` holds its field lines as they came, hop-by-hop ones cut out.
+        False when it must not be relayed."""
+        cdef Sink sink = self.sink
+        if sink.finished:
+            conn.abort()
+            return False
+        if not self._status_verdict(status):
+            return False
+        self.close_delimited = False
+        self.via = None
+        self.head_sent = True
+        sink.on_raw_head(self, status, reason, block, content_length)
+        return True
+
+    cdef bint _status_verdict(self, int status) except -1:
+        # What a final status says of the attempt: False when the next server is tried
+        # instead (the response is dropped unread).
+        cdef int failure = status_failure(status)
+        cdef Server server
+        if failure:
+            server = self.retry_target(failure, True)
+            if server is not None:
+                self.end_attempt(failure)
+                self.drop()
+                self.retry(server)
+                return False
+            self.attempt_failure = failure
+        self.failure = failure
+        return True
+
     cdef int upstream_interim(self, UpstreamConnection conn, int status, bytes reason,
                               list fields) except -1:
         """An interim (1xx) head, before the final one: relayed without its hop-by-hop
@@ -481,16 +492,16 @@ cdef class UpstreamCall:
         for i in range(0, len(fields) - 1, 2):
             name = fields[i]
             value = fields[i + 1]
-            kind = header_kind(_RESPONSE_KINDS, name)
-            if kind == _R_RELAY:
+            kind = response_kind(PyBytes_AS_STRING(name), PyBytes_GET_SIZE(name))
+            if kind == R_RELAY:
                 out.append(name)
                 out.append(value)
-            elif kind == _R_CONNECTION:
+            elif kind == R_CONNECTION:
                 if connection is None:
                     connection = [value]
                 else:
                     connection.append(value)
-            elif kind == _R_VIA:
+            elif kind == R_VIA:
                 via = value if via is None else via + b", " + value
         if connection is not None and not only_keep_alive(connection):
             named = tokens(connection)

@@ -34,7 +34,9 @@ cdef class UpstreamConnection:
     cdef bint _take_response(self, bytes data) except -1
     cdef int _count_body(self, bytes data) except -1
     cdef bint _scan_head(self) except -1
-    cdef Py_ssize_t _split_head(self, bytes head, Py_ssize_t at, long long* length) except -2
+    cdef const char* _status_line(self, const char* p, const char* stop,
+                                  bint strict) except? NULL
+    cdef bytes _strict_head(self, bytes data, Py_ssize_t* end, long long* length)
     cdef int _complete(self, object reusable=*) except -1
     cdef int _fail(self, object exc) except -1
     cpdef close(self)

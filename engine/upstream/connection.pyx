@@ -2,11 +2,12 @@
 
 The usual response, a read that starts with a whole head framed by one Content-Length and
 persisting, is taken here without llhttp (``_take_response``): its head is checked strictly
-(a subset of what llhttp accepts, read the same way) and split in C, and its body is counted
-here, each later read relayed as the bytes object it arrived in. Any other response (chunked,
-close-delimited, 1xx, 204/304, a HEAD's, a head split across reads, anything unusual) is
-llhttp's (httptools): it validates the head and frames the body, and once it accepted a head
-that head is split by the same code (``_split_head``), not field by field in Python callbacks.
+(a subset of what llhttp accepts, read the same way), the field lines it relays are handed on
+as they came, in one bytes object, and its body is counted here, each later read relayed as
+the bytes object it arrived in. Any other response (chunked, close-delimited, 1xx, 204/304, a
+HEAD's, a head split across reads, anything unusual) is llhttp's (httptools): it validates the
+head and frames the body, and once it accepted a head that head is split into names and
+values in C (``_scan_head``), not field by field in Python callbacks.
 Body bytes are never re-serialised (only re-chunked when the client side needs chunked framing).
 
 A cdef class cannot subclass asyncio.Protocol; uvloop and httptools only duck-type protocols, so
@@ -20,9 +21,10 @@ import httptools
 
 cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from libc.string cimport memchr, memcmp
+from libc.string cimport memchr, memcmp, memcpy
 
 from engine.wire._common cimport field_bytes, is_tchar, same_lower
+from engine.wire.h1 cimport R_CONNECTION, R_CONTENT_LENGTH, R_DROP, R_RELAY, response_kind, split_fields
 
 # pyx-level cimport: connection.pxd cimports nothing, so the .pxd files have no cycle.
 from engine.upstream.call cimport UpstreamCall
@@ -34,42 +36,36 @@ cdef object HttpParserError = httptools.HttpParserError
 cdef bytes _LINGER_ZERO = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close sends a reset
 
 
-# Field names most responses carry, spelled as most servers send them: a name found here is
-# this object again rather than a new one per response (exact case: names are relayed as sent).
-cdef list _COMMON_NAMES = [() for _ in range(32)]
-for _name in (b"Date", b"Server", b"Content-Type", b"Content-Length", b"Connection",
-              b"Last-Modified", b"ETag", b"Accept-Ranges", b"Cache-Control", b"Vary",
-              b"Expires", b"Keep-Alive", b"Transfer-Encoding", b"Content-Encoding",
-              b"Location", b"Set-Cookie", b"date", b"server", b"content-type",
-              b"content-length", b"connection", b"etag", b"vary", b"cache-control"):
-    _COMMON_NAMES[len(_name)] += (_name,)
-
-
-cdef inline bytes _field_name(const char* p, Py_ssize_t n):
-    cdef tuple known
-    cdef Py_ssize_t i
-    cdef const char* k
-    if n < 32:
-        known = <tuple>_COMMON_NAMES[n]
-        for i in range(len(known)):
-            k = PyBytes_AS_STRING(<bytes>known[i])
-            if k[0] == p[0] and memcmp(k, p, n) == 0:
-                return <bytes>known[i]
-    return PyBytes_FromStringAndSize(p, n)
-
-
 cdef bytes _OK = b"OK"
 
+cdef enum:
+    _RUNS_MAX = 15  # runs of relayed lines before the last, in a head taken without llhttp
 
-cdef inline bint _framing_field(const char* name, Py_ssize_t n, const char* v, const char* end,
-                                long long* length) noexcept:
-    # Whether a field of a head no parser has seen leaves it as _take_response may take it:
-    # a Content-Length read into ``length`` (the first, all digits, at most 18 of them); no
-    # Transfer-Encoding, Upgrade or Proxy-Connection; Connection only as "keep-alive". Any
-    # other field is relayed as it is.
+
+@cython.cdivision(True)
+cdef inline bytes _digits(long long n):
+    # ``n`` (>= 0) in decimal: a Content-Length as the client gets it (PyBytes_FromFormat
+    # costs twenty times more).
+    cdef char buf[20]
+    cdef int i = 20
+    while True:
+        i -= 1
+        buf[i] = <char>(48 + n % 10)
+        n //= 10
+        if n == 0:
+            break
+    return PyBytes_FromStringAndSize(buf + i, 20 - i)
+
+
+cdef inline bint _framing_field(int kind, const char* name, Py_ssize_t n, const char* v,
+                                const char* end, long long* length) noexcept:
+    # Whether a field the proxy does not relay as it is (``kind``, not R_RELAY) leaves a head
+    # no parser has seen as _take_response may take it: a Content-Length read into
+    # ``length`` (the first, all digits, at most 18 of them); Connection only as
+    # "keep-alive"; no Transfer-Encoding, Upgrade, Proxy-Connection or Via. The other
+    # hop-by-hop fields are dropped, as from any response.
     cdef const char* q
-    if n == 14 and same_lower(<const unsigned char*>name,
-                              <const unsigned char*>b"content-length", 14):
+    if kind == R_CONTENT_LENGTH:
         if length[0] >= 0 or v == end or end - v > 18:
             return False  # a second one (llhttp checks they agree), or none, or too long
         length[0] = 0
@@ -80,17 +76,17 @@ cdef inline bint _framing_field(const char* name, Py_ssize_t n, const char* v, c
             length[0] = length[0] * 10 + (q[0] - 48)
             q += 1
         return True
-    if n == 10 and same_lower(<const unsigned char*>name, <const unsigned char*>b"connection", 10):
+    if kind == R_CONNECTION:
         while end > v and (end[-1] == b" " or end[-1] == b"\t"):
             end -= 1
         return end - v == 10 and same_lower(<const unsigned char*>v,
                                             <const unsigned char*>b"keep-alive", 10)
-    return not (
-        (n == 17 and same_lower(<const unsigned char*>name,
-                                <const unsigned char*>b"transfer-encoding", 17))
-        or (n == 7 and same_lower(<const unsigned char*>name, <const unsigned char*>b"upgrade", 7))
-        or (n == 16 and same_lower(<const unsigned char*>name,
-                                   <const unsigned char*>b"proxy-connection", 16)))
+    if kind == R_DROP:
+        return not (
+            (n == 7 and same_lower(<const unsigned char*>name, <const unsigned char*>b"upgrade", 7))
+            or (n == 16 and same_lower(<const unsigned char*>name,
+                                       <const unsigned char*>b"proxy-connection", 16)))
+    return False  # Transfer-Encoding; Via, which the sink combines with ours
 
 
 class _StopParsing(Exception):
@@ -195,21 +191,22 @@ cdef class UpstreamConnection:
 
     cdef bint _take_response(self, bytes data) except -1:
         # ``data`` starts a response: take it without llhttp when it holds the whole head,
-        # which _split_head finds strict, with a final status that has a body (not 1xx, 204
+        # which _strict_head finds strict, with a final status that has a body (not 1xx, 204
         # or 304: RFC 9112 §6.3), framed by one Content-Length and persisting, and no more
         # than that body. False: llhttp parses it, as any other response.
         cdef long long length = -1
-        cdef Py_ssize_t end = self._split_head(data, 0, &length)
+        cdef Py_ssize_t end = 0
+        cdef bytes block = self._strict_head(data, &end, &length)
         cdef Py_ssize_t rest
-        if end < 0:
+        if block is None:
             return False
         rest = PyBytes_GET_SIZE(data) - end
         if rest > length:
             return False  # bytes after the response (llhttp's "unsolicited" sees to them)
         self.head_done = True
         self.whole_responses += 1
-        if not (<UpstreamCall>self.call).upstream_head(self, self.status, self.reason,
-                                                       self.headers):
+        if not (<UpstreamCall>self.call).upstream_raw_head(self, self.status, self.reason, block,
+                                                           _digits(length)):
             return True  # the exchange already dealt with this connection
         self.body_left = length
         if rest:
@@ -301,101 +298,132 @@ cdef class UpstreamConnection:
             self.keep_alive = self.parser.should_keep_alive()
 
     cdef bint _scan_head(self) except -1:
-        # The head llhttp has just accepted, from ``head_bytes`` at ``head_from``, split.
-        # False if the bytes are not what llhttp accepted.
-        cdef Py_ssize_t end
-        if self.head_bytes is None:
+        # The head llhttp has just accepted, from ``head_bytes`` at ``head_from``, split:
+        # its fields go to ``headers``, flat. False if the bytes are not what llhttp accepted.
+        #
+        # llhttp checked the syntax (CRLF line ends, token names with no space before the
+        # colon, no obs-fold, no CTLs), so the head is the lines up to the first empty one.
+        cdef bytes head = self.head_bytes
+        cdef const char* base
+        cdef const char* stop
+        cdef const char* p
+        cdef list fields = []
+        cdef Py_ssize_t n
+        if head is None:
             return False
-        end = self._split_head(self.head_bytes, self.head_from, NULL)
-        if end < 0:
+        base = PyBytes_AS_STRING(head)
+        stop = base + PyBytes_GET_SIZE(head)
+        p = self._status_line(base + self.head_from, stop, False)
+        if p is NULL:
             return False
-        self.head_from = end
+        n = split_fields(p, stop, True, fields)
+        if n < 0:
+            return False
+        self.headers = fields
+        self.head_from = p + n - base
         return True
 
-    cdef Py_ssize_t _split_head(self, bytes head, Py_ssize_t at, long long* length) except -2:
-        # The head at ``at`` in ``head``: its status, reason phrase and fields (flat) go to
-        # ``status``, ``reason`` and ``headers``; returns where it ends, or -1. Field values
-        # lose their surrounding whitespace (RFC 9110 §5.5).
-        #
-        # With ``length`` NULL, llhttp has accepted the head: it checked the syntax (CRLF line
-        # ends, token names with no space before the colon, no obs-fold, no CTLs), so the
-        # head is the lines up to the first empty one. Otherwise no parser has seen it and it
-        # is taken only when it is all of: "HTTP/1.1", a status of 200-599 other than 204 and
-        # 304, a reason phrase and values of is_field_byte, token names, CRLF line ends, one
-        # Content-Length of digits (into ``length``), no Transfer-Encoding, Upgrade or
-        # Proxy-Connection, and Connection only as "keep-alive". That is a subset of what
-        # llhttp accepts, framed and persisting as llhttp would have it (RFC 9112 §6.3, §9.3).
-        cdef bint strict = length is not NULL
-        cdef const char* base = PyBytes_AS_STRING(head)
-        cdef const char* p = base + at
-        cdef const char* stop = base + PyBytes_GET_SIZE(head)
-        cdef const char* eol
-        cdef const char* colon
-        cdef const char* v
-        cdef const char* ve
+    cdef const char* _status_line(self, const char* p, const char* stop,
+                                  bint strict) except? NULL:
+        # HTTP-version SP status-code SP [reason-phrase] CRLF at ``p`` (RFC 9112 §4), into
+        # ``status``, ``reason`` and ``http10``; returns where the fields start, or NULL.
+        # ``strict``: no parser has seen it, and it is taken only as "HTTP/1.1", a status of
+        # 200-599 other than 204 and 304, and a reason phrase of is_field_byte.
+        cdef const char* eol = <const char*>memchr(p, b"\r", stop - p)
         cdef const char* sp
-        cdef list fields = []
         cdef int status
-        # Status line: HTTP-version SP status-code SP [reason-phrase] (RFC 9112 §4).
-        eol = <const char*>memchr(p, b"\r", stop - p)
         if eol is NULL:
-            return -1
+            return NULL
         sp = <const char*>memchr(p, b" ", eol - p)
         if sp is NULL or eol - sp < 4:
-            return -1
-        # The version, for Via's received-protocol (RFC 9110 §7.6.3).
-        self.http10 = sp - p == 8 and memcmp(p, b"HTTP/1.0", 8) == 0
-        # status-code = 3DIGIT (RFC 9112 §4), as llhttp checked: read here, not asked of it
+            return NULL
+        # status-code = 3DIGIT, as llhttp checked: read here, not asked of it
         if not (b"0" <= sp[1] <= b"9" and b"0" <= sp[2] <= b"9" and b"0" <= sp[3] <= b"9"):
-            return -1
+            return NULL
         status = (sp[1] - 48) * 100 + (sp[2] - 48) * 10 + (sp[3] - 48)
         if strict:
             if (sp - p != 8 or memcmp(p, b"HTTP/1.1", 8) != 0 or status < 200 or status > 599
                     or status == 204 or status == 304 or eol - sp < 5 or sp[4] != b" "
-                    or eol + 1 == stop or eol[1] != b"\n"):
-                return -1
-            if not field_bytes(sp + 5, eol):
-                return -1
+                    or eol + 1 == stop or eol[1] != b"\n"
+                    or not field_bytes(sp + 5, eol)):
+                return NULL
+        # The version, for Via's received-protocol (RFC 9110 §7.6.3).
+        self.http10 = sp - p == 8 and memcmp(p, b"HTTP/1.0", 8) == 0
         self.status = status
         if eol - sp == 7 and sp[5] == b"O" and sp[6] == b"K":
             self.reason = _OK
         else:
             self.reason = PyBytes_FromStringAndSize(sp + 5, eol - sp - 5) if eol - sp > 5 else b""
-        p = eol + 2
+        return eol + 2
+
+    cdef bytes _strict_head(self, bytes data, Py_ssize_t* end, long long* length):
+        # The head that starts ``data``, when no parser has seen it: taken only when it is a
+        # strict status line (_status_line), field lines of token names, values of
+        # is_field_byte and CRLF ends, and fields _framing_field allows, one of them a
+        # Content-Length (into ``length``). That is a subset of what llhttp accepts, framed
+        # and persisting as llhttp would have it (RFC 9112 §6.3, §9.3). Returns the field
+        # lines the proxy relays, as they came (the others cut out), and sets ``end`` to where
+        # the head ends; None: llhttp's.
+        cdef const char* base = PyBytes_AS_STRING(data)
+        cdef const char* stop = base + PyBytes_GET_SIZE(data)
+        cdef const char* p = self._status_line(base, stop, True)
+        cdef const char* eol
+        cdef const char* colon
+        cdef const char* v
+        cdef const char* run                  # where the current run of relayed lines began
+        cdef const char* runs[2 * _RUNS_MAX + 2]  # the runs: start, end, ...
+        cdef int count = 0
+        cdef int kind, i
+        cdef Py_ssize_t size = 0
+        cdef bytes block
+        cdef char* out
+        if p is NULL:
+            return None
+        run = p
         while True:
             eol = <const char*>memchr(p, b"\r", stop - p) if p < stop else NULL
-            if eol is NULL:
-                return -1
-            if strict and (eol + 1 == stop or eol[1] != b"\n"):
-                return -1
+            if eol is NULL or eol + 1 == stop or eol[1] != b"\n":
+                return None
             if eol == p:
                 break  # the empty line that ends the head
-            if strict:
-                colon = p
-                while colon < eol and is_tchar(<unsigned char>colon[0]):
-                    colon += 1
-                if colon == p or colon == eol or colon[0] != b":":
-                    return -1
-            else:
-                colon = <const char*>memchr(p, b":", eol - p)
-                if colon is NULL or colon == p:
-                    return -1
+            colon = p
+            while colon < eol and is_tchar(<unsigned char>colon[0]):
+                colon += 1
+            if colon == p or colon == eol or colon[0] != b":":
+                return None
             v = colon + 1
-            ve = eol
-            while v < ve and (v[0] == b" " or v[0] == b"\t"):
+            while v < eol and (v[0] == b" " or v[0] == b"\t"):
                 v += 1
-            if strict and not (field_bytes(v, eol)
-                               and _framing_field(p, colon - p, v, eol, length)):
-                return -1
-            while ve > v and (ve[-1] == b" " or ve[-1] == b"\t"):
-                ve -= 1
-            fields.append(_field_name(p, colon - p))
-            fields.append(PyBytes_FromStringAndSize(v, ve - v))
+            if not field_bytes(v, eol):
+                return None
+            kind = response_kind(p, colon - p)
+            if kind == R_RELAY:
+                if eol > v and (eol[-1] == b" " or eol[-1] == b"\t"):
+                    return None  # (relayed by llhttp's path, without the whitespace)
+            else:
+                if not _framing_field(kind, p, colon - p, v, eol, length):
+                    return None
+                if p > run:
+                    if count == _RUNS_MAX:
+                        return None  # (a head this cut up is llhttp's)
+                    runs[2 * count] = run
+                    runs[2 * count + 1] = p
+                    count += 1
+                    size += p - run
+                run = eol + 2
             p = eol + 2
-        if strict and length[0] < 0:
-            return -1  # no Content-Length: chunked or close-delimited, llhttp's
-        self.headers = fields
-        return eol + 2 - base
+        if length[0] < 0:
+            return None  # no Content-Length: chunked or close-delimited, llhttp's
+        runs[2 * count] = run
+        runs[2 * count + 1] = p
+        size += p - run
+        block = PyBytes_FromStringAndSize(NULL, size)
+        out = PyBytes_AS_STRING(block)
+        for i in range(count + 1):
+            memcpy(out, runs[2 * i], runs[2 * i + 1] - runs[2 * i])
+            out += runs[2 * i + 1] - runs[2 * i]
+        end[0] = p + 2 - base
+        return block
 
     # -- exchange side
 

@@ -1,12 +1,16 @@
 """HTTP/1.1 helpers called per message by the codec (engine/http) and the upstream client
-(engine/upstream): chunk framing and Connection-named hop-by-hop fields."""
+(engine/upstream): chunk framing, Connection-named hop-by-hop fields, what becomes of a
+response's fields, and field lines split into names and values."""
 
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromFormat, PyBytes_GET_SIZE
+from cpython.bytes cimport (
+    PyBytes_AS_STRING, PyBytes_FromFormat, PyBytes_FromStringAndSize, PyBytes_GET_SIZE,
+)
 from cpython.list cimport PyList_GET_SIZE
+from libc.string cimport memchr, memcmp
 
-from engine.wire._common cimport is_lower, same_lower
+from engine.wire._common cimport is_lower, kind_at, kind_table, same_lower
 
-from engine.wire.framing import connection_tokens
+from engine.wire.framing import HOP_BY_HOP, connection_tokens
 
 
 cdef bytes chunk(bytes data):
@@ -71,3 +75,86 @@ cdef list drop_named(list headers, tuple named, bint flat):
         if out is None:
             out = headers[:i]
     return headers if out is None else out
+
+
+RESPONSE_KINDS = {
+    b"content-length": R_CONTENT_LENGTH,
+    b"transfer-encoding": R_TRANSFER_ENCODING,
+    b"connection": R_CONNECTION,
+    b"x-request-id": R_DROP,  # replaced by ours, so the client sees one id
+    b"via": R_VIA,  # combined, for the sink to append to (RFC 9110 §7.6.3)
+}
+for _name in HOP_BY_HOP:
+    RESPONSE_KINDS.setdefault(_name, R_DROP)
+
+# RESPONSE_KINDS by name length, looked up without .lower().
+cdef list _RESPONSE_KINDS = kind_table(RESPONSE_KINDS)
+
+
+cdef int response_kind(const char* name, Py_ssize_t n) except -1:
+    return kind_at(_RESPONSE_KINDS, <const unsigned char*>name, n)
+
+
+# Field names most responses carry, spelled as most servers send them: a name found here is
+# this object again rather than a new one per response (exact case: names are relayed as sent).
+cdef list _COMMON_NAMES = [() for _ in range(32)]
+for _name in (b"Date", b"Server", b"Content-Type", b"Content-Length", b"Connection",
+              b"Last-Modified", b"ETag", b"Accept-Ranges", b"Cache-Control", b"Vary",
+              b"Expires", b"Keep-Alive", b"Transfer-Encoding", b"Content-Encoding",
+              b"Location", b"Set-Cookie", b"date", b"server", b"content-type",
+              b"content-length", b"connection", b"etag", b"vary", b"cache-control"):
+    _COMMON_NAMES[len(_name)] += (_name,)
+
+
+cdef inline bytes _field_name(const char* p, Py_ssize_t n):
+    cdef tuple known
+    cdef Py_ssize_t i
+    cdef const char* k
+    if n < 32:
+        known = <tuple>_COMMON_NAMES[n]
+        for i in range(len(known)):
+            k = PyBytes_AS_STRING(<bytes>known[i])
+            if k[0] == p[0] and memcmp(k, p, n) == 0:
+                return <bytes>known[i]
+    return PyBytes_FromStringAndSize(p, n)
+
+
+cdef Py_ssize_t split_fields(const char* p, const char* stop, bint head, list fields) except -2:
+    # Field lines ("name:" OWS value OWS CRLF, already checked by whoever hands them here)
+    # from ``p`` on, appended to ``fields`` flat: the name as sent, the value without its
+    # surrounding whitespace (RFC 9110 §5.5). With ``head`` they end with an empty line and
+    # the bytes read, that line included, are returned; otherwise they run to ``stop``.
+    # -1: a line without CR or colon, or a head without its empty line.
+    cdef const char* start = p
+    cdef const char* eol
+    cdef const char* colon
+    cdef const char* v
+    cdef const char* ve
+    while p < stop:
+        eol = <const char*>memchr(p, b"\r", stop - p)
+        if eol is NULL:
+            return -1
+        if eol == p:
+            return eol + 2 - start if head else -1
+        colon = <const char*>memchr(p, b":", eol - p)
+        if colon is NULL or colon == p:
+            return -1
+        v = colon + 1
+        ve = eol
+        while v < ve and (v[0] == b" " or v[0] == b"\t"):
+            v += 1
+        while ve > v and (ve[-1] == b" " or ve[-1] == b"\t"):
+            ve -= 1
+        fields.append(_field_name(p, colon - p))
+        fields.append(PyBytes_FromStringAndSize(v, ve - v))
+        p = eol + 2
+    return -1 if head else p - start
+
+
+cdef list fields_of(bytes block):
+    # The field lines of ``block`` (as a head holds them, each ending CRLF) as a flat list.
+    cdef list fields = []
+    cdef const char* p = PyBytes_AS_STRING(block)
+    if split_fields(p, p + PyBytes_GET_SIZE(block), False, fields) < 0:
+        raise ValueError("not field lines")
+    return fields

@@ -120,8 +120,11 @@ CASES = [
     # (id, answer, whether the path without llhttp takes it when it comes whole)
     ("plain", answer(fields=b"Content-Length: 5\r\nContent-Type: text/plain\r\n"), True),
     ("fields-in-any-case", answer(fields=b"content-length: 5\r\nX-A: 1\r\nx-a: 2\r\n"), True),
-    ("whitespace", answer(fields=b"Content-Length:5\r\nX-A:  a b \t\r\nX-B:\tq\r\n"
+    ("whitespace", answer(fields=b"Content-Length:5\r\nX-A:  a b\r\nX-B:\tq\r\n"
                                  b"X-Empty:\r\nX-Blank: \t \r\n"), True),
+    # (relayed as sent, a line would keep its trailing whitespace: llhttp's path cuts it)
+    ("whitespace-after-a-value", answer(fields=b"Content-Length: 5\r\nX-A: a b \t\r\n"),
+     False),
     ("symbols-in-values", answer(fields=b"Content-Length: 5\r\nX-S: ~!\"#$%&'()*+,-./:;<=>?@[]\r\n"),
      True),
     ("reason-phrase", answer(status=b"201 Made It"), True),
@@ -180,7 +183,7 @@ def test_the_plain_answer_reaches_the_client_field_for_field(proxy):
     # Not only alike both ways: right (a split both paths shared would pass the test above).
     (interim, status, fields, body, complete), reused, whole = exchange(
         proxy, answer(status=b"201 Made It",
-                      fields=b"Content-Length: 5\r\nX-A:  a b \t\r\nETag: \"x\"\r\n"), split=False)
+                      fields=b"Content-Length: 5\r\nX-A:  a b\r\nETag: \"x\"\r\n"), split=False)
     assert whole and reused and complete and not interim
     assert (status, body) == ((201, b"Made It"), b"hello")
     assert (b"x-a", b"a b") in fields and (b"etag", b'"x"') in fields
