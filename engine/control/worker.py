@@ -26,6 +26,10 @@ from engine.upstream.call import Clock, WorkerCore
 STATS_INTERVAL = 1.0
 # While draining, how long a connection must stay idle before we close it (see drain).
 DRAIN_IDLE = 1.0
+# Handles per listening socket, each on a duplicate of it: how many connections one loop
+# turn may accept (see Worker.start). nginx's multi_accept and HAProxy's maxaccept answer
+# the same need.
+ACCEPT_HANDLES = 8
 
 
 class Worker(WorkerCore):
@@ -96,15 +100,25 @@ class Worker(WorkerCore):
             # a reload's new certificates need no new server (engine/control/tls.py).
             initial = self.runtime.tls[listener.name]
             ssl_ctx = front_context(tls, lambda: self.runtime.tls.get(listener.name, initial))
-        server = await self.loop.create_server(
-            protocol_factory(self, listener), sock=sock,
-            backlog=self.runtime.config.server.backlog, ssl=ssl_ctx,
-            ssl_handshake_timeout=tls.handshake_timeout if tls is not None else None)
-        self.servers.append(server)
+        factory = protocol_factory(self, listener)
+        # libuv accepts one connection per readiness of a listening descriptor (libuv PR
+        # 3696), so a burst of new connections (clients reconnecting after keepalive_requests,
+        # a restart) would be taken one per loop turn while the rest wait in the backlog,
+        # their requests already sent. Each handle on a duplicate of the socket accepts one
+        # more per turn; with no connection waiting none of them is woken.
+        first = None
+        for i in range(ACCEPT_HANDLES):
+            server = await self.loop.create_server(
+                factory, sock=sock if i == 0 else sock.dup(),
+                backlog=self.runtime.config.server.backlog, ssl=ssl_ctx,
+                ssl_handshake_timeout=tls.handshake_timeout if tls is not None else None)
+            self.servers.append(server)
+            if first is None:
+                first = server
         if self.server is None:
-            self.server = server
+            self.server = first
             self._tick()
-        return server
+        return first
 
     def _attach_stats(self, runtime) -> None:
         """Give each compiled route its counters, so the data plane counts a request with

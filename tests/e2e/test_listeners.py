@@ -83,6 +83,43 @@ def test_server_listen_alone_still_serves_plain_http_in_process():
         assert proto_seen(origin, proxy.port) == b"http"
 
 
+def test_a_burst_of_new_connections_is_accepted_several_per_loop_turn():
+    # libuv accepts one connection per readiness of a listening descriptor: with one handle a
+    # burst (clients reconnecting together after keepalive_requests) waits in the backlog
+    # one loop turn per connection, requests already sent. The worker's handles on
+    # duplicates of the socket (ACCEPT_HANDLES) take that many per turn.
+    burst = 40
+    seen = []  # connections made, sampled once per loop turn
+    done = threading.Event()
+    clients = []
+    with Origin(lambda req: ok()) as origin, \
+            InProcessProxy(config(origin.url, PLAIN.format(port=0))) as proxy:
+
+        def sample():
+            # (a callback scheduled from a callback runs on the next turn)
+            seen.append(len(proxy.worker.conns))
+            if seen[-1] >= burst or len(seen) > 4 * burst:
+                done.set()
+            else:
+                proxy.loop.call_soon(sample)
+
+        def connect_while_the_loop_waits():
+            # The kernel completes each handshake; none is accepted before this returns.
+            clients.extend(socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
+                           for _ in range(burst))
+            proxy.loop.call_soon(sample)
+
+        try:
+            proxy.call(connect_while_the_loop_waits)
+            assert done.wait(10)
+            assert seen[-1] == burst
+            # Eight or more per turn (ACCEPT_HANDLES): then one turn to see the first ones.
+            assert len(seen) <= burst // 8 + 2, seen
+        finally:
+            for c in clients:
+                c.close()
+
+
 # -- the real CLI ------------------------------------------------------------------------
 
 def test_two_listeners_through_the_cli_each_with_its_proto_and_listed_in_status(tmp_path):
