@@ -43,6 +43,7 @@ cdef class Stream:
     cdef int write_raw_head(self, RequestContext ctx, int status, bytes reason, bytes block,
                             bytes content_length) except -1
     cdef int write_body(self, RequestContext ctx, bytes data) except -1
+    cdef int write_body_view(self, RequestContext ctx, object view) except -1
     cdef int end_body(self, RequestContext ctx) except -1
     cdef int send_continue(self, RequestContext ctx) except -1
     cdef int write_interim(self, RequestContext ctx, int status, bytes reason,

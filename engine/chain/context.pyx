@@ -82,6 +82,11 @@ cdef class Stream:
     cdef int write_body(self, RequestContext ctx, bytes data) except -1:
         raise NotImplementedError
 
+    cdef int write_body_view(self, RequestContext ctx, object view) except -1:
+        # A piece of the body as a memoryview (see Sink.on_body_view); copied for a codec
+        # that takes bytes only.
+        return self.write_body(ctx, bytes(view))
+
     cdef int end_body(self, RequestContext ctx) except -1:
         return 0
 
@@ -594,13 +599,22 @@ cdef class RequestContext(Sink):
 
     cdef int on_raw_head(self, UpstreamCall call, int status, bytes reason, bytes block,
                          bytes content_length) except -1:
-        # The usual answer (see UpstreamCall.upstream_raw_head): when no response hook would
-        # see its fields and no body hook its body, its field lines go to the client as they
-        # came, with this hop's Via (the upstream sent none, and spoke HTTP/1.1).
+        # The usual answer (see UpstreamCall.upstream_raw_head): its field lines go to the
+        # client as they came, with this hop's Via (the upstream sent none, and spoke
+        # HTTP/1.1), unless hooks need them one by one: response hooks get them as pairs,
+        # body hooks the general path (on_head).
         cdef Chain chain = self.chain
-        if (self.ran and chain.response) or chain.body_limit:
+        cdef list pairs
+        if chain.body_limit:
             return self.on_head(call, status, reason, fields_of(block), content_length, False)
         self.upstream_status = status
+        if self.ran and chain.response:
+            # Response hooks see (name, value) pairs: made from the lines directly.
+            pairs = fields_of(block, True)
+            if self.stream.via is not None:
+                pairs.append((b"Via", self.stream.via))
+            return self._head(None, status, reason, pairs, False, content_length, False, None,
+                              False)
         self.status = status
         self.head_sent = True
         return self.stream.write_raw_head(self, status, reason, block, content_length)
@@ -621,6 +635,15 @@ cdef class RequestContext(Sink):
             fields.append(b"Via")
             fields.append(via)
         return self.stream.write_interim(self, status, reason, fields)
+
+    cdef int on_body_view(self, object view) except -1:
+        # Sent as it is, unless a body hook keeps a copy or an encoder transforms it.
+        if self.body_copy is not None or self.transform is not None:
+            return self.on_body(bytes(view))
+        self.bytes_out += len(view)
+        self.stream.write_body_view(self, view)
+        self.stream.deadline = <double>self.clock.now + self.call.upstream.read_timeout
+        return 0
 
     cdef int on_body(self, bytes chunk) except -1:
         cdef list copy = self.body_copy

@@ -889,6 +889,17 @@ cdef class ClientProtocol(Stream):
         self._write(data)
         return self._write(b"\r\n")
 
+    cdef int write_body_view(self, RequestContext ctx, object view) except -1:
+        cdef Py_ssize_t n = len(view)
+        if self.chunked_out or n < _JOIN_MAX:
+            return self.write_body(ctx, bytes(view))  # (flush joins small parts: bytes only)
+        if self.out is not None:
+            self.out.append(view)
+            self.out_size += n
+        else:
+            self.send(view)
+        return 0
+
     cdef int end_body(self, RequestContext ctx) except -1:
         if self.chunked_out:
             self.chunked_out = False

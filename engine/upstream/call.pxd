@@ -58,6 +58,7 @@ cdef class Sink:
     cdef int on_interim(self, UpstreamCall call, int status, bytes reason, list fields,
                         bytes via) except -1
     cdef int on_body(self, bytes chunk) except -1
+    cdef int on_body_view(self, object view) except -1
     cdef int on_complete(self) except -1
     cdef int on_answer(self, object resp) except -1
     cdef int on_abort(self) except -1
@@ -128,6 +129,7 @@ cdef class UpstreamCall:
     cdef int upstream_interim(self, UpstreamConnection conn, int status, bytes reason,
                               list fields) except -1
     cdef int upstream_body(self, bytes data) except -1
+    cdef int upstream_body_view(self, object view) except -1
     cdef int upstream_complete(self, UpstreamConnection conn, bint reusable) except -1
     cdef int upstream_failed(self, UpstreamConnection conn, str code, bint retry=*) except -1
     cdef int upstream_write_paused(self, bint paused) except -1

@@ -67,6 +67,11 @@ cdef class Sink:
                      bytes content_length, bint no_body) except -1:
         return 0
 
+    cdef int on_body_view(self, object view) except -1:
+        # A piece of the body as a memoryview of the read it came in (a large answer's first
+        # part): a sink that can send it as it is overrides this; any other gets bytes.
+        return self.on_body(bytes(view))
+
     cdef int on_raw_head(self, UpstreamCall call, int status, bytes reason, bytes block,
                          bytes content_length) except -1:
         # A head whose relayed fields are still the upstream's lines (``block``, see
@@ -512,6 +517,9 @@ cdef class UpstreamCall:
 
     cdef int upstream_body(self, bytes data) except -1:
         return self.sink.on_body(data)
+
+    cdef int upstream_body_view(self, object view) except -1:
+        return self.sink.on_body_view(view)
 
     cdef int upstream_complete(self, UpstreamConnection conn, bint reusable) except -1:
         cdef Sink sink = self.sink

@@ -39,6 +39,7 @@ cdef bytes _LINGER_ZERO = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close se
 cdef bytes _OK = b"OK"
 
 cdef enum:
+    _VIEW_MIN = 16384  # a first body part this large is handed on as a view, not a copy
     _RUNS_MAX = 15  # runs of relayed lines before the last, in a head taken without llhttp
 
 
@@ -209,7 +210,15 @@ cdef class UpstreamConnection:
                                                            _digits(length)):
             return True  # the exchange already dealt with this connection
         self.body_left = length
-        if rest:
+        if rest >= _VIEW_MIN:
+            # Most of a large answer comes in the read that holds its head: handed on as a
+            # view of that read rather than copied out of it (it is all body: rest <= length).
+            self.body_left -= rest
+            (<UpstreamCall>self.call).upstream_body_view(memoryview(data)[end:])
+            if self.body_left == 0:
+                self.body_left = -1
+                self._complete(True)
+        elif rest:
             # (a bytes copy of the rest, without a slice object's round trip)
             self._count_body(PyBytes_FromStringAndSize(PyBytes_AS_STRING(data) + end, rest))
         elif length == 0:

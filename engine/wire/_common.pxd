@@ -125,7 +125,24 @@ cdef inline int w_put_buffer(Writer* w, object data) except -1:
 
 
 cdef inline int w_field(Writer* w, object name, object value) except -1:
-    # One header field line.
+    # One header field line: "name: value" CRLF.
+    cdef Py_ssize_t n, m
+    cdef char* p
+    if PyBytes_CheckExact(name) and PyBytes_CheckExact(value):
+        # (the usual case, in one capacity check)
+        n = PyBytes_GET_SIZE(name)
+        m = PyBytes_GET_SIZE(value)
+        if w.len + n + m + 4 > w.cap:
+            w_grow(w, n + m + 4)
+        p = w.buf + w.len
+        memcpy(p, PyBytes_AS_STRING(name), n)
+        p[n] = b":"
+        p[n + 1] = b" "
+        memcpy(p + n + 2, PyBytes_AS_STRING(value), m)
+        p[n + 2 + m] = b"\r"
+        p[n + 3 + m] = b"\n"
+        w.len += n + m + 4
+        return 0
     w_put(w, name)
     w_raw(w, ": ", 2)
     w_put(w, value)

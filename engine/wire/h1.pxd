@@ -15,5 +15,6 @@ cdef tuple tokens(list values)
 cdef bint only_keep_alive(list values) except -1
 cdef list drop_named(list headers, tuple named, bint flat)
 cdef int response_kind(const char* name, Py_ssize_t n) except -1
-cdef Py_ssize_t split_fields(const char* p, const char* stop, bint head, list fields) except -2
-cdef list fields_of(bytes block)
+cdef Py_ssize_t split_fields(const char* p, const char* stop, bint head, list fields,
+                             bint pairs=*) except -2
+cdef list fields_of(bytes block, bint pairs=*)

@@ -87,11 +87,17 @@ RESPONSE_KINDS = {
 for _name in HOP_BY_HOP:
     RESPONSE_KINDS.setdefault(_name, R_DROP)
 
-# RESPONSE_KINDS by name length, looked up without .lower().
+# RESPONSE_KINDS by name length, looked up without .lower(); a bit per length that has any
+# (most names a response carries have none: Date, Server, ETag, Last-Modified, ...).
 cdef list _RESPONSE_KINDS = kind_table(RESPONSE_KINDS)
+cdef unsigned long long _KIND_LENGTHS = 0
+for _name in RESPONSE_KINDS:
+    _KIND_LENGTHS |= 1ULL << len(_name)
 
 
 cdef int response_kind(const char* name, Py_ssize_t n) except -1:
+    if n >= 64 or not (_KIND_LENGTHS >> n) & 1:
+        return R_RELAY
     return kind_at(_RESPONSE_KINDS, <const unsigned char*>name, n)
 
 
@@ -119,11 +125,13 @@ cdef inline bytes _field_name(const char* p, Py_ssize_t n):
     return PyBytes_FromStringAndSize(p, n)
 
 
-cdef Py_ssize_t split_fields(const char* p, const char* stop, bint head, list fields) except -2:
+cdef Py_ssize_t split_fields(const char* p, const char* stop, bint head, list fields,
+                             bint pairs=False) except -2:
     # Field lines ("name:" OWS value OWS CRLF, already checked by whoever hands them here)
     # from ``p`` on, appended to ``fields`` flat: the name as sent, the value without its
-    # surrounding whitespace (RFC 9110 §5.5). With ``head`` they end with an empty line and
-    # the bytes read, that line included, are returned; otherwise they run to ``stop``.
+    # surrounding whitespace (RFC 9110 §5.5); as (name, value) tuples with ``pairs``. With
+    # ``head`` they end with an empty line and the bytes read, that line included, are
+    # returned; otherwise they run to ``stop``.
     # -1: a line without CR or colon, or a head without its empty line.
     cdef const char* start = p
     cdef const char* eol
@@ -145,16 +153,20 @@ cdef Py_ssize_t split_fields(const char* p, const char* stop, bint head, list fi
             v += 1
         while ve > v and (ve[-1] == b" " or ve[-1] == b"\t"):
             ve -= 1
-        fields.append(_field_name(p, colon - p))
-        fields.append(PyBytes_FromStringAndSize(v, ve - v))
+        if pairs:
+            fields.append((_field_name(p, colon - p), PyBytes_FromStringAndSize(v, ve - v)))
+        else:
+            fields.append(_field_name(p, colon - p))
+            fields.append(PyBytes_FromStringAndSize(v, ve - v))
         p = eol + 2
     return -1 if head else p - start
 
 
-cdef list fields_of(bytes block):
-    # The field lines of ``block`` (as a head holds them, each ending CRLF) as a flat list.
+cdef list fields_of(bytes block, bint pairs=False):
+    # The field lines of ``block`` (as a head holds them, each ending CRLF) as a flat list,
+    # or as (name, value) tuples with ``pairs``.
     cdef list fields = []
     cdef const char* p = PyBytes_AS_STRING(block)
-    if split_fields(p, p + PyBytes_GET_SIZE(block), False, fields) < 0:
+    if split_fields(p, p + PyBytes_GET_SIZE(block), False, fields, pairs) < 0:
         raise ValueError("not field lines")
     return fields

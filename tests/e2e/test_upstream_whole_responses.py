@@ -9,6 +9,7 @@ keeps alive differently would show here.
 """
 
 import time
+import zlib
 
 import orjson
 import pytest
@@ -214,6 +215,34 @@ def test_a_body_in_reads_of_its_own_is_counted_to_its_length(proxy):
             assert c.request("GET", "/probe").body == b"probe"
     finally:
         origin.on_head = saved
+
+
+TEXT = b"".join(b"%06d edgeproxy relays this line\n" % i for i in range(3000))  # ~100 KiB
+
+
+@pytest.mark.parametrize("extra, accept", [
+    pytest.param("", None, id="relayed-as-a-view-of-the-read"),
+    pytest.param("[routes.compression]\n", b"gzip", id="an-encoder-gets-bytes"),
+    pytest.param("[routes.cache]\n", None, id="a-body-hook-keeps-bytes"),
+])
+def test_a_large_answer_whose_head_read_holds_most_of_it_arrives_whole(extra, accept):
+    # Most of a large answer comes in the read that holds its head: that part goes on as a
+    # view of the read, or as bytes where an encoder or a body hook needs them.
+    answer = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nCache-Control: max-age=60\r\n"
+              b"Content-Length: %d\r\n\r\n%s" % (len(TEXT), TEXT))
+    headers = ((b"Accept-Encoding", accept),) if accept else ()
+    with Origin(lambda req: (answer, "keep")) as o, \
+            InProcessProxy(proxy_config(o.url, extra=extra)) as p:
+        with Conn(p.port) as c:
+            for _ in range(2):  # (the second from the cache, on that route)
+                r = c.request("GET", "/big", headers=headers)
+                assert (r.status, r.complete) == (200, True)
+                body = zlib.decompress(r.body, 31) if accept else r.body
+                assert body == TEXT
+                assert r.header(b"content-encoding") == (b"gzip" if accept else None)
+        # (the whole path took it: one read held the head and most of the body)
+        assert sum(p.call(lambda: [conn.whole_responses for pool in p.worker.runtime.pools.values()
+                                   for conn in pool.idle])) >= 1
 
 
 # Answers near the edge of what the path without llhttp takes: mostly answers it could take,
