@@ -24,7 +24,9 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from libc.string cimport memchr, memcmp, memcpy
 
 from engine.wire._common cimport field_bytes, is_tchar, same_lower
-from engine.wire.h1 cimport R_CONNECTION, R_CONTENT_LENGTH, R_DROP, R_RELAY, response_kind, split_fields
+from engine.wire.h1 cimport (
+    R_CONNECTION, R_CONTENT_LENGTH, R_DROP, R_RELAY, response_kind, split_fields,
+)
 
 # pyx-level cimport: connection.pxd cimports nothing, so the .pxd files have no cycle.
 from engine.upstream.call cimport UpstreamCall

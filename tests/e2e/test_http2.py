@@ -149,6 +149,23 @@ def test_streams_are_multiplexed_on_one_connection():
         c.close()
 
 
+def test_an_answer_the_upstream_connection_took_whole_reaches_h2_with_its_fields_and_via():
+    # (its field lines are kept as they came for HTTP/1.1; the h2 codec gets them split)
+    answer = ok(b"hi", headers=((b"X-A", b"1"), (b"ETag", b'"e"'),
+                                (b"Connection", b"keep-alive"), (b"Keep-Alive", b"timeout=5")))
+    with Origin(lambda req: answer) as o, InProcessProxy(config(o.url)) as p:
+        c = H2Client(p.port)
+        sid = c.request("/x")
+        c.read(c.ended(sid))
+        fields = next(dict(e.headers) for e in c.events
+                      if isinstance(e, h2.events.ResponseReceived) and e.stream_id == sid)
+        assert (fields[b":status"], fields[b"x-a"], fields[b"etag"]) == (b"200", b"1", b'"e"')
+        assert fields[b"via"] == b"1.1 edgeproxy"
+        assert b"connection" not in fields and b"keep-alive" not in fields
+        assert c.body(sid) == b"hi"
+        c.close()
+
+
 def test_flow_control_holds_a_response_until_the_client_opens_its_window():
     big = b"x" * 300_000
     with Origin(lambda req: ok(big)) as o, InProcessProxy(config(o.url)) as p:

@@ -241,8 +241,7 @@ def test_a_large_answer_whose_head_read_holds_most_of_it_arrives_whole(extra, ac
                 assert body == TEXT
                 assert r.header(b"content-encoding") == (b"gzip" if accept else None)
         # (the whole path took it: one read held the head and most of the body)
-        assert sum(p.call(lambda: [conn.whole_responses for pool in p.worker.runtime.pools.values()
-                                   for conn in pool.idle])) >= 1
+        assert whole_taken(p) >= 1
 
 
 # Answers near the edge of what the path without llhttp takes: mostly answers it could take,
