@@ -102,15 +102,17 @@ def nginx_proxy_conf(tmp: Path, name: str, port: int, origin_port: int,
 
 
 def edgeproxy_config(port: int, origin_port: int, routes: str, top: str = "",
-                     admin: str = f'listen = "{HOST}:0"') -> str:
+                     admin: str = f'listen = "{HOST}:0"', server: str = "") -> str:
     """One edgeproxy worker, access log off, before the origin (keepalive 1024): ``top`` holds
-    top-level tables (consumers, redis, ...), ``routes`` the [[routes]]. The admin listener is
-    on, as shipped, but on a free port: several edgeproxies run side by side here."""
+    top-level tables (consumers, redis, ...), ``routes`` the [[routes]], ``server`` more
+    [server] keys. The admin listener is on, as shipped, but on a free port: several
+    edgeproxies run side by side here."""
     return f"""
 [server]
 listen = "{HOST}:{port}"
 workers = 1
 access_log = "off"
+{server}
 
 [admin]
 {admin}
