@@ -45,7 +45,6 @@ cdef enum:
     _RUNS_MAX = 15  # runs of relayed lines before the last, in a head taken without llhttp
 
 
-@cython.cdivision(True)
 cdef inline bytes _digits(long long n):
     # ``n`` (>= 0) in decimal: a Content-Length as the client gets it (PyBytes_FromFormat
     # costs twenty times more).
