@@ -484,13 +484,23 @@ def route_table(results: dict, labels: dict, base: str, title: str) -> str:
     return "\n".join(lines)
 
 
-def route_args(doc: str, duration: float):
+def route_args(doc: str, duration: float, rounds: int = 3, conns: int = 50):
     """The command line of a bench over one proxy's routes: --rounds, --duration, --conns."""
     ap = argparse.ArgumentParser(description=doc.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=rounds)
     ap.add_argument("--duration", type=float, default=duration)
-    ap.add_argument("--conns", type=int, default=50)
+    ap.add_argument("--conns", type=int, default=conns)
     return ap.parse_args()
+
+
+def git_rev() -> str:
+    """``git describe`` of the tree the bench runs from, for a results file."""
+    try:
+        done = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
+                              capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+    return done.stdout.strip() or "?"
 
 
 def route_bench(pid: int, port: int, paths: dict, args, base: str, labels: dict | None = None,

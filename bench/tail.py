@@ -10,7 +10,6 @@ connection closes. A Lua script has wrk print its percentiles up to p99.99 and t
 Rounds interleave the four runs; the table holds medians. Writes bench/results/tail-latest.md.
 """
 
-import argparse
 import re
 import statistics
 import subprocess
@@ -35,18 +34,8 @@ NEVER = 1_000_000_000  # keepalive_requests no run reaches
 ROUTE = '\n[[routes]]\nname = "bench"\npaths = ["/*"]\nupstream = "origin"\n'
 
 
-def _git() -> str:
-    done = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
-                          capture_output=True, text=True, timeout=10)
-    return done.stdout.strip() or "unknown"
-
-
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--duration", type=float, default=5.0)
-    ap.add_argument("--conns", type=int, default=200)
-    args = ap.parse_args()
+    args = rig.route_args(__doc__, duration=5.0, rounds=2, conns=200)
     rig.ensure_tools()
     started = time.monotonic()
     tmp, procs = rig.workspace("tail")
@@ -91,7 +80,7 @@ def main() -> int:
         f"wrk -t1 -c{args.conns}, 13 B bodies, medians; took "
         f"{(time.monotonic() - started) / 60:.1f} min)",
         f"- date (UTC): {time.strftime('%Y-%m-%d %H:%M', time.gmtime())}; edgeproxy git "
-        f"{_git()}",
+        f"{rig.git_rev()}",
         "- pinning as bench/vs_nginx.py: wrk and the origin on core 0, each proxy on core 1",
         "", "| system | req/s | " + " | ".join(
             f"p{p} ms" if p != "max" else "max ms" for p in POINTS) + " |",

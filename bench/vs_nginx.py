@@ -250,7 +250,7 @@ def machine_header(duration: float, rounds: int, elapsed: float, results: dict) 
     except OSError:
         pass
     import aiohttp
-    rev = version(["git", "-C", str(ROOT), "describe", "--always", "--dirty"])
+    rev = rig.git_rev()
     foreign = [r.foreign_share for runs in results.values() for r in runs]
     busy = sum(1 for f in foreign if f > 0.1)
     return "\n".join([
