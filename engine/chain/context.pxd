@@ -65,8 +65,10 @@ cdef class Hooks:
     # A filter's hooks compiled to C (docs/filters.md, "Compiled hooks"): when a filter binds
     # a Hooks object's on_request or on_response, the chain calls ``request`` or ``response``
     # through the vtable, with no Python call.
+    cdef bint raw                       # response_raw stands for response (see there)
     cdef object request(self, RequestContext ctx)
     cdef int response(self, RequestContext ctx, Response resp) except -1
+    cdef bytes response_raw(self, RequestContext ctx, bytes block)
 
 
 @cython.final
@@ -74,6 +76,7 @@ cdef class Chain:
     # One route's compiled filters (or the server-wide ones, for requests no route takes).
     cdef readonly tuple request         # (index, hook, Hooks or None) of on_request, in order
     cdef readonly tuple response        # (index, hook, Hooks or None) of on_response, reversed
+    cdef readonly bint response_raw     # each of them is a Hooks' own, with ``raw`` set
     cdef readonly tuple response_body   # (index, filter) with on_response_body, reverse
     cdef readonly tuple log             # filters with on_log
     cdef readonly tuple filters         # every filter, phase order

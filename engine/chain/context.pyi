@@ -30,6 +30,14 @@ class Stream:
     def close(self) -> None: ...
     def abort(self) -> None: ...
 
+class Hooks:
+    """Base of a filter's hooks compiled to C (docs/filters.md, "Compiled hooks")."""
+
+    edits_raw: bool
+    def on_request(self, ctx: RequestContext) -> Any: ...
+    def on_response(self, ctx: RequestContext, resp: Response) -> None: ...
+    def on_response_raw(self, ctx: RequestContext, block: bytes) -> bytes: ...
+
 class Chain:
     """A route's compiled filters: each hook's bound methods in the order they run."""
 
@@ -38,6 +46,7 @@ class Chain:
     response_body: tuple[tuple[int, Any], ...]
     log: tuple[Any, ...]
     filters: tuple[Any, ...]
+    response_raw: bool  # every response hook edits field lines as they came (Hooks)
     body_limit: int
     body_buffered: bool
     def __init__(self, filters: list) -> None: ...

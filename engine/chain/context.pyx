@@ -149,11 +149,29 @@ cdef class Hooks:
     cdef int response(self, RequestContext ctx, Response resp) except -1:
         return 0
 
+    cdef bytes response_raw(self, RequestContext ctx, bytes block):
+        # What ``response`` does, done to an upstream head's field lines as they came
+        # ("name: value" CRLF each; no Content-Length, no hop-by-hop field, no Via: the
+        # codec adds this hop's after the hooks): the edited lines. Asked only of hooks that
+        # set ``raw``, and only when every response hook of the chain has: then the head is
+        # never split into (name, value) pairs (RequestContext.on_raw_head).
+        raise NotImplementedError
+
     def on_request(self, ctx):
         return self.request(<RequestContext?>ctx)
 
     def on_response(self, ctx, resp):
         self.response(<RequestContext?>ctx, <Response?>resp)
+
+    def on_response_raw(self, ctx, bytes block):
+        """``response_raw`` for Python callers (the chain calls it in C). Not a hook the
+        chain looks for: it takes it from ``raw``."""
+        return self.response_raw(<RequestContext?>ctx, block)
+
+    @property
+    def edits_raw(self):
+        """Whether the chain may call response_raw instead of response."""
+        return self.raw
 
 
 def _entry(Py_ssize_t i, hook, str name):
@@ -177,6 +195,8 @@ cdef class Chain:
                               if _defines(f, "on_request")])
         self.response = tuple([_entry(i, f.on_response, "on_response")
                                for i, f in enumerate(built) if _defines(f, "on_response")][::-1])
+        self.response_raw = all([entry[2] is not None and (<Hooks>entry[2]).raw
+                                 for entry in self.response])
         self.response_body = tuple([(i, f.on_response_body) for i, f in enumerate(built)
                                     if _defines(f, "on_response_body")][::-1])
         self.log = tuple([f.on_log for f in built if _defines(f, "on_log")])
@@ -601,14 +621,21 @@ cdef class RequestContext(Sink):
                          bytes content_length) except -1:
         # The usual answer (see UpstreamCall.upstream_raw_head): its field lines go to the
         # client as they came, with this hop's Via (the upstream sent none, and spoke
-        # HTTP/1.1), unless hooks need them one by one: response hooks get them as pairs,
-        # body hooks the general path (on_head).
+        # HTTP/1.1), edited by compiled response hooks that can (Chain.response_raw), unless
+        # hooks need them one by one: other response hooks get them as pairs, body hooks the
+        # general path (on_head).
         cdef Chain chain = self.chain
         cdef list pairs
         if chain.body_limit:
             return self.on_head(call, status, reason, fields_of(block), content_length, False)
         self.upstream_status = status
-        if self.ran and chain.response:
+        if self.ran and chain.response and chain.response_raw:
+            # Compiled hooks that edit the lines themselves: no pairs at all.
+            self.response_length = content_length
+            for entry in chain.response:
+                if <Py_ssize_t>(<tuple>entry)[0] < self.ran:
+                    block = (<Hooks>(<tuple>entry)[2]).response_raw(self, block)
+        elif self.ran and chain.response:
             # Response hooks see (name, value) pairs: made from the lines directly.
             pairs = fields_of(block, True)
             if self.stream.via is not None:

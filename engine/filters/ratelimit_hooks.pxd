@@ -1,4 +1,4 @@
-from engine.chain.context cimport Hooks
+from engine.chain.context cimport Hooks, RequestContext
 from ext.ratelimit cimport Limiter
 
 
@@ -22,4 +22,6 @@ cdef class SingleLimit(Hooks):
     cdef readonly bint ietf         # RateLimit and RateLimit-Policy
     cdef public object clock        # None: CLOCK_MONOTONIC; tests set a function of seconds
 
+    cdef tuple _state(self, RequestContext ctx)
+    cdef int _numbers(self, tuple state, Digits* remaining, Digits* t) except -1
     cdef bytes _item(self, Digits* remaining, Digits* t)

@@ -11,7 +11,8 @@ from libc.math cimport ceil, isinf
 from libc.string cimport memcpy
 
 from engine.chain.context cimport Hooks, RequestContext
-from engine.wire._common cimport monotonic
+from engine.wire._common cimport (WRITER_STACK, Writer, monotonic, w_bytes, w_field, w_free,
+                                  w_init, w_put, w_raw)
 from engine.wire.message cimport Response
 from ext.ratelimit cimport Limiter, RL_ALLOW, RL_DELAY, RL_REJECT
 
@@ -67,6 +68,7 @@ cdef class SingleLimit(Hooks):
         self.classic = classic
         self.ietf = ietf
         self.clock = None
+        self.raw = True
 
     cdef object request(self, RequestContext ctx):
         cdef tuple state
@@ -90,18 +92,12 @@ cdef class SingleLimit(Hooks):
         return self.refused(ctx, "rate_limited", state[3])
 
     cdef int response(self, RequestContext ctx, Response resp) except -1:
-        cdef tuple state
+        cdef tuple state = self._state(ctx)
         cdef list h
         cdef Digits remaining, t
-        vars = ctx.vars
-        if vars is None:
-            return 0
-        state = (<dict?>vars).get(_STATE)
         if state is None:
             return 0
-        _digits(&remaining, state[1])
-        # On a refusal t is the wait (draft §6: like Retry-After); else the window's reset.
-        _digits(&t, _seconds(state[3] if state[0] == RL_REJECT else state[2]))
+        self._numbers(state, &remaining, &t)
         h = resp.headers
         if self.classic:
             h.append(self.limit)
@@ -110,6 +106,51 @@ cdef class SingleLimit(Hooks):
         if self.ietf:
             h.append(self.policy)
             h.append((b"RateLimit", self._item(&remaining, &t)))
+        return 0
+
+    cdef bytes response_raw(self, RequestContext ctx, bytes block):
+        # The same fields as ``response``, written after the lines as one piece.
+        cdef tuple state = self._state(ctx)
+        cdef Digits remaining, t
+        cdef Writer w
+        cdef char stack[WRITER_STACK]
+        if state is None:
+            return block
+        self._numbers(state, &remaining, &t)
+        w_init(&w, stack, WRITER_STACK)
+        try:
+            w_put(&w, block)
+            if self.classic:
+                w_field(&w, self.limit[0], self.limit[1])
+                w_raw(&w, "X-RateLimit-Remaining: ", 23)
+                w_raw(&w, remaining.buf + remaining.start, 24 - remaining.start)
+                w_raw(&w, "\r\nX-RateLimit-Reset: ", 21)
+                w_raw(&w, t.buf + t.start, 24 - t.start)
+                w_raw(&w, "\r\n", 2)
+            if self.ietf:
+                w_field(&w, self.policy[0], self.policy[1])
+                w_raw(&w, "RateLimit: ", 11)
+                w_put(&w, self.sf)
+                w_raw(&w, ";r=", 3)
+                w_raw(&w, remaining.buf + remaining.start, 24 - remaining.start)
+                w_raw(&w, ";t=", 3)
+                w_raw(&w, t.buf + t.start, 24 - t.start)
+                w_raw(&w, "\r\n", 2)
+            return w_bytes(&w)
+        finally:
+            w_free(&w)
+
+    cdef tuple _state(self, RequestContext ctx):
+        # (verdict, remaining, reset, wait) of this request, or None: it was not counted.
+        vars = ctx.vars
+        if vars is None:
+            return None
+        return (<dict?>vars).get(_STATE)
+
+    cdef int _numbers(self, tuple state, Digits* remaining, Digits* t) except -1:
+        _digits(remaining, state[1])
+        # On a refusal t is the wait (draft §6: like Retry-After); else the window's reset.
+        _digits(t, _seconds(state[3] if state[0] == RL_REJECT else state[2]))
         return 0
 
     cdef bytes _item(self, Digits* remaining, Digits* t):

@@ -23,6 +23,33 @@ from tests.support.proxy import InProcessProxy
 
 PROBE = ok(b"probe")
 
+# A route whose response hooks are all compiled ones that edit a head's lines as they came
+# (Chain.response_raw): what llhttp's path gives as pairs must come out the same.
+EDITED_ROUTE = """
+[[routes]]
+name = "edited"
+paths = ["/edited/*"]
+upstream = "app"
+[routes.headers.response]
+set = { "X-Served-By" = "edgeproxy" }
+add = { "X-Frame-Options" = "DENY" }
+remove = ["X-A"]
+rename = { "ETag" = "X-Origin-ETag" }
+[[routes.rate_limit.limits]]
+name = "per-ip"
+algorithm = "sliding_counter"
+limit = 100000000
+window = "1m"
+key = ["ip"]
+
+[[routes]]
+name = "unvia"
+paths = ["/unvia/*"]
+upstream = "app"
+[routes.headers.response]
+remove = ["Via"]
+"""
+
 
 class Answers:
     """What the origin answers a case's request with, whole or cut in two writes."""
@@ -65,7 +92,8 @@ def proxy():
     with Origin(answers.handler, on_head=answers.on_head) as o:
         origin = o
         # (an answer whose framing never ends is cut by the read timeout, not waited on)
-        with InProcessProxy(proxy_config(o.url, upstream="read_timeout = 1.0")) as p:
+        with InProcessProxy(proxy_config(o.url, upstream="read_timeout = 1.0",
+                                         extra=EDITED_ROUTE)) as p:
             yield p
 
 
@@ -75,7 +103,7 @@ def whole_taken(proxy) -> int:
                                    for c in p.idle]))
 
 
-def exchange(proxy, answer: bytes, split: bool):
+def exchange(proxy, answer: bytes, split: bool, path: bytes = b"/case"):
     """How the client was answered (status line, fields but Date, body, whether it was
     whole), whether the next request went on the same upstream connection, and whether the
     path without llhttp took the answer."""
@@ -83,7 +111,7 @@ def exchange(proxy, answer: bytes, split: bool):
     before = len(origin.requests)
     taken = whole_taken(proxy)
     with Conn(proxy.port) as c:
-        c.send(b"GET /case HTTP/1.1\r\nHost: t\r\n\r\n")
+        c.send(b"GET %s HTTP/1.1\r\nHost: t\r\n\r\n" % path)
         interim = []
         r = c.response()
         while r.status < 200:  # (relayed 1xx, the final answer after them)
@@ -178,6 +206,42 @@ def test_a_whole_and_a_split_answer_are_relayed_alike(proxy, data, whole):
     split = exchange(proxy, data, split=True)
     assert alone[:2] == split[:2]
     assert (alone[2], split[2]) == (whole, False)
+
+
+# Values that change from one request to the next.
+_COUNTED = (b"x-ratelimit-remaining", b"ratelimit")
+
+
+@pytest.mark.parametrize("data, whole", [pytest.param(d, w, id=i) for i, d, w in CASES
+                                         if w or i in ("chunked", "http-1.0", "connection-close")])
+def test_an_answer_edited_by_compiled_hooks_is_the_same_whole_and_split(proxy, data, whole):
+    # Whole: the hooks edit the lines as they came; split: llhttp's path gives them pairs.
+    assert proxy.call(lambda: [len(r.chain.response) > 0 and r.chain.response_raw
+                               for r in proxy.worker.runtime.routes
+                               if r.name == "edited"]) == [True]
+    alone = exchange(proxy, data, split=False, path=b"/edited/case")
+    split = exchange(proxy, data, split=True, path=b"/edited/case")
+    assert (alone[1], alone[2]) == (split[1], whole)
+    fields = [(n, b"*" if n in _COUNTED else v) for n, v in alone[0][2]]
+    assert (alone[0][:2], fields, alone[0][3:]) == (
+        split[0][:2], [(n, b"*" if n in _COUNTED else v) for n, v in split[0][2]], split[0][3:])
+    if alone[0][1][0] == 200:
+        names = [n for n, _ in fields]
+        assert (b"x-served-by", b"edgeproxy") in fields and (b"x-frame-options", b"DENY") in fields
+        assert b"x-a" not in names and b"etag" not in names and b"ratelimit-policy" in names
+        assert names.count(b"via") == 1
+
+
+def test_an_edit_that_removes_via_removes_this_hops_too(proxy):
+    # Via is added by the codec after lines are edited, so this edit takes the pairs path.
+    assert proxy.call(lambda: [r.chain.response_raw for r in proxy.worker.runtime.routes
+                               if r.name == "unvia"]) == [False]
+    for split in (False, True):
+        seen, _, whole = exchange(proxy, answer(), split=split, path=b"/unvia/case")
+        assert whole != split and seen[1] == (200, b"OK")
+        assert b"via" not in [n for n, _ in seen[2]]
+    seen, _, whole = exchange(proxy, answer(), split=False, path=b"/edited/case")
+    assert whole and b"via" in [n for n, _ in seen[2]]
 
 
 def test_the_plain_answer_reaches_the_client_field_for_field(proxy):

@@ -29,6 +29,32 @@ def test_compiled_edit_matches_the_reference(headers, drop, rename, append):
     pairs = [(_cased(n, flips), v) for n, flips, v in headers]
     ours, ref = HeaderEdit(drop, rename, append), ReferenceEdit(drop, rename, append)
     assert ours.apply(list(pairs)) == ref.apply(list(pairs))
+    # The same edit of an upstream head's field lines as they came: values kept as sent,
+    # with or without whitespace after the colon (no CR or LF: the head was checked).
+    pairs = [(n, v.translate(None, b"\r\n")) for n, v in pairs]
+    lines = b"".join(n + b":" + b" " * (len(v) % 2) + v + b"\r\n" for n, v in pairs)
+    assert _pairs_of(ours.on_response_raw(_ctx(), lines)) == [
+        (n, v.strip(b" ")) for n, v in ref.apply(pairs)]
+
+
+def _ctx():
+    return RequestContext.__new__(RequestContext)
+
+
+def _pairs_of(lines: bytes) -> list:
+    assert lines == b"" or lines.endswith(b"\r\n")
+    return [(n, v.strip(b" ")) for n, _, v in
+            (line.partition(b":") for line in lines.split(b"\r\n")[:-1])]
+
+
+def test_an_edit_that_names_via_keeps_to_pairs():
+    # The codec adds this hop's Via after the lines are edited, so an edit that removes, sets,
+    # adds or renames Via must see the pairs, Via among them.
+    assert HeaderEdit([b"X-Debug"], [(b"ETag", b"X-ETag")], [(b"X-Edge", b"1")]).edits_raw
+    assert not HeaderEdit([b"via"], [], []).edits_raw
+    assert not HeaderEdit([], [(b"VIA", b"X-Via")], []).edits_raw
+    assert not HeaderEdit([], [(b"X-Via", b"Via")], []).edits_raw
+    assert not HeaderEdit([], [], [(b"Via", b"1.1 other")]).edits_raw
 
 
 def test_hooks_replace_the_lists_they_edit():

@@ -123,10 +123,17 @@ def test_compiled_and_general_hooks_answer_alike(algorithm, params, admitted, st
         c1["now"] += dt
         c2["now"] += dt
         headers = [] if user is None else [(b"X-User", user.encode())]
-        s1, h1, r1 = ask(compiled, Ctx(headers=headers))
+        ctx = Ctx(headers=headers)
+        s1, h1, r1 = ask(compiled, ctx)
         s2, h2, r2 = ask(general, Ctx(headers=headers))
         assert (s1, h1) == (s2, h2)
         assert (r1.body or b"") == (r2.body or b"")
+        if s1 == 200:
+            # An upstream's head edited as its lines (what the chain calls when every
+            # response hook can) gets the same fields after the upstream's own.
+            lines = compiled.single.on_response_raw(ctx, b"Server: origin\r\n")
+            assert lines == b"".join(n + b": " + v + b"\r\n"
+                                     for n, v in [(b"Server", b"origin"), *r1.headers])
 
 
 def test_fixed_window_counts_and_headers_with_a_controlled_clock():
