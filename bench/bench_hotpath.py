@@ -108,11 +108,21 @@ def setup(extra: str):
 def run(n: int, extra: str) -> float:
     client, upstream, sink, worker = setup(extra)
     feed_client = client.data_received
-    feed_upstream = upstream.data_received
+    # The upstream side is a buffered protocol: uvloop asks it for a buffer, reads into it and
+    # tells it how much came. The response is copied in only when the buffer is a new one (it
+    # is the same one each time while no view of it is held), so the loop adds no Python work
+    # that uvloop would not do in C.
+    get_buffer, buffer_updated = upstream.get_buffer, upstream.buffer_updated
+    buf, size = None, len(RESPONSE)
     start = time.perf_counter_ns()
     for _ in range(n):
         feed_client(REQUEST)
-        feed_upstream(RESPONSE)
+        got = get_buffer(-1)
+        if got is not buf:
+            buf = got
+            with memoryview(buf) as view:
+                view[:size] = RESPONSE
+        buffer_updated(size)
     elapsed = time.perf_counter_ns() - start
     assert worker.requests == n and worker.status_counts[2] == n, "requests did not complete"
     assert sink.written > n * len(b"hello, world!")

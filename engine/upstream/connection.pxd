@@ -2,6 +2,12 @@ cimport cython
 
 
 @cython.final
+cdef class ReadBuffer:
+    cdef char* data                 # _READ_SIZE bytes
+    cdef Py_ssize_t exports         # views of it alive (uvloop's, during a read, included)
+
+
+@cython.final
 cdef class UpstreamConnection:
     cdef public object pool         # engine.upstream.pool.Pool
     cdef public object transport
@@ -27,16 +33,18 @@ cdef class UpstreamConnection:
     cdef int status                 # ... and its status code
     cdef long long body_left        # what is still to come of a body _take_response took,
                                     # counted here (-1: none is, llhttp frames the body)
+    cdef ReadBuffer reading         # what the read under way was given (get_buffer)
 
     cpdef bint usable(self) except -1
     cpdef start(self, object call, bytes head, bint skip_body)
     cdef int _parse(self, bytes data) except -1
-    cdef bint _take_response(self, bytes data) except -1
-    cdef int _count_body(self, bytes data) except -1
+    cdef bint _take_response(self, ReadBuffer buf, Py_ssize_t n) except -1
+    cdef int _relay_body(self, ReadBuffer buf, Py_ssize_t start, Py_ssize_t n) except -1
     cdef bint _scan_head(self) except -1
     cdef const char* _status_line(self, const char* p, const char* stop,
                                   bint strict) except? NULL
-    cdef bytes _strict_head(self, bytes data, Py_ssize_t* end, long long* length)
+    cdef bytes _strict_head(self, const char* base, Py_ssize_t n, Py_ssize_t* end,
+                            long long* length)
     cdef int _complete(self, object reusable=*) except -1
     cdef int _fail(self, object exc) except -1
     cpdef close(self)

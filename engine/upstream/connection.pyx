@@ -3,15 +3,19 @@
 The usual response, a read that starts with a whole head framed by one Content-Length and
 persisting, is taken here without llhttp (``_take_response``): its head is checked strictly
 (a subset of what llhttp accepts, read the same way), the field lines it relays are handed on
-as they came, in one bytes object, and its body is counted here, each later read relayed as
-the bytes object it arrived in. Any other response (chunked, close-delimited, 1xx, 204/304, a
+as they came, in one bytes object, and its body is counted here: a large part of it goes on as a
+view of the read it arrived in, a small one as a bytes copy. Any other response (chunked, close-delimited, 1xx, 204/304, a
 HEAD's, a head split across reads, anything unusual) is llhttp's (httptools): it validates the
 head and frames the body, and once it accepted a head that head is split into names and
 values in C (``_scan_head``), not field by field in Python callbacks.
 Body bytes are never re-serialised (only re-chunked when the client side needs chunked framing).
 
-A cdef class cannot subclass asyncio.Protocol; uvloop and httptools only duck-type protocols, so
-this class implements every method they call (eof_received included).
+Reads land in the worker's ReadBuffer, not in a bytes object per read: the class is a buffered
+protocol (get_buffer / buffer_updated), which spares uvloop's copy of every read, and a large
+body is relayed to the client straight from the memory the kernel wrote it to.
+
+A cdef class cannot subclass asyncio.BufferedProtocol; uvloop and httptools only duck-type
+protocols, so this class implements every method they call (eof_received included).
 """
 
 import socket
@@ -20,7 +24,9 @@ import struct
 import httptools
 
 cimport cython
+from cpython.buffer cimport PyBuffer_FillInfo
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.string cimport memchr, memcmp, memcpy
 
 from engine.wire._common cimport field_bytes, is_tchar, same_lower
@@ -41,7 +47,8 @@ cdef bytes _LINGER_ZERO = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close se
 cdef bytes _OK = b"OK"
 
 cdef enum:
-    _VIEW_MIN = 16384  # a first body part this large is handed on as a view, not a copy
+    _READ_SIZE = 262144  # bytes a read may take: as uvloop's own receive buffer
+    _VIEW_MIN = 16384  # a body part this large is handed on as a view of its read, not a copy
     _RUNS_MAX = 15  # runs of relayed lines before the last, in a head taken without llhttp
 
 
@@ -91,6 +98,41 @@ cdef inline bint _framing_field(int kind, const char* name, Py_ssize_t n, const 
     return False  # Transfer-Encoding; Via, which the sink combines with ours
 
 
+cdef class ReadBuffer:
+    """Where upstream reads land. One serves every upstream connection, as uvloop's own
+    receive buffer serves a loop's, but only while nothing holds a view of it: a read under
+    way does (uvloop's, so a loop in another thread gets a buffer of its own), and so does a
+    body relayed as a view that waits in a client transport's buffer. Then the next read gets
+    a new ReadBuffer, and the old one lives as long as its views."""
+
+    def __cinit__(self):
+        self.data = <char*>PyMem_Malloc(_READ_SIZE)
+        if self.data is NULL:
+            raise MemoryError()
+
+    def __dealloc__(self):
+        PyMem_Free(self.data)
+
+    def __len__(self):
+        return _READ_SIZE  # (uvloop's TLS transport asks)
+
+    def __getbuffer__(self, Py_buffer* view, int flags):
+        PyBuffer_FillInfo(view, self, self.data, _READ_SIZE, 0, flags)
+        self.exports += 1
+
+    def __releasebuffer__(self, Py_buffer* view):
+        self.exports -= 1
+
+
+cdef ReadBuffer _reads = ReadBuffer()
+cdef Py_ssize_t _replaced = 0
+
+
+def read_buffers_replaced():
+    """How many times a read found the shared ReadBuffer held by a view, and got a new one."""
+    return _replaced
+
+
 class _StopParsing(Exception):
     """Raised from a parser callback to stop feeding this response (see ``stop``)."""
 
@@ -121,10 +163,22 @@ cdef class UpstreamConnection:
         self.send = transport.write
         self.pool.opened += 1
 
-    def data_received(self, data):
+    # -- asyncio.BufferedProtocol
+
+    def get_buffer(self, Py_ssize_t sizehint):
+        global _reads, _replaced
+        if _reads.exports:
+            _reads = ReadBuffer()  # the last one's memory is still being sent from
+            _replaced += 1
+        self.reading = _reads
+        return _reads
+
+    def buffer_updated(self, Py_ssize_t n):
+        cdef ReadBuffer buf = self.reading
         cdef UpstreamCall ex
+        self.reading = None
         if self.tunnel:
-            (<UpstreamCall?>self.call).tunnel_data(data)
+            (<UpstreamCall?>self.call).tunnel_data(PyBytes_FromStringAndSize(buf.data, n))
             return
         if self.call is None:
             # An idle connection must not talk; whatever it says, it is not reusable.
@@ -134,10 +188,10 @@ cdef class UpstreamConnection:
         ex.read_started()  # what this read produces for the client leaves in one write
         try:
             if self.body_left >= 0:
-                self._count_body(data)
+                self._relay_body(buf, 0, n)
             elif (self.head_done or self.head_bytes is not None or self.skip_body
-                    or not self._take_response(data)):
-                self._parse(data)
+                    or not self._take_response(buf, n)):
+                self._parse(PyBytes_FromStringAndSize(buf.data, n))
         finally:
             ex.read_done()
 
@@ -191,19 +245,18 @@ cdef class UpstreamConnection:
                 self._fail(exc)
         return 0
 
-    cdef bint _take_response(self, bytes data) except -1:
-        # ``data`` starts a response: take it without llhttp when it holds the whole head,
-        # which _strict_head finds strict, with a final status that has a body (not 1xx, 204
-        # or 304: RFC 9112 §6.3), framed by one Content-Length and persisting, and no more
-        # than that body. False: llhttp parses it, as any other response.
+    cdef bint _take_response(self, ReadBuffer buf, Py_ssize_t n) except -1:
+        # The read (``n`` bytes of ``buf``) starts a response: take it without llhttp when it
+        # holds the whole head, which _strict_head finds strict, with a final status that has
+        # a body (not 1xx, 204 or 304: RFC 9112 §6.3), framed by one Content-Length and
+        # persisting, and no more than that body. False: llhttp parses it, as any other
+        # response.
         cdef long long length = -1
         cdef Py_ssize_t end = 0
-        cdef bytes block = self._strict_head(data, &end, &length)
-        cdef Py_ssize_t rest
+        cdef bytes block = self._strict_head(buf.data, n, &end, &length)
         if block is None:
             return False
-        rest = PyBytes_GET_SIZE(data) - end
-        if rest > length:
+        if n - end > length:
             return False  # bytes after the response (llhttp's "unsolicited" sees to them)
         self.head_done = True
         self.whole_responses += 1
@@ -211,31 +264,22 @@ cdef class UpstreamConnection:
                                                            _digits(length)):
             return True  # the exchange already dealt with this connection
         self.body_left = length
-        if rest >= _VIEW_MIN:
-            # Most of a large answer comes in the read that holds its head: handed on as a
-            # view of that read rather than copied out of it (it is all body: rest <= length).
-            self.body_left -= rest
-            (<UpstreamCall>self.call).upstream_body_view(memoryview(data)[end:])
-            if self.body_left == 0:
-                self.body_left = -1
-                self._complete(True)
-        elif rest:
-            # (a bytes copy of the rest, without a slice object's round trip)
-            self._count_body(PyBytes_FromStringAndSize(PyBytes_AS_STRING(data) + end, rest))
-        elif length == 0:
-            self.body_left = -1
-            self._complete(True)
+        self._relay_body(buf, end, n - end)
         return True
 
-    cdef int _count_body(self, bytes data) except -1:
-        # A read of a body _take_response took: relayed as it came, up to its Content-Length.
-        cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+    cdef int _relay_body(self, ReadBuffer buf, Py_ssize_t start, Py_ssize_t n) except -1:
+        # ``n`` bytes at ``start`` of a read, of a body _take_response took: relayed as they
+        # came, up to its Content-Length; a large part as a view of the read (most of a large
+        # answer comes in the read that holds its head), a small one as a copy.
         cdef bint over = n > self.body_left
         if over:
-            data = data[:self.body_left]  # and the rest answers nothing asked: never reuse
-            n = self.body_left
+            n = self.body_left  # and the rest answers nothing asked: never reuse
         self.body_left -= n
-        (<UpstreamCall>self.call).upstream_body(data)
+        if n >= _VIEW_MIN:
+            (<UpstreamCall>self.call).upstream_body_view(memoryview(buf)[start:start + n])
+        elif n:
+            (<UpstreamCall>self.call).upstream_body(
+                PyBytes_FromStringAndSize(buf.data + start, n))
         if self.body_left == 0:
             self.body_left = -1
             self._complete(not over)
@@ -303,7 +347,7 @@ cdef class UpstreamConnection:
     def on_message_complete(self):
         if self.head_done and not self.tunnel:
             # (llhttp also "completes" a 101: that is where the tunnel starts)
-            self.completed = True  # handed over by data_received once the read is parsed
+            self.completed = True  # handed over by _parse once the read is parsed
             # (llhttp resets its keep-alive flag for the next message: read it now)
             self.keep_alive = self.parser.should_keep_alive()
 
@@ -366,16 +410,16 @@ cdef class UpstreamConnection:
             self.reason = PyBytes_FromStringAndSize(sp + 5, eol - sp - 5) if eol - sp > 5 else b""
         return eol + 2
 
-    cdef bytes _strict_head(self, bytes data, Py_ssize_t* end, long long* length):
-        # The head that starts ``data``, when no parser has seen it: taken only when it is a
+    cdef bytes _strict_head(self, const char* base, Py_ssize_t n, Py_ssize_t* end,
+                            long long* length):
+        # The head that starts the ``n`` bytes at ``base``, when no parser has seen it: taken only when it is a
         # strict status line (_status_line), field lines of token names, values of
         # is_field_byte and CRLF ends, and fields _framing_field allows, one of them a
         # Content-Length (into ``length``). That is a subset of what llhttp accepts, framed
         # and persisting as llhttp would have it (RFC 9112 §6.3, §9.3). Returns the field
         # lines the proxy relays, as they came (the others cut out), and sets ``end`` to where
         # the head ends; None: llhttp's.
-        cdef const char* base = PyBytes_AS_STRING(data)
-        cdef const char* stop = base + PyBytes_GET_SIZE(data)
+        cdef const char* stop = base + n
         cdef const char* p = self._status_line(base, stop, True)
         cdef const char* eol
         cdef const char* colon

@@ -8,6 +8,7 @@ again, must be the same both ways: a head the check let through that llhttp read
 keeps alive differently would show here.
 """
 
+import socket
 import time
 import zlib
 
@@ -16,6 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from engine.upstream.connection import read_buffers_replaced
 from tests.support.client import Conn
 from tests.support.e2e import mostly, proxy_config
 from tests.support.origin import Origin, ok
@@ -306,6 +308,43 @@ def test_a_large_answer_whose_head_read_holds_most_of_it_arrives_whole(extra, ac
                 assert r.header(b"content-encoding") == (b"gzip" if accept else None)
         # (the whole path took it: one read held the head and most of the body)
         assert whole_taken(p) >= 1
+
+
+def test_a_body_waiting_for_a_slow_client_is_not_overwritten_by_later_reads():
+    # Reads land in a buffer shared by every upstream connection (ReadBuffer). A large body
+    # goes to its client as views of that buffer, so while a slow client has not taken them
+    # the answers read meanwhile must land elsewhere, not over the bytes still to be sent.
+    big = (bytes(range(251)) * ((8 << 20) // 251 + 1))[:8 << 20]
+    other = b"B" * 40_000
+    bodies = {b"/big": big, b"/other": other}
+
+    def handler(req):
+        body = bodies[req.url]
+        return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body), "keep"
+
+    with Origin(handler) as o, InProcessProxy(proxy_config(o.url)) as p:
+        slow = socket.socket()
+        slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # (before connect: the window)
+        slow.settimeout(10)
+        try:
+            slow.connect(("127.0.0.1", p.port))
+            slow.sendall(b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n")
+            got = slow.recv(1024)  # the answer has begun: most of it now waits in the proxy
+            replaced = read_buffers_replaced()
+            with Conn(p.port) as c:
+                for _ in range(20):
+                    r = c.request("GET", "/other")
+                    assert (r.status, r.body) == (200, other)
+            assert read_buffers_replaced() > replaced  # (the case this test is for)
+            head_end = -1
+            while head_end < 0 or len(got) < head_end + 4 + len(big):
+                chunk = slow.recv(1 << 20)
+                assert chunk, "the proxy closed before the body ended"
+                got += chunk
+                head_end = got.find(b"\r\n\r\n")
+            assert got[head_end + 4:] == big
+        finally:
+            slow.close()
 
 
 # Answers near the edge of what the path without llhttp takes: mostly answers it could take,
