@@ -70,6 +70,9 @@ class SinkTransport:
     def write(self, data):
         self.written += len(data)
 
+    def writelines(self, parts):
+        self.written += sum(map(len, parts))
+
     def get_extra_info(self, name, default=None):
         return ("127.0.0.1", 40000) if name == "peername" else default
 

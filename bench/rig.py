@@ -198,13 +198,15 @@ class Processes:
                              LOAD_CORE)
         return port
 
-    def edgeproxy(self, name: str, config, core: str = PROXY_CORE) -> tuple[int, subprocess.Popen]:
-        """``config(port)`` is the config.toml text (see edgeproxy_config)."""
+    def edgeproxy(self, name: str, config, core: str = PROXY_CORE,
+                  root: Path = ROOT) -> tuple[int, subprocess.Popen]:
+        """``config(port)`` is the config.toml text (see edgeproxy_config); ``root`` is the
+        source tree whose edgeproxy runs (another revision's, for bench/ab.py)."""
         port = free_port()
         path = self.tmp / f"{name}.toml"
         path.write_text(config(port))
         proc = self.start(name, [sys.executable, "-m", "engine", "run", "-c", str(path)], core,
-                          cwd=ROOT)
+                          cwd=root)
         wait_ready(self, name, proc, port)
         return port, proc
 

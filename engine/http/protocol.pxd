@@ -26,6 +26,7 @@ cdef class ClientProtocol(Stream):
     # write_paused, paused, deadline, client_body_timeout.
     cdef public object transport
     cdef object send                    # transport.write, bound once: no lookup per write
+    cdef object send_many               # transport.writelines, likewise
     cdef RequestIds ids                 # the worker's
     cdef public object parser           # the httptools.HttpRequestParser of the stream
     cdef bint reusable                  # the last message left llhttp open between messages

@@ -290,6 +290,7 @@ cdef class ClientProtocol(Stream):
     def connection_made(self, transport):
         self.transport = transport
         self.send = transport.write
+        self.send_many = transport.writelines
         self.peer_ip, self.peer_ip_bytes, self.trusted = peer_of(transport, self.settings)
         if self.front is not None:
             self.front.connection_made(self, transport)  # (a TLS client certificate)
@@ -406,6 +407,7 @@ cdef class ClientProtocol(Stream):
                 # connection stays in worker.conns so its deadline still bounds the wait.
                 self.transport = _VOID
                 self.send = _VOID.write
+                self.send_many = _VOID.writelines
                 self.write_paused = False
                 return
             self.worker.conns.discard(self)
@@ -956,7 +958,7 @@ cdef class ClientProtocol(Stream):
             else:
                 # Large parts (a 64 KiB body) go out as they are, in one writev: joining
                 # would copy every byte once more.
-                self.transport.writelines(out)
+                self.send_many(out)
             out.clear()
             self.out_size = 0
         return 0

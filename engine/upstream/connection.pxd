@@ -12,6 +12,7 @@ cdef class UpstreamConnection:
     cdef public object pool         # engine.upstream.pool.Pool
     cdef public object transport
     cdef object send                # transport.write, bound once: no lookup per request
+    cdef object is_closing          # transport.is_closing, likewise (asked at each acquire)
     cdef public object parser       # httptools.HttpResponseParser
     cdef public object call         # the engine.upstream.call.UpstreamCall being answered, or None
     cdef public Py_ssize_t requests

@@ -161,6 +161,7 @@ cdef class UpstreamConnection:
     def connection_made(self, transport):
         self.transport = transport
         self.send = transport.write
+        self.is_closing = transport.is_closing
         self.pool.opened += 1
 
     # -- asyncio.BufferedProtocol
@@ -482,7 +483,7 @@ cdef class UpstreamConnection:
     # -- exchange side
 
     cpdef bint usable(self) except -1:
-        return not self.lost and not self.transport.is_closing()
+        return not self.lost and not self.is_closing()
 
     cpdef start(self, object call, bytes head, bint skip_body):
         self.call = call
