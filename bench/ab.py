@@ -54,8 +54,9 @@ def main() -> int:
         trees = {"this tree": ROOT, args.rev: other}
         ports = {}
         for name, root in trees.items():
-            port, proc = procs.edgeproxy(name.replace(" ", "-"), lambda p: vs_nginx.edgeproxy_config(
-                p, origin, filters), root=root)
+            port, proc = procs.edgeproxy(
+                name.replace(" ", "-"),
+                lambda p: vs_nginx.edgeproxy_config(p, origin, filters), root=root)
             ports[name] = (port, proc)
             rig.run_wrk(proc.pid, port, f"/{args.body}", args.conns, 1, headers)  # warm-up
         ratios = []

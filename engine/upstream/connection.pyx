@@ -3,14 +3,15 @@
 The usual response, a read that starts with a whole head framed by one Content-Length and
 persisting, is taken here without llhttp (``_take_response``): its head is checked strictly
 (a subset of what llhttp accepts, read the same way), the field lines it relays are handed on
-as they came, in one bytes object, and its body is counted here: a large part of it goes on as a
-view of the read it arrived in, a small one as a bytes copy. Any other response (chunked, close-delimited, 1xx, 204/304, a
-HEAD's, a head split across reads, anything unusual) is llhttp's (httptools): it validates the
-head and frames the body, and once it accepted a head that head is split into names and
-values in C (``_scan_head``), not field by field in Python callbacks.
+as they came, in one bytes object, and its body is counted here: a large part of it goes on as
+a view of the read it arrived in, a small one as a bytes copy. Any other response (chunked,
+close-delimited, 1xx, 204/304, a HEAD's, a head split across reads, anything unusual) is
+llhttp's (httptools): it validates the head and frames the body, and once it accepted a head
+that head is split into names and values in C (``_scan_head``), not field by field in Python
+callbacks.
 Body bytes are never re-serialised (only re-chunked when the client side needs chunked framing).
 
-Reads land in the worker's ReadBuffer, not in a bytes object per read: the class is a buffered
+Reads land in a shared ReadBuffer, not in a bytes object per read: the class is a buffered
 protocol (get_buffer / buffer_updated), which spares uvloop's copy of every read, and a large
 body is relayed to the client straight from the memory the kernel wrote it to.
 
@@ -177,6 +178,8 @@ cdef class UpstreamConnection:
     def buffer_updated(self, Py_ssize_t n):
         cdef ReadBuffer buf = self.reading
         cdef UpstreamCall ex
+        if buf is None:
+            raise RuntimeError("buffer_updated without get_buffer")  # (uvloop fails the transport)
         self.reading = None
         if self.tunnel:
             (<UpstreamCall?>self.call).tunnel_data(PyBytes_FromStringAndSize(buf.data, n))
@@ -413,9 +416,9 @@ cdef class UpstreamConnection:
 
     cdef bytes _strict_head(self, const char* base, Py_ssize_t n, Py_ssize_t* end,
                             long long* length):
-        # The head that starts the ``n`` bytes at ``base``, when no parser has seen it: taken only when it is a
-        # strict status line (_status_line), field lines of token names, values of
-        # is_field_byte and CRLF ends, and fields _framing_field allows, one of them a
+        # The head that starts the ``n`` bytes at ``base``, when no parser has seen it: taken
+        # only when it is a strict status line (_status_line), field lines of token names,
+        # values of is_field_byte and CRLF ends, and fields _framing_field allows, one of them a
         # Content-Length (into ``length``). That is a subset of what llhttp accepts, framed
         # and persisting as llhttp would have it (RFC 9112 §6.3, §9.3). Returns the field
         # lines the proxy relays, as they came (the others cut out), and sets ``end`` to where
