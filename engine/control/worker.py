@@ -207,6 +207,10 @@ class Worker(WorkerCore):
         self.draining = True
         for server in self.servers:
             server.close()
+        # A connection accepted in the loop turn that woke us is made (connection_made) only
+        # by a callback queued after ours: let it run, or the drain would find no connection,
+        # end at once, and the process would exit with that client's request unanswered.
+        await asyncio.sleep(0)
         for conn in list(self.conns):
             shutdown = getattr(conn, "shutdown", None)
             if shutdown is not None:
