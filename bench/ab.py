@@ -16,7 +16,6 @@ import argparse
 import statistics
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -45,11 +44,10 @@ def main() -> int:
     args = ap.parse_args()
     filters = vs_nginx.GATEWAY_FILTERS if args.gateway else ()
     headers = tuple(h for f in filters for h in f.client_headers)
-    where = Path(tempfile.mkdtemp(prefix="ab-tree"))
-    tmp, procs = rig.workspace("ab")
+    tmp, procs = rig.workspace("ab")  # (the worktree goes in it, removed from git first)
     try:
         print(f"building {args.rev} in a worktree ...", flush=True)
-        other = build_worktree(args.rev, where)
+        other = build_worktree(args.rev, tmp)
         origin = procs.origin(BODIES)
         trees = {"this tree": ROOT, args.rev: other}
         ports = {}
@@ -79,8 +77,7 @@ def main() -> int:
     finally:
         procs.stop()
         subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force",
-                        str(where / "tree")], capture_output=True, timeout=60)
-        subprocess.run(["rm", "-rf", str(where)], timeout=60)
+                        str(tmp / "tree")], capture_output=True, timeout=60)
 
 
 if __name__ == "__main__":

@@ -106,15 +106,13 @@ class Worker(WorkerCore):
         # a restart) would be taken one per loop turn while the rest wait in the backlog,
         # their requests already sent. Each handle on a duplicate of the socket accepts one
         # more per turn; with no connection waiting none of them is woken.
-        first = None
         for i in range(ACCEPT_HANDLES):
             server = await self.loop.create_server(
                 factory, sock=sock if i == 0 else sock.dup(),
                 backlog=self.runtime.config.server.backlog, ssl=ssl_ctx,
                 ssl_handshake_timeout=tls.handshake_timeout if tls is not None else None)
             self.servers.append(server)
-            if first is None:
-                first = server
+        first = self.servers[-ACCEPT_HANDLES]
         if self.server is None:
             self.server = first
             self._tick()
