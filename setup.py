@@ -23,6 +23,7 @@ EXT_MODULES = [
     # in import order (wire -> upstream -> chain -> http, DESIGN.md).
     "engine.wire.h1",
     "engine.wire.message",
+    "engine.wire.epoll",
     "engine.upstream.pool",
     "engine.upstream.health",
     "engine.upstream.balancer",

@@ -21,20 +21,24 @@ from engine.http.negotiate import protocol_factory
 from engine.http.protocol import RequestIds
 from engine.http.stats import RouteStats
 from engine.upstream.call import Clock, WorkerCore
+from engine.wire.epoll import Poller
 
 # How often a worker writes its counters for the admin API (also on reload and at exit).
 STATS_INTERVAL = 1.0
 # While draining, how long a connection must stay idle before we close it (see drain).
 DRAIN_IDLE = 1.0
-# Handles per listening socket, each on a duplicate of it: how many connections one loop
-# turn may accept (see Worker.start). nginx's multi_accept and HAProxy's maxaccept answer
-# the same need.
+# Handles per TLS listening socket, each on a duplicate of it: how many connections one
+# loop turn may accept (see Worker.start). nginx's multi_accept and HAProxy's maxaccept
+# answer the same need (the Poller's listeners accept up to 64 per turn).
 ACCEPT_HANDLES = 8
 
 
 class Worker(WorkerCore):
     def __init__(self, runtime, loop=None, stats_path: str | None = None, generation: int = 0):
         self.loop = loop or asyncio.get_event_loop()
+        # Plain TCP connections, client and upstream, are served by our own epoll set
+        # (engine/wire/epoll.pyx); TLS ones by uvloop.
+        self.poller = Poller(self.loop)
         self.runtime = runtime
         self.conns = set()
         self.ticks = Clock(self.loop.time())  # ``now``, read by the data plane in C
@@ -101,6 +105,13 @@ class Worker(WorkerCore):
             initial = self.runtime.tls[listener.name]
             ssl_ctx = front_context(tls, lambda: self.runtime.tls.get(listener.name, initial))
         factory = protocol_factory(self, listener)
+        if ssl_ctx is None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            server = self.poller.serve(sock, factory, self.runtime.config.server.backlog)
+            self.servers.append(server)
+            if self.server is None:
+                self.server = server
+                self._tick()
+            return server
         # libuv accepts one connection per readiness of a listening descriptor (libuv PR
         # 3696), so a burst of new connections (clients reconnecting after keepalive_requests,
         # a restart) would be taken one per loop turn while the rest wait in the backlog,

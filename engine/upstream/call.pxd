@@ -19,6 +19,7 @@ cdef class WorkerCore:
     # of a Python object is a dict lookup). engine.control.worker.Worker is a Python
     # subclass that holds the rest.
     cdef public object loop
+    cdef public object poller           # engine.wire.epoll.Poller: plain TCP sockets
     cdef public object runtime          # engine.control.snapshot.Runtime serving now
     cdef public Clock ticks             # ``now``, advanced by the worker's sweep
     cdef public object request_ids      # engine.http.protocol.RequestIds

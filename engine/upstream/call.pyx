@@ -281,11 +281,15 @@ cdef class UpstreamCall:
     async def _connect(self, server):
         # Cancelled (timeout, client gone): whoever cancels this task ends the attempt and
         # may already have started the next one, so a cancelled task touches nothing.
-        loop = self.sink.worker.loop
+        cdef WorkerCore worker = self.sink.worker
         try:
-            _, conn = await loop.create_connection(
-                partial(_UpstreamConnection, server.pool), server.host, server.port,
-                ssl=server.ssl, server_hostname=server.server_hostname)
+            if server.ssl is None:  # (TLS: uvloop's)
+                _, conn = await worker.poller.connect(
+                    partial(_UpstreamConnection, server.pool), server.host, server.port)
+            else:
+                _, conn = await worker.loop.create_connection(
+                    partial(_UpstreamConnection, server.pool), server.host, server.port,
+                    ssl=server.ssl, server_hostname=server.server_hostname)
         except OSError:  # (ssl.SSLError too: a certificate that does not verify)
             self.connecting = None
             if not self.sink.finished:
