@@ -17,9 +17,12 @@ defaults: 64 KiB and a quarter of it); pause_reading / resume_reading. Timers, T
 everything else stay uvloop's.
 
 Edge-triggered reading (epoll(7)): an event comes when bytes arrive, not while they wait, so
-a read continues until recv() returns less than it asked for; a socket whose reading was
-paused, or that filled the buffer several times in a row, is read again from a callback of
-its own (resume_reading, _READ_ROUNDS) instead of waiting for an edge that may not come.
+a read continues until recv() returns less than it asked for, or, when the edge says the
+peer shut its side (EPOLLRDHUP) or failed, until recv() reports that; a socket whose reading
+was paused, or that filled the buffer several times in a row, is read again from a callback
+of its own (resume_reading, _READ_ROUNDS) instead of waiting for an edge that may not come.
+Writing: send() or writev() at once; what the kernel did not take waits, in order, for the
+edge that says there is room again (a full send buffer raises one when it drains).
 """
 
 import os
