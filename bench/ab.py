@@ -1,12 +1,13 @@
 """Paired runs: this tree's edgeproxy against another git revision's, alternated.
 
     python bench/ab.py REV [--body small|4k|64k] [--conns N] [--rounds N] [--duration S]
-                           [--gateway]
+                           [--gateway] [--close]
 
 REV (a commit, branch or tag) is checked out in a temporary git worktree and its extensions are
 built there (about 40 s). One nginx origin serves both; wrk loads each edgeproxy in turn, the
 order alternating every round, pinned as bench/vs_nginx.py pins them (proxy on core 1, wrk and
-the origin on core 0) and with the same config (``--gateway``: vs_nginx's gateway route). A
+the origin on core 0) and with the same config (``--gateway``: vs_nginx's gateway route;
+``--close``: a new connection per request, so accepting and closing weigh). A
 change worth a few percent shows here, where two full vs_nginx runs differ by about as much:
 each pair of runs is seconds apart. Prints req/s per proxy core of every run and each round's
 ratio (this tree / REV), then their median. The worktree and every process go at exit.
@@ -41,9 +42,12 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--duration", type=float, default=4.0)
     ap.add_argument("--gateway", action="store_true", help="vs_nginx's gateway route")
+    ap.add_argument("--close", action="store_true", help="a new connection per request")
     args = ap.parse_args()
     filters = vs_nginx.GATEWAY_FILTERS if args.gateway else ()
     headers = tuple(h for f in filters for h in f.client_headers)
+    if args.close:
+        headers += ("Connection: close",)
     tmp, procs = rig.workspace("ab")  # (the worktree goes in it, removed from git first)
     try:
         print(f"building {args.rev} in a worktree ...", flush=True)
@@ -71,7 +75,7 @@ def main() -> int:
             ratios.append(per_core["this tree"] / per_core[args.rev])
             print(f"round {rnd + 1}: this tree / {args.rev} = {ratios[-1]:.3f}", flush=True)
         print(f"median of {len(ratios)} rounds, {args.body} x{args.conns}"
-              f"{' gateway' if args.gateway else ''}: this tree / {args.rev} = "
+              f"{' gateway' if args.gateway else ''}{' close' if args.close else ''}: this tree / {args.rev} = "
               f"{statistics.median(ratios):.3f} (rounds {min(ratios):.3f}-{max(ratios):.3f})")
         return 0
     finally:

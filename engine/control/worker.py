@@ -106,28 +106,26 @@ class Worker(WorkerCore):
             ssl_ctx = front_context(tls, lambda: self.runtime.tls.get(listener.name, initial))
         factory = protocol_factory(self, listener)
         if ssl_ctx is None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            server = self.poller.serve(sock, factory, self.runtime.config.server.backlog)
-            self.servers.append(server)
-            if self.server is None:
-                self.server = server
-                self._tick()
-            return server
-        # libuv accepts one connection per readiness of a listening descriptor (libuv PR
-        # 3696), so a burst of new connections (clients reconnecting after keepalive_requests,
-        # a restart) would be taken one per loop turn while the rest wait in the backlog,
-        # their requests already sent. Each handle on a duplicate of the socket accepts one
-        # more per turn; with no connection waiting none of them is woken.
-        for i in range(ACCEPT_HANDLES):
-            server = await self.loop.create_server(
+            # Our own epoll set (engine/wire/epoll.pyx); a unix socket path or a TLS listener
+            # is served by uvloop, below.
+            servers = [self.poller.serve(sock, factory, self.runtime.config.server.backlog)]
+        else:
+            # libuv accepts one connection per readiness of a listening descriptor (libuv PR
+            # 3696), so a burst of new connections (clients reconnecting after
+            # keepalive_requests, a restart) would be taken one per loop turn while the rest
+            # wait in the backlog, their requests already sent. Each handle on a duplicate of
+            # the socket accepts one more per turn; with no connection waiting none of them
+            # is woken.
+            servers = [await self.loop.create_server(
                 factory, sock=sock if i == 0 else sock.dup(),
                 backlog=self.runtime.config.server.backlog, ssl=ssl_ctx,
                 ssl_handshake_timeout=tls.handshake_timeout if tls is not None else None)
-            self.servers.append(server)
-        first = self.servers[-ACCEPT_HANDLES]
+                for i in range(ACCEPT_HANDLES)]
+        self.servers += servers
         if self.server is None:
-            self.server = first
+            self.server = servers[0]
             self._tick()
-        return first
+        return servers[0]
 
     def _attach_stats(self, runtime) -> None:
         """Give each compiled route its counters, so the data plane counts a request with
@@ -216,9 +214,10 @@ class Worker(WorkerCore):
         self.draining = True
         for server in self.servers:
             server.close()
-        # A connection accepted in the loop turn that woke us is made (connection_made) only
-        # by a callback queued after ours: let it run, or the drain would find no connection,
-        # end at once, and the process would exit with that client's request unanswered.
+        # A connection uvloop (a TLS listener) accepted in the loop turn that woke us is made
+        # (connection_made) only by a callback queued after ours: let it run, or the drain
+        # would find no connection, end at once, and the process would exit with that
+        # client's request unanswered. (The Poller makes its connections as it accepts.)
         await asyncio.sleep(0)
         for conn in list(self.conns):
             shutdown = getattr(conn, "shutdown", None)
@@ -249,6 +248,8 @@ class Worker(WorkerCore):
             conn.abort()
         for pool in self.runtime.pools.values():
             pool.close()
+        await asyncio.sleep(0)  # (their connection_lost, which closes their sockets)
+        self.poller.close()
         if self._tick_handle is not None:
             self._tick_handle.cancel()
         if self.access_log is not None:

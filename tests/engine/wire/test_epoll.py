@@ -7,6 +7,9 @@ a connect that fails or is given up."""
 import asyncio
 import os
 import socket
+import subprocess
+import sys
+import time
 
 import pytest
 import uvloop
@@ -328,3 +331,80 @@ def test_an_ipv6_listener_accepts_and_reports_its_peer():
         server.close()
         poller.close()
     run(main)
+
+
+SERVER_SHORT_OF_DESCRIPTORS = r"""
+import asyncio, os, resource, socket, sys
+import uvloop
+import engine.wire.epoll as epoll
+
+epoll.ACCEPT_RETRY_DELAY = 0.05
+
+class Hello(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.transport = transport
+        transport.write(b"hi")
+    def data_received(self, data):
+        pass
+
+async def main():
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(
+        lambda loop, context: print("reported:", context["message"], flush=True))
+    poller = epoll.Poller(loop)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    poller.serve(sock, Hello, 128)
+    room = int(sys.argv[1])
+    used = len(os.listdir("/proc/self/fd")) - 1  # (the listing's own descriptor)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (used + room, resource.getrlimit(
+        resource.RLIMIT_NOFILE)[1]))
+    print("port", sock.getsockname()[1], flush=True)
+    await asyncio.sleep(30)  # (the test kills us long before)
+
+uvloop.run(main())
+"""
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def test_out_of_descriptors_accepting_rests_and_resumes():
+    # accept() failing with EMFILE (the connection stays in the backlog, the listening
+    # socket stays readable): the server reports it, rests instead of spinning on it, and
+    # takes the waiting connections once descriptors are free again.
+    room = 3
+    proc = subprocess.Popen([sys.executable, "-c", SERVER_SHORT_OF_DESCRIPTORS, str(room)],
+                            stdout=subprocess.PIPE, text=True)
+    clients = []
+    try:
+        port = int(proc.stdout.readline().split()[1])
+        clients = [socket.create_connection(("127.0.0.1", port), timeout=5)
+                   for _ in range(2 * room)]
+
+        def greeted(c, wait):
+            c.settimeout(wait)
+            try:
+                return c.recv(2) == b"hi"
+            except TimeoutError:
+                return False
+        first = [c for c in clients if greeted(c, 0.5)]
+        assert len(first) == room
+        assert proc.stdout.readline().strip() == "reported: accept() out of system resource"
+        # Resting, not spinning on a listening socket that stays readable.
+        spent = cpu_seconds(proc.pid)
+        time.sleep(0.5)
+        assert cpu_seconds(proc.pid) - spent < 0.2
+        for c in first:
+            c.close()
+        rest = [c for c in clients if c not in first]
+        assert all(greeted(c, 5) for c in rest)
+        assert proc.poll() is None
+    finally:
+        for c in clients:
+            c.close()
+        proc.kill()
+        proc.wait(10)
+        proc.stdout.close()
