@@ -54,6 +54,7 @@ cdef class SocketTransport(Handle):
     cdef int read(self, bint to_the_end) except -1
     cdef int queue(self, object data, Py_ssize_t sent) except -1
     cdef int flush(self) except -1
+    cdef int flow_control(self, object method) except -1
     cdef int fail(self, object exc) except -1
     cdef int lose(self, object exc) except -1
     cdef int close_fd(self) except -1

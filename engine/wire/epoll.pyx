@@ -275,10 +275,15 @@ cdef class Poller:
                 raise
             finally:
                 t.waiter = None
-            protocol = factory()
+            try:
+                protocol = factory()
+            except BaseException:
+                t.unregister()
+                t.close_fd()
+                raise
             t.open(self, t.fd, protocol)
             return t, protocol
-        raise error
+        raise error if error is not None else OSError(f"no address for {host!r}")
 
 
 cdef inline bint _dotted_quad(str host):
@@ -313,7 +318,10 @@ cdef class SocketTransport(Handle):
         if connecting and self.reading:
             # Bytes that came while the connect's waiter woke its task raised their edge
             # then, before there was a protocol to read for.
-            self.read(True)
+            try:
+                self.read(True)
+            except Exception as exc:
+                return self.fail(exc)
         return 0
 
     cdef int on_events(self, unsigned int events) except -1:
@@ -443,7 +451,7 @@ cdef class SocketTransport(Handle):
         self.pending_size += size
         if self.pending_size > self.high and not self.writes_paused:
             self.writes_paused = True
-            self.protocol.pause_writing()
+            self.flow_control(self.protocol.pause_writing)
         return 0
 
     cdef int flush(self) except -1:
@@ -488,12 +496,23 @@ cdef class SocketTransport(Handle):
                 break  # (the rest on the next edge)
         if self.writes_paused and self.pending_size <= self.low:
             self.writes_paused = False
-            self.protocol.resume_writing()
+            self.flow_control(self.protocol.resume_writing)
         if not pending:
             if self.closing:
                 self.lose(None)
             elif self.eof_wanted:
                 shutdown(self.fd, SHUT_WR)
+        return 0
+
+    cdef int flow_control(self, object method) except -1:
+        # pause_writing / resume_writing run inside the protocol's own write(), or inside an
+        # event: a failing one is reported, not raised into either (as asyncio does).
+        try:
+            method()
+        except Exception as exc:
+            self.poller.loop.call_exception_handler({
+                "message": "protocol.pause_writing() or resume_writing() failed",
+                "exception": exc, "transport": self, "protocol": self.protocol})
         return 0
 
     def can_write_eof(self):
