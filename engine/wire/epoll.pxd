@@ -19,6 +19,7 @@ cdef class Handle:
     cdef int register(self, unsigned int events) except -1
     cdef int unregister(self) except -1
     cdef int on_events(self, unsigned int events) except -1
+    cdef int shut(self) except -1               # (the Poller closes)
 
 
 cdef class Poller:
@@ -26,7 +27,10 @@ cdef class Poller:
     cdef int epfd
     cdef set handles               # registered: the epoll set holds pointers to them
     cdef list retired              # unregistered during a batch: kept alive until it ends
+    cdef bint in_batch
     cdef epoll_event events[_EVENTS]
+
+    cdef int run_batches(self) except -1
 
 
 cdef class SocketTransport(Handle):
@@ -47,12 +51,13 @@ cdef class SocketTransport(Handle):
     cdef Py_ssize_t pending_size
     cdef Py_ssize_t high, low      # write buffer limits (pause_writing / resume_writing)
     cdef object waiter             # connecting: the future connect() awaits
-    cdef object sock               # socket.socket over fd, made if asked for
+    cdef object sock               # a SocketView of fd, made if asked for
     cdef object peer
 
     cdef int open(self, Poller poller, int fd, object protocol) except -1
     cdef int read(self, bint to_the_end) except -1
     cdef int queue(self, object data, Py_ssize_t sent) except -1
+    cdef int check_high(self) except -1
     cdef int flush(self) except -1
     cdef int flow_control(self, object method) except -1
     cdef int fail(self, object exc) except -1
@@ -64,3 +69,7 @@ cdef class Acceptor(Handle):
     cdef object sock
     cdef object factory
     cdef object retry
+
+
+cdef class SocketView:
+    cdef int fd

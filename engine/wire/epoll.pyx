@@ -32,7 +32,7 @@ cimport cython
 from cpython.buffer cimport PyBUF_SIMPLE, PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.errno cimport (
-    EAGAIN, ECONNABORTED, EINPROGRESS, EINTR, EMFILE, ENFILE, ENOBUFS, ENOMEM, EPROTO, errno,
+    EAGAIN, EBADF, ECONNABORTED, EINPROGRESS, EINTR, EMFILE, ENFILE, ENOBUFS, ENOMEM, EPROTO, errno,
 )
 from libc.string cimport memset
 
@@ -125,17 +125,6 @@ cdef char _scratch[_READ_SIZE]
 ACCEPT_RETRY_DELAY = 1.0
 
 
-cdef inline Py_ssize_t _nbytes(object data) except -1:
-    cdef Py_buffer view
-    cdef Py_ssize_t size
-    if type(data) is bytes:
-        return PyBytes_GET_SIZE(data)
-    PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
-    size = view.len
-    PyBuffer_Release(&view)
-    return size
-
-
 cdef inline object _os_error(int err):
     return OSError(err, os.strerror(err))  # (the subclass of ``err``: ConnectionResetError...)
 
@@ -160,12 +149,16 @@ cdef class Handle:
             self.registered = False
             epoll_ctl(self.poller.epfd, EPOLL_CTL_DEL, self.fd, NULL)
             self.poller.handles.discard(self)
-            # Its events may still wait in the batch being run: it must outlive them.
-            self.poller.retired.append(self)
+            if self.poller.in_batch:
+                # Its events may still wait in the batch being run: it must outlive them.
+                self.poller.retired.append(self)
         return 0
 
     cdef int on_events(self, unsigned int events) except -1:
         return 0
+
+    cdef int shut(self) except -1:
+        return self.unregister()
 
 
 @cython.final
@@ -186,13 +179,24 @@ cdef class Poller:
             close(self.epfd)
 
     def close(self):
-        """Stop reading the set (the loop's reader goes); registered sockets stay open."""
+        """Stop: listening sockets close, connections are aborted (each protocol told, as
+        for an abort), a connect under way fails."""
         if self.epfd >= 0:
+            for handle in list(self.handles):
+                (<Handle>handle).shut()
             self.loop.remove_reader(self.epfd)
             close(self.epfd)
             self.epfd = -1
 
     def _ready(self):
+        self.in_batch = True
+        try:
+            self.run_batches()
+        finally:
+            self.in_batch = False
+            del self.retired[:]
+
+    cdef int run_batches(self) except -1:
         cdef int n, i
         cdef Handle handle
         while True:
@@ -215,7 +219,7 @@ cdef class Poller:
             if self.retired:
                 del self.retired[:]
             if n < _EVENTS:
-                return
+                return 0
 
     def serve(self, sock, factory, int backlog):
         """Accept on the listening TCP socket ``sock``, each connection served by a protocol
@@ -275,6 +279,9 @@ cdef class Poller:
                 raise
             finally:
                 t.waiter = None
+            if t.fd < 0:  # (the poller closed after the connect was done)
+                error = ConnectionAbortedError("the poller closed")
+                continue
             try:
                 protocol = factory()
             except BaseException:
@@ -359,12 +366,18 @@ cdef class SocketTransport(Handle):
         while self.reading:  # (a callback may pause reading or close)
             if self.buffered:
                 PyObject_GetBuffer(self._get_buffer(-1), &view, PyBUF_WRITABLE)
-                size = view.len
-                n = recv(self.fd, view.buf, size, 0)
-                err = errno
-                PyBuffer_Release(&view)
-                if n > 0:
-                    self._buffer_updated(n)
+                try:
+                    size = view.len
+                    if size == 0:
+                        raise RuntimeError("get_buffer() returned an empty buffer")
+                    n = recv(self.fd, view.buf, size, 0)
+                    err = errno
+                    if n > 0:
+                        # (the view is held until the protocol is done with the bytes, as
+                        # uvloop does: a protocol may share its buffer while nobody holds it)
+                        self._buffer_updated(n)
+                finally:
+                    PyBuffer_Release(&view)
             else:
                 size = _READ_SIZE
                 n = recv(self.fd, _scratch, size, 0)
@@ -402,11 +415,13 @@ cdef class SocketTransport(Handle):
         cdef Py_ssize_t n, size
         cdef int err
         cdef Py_buffer view
-        if self.closing or self.eof_wanted:
+        if self.eof_wanted:
+            raise RuntimeError("Cannot call write() after write_eof()")
+        if self.closing:
             return  # (asyncio drops these too)
         if self.pending:
             self.queue(data, 0)
-            return
+            return self.check_high()
         while True:
             if type(data) is bytes:
                 size = PyBytes_GET_SIZE(data)
@@ -431,24 +446,36 @@ cdef class SocketTransport(Handle):
         # The send buffer is full: the rest goes when epoll says it has room (an edge comes,
         # since this send found no room).
         self.queue(data, n)
+        self.check_high()
 
     def writelines(self, list_of_data):
-        if self.closing or self.eof_wanted:
+        if self.eof_wanted:
+            raise RuntimeError("Cannot call writelines() after write_eof()")
+        if self.closing:
             return
         was_empty = not self.pending
         for data in list_of_data:
             self.queue(data, 0)
         if was_empty:
             self.flush()
+        self.check_high()
 
     cdef int queue(self, object data, Py_ssize_t sent) except -1:
-        cdef Py_ssize_t size = _nbytes(data) - sent
+        cdef Py_ssize_t size
+        if type(data) is not bytes:
+            # A view holds an export of the caller's buffer until it is sent, so the caller
+            # cannot resize it meanwhile (a bytearray raises BufferError, as with uvloop).
+            data = memoryview(data).cast("B")
+        size = len(data) - sent
         if size <= 0:
             return 0
         if not self.pending:
             self.head_sent = sent
         self.pending.append(data)
         self.pending_size += size
+        return 0
+
+    cdef int check_high(self) except -1:
         if self.pending_size > self.high and not self.writes_paused:
             self.writes_paused = True
             self.flow_control(self.protocol.pause_writing)
@@ -467,12 +494,14 @@ cdef class SocketTransport(Handle):
             count = min(len(pending), _IOV_MAX)
             total = -self.head_sent
             for i in range(count):
+                # (bytes, or a view that holds its export: neither can fail here or change)
                 PyObject_GetBuffer(pending[i], &views[i], PyBUF_SIMPLE)
                 iov[i].iov_base = views[i].buf
                 iov[i].iov_len = sizes[i] = views[i].len
                 total += sizes[i]
             iov[0].iov_base = <char*>iov[0].iov_base + self.head_sent
             iov[0].iov_len -= self.head_sent
+            # (writev has no MSG_NOSIGNAL: Python ignores SIGPIPE, an EPIPE comes instead)
             n = writev(self.fd, iov, count)
             err = errno
             for i in range(count):
@@ -555,6 +584,17 @@ cdef class SocketTransport(Handle):
         self.pending_size = 0
         self.lose(None)
 
+    cdef int shut(self) except -1:
+        if self.state == _OPEN:
+            self.abort()
+            return 0
+        # A connect under way (or done, its task not resumed yet): connect() fails.
+        self.unregister()
+        self.close_fd()
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(ConnectionAbortedError("the poller closed"))
+        return 0
+
     cdef int fail(self, object exc) except -1:
         # A socket error ends the connection, reported to its protocol; a protocol's own
         # exception is reported to the loop too (asyncio's "Fatal error on transport").
@@ -578,7 +618,8 @@ cdef class SocketTransport(Handle):
 
     def _connection_lost(self, exc):
         try:
-            self.protocol.connection_lost(exc)
+            if self.protocol is not None:
+                self.protocol.connection_lost(exc)
         finally:
             self.close_fd()
             self.protocol = self._data_received = self._get_buffer = None
@@ -587,28 +628,37 @@ cdef class SocketTransport(Handle):
     cdef int close_fd(self) except -1:
         if self.fd >= 0:
             if self.sock is not None:
-                self.sock.detach()  # (it must not close the number again, maybe reused)
-                self.sock = None
+                (<SocketView>self.sock).fd = -1  # (the number may be reused from now on)
             close(self.fd)
             self.fd = -1
         return 0
+
+    def __dealloc__(self):
+        if self.fd >= 0:
+            close(self.fd)  # (dropped unclosed: its Poller went first; nothing else owns fd)
 
     def get_extra_info(self, name, default=None):
         if name == "peername":
             if self.peer is None and self.fd >= 0:
                 self.peer = _peer(self.fd)
                 if self.peer is None:
-                    self.peer = self._socket().getpeername()
-            return self.peer
+                    try:
+                        self.peer = self._socket().getpeername()
+                    except OSError:  # (reset before we asked: asyncio says None too)
+                        return default
+            return self.peer if self.peer is not None else default
         if name == "socket":
             return self._socket() if self.fd >= 0 else default
         if name == "sockname":
-            return self._socket().getsockname() if self.fd >= 0 else default
+            try:
+                return self._socket().getsockname() if self.fd >= 0 else default
+            except OSError:
+                return default
         return default
 
     def _socket(self):
         if self.sock is None:
-            self.sock = socket.socket(fileno=self.fd)
+            self.sock = SocketView(self.fd)
         return self.sock
 
     def set_protocol(self, protocol):
@@ -631,12 +681,47 @@ cdef class SocketTransport(Handle):
         self.low = high // 4 if low is None else low
         if not 0 <= self.low <= self.high:
             raise ValueError(f"high ({self.high}) must be >= low ({self.low}) >= 0")
+        self.check_high()
 
     def get_write_buffer_limits(self):
         return self.low, self.high
 
     def get_write_buffer_size(self):
         return self.pending_size
+
+
+@cython.final
+cdef class SocketView:
+    """What ``get_extra_info("socket")`` gives: the connection's socket for its options and
+    addresses, owning nothing (as asyncio's TransportSocket): the transport closes the
+    descriptor, and the view refuses to act on it after that."""
+
+    def __cinit__(self, int fd):
+        self.fd = fd
+
+    def fileno(self):
+        return self.fd
+
+    def setsockopt(self, *args):
+        return self._call("setsockopt", args)
+
+    def getsockopt(self, *args):
+        return self._call("getsockopt", args)
+
+    def getpeername(self):
+        return self._call("getpeername", ())
+
+    def getsockname(self):
+        return self._call("getsockname", ())
+
+    def _call(self, name, args):
+        if self.fd < 0:
+            raise _os_error(EBADF)
+        sock = socket.socket(fileno=self.fd)
+        try:
+            return getattr(sock, name)(*args)
+        finally:
+            sock.detach()
 
 
 cdef object _peer(int fd):
@@ -666,14 +751,15 @@ cdef class Acceptor(Handle):
                     return 0
                 if err in (EINTR, ECONNABORTED, EPROTO):
                     continue  # (that one gave up before we took it)
-                if err in (EMFILE, ENFILE, ENOBUFS, ENOMEM):
-                    self.poller.loop.call_exception_handler({
-                        "message": "accept() out of system resource",
-                        "exception": _os_error(err)})
-                    self.unregister()
-                    self.retry = self.poller.loop.call_later(ACCEPT_RETRY_DELAY, self._resume)
-                    return 0
-                raise _os_error(err)
+                # Out of descriptors or memory (or worse): the listening socket stays
+                # readable, so rest rather than be woken for it again at once.
+                self.poller.loop.call_exception_handler({
+                    "message": "accept() out of system resource"
+                    if err in (EMFILE, ENFILE, ENOBUFS, ENOMEM) else "accept() failed",
+                    "exception": _os_error(err)})
+                self.unregister()
+                self.retry = self.poller.loop.call_later(ACCEPT_RETRY_DELAY, self._resume)
+                return 0
             # As uvloop and asyncio do for TCP: a small answer goes out at once.
             setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one))
             try:
@@ -684,6 +770,10 @@ cdef class Acceptor(Handle):
             t = SocketTransport.__new__(SocketTransport)
             t.state = _OPEN
             t.open(self.poller, fd, protocol)
+        return 0
+
+    cdef int shut(self) except -1:
+        self.close()
         return 0
 
     def _resume(self):

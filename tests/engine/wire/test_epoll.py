@@ -33,6 +33,7 @@ class Recorder(asyncio.Protocol):
 
     def connection_made(self, transport):
         self.transport = transport
+        self.peer = transport.get_extra_info("peername")
         self.events.append("made")
 
     def data_received(self, data):
@@ -68,6 +69,10 @@ class BufferedRecorder(Recorder):
 
     def buffer_updated(self, n):
         self.data += self.buffer[:n]
+        # The transport holds its view of the buffer until this returns (as uvloop does): a
+        # protocol may hand its buffer to others only while nobody holds it.
+        with pytest.raises(BufferError):
+            self.buffer.append(0)
 
 
 def run(main, timeout=20):
@@ -408,3 +413,71 @@ def test_out_of_descriptors_accepting_rests_and_resumes():
         proc.kill()
         proc.wait(10)
         proc.stdout.close()
+
+
+def test_closing_the_poller_ends_its_connections_and_a_connect_under_way():
+    async def main():
+        before = open_fds()
+        poller = Poller(asyncio.get_running_loop())
+        served = []
+        server, port = await listening(poller, lambda: served.append(Recorder()) or served[-1])
+        t, client = await poller.connect(Recorder, "127.0.0.1", port)
+        t.write(PAYLOAD)  # (most of it waits in the transport)
+        under_way = asyncio.ensure_future(poller.connect(Recorder, "127.0.0.1", port))
+        await asyncio.sleep(0)
+        poller.close()
+        with pytest.raises(ConnectionAbortedError):
+            await under_way
+        assert await client.lost is None
+        assert [await p.lost for p in served] == [None] * len(served)
+        await asyncio.sleep(0)  # (the last connection_lost callbacks close their sockets)
+        assert open_fds() == before
+    run(main)
+
+
+def test_a_peer_reset_before_the_accept_has_no_address_and_no_error():
+    async def main():
+        loop = asyncio.get_running_loop()
+        reported = []
+        loop.set_exception_handler(lambda loop, context: reported.append(context))
+        poller = Poller(loop)
+        served = []
+        server, port = await listening(poller, lambda: served.append(Recorder()) or served[-1])
+        # Connected and reset while the loop, which accepts, does not run.
+        c = socket.create_connection(("127.0.0.1", port))
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        c.close()
+        while not served:
+            await asyncio.sleep(0.01)
+        assert served[0].peer is None
+        assert isinstance(await served[0].lost, ConnectionResetError)
+        assert reported == []
+        server.close()
+        poller.close()
+    run(main)
+
+
+def test_what_waits_in_the_transport_cannot_change_and_nothing_follows_write_eof():
+    async def main():
+        poller = Poller(asyncio.get_running_loop())
+        served = []
+        server, port = await listening(poller, lambda: served.append(Recorder()) or served[-1])
+        with socket.create_connection(("127.0.0.1", port)) as c:
+            while not served:
+                await asyncio.sleep(0.01)
+            t = served[0].transport
+            data = bytearray(PAYLOAD)
+            t.write(data)
+            assert t.get_write_buffer_size() > 0
+            with pytest.raises(BufferError):  # (it would change what is still to be sent)
+                del data[1000:]
+            t.write_eof()
+            with pytest.raises(RuntimeError):
+                t.write(b"more")
+            assert await recv_all(c) == PAYLOAD
+            c.close()
+        t.close()
+        await served[0].lost
+        server.close()
+        poller.close()
+    run(main)
