@@ -81,11 +81,19 @@ def run(main, timeout=20):
     return uvloop.run(bounded())
 
 
-async def listening(poller, factory, family=socket.AF_INET, host="127.0.0.1"):
+async def listening(poller, make=Recorder, family=socket.AF_INET, host="127.0.0.1"):
+    """A server on a free port; the protocols it makes (``make()``) collect in ``served``."""
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.bind((host, 0))
-    server = poller.serve(sock, factory, 128)
-    return server, sock.getsockname()[1]
+    served = []
+    server = poller.serve(sock, lambda: served.append(make()) or served[-1], 128)
+    return server, sock.getsockname()[1], served
+
+
+async def made(served, n=1):
+    """Wait until the server made ``n`` protocols (run() bounds the wait)."""
+    while len(served) < n:
+        await asyncio.sleep(0.01)
 
 
 async def recv_all(sock, n=None):
@@ -111,13 +119,11 @@ def test_the_last_bytes_and_the_fin_in_one_edge_are_both_read(size):
     # at a short recv() would never see the FIN (no new edge comes for it).
     async def main():
         poller = Poller(asyncio.get_running_loop())
-        accepted = []
-        server, port = await listening(poller, lambda: accepted.append(Recorder()) or accepted[-1])
+        server, port, accepted = await listening(poller)
         with socket.create_connection(("127.0.0.1", port)) as c:
             c.sendall(b"x" * size)
             c.shutdown(socket.SHUT_WR)
-            while not accepted:
-                await asyncio.sleep(0.01)
+            await made(accepted)
             await asyncio.wait_for(accepted[0].got_eof.wait(), 10)
             assert accepted[0].data == b"x" * size
             assert await accepted[0].lost is None  # (eof_received said close)
@@ -132,15 +138,9 @@ def test_the_last_bytes_and_the_fin_in_one_edge_are_both_read(size):
 def test_megabytes_both_ways_with_flow_control_arrive_intact(protocol):
     async def main():
         poller = Poller(asyncio.get_running_loop())
-        served = []
-
-        def factory():
-            served.append(protocol())
-            return served[-1]
-        server, port = await listening(poller, factory)
+        server, port, served = await listening(poller, protocol)
         t, client = await poller.connect(protocol, "127.0.0.1", port)
-        while not served:
-            await asyncio.sleep(0.01)
+        await made(served)
         # The client writes 16 MiB at once: most of it waits in the transport, which tells
         # its protocol to pause and, once it drained, to resume.
         t.write(PAYLOAD)
@@ -169,12 +169,10 @@ def test_megabytes_both_ways_with_flow_control_arrive_intact(protocol):
 def test_close_sends_what_is_buffered_first_and_abort_does_not():
     async def main():
         poller = Poller(asyncio.get_running_loop())
-        served = []
-        server, port = await listening(poller, lambda: served.append(Recorder()) or served[-1])
+        server, port, served = await listening(poller)
         # close(): the client, which reads only after the close, still gets every byte.
         with socket.create_connection(("127.0.0.1", port)) as c:
-            while not served:
-                await asyncio.sleep(0.01)
+            await made(served)
             served[0].transport.write(PAYLOAD)
             served[0].transport.close()
             assert served[0].transport.is_closing()
@@ -182,8 +180,7 @@ def test_close_sends_what_is_buffered_first_and_abort_does_not():
             assert await served[0].lost is None
         # abort(): what waits is dropped, the connection goes at once.
         with socket.create_connection(("127.0.0.1", port)) as c:
-            while len(served) < 2:
-                await asyncio.sleep(0.01)
+            await made(served, 2)
             served[1].transport.write(PAYLOAD)
             served[1].transport.abort()
             assert await served[1].lost is None
@@ -201,14 +198,12 @@ def test_close_sends_what_is_buffered_first_and_abort_does_not():
 def test_a_half_closed_connection_is_written_to_until_write_eof():
     async def main():
         poller = Poller(asyncio.get_running_loop())
-        served = []
-        server, port = await listening(
-            poller, lambda: served.append(Recorder(keep_open_on_eof=True)) or served[-1])
+        server, port, served = await listening(
+            poller, lambda: Recorder(keep_open_on_eof=True))
         with socket.create_connection(("127.0.0.1", port)) as c:
             c.sendall(b"question")
             c.shutdown(socket.SHUT_WR)
-            while not served:
-                await asyncio.sleep(0.01)
+            await made(served)
             await asyncio.wait_for(served[0].got_eof.wait(), 10)
             t = served[0].transport
             assert not t.is_closing() and t.can_write_eof()
@@ -229,11 +224,9 @@ def test_a_half_closed_connection_is_written_to_until_write_eof():
 def test_a_reset_reaches_the_protocol_as_its_error():
     async def main():
         poller = Poller(asyncio.get_running_loop())
-        served = []
-        server, port = await listening(poller, lambda: served.append(Recorder()) or served[-1])
+        server, port, served = await listening(poller)
         c = socket.create_connection(("127.0.0.1", port))
-        while not served:
-            await asyncio.sleep(0.01)
+        await made(served)
         c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
         c.close()  # (linger 0: a reset)
         assert isinstance(await served[0].lost, ConnectionResetError)
@@ -252,12 +245,10 @@ def test_an_exception_in_the_protocol_ends_its_connection_and_is_reported():
         reported = []
         loop.set_exception_handler(lambda loop, context: reported.append(context))
         poller = Poller(loop)
-        served = []
-        server, port = await listening(poller, lambda: served.append(Broken()) or served[-1])
+        server, port, served = await listening(poller, Broken)
         with socket.create_connection(("127.0.0.1", port)) as c:
             c.sendall(b"hello")
-            while not served:
-                await asyncio.sleep(0.01)
+            await made(served)
             exc = await served[0].lost
             assert isinstance(exc, ValueError)
             assert [type(r["exception"]) for r in reported] == [ValueError]
@@ -270,11 +261,9 @@ def test_an_exception_in_the_protocol_ends_its_connection_and_is_reported():
 def test_connect_by_name_reports_the_peer_and_a_refused_one_leaks_nothing():
     async def main():
         poller = Poller(asyncio.get_running_loop())
-        served = []
-        server, port = await listening(poller, lambda: served.append(Recorder()) or served[-1])
+        server, port, served = await listening(poller)
         t, client = await poller.connect(Recorder, "localhost", port)
-        while not served:
-            await asyncio.sleep(0.01)
+        await made(served)
         assert t.get_extra_info("peername")[1] == port
         assert served[0].transport.get_extra_info("peername") == \
             t.get_extra_info("socket").getsockname()
@@ -294,7 +283,7 @@ def test_connect_by_name_reports_the_peer_and_a_refused_one_leaks_nothing():
 def test_a_connect_given_up_closes_its_socket():
     async def main():
         poller = Poller(asyncio.get_running_loop())
-        server, port = await listening(poller, Recorder)
+        server, port, _ = await listening(poller)
         before = open_fds()
         for _ in range(20):
             task = asyncio.ensure_future(poller.connect(Recorder, "127.0.0.1", port))
@@ -317,15 +306,12 @@ def test_a_connect_given_up_closes_its_socket():
 def test_an_ipv6_listener_accepts_and_reports_its_peer():
     async def main():
         poller = Poller(asyncio.get_running_loop())
-        served = []
         try:
-            server, port = await listening(poller, lambda: served.append(Recorder()) or
-                                           served[-1], socket.AF_INET6, "::1")
+            server, port, served = await listening(poller, Recorder, socket.AF_INET6, "::1")
         except OSError:
             pytest.skip("no IPv6 loopback here")
         t, client = await poller.connect(Recorder, "::1", port)
-        while not served:
-            await asyncio.sleep(0.01)
+        await made(served)
         assert served[0].transport.get_extra_info("peername")[:2] == \
             t.get_extra_info("sockname")[:2]
         t.write(b"over six")
@@ -419,8 +405,7 @@ def test_closing_the_poller_ends_its_connections_and_a_connect_under_way():
     async def main():
         before = open_fds()
         poller = Poller(asyncio.get_running_loop())
-        served = []
-        server, port = await listening(poller, lambda: served.append(Recorder()) or served[-1])
+        server, port, served = await listening(poller)
         t, client = await poller.connect(Recorder, "127.0.0.1", port)
         t.write(PAYLOAD)  # (most of it waits in the transport)
         under_way = asyncio.ensure_future(poller.connect(Recorder, "127.0.0.1", port))
@@ -441,14 +426,12 @@ def test_a_peer_reset_before_the_accept_has_no_address_and_no_error():
         reported = []
         loop.set_exception_handler(lambda loop, context: reported.append(context))
         poller = Poller(loop)
-        served = []
-        server, port = await listening(poller, lambda: served.append(Recorder()) or served[-1])
+        server, port, served = await listening(poller)
         # Connected and reset while the loop, which accepts, does not run.
         c = socket.create_connection(("127.0.0.1", port))
         c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
         c.close()
-        while not served:
-            await asyncio.sleep(0.01)
+        await made(served)
         assert served[0].peer is None
         assert isinstance(await served[0].lost, ConnectionResetError)
         assert reported == []
@@ -460,11 +443,9 @@ def test_a_peer_reset_before_the_accept_has_no_address_and_no_error():
 def test_what_waits_in_the_transport_cannot_change_and_nothing_follows_write_eof():
     async def main():
         poller = Poller(asyncio.get_running_loop())
-        served = []
-        server, port = await listening(poller, lambda: served.append(Recorder()) or served[-1])
+        server, port, served = await listening(poller)
         with socket.create_connection(("127.0.0.1", port)) as c:
-            while not served:
-                await asyncio.sleep(0.01)
+            await made(served)
             t = served[0].transport
             data = bytearray(PAYLOAD)
             t.write(data)
